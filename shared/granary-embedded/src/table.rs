@@ -1,0 +1,334 @@
+//! The table port on SQLite: one SQLite table per logical table, the item's attributes in a JSON `doc`
+//! column, secondary indexes as partial expression indexes over that column.
+
+use crate::db::{Db, map_sql};
+use crate::sql::{self, Fragment, index_expr, table_ident};
+use async_trait::async_trait;
+use granary_ports::table::validate_transaction;
+use granary_ports::{Cond, Cursor, Item, Key, Page, PortError, PortResult, Query, Resources, Table, TxOp, Update};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, params_from_iter};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Tables on SQLite.
+pub struct EmbeddedTable {
+    db: Arc<Db>,
+    /// Index name to (partition attribute, sort attribute), per table.
+    indexes: HashMap<String, HashMap<String, (String, Option<String>)>>,
+}
+
+impl EmbeddedTable {
+    pub(crate) fn new(db: Arc<Db>, resources: &Resources) -> Self {
+        let indexes = resources
+            .tables
+            .iter()
+            .map(|t| {
+                let ix = t
+                    .indexes
+                    .iter()
+                    .map(|i| (i.name.clone(), (i.partition_attr.clone(), i.sort_attr.clone())))
+                    .collect();
+                (t.name.clone(), ix)
+            })
+            .collect();
+        Self { db, indexes }
+    }
+
+    fn check_table(&self, table: &str) -> PortResult<()> {
+        if self.indexes.contains_key(table) {
+            Ok(())
+        } else {
+            Err(PortError::NotFound(format!("table {table} is not declared")))
+        }
+    }
+}
+
+fn parse_doc(doc: &str) -> PortResult<Map<String, Value>> {
+    serde_json::from_str(doc).map_err(|e| PortError::Backend(format!("stored item is not a JSON object: {e}")))
+}
+
+fn condition_failed(table: &str, key: &Key) -> PortError {
+    PortError::ConditionFailed { table: table.to_owned(), pk: key.pk.clone(), sk: key.sk.clone() }
+}
+
+fn validate_attrs(item: &Item) -> PortResult<()> {
+    item.attrs.keys().try_for_each(|k| granary_ports::table::validate_attribute_name(k))
+}
+
+/// Writes the whole item if `cond` holds. The guard is in the statement's WHERE clause.
+fn put_on(conn: &Connection, table: &str, item: &Item, cond: Option<&Cond>) -> PortResult<()> {
+    validate_attrs(item)?;
+    let ident = table_ident(table)?;
+    let doc = Value::Object(item.attrs.clone()).to_string();
+    let mut f = Fragment::default();
+    let changed = match cond {
+        None => conn
+            .execute(
+                &format!("INSERT INTO {ident} (pk, sk, doc) VALUES (?1, ?2, ?3) ON CONFLICT (pk, sk) DO UPDATE SET doc = excluded.doc"),
+                rusqlite::params![item.key.pk, item.key.sk, doc],
+            )
+            .map_err(map_sql)?,
+        Some(c) if c.holds_on_absent_item() => {
+            f.params = vec![item.key.pk.clone().into(), item.key.sk.clone().into(), doc.into()];
+            f.sql = format!("INSERT INTO {ident} (pk, sk, doc) VALUES (?, ?, ?) ON CONFLICT (pk, sk) DO UPDATE SET doc = excluded.doc WHERE ");
+            sql::cond(c, &mut f)?;
+            conn.execute(&f.sql, params_from_iter(f.params.iter())).map_err(map_sql)?
+        }
+        Some(c) => {
+            f.params = vec![doc.into(), item.key.pk.clone().into(), item.key.sk.clone().into()];
+            f.sql = format!("UPDATE {ident} SET doc = ? WHERE pk = ? AND sk = ? AND ");
+            sql::cond(c, &mut f)?;
+            conn.execute(&f.sql, params_from_iter(f.params.iter())).map_err(map_sql)?
+        }
+    };
+    if changed == 1 { Ok(()) } else { Err(condition_failed(table, &item.key)) }
+}
+
+/// Applies `updates` if `cond` holds, creating the item when absent and allowed; returns the new item.
+fn update_on(conn: &Connection, table: &str, key: &Key, updates: &[Update], cond: Option<&Cond>) -> PortResult<Item> {
+    let ident = table_ident(table)?;
+    let mut f = Fragment::default();
+    let may_create = cond.is_none_or(Cond::holds_on_absent_item);
+    if may_create {
+        f.sql = format!("INSERT INTO {ident} (pk, sk, doc) VALUES (?, ?, ");
+        f.params = vec![key.pk.clone().into(), key.sk.clone().into()];
+        sql::updated_doc("'{}'", updates, &mut f)?;
+        f.sql.push_str(") ON CONFLICT (pk, sk) DO UPDATE SET doc = ");
+        sql::updated_doc("doc", updates, &mut f)?;
+        if let Some(c) = cond {
+            f.sql.push_str(" WHERE ");
+            sql::cond(c, &mut f)?;
+        }
+    } else {
+        f.sql = format!("UPDATE {ident} SET doc = ");
+        sql::updated_doc("doc", updates, &mut f)?;
+        f.sql.push_str(" WHERE pk = ? AND sk = ? AND ");
+        f.params.push(key.pk.clone().into());
+        f.params.push(key.sk.clone().into());
+        sql::cond(cond.unwrap_or(&Cond::ItemExists), &mut f)?;
+    }
+    f.sql.push_str(" RETURNING doc");
+    let doc: Option<String> = conn
+        .prepare_cached(&f.sql)
+        .map_err(map_sql)?
+        .query_row(params_from_iter(f.params.iter()), |r| r.get(0))
+        .map(Some)
+        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
+        .map_err(map_sql)?;
+    match doc {
+        Some(d) => Ok(Item { key: key.clone(), attrs: parse_doc(&d)? }),
+        None => Err(condition_failed(table, key)),
+    }
+}
+
+/// Deletes the item if `cond` holds. Runs inside a transaction: when no row is deleted, telling an
+/// absent item from a false condition needs a second look at the same snapshot.
+fn delete_on(conn: &Connection, table: &str, key: &Key, cond: Option<&Cond>) -> PortResult<Option<Item>> {
+    let ident = table_ident(table)?;
+    let mut f = Fragment {
+        sql: format!("DELETE FROM {ident} WHERE pk = ? AND sk = ? AND "),
+        params: vec![key.pk.clone().into(), key.sk.clone().into()],
+    };
+    sql::cond(cond.unwrap_or(&Cond::And(vec![])), &mut f)?;
+    f.sql.push_str(" RETURNING doc");
+    let mut stmt = conn.prepare_cached(&f.sql).map_err(map_sql)?;
+    let doc: Option<String> = stmt
+        .query_row(params_from_iter(f.params.iter()), |r| r.get(0))
+        .map(Some)
+        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
+        .map_err(map_sql)?;
+    if let Some(d) = doc {
+        return Ok(Some(Item { key: key.clone(), attrs: parse_doc(&d)? }));
+    }
+    match cond {
+        None => Ok(None),
+        Some(c) if !c.holds_on_absent_item() => Err(condition_failed(table, key)),
+        Some(_) => {
+            let exists: bool = conn
+                .query_row(&format!("SELECT EXISTS (SELECT 1 FROM {ident} WHERE pk = ?1 AND sk = ?2)"), [&key.pk, &key.sk], |r| r.get(0))
+                .map_err(map_sql)?;
+            if exists { Err(condition_failed(table, key)) } else { Ok(None) }
+        }
+    }
+}
+
+/// Fails unless `cond` holds for the item (present or absent).
+fn check_on(conn: &Connection, table: &str, key: &Key, cond: &Cond) -> PortResult<()> {
+    let ident = table_ident(table)?;
+    let mut f = Fragment {
+        sql: format!("SELECT EXISTS (SELECT 1 FROM {ident} WHERE pk = ? AND sk = ?), EXISTS (SELECT 1 FROM {ident} WHERE pk = ? AND sk = ? AND "),
+        params: vec![key.pk.clone().into(), key.sk.clone().into(), key.pk.clone().into(), key.sk.clone().into()],
+    };
+    sql::cond(cond, &mut f)?;
+    f.sql.push_str(")");
+    let (exists, holds): (bool, bool) =
+        conn.query_row(&f.sql, params_from_iter(f.params.iter()), |r| Ok((r.get(0)?, r.get(1)?))).map_err(map_sql)?;
+    let ok = if exists { holds } else { cond.holds_on_absent_item() };
+    if ok { Ok(()) } else { Err(condition_failed(table, key)) }
+}
+
+fn query_on(conn: &Connection, q: &Query, index: Option<&(String, Option<String>)>) -> PortResult<Page> {
+    let ident = table_ident(&q.table)?;
+    let (part_expr, sort_expr) = match index {
+        None => ("pk".to_owned(), Some("sk".to_owned())),
+        Some((p, s)) => (index_expr(p)?, s.as_deref().map(index_expr).transpose()?),
+    };
+    // The columns that order the results and make the cursor unique.
+    let mut order_cols: Vec<String> = Vec::new();
+    if let Some(s) = &sort_expr {
+        order_cols.push(s.clone());
+    }
+    if index.is_some() {
+        order_cols.push("pk".into());
+        order_cols.push("sk".into());
+    }
+    let mut f = Fragment {
+        sql: format!("SELECT pk, sk, doc, {} FROM {ident} WHERE {part_expr} = ?", order_cols.join(", ")),
+        params: vec![sql::scalar(&q.partition)?],
+    };
+    if let Some(c) = &q.sort {
+        let Some(s) = &sort_expr else {
+            return Err(PortError::Invalid(format!("index {:?} has no sort key to put a condition on", q.index)));
+        };
+        sql::sort_cond(s, c, &mut f)?;
+    }
+    let (cmp, dir) = if q.ascending { (">", "ASC") } else { ("<", "DESC") };
+    if let Some(Cursor(c)) = &q.after {
+        let values: Vec<Value> = serde_json::from_str(c)
+            .ok()
+            .filter(|v: &Vec<Value>| v.len() == order_cols.len())
+            .ok_or_else(|| PortError::Invalid("the query cursor is not one this table handed out".into()))?;
+        let placeholders = vec!["?"; values.len()].join(", ");
+        f.sql.push_str(&format!(" AND ({}) {cmp} ({placeholders})", order_cols.join(", ")));
+        for v in &values {
+            f.params.push(sql::scalar(v)?);
+        }
+    }
+    let order: Vec<String> = order_cols.iter().map(|c| format!("{c} {dir}")).collect();
+    f.sql.push_str(&format!(" ORDER BY {} LIMIT ?", order.join(", ")));
+    let limit = q.limit.clamp(1, 10_000);
+    f.params.push(SqlValue::Integer(limit as i64 + 1));
+    let mut stmt = conn.prepare_cached(&f.sql).map_err(map_sql)?;
+    let ncols = order_cols.len();
+    let rows = stmt
+        .query_map(params_from_iter(f.params.iter()), |r| {
+            let pk: String = r.get(0)?;
+            let sk: String = r.get(1)?;
+            let doc: String = r.get(2)?;
+            let mut cursor = Vec::with_capacity(ncols);
+            for i in 0..ncols {
+                cursor.push(match r.get::<_, SqlValue>(3 + i)? {
+                    SqlValue::Integer(n) => Value::from(n),
+                    SqlValue::Real(x) => Value::from(x),
+                    SqlValue::Text(s) => Value::from(s),
+                    _ => Value::Null,
+                });
+            }
+            Ok((pk, sk, doc, cursor))
+        })
+        .map_err(map_sql)?;
+    let mut items = Vec::new();
+    let mut last_cursor = None;
+    let mut more = false;
+    for row in rows {
+        let (pk, sk, doc, cursor) = row.map_err(map_sql)?;
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        items.push(Item { key: Key { pk, sk }, attrs: parse_doc(&doc)? });
+        last_cursor = Some(cursor);
+    }
+    let next = if more { last_cursor.map(|c| Cursor(Value::Array(c).to_string())) } else { None };
+    Ok(Page { items, next })
+}
+
+#[async_trait]
+impl Table for EmbeddedTable {
+    async fn get(&self, table: &str, key: &Key) -> PortResult<Option<Item>> {
+        self.check_table(table)?;
+        let ident = table_ident(table)?;
+        let key = key.clone();
+        self.db
+            .run(move |conn| {
+                let doc: Option<String> = conn
+                    .prepare_cached(&format!("SELECT doc FROM {ident} WHERE pk = ?1 AND sk = ?2"))
+                    .map_err(map_sql)?
+                    .query_row([&key.pk, &key.sk], |r| r.get(0))
+                    .map(Some)
+                    .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
+                    .map_err(map_sql)?;
+                doc.map(|d| Ok(Item { key, attrs: parse_doc(&d)? })).transpose()
+            })
+            .await
+    }
+
+    async fn put(&self, table: &str, item: Item, cond: Option<Cond>) -> PortResult<()> {
+        self.check_table(table)?;
+        let table = table.to_owned();
+        self.db.run(move |conn| put_on(conn, &table, &item, cond.as_ref())).await
+    }
+
+    async fn update(&self, table: &str, key: &Key, updates: Vec<Update>, cond: Option<Cond>) -> PortResult<Item> {
+        self.check_table(table)?;
+        let (table, key) = (table.to_owned(), key.clone());
+        self.db.run(move |conn| update_on(conn, &table, &key, &updates, cond.as_ref())).await
+    }
+
+    async fn delete(&self, table: &str, key: &Key, cond: Option<Cond>) -> PortResult<Option<Item>> {
+        self.check_table(table)?;
+        let (table, key) = (table.to_owned(), key.clone());
+        self.db
+            .run(move |conn| {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
+                let out = delete_on(&tx, &table, &key, cond.as_ref())?;
+                tx.commit().map_err(map_sql)?;
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn transact(&self, ops: Vec<TxOp>) -> PortResult<()> {
+        validate_transaction(&ops)?;
+        for op in &ops {
+            self.check_table(op.target().0)?;
+        }
+        self.db
+            .run(move |conn| {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
+                for (index, op) in ops.iter().enumerate() {
+                    let result = match op {
+                        TxOp::Put { table, item, cond } => put_on(&tx, table, item, cond.as_ref()),
+                        TxOp::Update { table, key, updates, cond } => update_on(&tx, table, key, updates, cond.as_ref()).map(drop),
+                        TxOp::Delete { table, key, cond } => delete_on(&tx, table, key, cond.as_ref()).map(drop),
+                        TxOp::Check { table, key, cond } => check_on(&tx, table, key, cond),
+                    };
+                    match result {
+                        Ok(()) => {}
+                        Err(PortError::ConditionFailed { .. }) => {
+                            return Err(PortError::TransactionCanceled { index, reason: "ConditionalCheckFailed".into() });
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                tx.commit().map_err(map_sql)
+            })
+            .await
+    }
+
+    async fn query(&self, query: Query) -> PortResult<Page> {
+        self.check_table(&query.table)?;
+        let index = match &query.index {
+            None => None,
+            Some(name) => Some(
+                self.indexes[&query.table]
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| PortError::NotFound(format!("index {name} of table {}", query.table)))?,
+            ),
+        };
+        self.db.run(move |conn| query_on(conn, &query, index.as_ref())).await
+    }
+}

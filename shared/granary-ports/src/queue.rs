@@ -1,0 +1,141 @@
+//! The queue port: SQS standard queues as Granary uses them.
+
+use crate::error::{PortError, PortResult};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// SQS's limit on messages in one send, receive or delete call.
+pub const MAX_BATCH: usize = 10;
+/// SQS's limit on a message's delay.
+pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
+/// The largest message body accepted (SQS's classic limit of 256 KiB, body and attributes).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutgoingMessage {
+    /// The body, usually JSON.
+    pub body: String,
+    /// String message attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// How long the message stays invisible after sending (at most 15 minutes); `None` takes the
+    /// queue's default delay.
+    pub delay: Option<Duration>,
+}
+
+impl OutgoingMessage {
+    /// A message with a body and no attributes.
+    pub fn new(body: impl Into<String>) -> Self {
+        Self { body: body.into(), ..Self::default() }
+    }
+
+    /// The same message with one more attribute.
+    pub fn attribute(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.attributes.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// The same message with a delay.
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Size as SQS counts it: body plus attribute names and values.
+    pub fn size(&self) -> usize {
+        self.body.len() + self.attributes.iter().map(|(k, v)| k.len() + v.len() + "String".len()).sum::<usize>()
+    }
+}
+
+/// A received message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    /// Id given at send time.
+    pub message_id: String,
+    /// Handle for delete and visibility changes, valid for this receive only.
+    pub receipt_handle: String,
+    /// The body.
+    pub body: String,
+    /// String message attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// How many times the message has been received, this time included.
+    pub receive_count: u32,
+    /// When it was sent, in epoch milliseconds.
+    pub sent_at_ms: i64,
+}
+
+/// Approximate numbers of messages in a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueDepth {
+    /// Ready to receive.
+    pub visible: u64,
+    /// Received and neither deleted nor back yet.
+    pub in_flight: u64,
+    /// Sent with a delay that has not passed.
+    pub delayed: u64,
+}
+
+impl QueueDepth {
+    /// Every message the queue holds.
+    pub fn total(&self) -> u64 {
+        self.visible + self.in_flight + self.delayed
+    }
+}
+
+/// Checks a send batch against SQS's rules.
+pub fn validate_send_batch(queue: &str, messages: &[OutgoingMessage]) -> PortResult<()> {
+    if messages.is_empty() || messages.len() > MAX_BATCH {
+        return Err(PortError::Invalid(format!(
+            "a send batch to {queue} takes 1 to {MAX_BATCH} messages, not {}",
+            messages.len()
+        )));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        if m.size() > MAX_MESSAGE_BYTES {
+            return Err(PortError::Invalid(format!(
+                "message {i} to {queue} is {} bytes; the limit is {MAX_MESSAGE_BYTES}",
+                m.size()
+            )));
+        }
+        if m.delay.is_some_and(|d| d > MAX_DELAY) {
+            return Err(PortError::Invalid(format!("message {i} to {queue} asks a delay over 15 minutes")));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the size of a receive or delete batch.
+pub fn validate_batch_len(what: &str, len: usize) -> PortResult<()> {
+    if len == 0 || len > MAX_BATCH {
+        return Err(PortError::Invalid(format!("a {what} batch takes 1 to {MAX_BATCH} messages, not {len}")));
+    }
+    Ok(())
+}
+
+/// Standard queues with at-least-once delivery.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Sends up to 10 messages; returns their ids in order.
+    async fn send_batch(&self, queue: &str, messages: Vec<OutgoingMessage>) -> PortResult<Vec<String>>;
+
+    /// Receives up to `max` (1 to 10) visible messages, hiding them for `visibility` (or the queue's
+    /// timeout). Waits up to `wait` for one to arrive when none is visible. A message received more
+    /// times than the queue's redrive allows moves to its dead-letter queue instead.
+    async fn receive(
+        &self,
+        queue: &str,
+        max: usize,
+        visibility: Option<Duration>,
+        wait: Duration,
+    ) -> PortResult<Vec<ReceivedMessage>>;
+
+    /// Deletes received messages by receipt handle. Stale handles are ignored, as SQS does.
+    async fn delete_batch(&self, queue: &str, receipt_handles: Vec<String>) -> PortResult<()>;
+
+    /// Changes how long a received message stays hidden, counted from now.
+    async fn change_visibility(&self, queue: &str, receipt_handle: &str, timeout: Duration) -> PortResult<()>;
+
+    /// Approximate depth.
+    async fn depth(&self, queue: &str) -> PortResult<QueueDepth>;
+}
