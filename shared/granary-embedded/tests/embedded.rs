@@ -1,0 +1,197 @@
+//! The port contract on the embedded backend, plus what only the embedded backend can show: two
+//! processes on one data directory, signed URL checks, and restore-completed announcements.
+
+use async_trait::async_trait;
+use granary_contract::{BUCKET, Harness, TABLE, WORK, contract_tests};
+use granary_embedded::{Embedded, EmbeddedOptions, SignedUrlError};
+use granary_ports::{Backend, Clock, Cond, Item, Key, ManualClock, OutgoingMessage, PortError, QueueSpec, StorageClass, Update};
+use std::sync::Arc;
+use std::time::Duration;
+
+const RESTORE_DELAY: Duration = Duration::from_secs(4 * 3600);
+
+struct EmbeddedHarness {
+    dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+}
+
+impl EmbeddedHarness {
+    fn options(&self) -> EmbeddedOptions {
+        let mut resources = granary_contract::resources();
+        resources.queues.push(QueueSpec::new("storage-ready"));
+        let mut o = EmbeddedOptions::new(self.dir.path(), resources);
+        o.clock = self.clock.clone();
+        o.restore_delay = RESTORE_DELAY;
+        o
+    }
+
+    fn open(&self) -> Embedded {
+        Embedded::open(self.options()).expect("open embedded backend")
+    }
+}
+
+async fn harness() -> EmbeddedHarness {
+    EmbeddedHarness { dir: tempfile::tempdir().unwrap(), clock: Arc::new(ManualClock::starting_now()) }
+}
+
+#[async_trait]
+impl Harness for EmbeddedHarness {
+    async fn connect(&self) -> Backend {
+        // A new pool of SQLite connections on the same file: what another Lambda instance would be.
+        self.open().backend()
+    }
+    async fn advance(&self, by: Duration) {
+        self.clock.advance(chrono::Duration::from_std(by).unwrap());
+    }
+    fn restore_delay(&self) -> Duration {
+        RESTORE_DELAY
+    }
+}
+
+contract_tests!(harness());
+
+fn query_param<'a>(url: &'a str, name: &str) -> &'a str {
+    url.split(['?', '&']).find_map(|kv| kv.strip_prefix(&format!("{name}="))).unwrap()
+}
+
+#[tokio::test]
+async fn signed_url_refused_when_tampered_or_expired() {
+    let h = harness().await;
+    let e = h.open();
+    let url = e.backend().blobs.signed_get_url(BUCKET, "a/b.txt", Duration::from_secs(60)).await.unwrap();
+    let expires: i64 = query_param(&url, "expires").parse().unwrap();
+    let sig = query_param(&url, "signature");
+    assert_eq!(e.blobs.verify_signed(BUCKET, "a/b.txt", expires, sig), Ok(()));
+    assert_eq!(e.blobs.verify_signed(BUCKET, "a/c.txt", expires, sig), Err(SignedUrlError::BadSignature), "another key");
+    assert_eq!(e.blobs.verify_signed(BUCKET, "a/b.txt", expires + 3600, sig), Err(SignedUrlError::BadSignature), "a longer expiry");
+    let mut flipped = sig.to_owned();
+    flipped.replace_range(0..1, if sig.starts_with('0') { "1" } else { "0" });
+    assert_eq!(e.blobs.verify_signed(BUCKET, "a/b.txt", expires, &flipped), Err(SignedUrlError::BadSignature));
+    h.clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(e.blobs.verify_signed(BUCKET, "a/b.txt", expires, sig), Err(SignedUrlError::Expired));
+}
+
+#[tokio::test]
+async fn restore_completion_is_announced_on_the_queue_once() {
+    let h = harness().await;
+    let e = h.open();
+    let b = e.backend();
+    b.blobs.put(BUCKET, "cold/f.zip", Box::pin(std::io::Cursor::new(vec![7u8; 10])), StorageClass::Nearline).await.unwrap();
+    b.blobs.request_restore(BUCKET, "cold/f.zip", 2).await.unwrap();
+    assert_eq!(e.announce_completed_restores("storage-ready").await.unwrap(), 0, "nothing before the delay");
+    h.clock.advance(chrono::Duration::from_std(RESTORE_DELAY).unwrap());
+    assert_eq!(e.announce_completed_restores("storage-ready").await.unwrap(), 1);
+    assert_eq!(e.announce_completed_restores("storage-ready").await.unwrap(), 0, "announced once");
+    let got = b.queue.receive("storage-ready", 10, None, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let event: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(event["detail-type"], "Object Restore Completed");
+    assert_eq!(event["source"], "aws.s3");
+    assert_eq!(event["detail"]["bucket"]["name"], BUCKET);
+    assert_eq!(event["detail"]["object"]["key"], "cold/f.zip");
+    assert_eq!(event["detail"]["object"]["size"], 10);
+}
+
+#[tokio::test]
+async fn interrupted_put_leaves_no_object() {
+    struct Failing(usize);
+    impl tokio::io::AsyncRead for Failing {
+        fn poll_read(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+            if self.0 == 0 {
+                return std::task::Poll::Ready(Err(std::io::Error::other("source went away")));
+            }
+            self.0 -= 1;
+            buf.put_slice(&[1u8; 1024]);
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    let h = harness().await;
+    let b = h.open().backend();
+    let r = b.blobs.put(BUCKET, "half/written", Box::pin(Failing(100)), StorageClass::Online).await;
+    assert!(matches!(r, Err(PortError::Backend(_))), "{r:?}");
+    assert_eq!(b.blobs.head(BUCKET, "half/written").await.unwrap(), None, "nothing half-written is visible");
+    assert!(!h.dir.path().join("blobs").join(BUCKET).join("half/written").exists());
+    let tmp_left = std::fs::read_dir(h.dir.path().join("blobs/.tmp")).unwrap().count();
+    assert_eq!(tmp_left, 0, "the temporary file is removed");
+}
+
+/// The worker one child process runs when `GRANARY_RACE_DIR` is set; otherwise it does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn race_child_worker() {
+    let Ok(dir) = std::env::var("GRANARY_RACE_DIR") else { return };
+    let me: i64 = std::env::var("GRANARY_RACE_ID").unwrap().parse().unwrap();
+    let mut o = EmbeddedOptions::new(&dir, granary_contract::resources());
+    o.clock = Arc::new(granary_ports::SystemClock);
+    let b = Embedded::open(o).unwrap().backend();
+    let mut won = Vec::new();
+    let mut granted = 0;
+    for i in 0..200 {
+        let item = Item::new(Key::new(format!("race#{i}"), "x")).with("winner", me);
+        match b.table.put(TABLE, item, Some(Cond::ItemAbsent)).await {
+            Ok(()) => won.push(i),
+            Err(PortError::ConditionFailed { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        if i < 120 {
+            match b.table.update(TABLE, &Key::new("slots", "global"), vec![Update::add("n", 1)], Some(Cond::counter_below("n", 1, 150))).await {
+                Ok(_) => granted += 1,
+                Err(PortError::ConditionFailed { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    let mut received = Vec::new();
+    loop {
+        let got = b.queue.receive(WORK, 10, None, Duration::from_millis(300)).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        received.extend(got.iter().map(|m| m.body.clone()));
+        b.queue.delete_batch(WORK, got.into_iter().map(|m| m.receipt_handle).collect()).await.unwrap();
+    }
+    println!("RESULT {}", serde_json::json!({"won": won, "granted": granted, "received": received}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_data_directory() {
+    let h = harness().await;
+    let mut o = h.options();
+    o.clock = Arc::new(granary_ports::SystemClock);
+    let e = Embedded::open(o).unwrap();
+    let b = e.backend();
+    for chunk in (0..500).collect::<Vec<_>>().chunks(10) {
+        b.queue.send_batch(WORK, chunk.iter().map(|i| OutgoingMessage::new(i.to_string())).collect()).await.unwrap();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (1..=2)
+        .map(|id| {
+            std::process::Command::new(&exe)
+                .args(["--exact", "race_child_worker", "--nocapture", "--test-threads", "1"])
+                .env("GRANARY_RACE_DIR", h.dir.path())
+                .env("GRANARY_RACE_ID", id.to_string())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut all_won = Vec::new();
+    let mut granted = 0;
+    let mut received = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stdout));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let line = stdout.lines().find_map(|l| l.split_once("RESULT ").map(|(_, r)| r)).expect("child printed its result");
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        all_won.extend(v["won"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()));
+        granted += v["granted"].as_i64().unwrap();
+        received.extend(v["received"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().parse::<i64>().unwrap()));
+    }
+    all_won.sort();
+    assert_eq!(all_won, (0..200).collect::<Vec<_>>(), "each raced key has exactly one winning process");
+    assert_eq!(granted, 150, "the guarded counter granted exactly its limit across processes");
+    let counter = b.table.get(TABLE, &Key::new("slots", "global")).await.unwrap().unwrap();
+    assert_eq!(counter.get_i64("n"), Some(150));
+    received.sort();
+    assert_eq!(received, (0..500).collect::<Vec<_>>(), "every message received once across both processes");
+}
