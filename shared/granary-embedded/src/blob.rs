@@ -75,10 +75,10 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> PortError {
 }
 
 fn load_or_create_key(path: &Path) -> PortResult<Vec<u8>> {
-    if let Ok(k) = std::fs::read(path) {
-        if k.len() == 32 {
-            return Ok(k);
-        }
+    if let Ok(k) = std::fs::read(path)
+        && k.len() == 32
+    {
+        return Ok(k);
     }
     std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(|e| io_err("cannot create", path, e))?;
     let key: [u8; 32] = rand::random();

@@ -162,7 +162,7 @@ fn check_on(conn: &Connection, table: &str, key: &Key, cond: &Cond) -> PortResul
         params: vec![key.pk.clone().into(), key.sk.clone().into(), key.pk.clone().into(), key.sk.clone().into()],
     };
     sql::cond(cond, &mut f)?;
-    f.sql.push_str(")");
+    f.sql.push(')');
     let (exists, holds): (bool, bool) =
         conn.query_row(&f.sql, params_from_iter(f.params.iter()), |r| Ok((r.get(0)?, r.get(1)?))).map_err(map_sql)?;
     let ok = if exists { holds } else { cond.holds_on_absent_item() };

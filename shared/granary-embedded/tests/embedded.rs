@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use granary_contract::{BUCKET, Harness, TABLE, WORK, contract_tests};
 use granary_embedded::{Embedded, EmbeddedOptions, SignedUrlError};
-use granary_ports::{Backend, Clock, Cond, Item, Key, ManualClock, OutgoingMessage, PortError, QueueSpec, StorageClass, Update};
+use granary_ports::{Backend, Cond, Item, Key, ManualClock, OutgoingMessage, PortError, QueueSpec, StorageClass, Update};
 use std::sync::Arc;
 use std::time::Duration;
 
