@@ -1,1 +1,11 @@
-//! placeholder
+//! Granary's domain: what features, URNs and feature requests are, and the rules they follow.
+//! Pure functions and types only; no I/O, so every rule is unit-tested exhaustively.
+
+pub mod request;
+pub mod urn;
+
+pub use request::{
+    CreationMetadata, FeatureCreationCollection, FeatureCreationRequestEvent, FeatureRequestEvent, FeatureRequestType,
+    Priority, RequestState,
+};
+pub use urn::{EntityType, Urn, UrnError, entity_uuid};

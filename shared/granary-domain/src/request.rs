@@ -1,0 +1,316 @@
+//! Feature requests as REGARDS's producers send them, and the events that answer them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Longest providerId accepted.
+pub const MAX_PROVIDER_ID: usize = 100;
+/// Longest session owner or session name accepted.
+pub const MAX_SESSION: usize = 128;
+
+/// The kind of a feature request (`regards.request.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum FeatureRequestType {
+    /// Create a feature (or its next version).
+    Creation,
+    /// Patch a feature.
+    Patch,
+    /// Delete a feature.
+    Deletion,
+    /// Notify a feature to recipients.
+    Notification,
+}
+
+impl FeatureRequestType {
+    /// The attribute value naming the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creation => "CREATION",
+            Self::Patch => "PATCH",
+            Self::Deletion => "DELETION",
+            Self::Notification => "NOTIFICATION",
+        }
+    }
+
+    /// The kind named by an attribute value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "CREATION" => Some(Self::Creation),
+            "PATCH" => Some(Self::Patch),
+            "DELETION" => Some(Self::Deletion),
+            "NOTIFICATION" => Some(Self::Notification),
+            _ => None,
+        }
+    }
+}
+
+/// Processing priority; each has its own queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Priority {
+    /// Served last.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Served first.
+    High,
+}
+
+/// State reported by a [`FeatureRequestEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum RequestState {
+    /// Registered and accepted.
+    Granted,
+    /// Refused at registration.
+    Denied,
+    /// Done.
+    Success,
+    /// Failed during processing.
+    Error,
+}
+
+impl RequestState {
+    /// The name in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Granted => "GRANTED",
+            Self::Denied => "DENIED",
+            Self::Success => "SUCCESS",
+            Self::Error => "ERROR",
+        }
+    }
+}
+
+/// Where a file should be stored (REGARDS's StorageMetadata).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageMetadata {
+    /// Storage location name.
+    pub plugin_business_id: String,
+    /// Sub-path inside the location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_path: Option<String>,
+    /// Data types that go there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_types: Vec<String>,
+}
+
+/// Session metadata of a creation (REGARDS's FeatureCreationSessionMetadata).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CreationMetadata {
+    /// Who produces the session.
+    #[serde(default)]
+    pub session_owner: String,
+    /// The session.
+    #[serde(default)]
+    pub session: String,
+    /// Storage targets.
+    #[serde(default)]
+    pub storages: Vec<StorageMetadata>,
+    /// Priority.
+    #[serde(default)]
+    pub priority: Priority,
+    /// Recipient acknowledged at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_recipient: Option<String>,
+    /// Delete the previous version once this one is created.
+    #[serde(default, rename = "override")]
+    pub override_previous: bool,
+    /// Turn a creation carrying an existing URN into a patch.
+    #[serde(default)]
+    pub update_if_exists: bool,
+}
+
+/// FeatureCreationRequestEvent: one feature to create.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureCreationRequestEvent {
+    /// Session metadata.
+    pub metadata: CreationMetadata,
+    /// The GeoJSON feature.
+    pub feature: Value,
+}
+
+/// The HTTP creation collection (REGARDS's FeatureCreationCollection).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureCreationCollection {
+    /// Owner of the requests; the caller when absent.
+    #[serde(default)]
+    pub request_owner: Option<String>,
+    /// Metadata shared by every feature.
+    pub metadata: CreationMetadata,
+    /// The features.
+    pub features: Vec<Value>,
+}
+
+/// FeatureRequestEvent: the answer to a request, on the response queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureRequestEvent {
+    /// Deterministic id: `<requestId>:<state>`, so a receiver can drop redeliveries.
+    pub event_id: String,
+    /// The request kind.
+    #[serde(rename = "type")]
+    pub request_type: FeatureRequestType,
+    /// The request id.
+    pub request_id: String,
+    /// The request owner.
+    pub request_owner: String,
+    /// The providerId, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The URN, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub urn: Option<String>,
+    /// The state reported.
+    pub state: RequestState,
+    /// Every error, when denied or failed.
+    pub errors: Vec<String>,
+}
+
+impl FeatureRequestEvent {
+    /// The event reporting `state` for a request.
+    pub fn new(request_type: FeatureRequestType, request_id: &str, owner: &str, state: RequestState) -> Self {
+        Self {
+            event_id: format!("{request_id}:{}", state.as_str()),
+            request_type,
+            request_id: request_id.to_owned(),
+            request_owner: owner.to_owned(),
+            id: None,
+            urn: None,
+            state,
+            errors: Vec::new(),
+        }
+    }
+}
+
+/// The parts of a creation that the rules need, once checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidCreation {
+    /// providerId.
+    pub provider_id: String,
+    /// Entity type.
+    pub entity_type: crate::EntityType,
+    /// Model name.
+    pub model: String,
+}
+
+fn check_session_field(errors: &mut Vec<String>, name: &str, value: &str) {
+    if value.trim().is_empty() {
+        errors.push(format!("metadata.{name}: must not be blank"));
+    } else if value.chars().count() > MAX_SESSION {
+        errors.push(format!("metadata.{name}: longer than {MAX_SESSION} characters"));
+    }
+}
+
+/// Checks a creation's metadata and the feature's identity fields, listing every error with its path.
+pub fn validate_creation(event: &FeatureCreationRequestEvent) -> Result<ValidCreation, Vec<String>> {
+    let mut errors = Vec::new();
+    check_session_field(&mut errors, "sessionOwner", &event.metadata.session_owner);
+    check_session_field(&mut errors, "session", &event.metadata.session);
+    let f = &event.feature;
+    if !f.is_object() {
+        errors.push("feature: must be a GeoJSON Feature object".into());
+        return Err(errors);
+    }
+    if f.get("type").and_then(Value::as_str) != Some("Feature") {
+        errors.push("feature.type: must be \"Feature\"".into());
+    }
+    let provider_id = match f.get("id") {
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            errors.push("feature.id: must not be blank".into());
+            None
+        }
+        Some(Value::String(s)) if s.chars().count() > MAX_PROVIDER_ID => {
+            errors.push(format!("feature.id: longer than {MAX_PROVIDER_ID} characters"));
+            None
+        }
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            errors.push("feature.id: must be a string".into());
+            None
+        }
+        None => {
+            errors.push("feature.id: required (the providerId)".into());
+            None
+        }
+    };
+    let entity_type = match f.get("entityType").and_then(Value::as_str) {
+        Some(s) => match s.parse::<crate::EntityType>() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(format!("feature.entityType: {e}"));
+                None
+            }
+        },
+        None => {
+            errors.push("feature.entityType: required (DATA, DATASET or COLLECTION)".into());
+            None
+        }
+    };
+    let model = match f.get("model").and_then(Value::as_str) {
+        Some(m) if !m.trim().is_empty() => Some(m.to_owned()),
+        _ => {
+            errors.push("feature.model: required".into());
+            None
+        }
+    };
+    if let Some(p) = f.get("properties")
+        && !p.is_object()
+        && !p.is_null()
+    {
+        errors.push("feature.properties: must be an object".into());
+    }
+    match (provider_id, entity_type, model) {
+        (Some(provider_id), Some(entity_type), Some(model)) if errors.is_empty() => {
+            Ok(ValidCreation { provider_id, entity_type, model })
+        }
+        _ => Err(errors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(feature: Value) -> FeatureCreationRequestEvent {
+        FeatureCreationRequestEvent {
+            metadata: CreationMetadata { session_owner: "chain".into(), session: "s1".into(), ..Default::default() },
+            feature,
+        }
+    }
+
+    #[test]
+    fn a_complete_creation_passes() {
+        let v = validate_creation(&event(json!({"type": "Feature", "id": "p1", "entityType": "DATA", "model": "M", "properties": {}}))).unwrap();
+        assert_eq!((v.provider_id.as_str(), v.entity_type, v.model.as_str()), ("p1", crate::EntityType::Data, "M"));
+    }
+
+    #[test]
+    fn every_error_is_listed_with_its_path() {
+        let mut e = event(json!({"type": "Feature", "id": "x".repeat(101), "entityType": "THING", "properties": []}));
+        e.metadata.session = " ".into();
+        let errors = validate_creation(&e).unwrap_err();
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        for path in ["metadata.session:", "feature.id:", "feature.entityType:", "feature.model:", "feature.properties:"] {
+            assert!(errors.iter().any(|m| m.starts_with(path)), "{path} missing from {errors:?}");
+        }
+    }
+
+    #[test]
+    fn a_non_object_feature_is_refused() {
+        assert_eq!(validate_creation(&event(json!([1]))).unwrap_err(), vec!["feature: must be a GeoJSON Feature object"]);
+    }
+
+    #[test]
+    fn event_ids_are_deterministic() {
+        let a = FeatureRequestEvent::new(FeatureRequestType::Creation, "r1", "o", RequestState::Granted);
+        assert_eq!(a.event_id, "r1:GRANTED");
+        assert_eq!(serde_json::to_value(&a).unwrap()["type"], "CREATION");
+    }
+}
