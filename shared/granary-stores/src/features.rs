@@ -1,0 +1,179 @@
+//! Features and their versions: every version of a providerId in one partition, sorted by version, so
+//! the latest is the last item and the next version is taken by a put that fails if anyone took it first.
+
+use crate::StoreError;
+use crate::outbox::{Outbox, OutboxEvent};
+use crate::requests::{RequestRecord, request_key};
+use granary_domain::urn::{EntityType, MAX_VERSION, Urn, entity_uuid};
+use granary_ports::{Backend, Cond, Item, Key, PortError, Query, TxOp, Update};
+use serde_json::Value;
+
+/// How often a creation retries when other writers keep taking the next version first.
+const MAX_ATTEMPTS: u32 = 20;
+
+fn partition(provider_id: &str) -> String {
+    format!("F#{}", entity_uuid(provider_id))
+}
+
+fn version_key(provider_id: &str, version: u32) -> Key {
+    Key::new(partition(provider_id), format!("V{version:03}"))
+}
+
+/// A stored feature version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFeature {
+    /// Its URN.
+    pub urn: String,
+    /// Whether it is the latest version.
+    pub last: bool,
+    /// The GeoJSON feature, with `urn` and `last` filled in.
+    pub feature: Value,
+}
+
+/// What a creation came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreationOutcome {
+    /// This call created the version.
+    Created {
+        /// URN of the new version.
+        urn: String,
+        /// Events staged with it, to flush.
+        events: Vec<OutboxEvent>,
+    },
+    /// The request id was already recorded (a redelivery, or a reuse of the id).
+    AlreadyRecorded(RequestRecord),
+}
+
+/// A creation to record.
+#[derive(Clone)]
+pub struct NewVersion<'a> {
+    /// The tenant of the URN.
+    pub tenant: &'a str,
+    /// providerId.
+    pub provider_id: &'a str,
+    /// Entity type.
+    pub entity_type: EntityType,
+    /// The GeoJSON feature as submitted.
+    pub feature: &'a Value,
+    /// The request, recorded in the same transaction (its state is set here).
+    pub request: RequestRecord,
+    /// Events to stage in the same transaction: built once the URN is known.
+    pub events: &'a (dyn Fn(&str) -> Vec<OutboxEvent> + Send + Sync),
+}
+
+/// Writes and reads features.
+#[derive(Debug, Clone)]
+pub struct FeatureStore {
+    features: String,
+    requests: String,
+    outbox: Outbox,
+}
+
+impl FeatureStore {
+    /// Features in `features`, requests and outbox in `requests`.
+    pub fn new(features: &str, requests: &str) -> Self {
+        Self { features: features.to_owned(), requests: requests.to_owned(), outbox: Outbox::new(requests) }
+    }
+
+    /// The latest version number of `provider_id`, 0 when none.
+    pub async fn latest_version(&self, backend: &Backend, provider_id: &str) -> Result<u32, StoreError> {
+        let page = backend.table.query(Query::partition(&self.features, partition(provider_id)).descending().limit(1)).await?;
+        Ok(page.items.first().and_then(|i| i.key.sk.strip_prefix('V')?.parse().ok()).unwrap_or(0))
+    }
+
+    /// Creates the next version of the providerId, records the request and stages its events, all in one
+    /// transaction. Two creations of one providerId racing get two distinct versions; a request id
+    /// already recorded creates nothing.
+    pub async fn create_next_version(&self, backend: &Backend, new: NewVersion<'_>) -> Result<CreationOutcome, StoreError> {
+        let now = backend.clock.now_ms();
+        for _ in 0..MAX_ATTEMPTS {
+            let latest = self.latest_version(backend, new.provider_id).await?;
+            let version = latest + 1;
+            if version > MAX_VERSION {
+                return Err(StoreError::VersionsExhausted(new.provider_id.to_owned()));
+            }
+            let urn = Urn::new(new.entity_type, new.tenant, new.provider_id, version)
+                .map_err(|e| StoreError::Malformed(new.provider_id.to_owned(), e.to_string()))?
+                .to_string();
+            let mut feature = new.feature.clone();
+            if let Some(obj) = feature.as_object_mut() {
+                obj.insert("urn".into(), Value::from(urn.clone()));
+                obj.insert("last".into(), Value::Bool(true));
+            }
+            let item = Item::new(version_key(new.provider_id, version))
+                .with("urn", urn.clone())
+                .with("providerId", new.provider_id)
+                .with("version", version)
+                .with("last", true)
+                .with("feature", feature)
+                .with("createdAt", now)
+                .with("requestId", new.request.request_id.clone());
+            let mut record = new.request.clone();
+            record.urn = Some(urn.clone());
+            let events = (new.events)(&urn);
+            let mut ops = vec![
+                TxOp::Put { table: self.requests.clone(), item: record.to_item(), cond: Some(Cond::ItemAbsent) },
+                TxOp::Put { table: self.features.clone(), item, cond: Some(Cond::ItemAbsent) },
+            ];
+            if latest > 0 {
+                ops.push(TxOp::Update {
+                    table: self.features.clone(),
+                    key: version_key(new.provider_id, latest),
+                    updates: vec![Update::set("last", false)],
+                    cond: Some(Cond::ItemExists),
+                });
+            }
+            ops.extend(events.iter().map(|e| self.outbox.stage(e, now)));
+            match backend.table.transact(ops).await {
+                Ok(()) => return Ok(CreationOutcome::Created { urn, events }),
+                Err(PortError::TransactionCanceled { index: 0, .. }) => {
+                    let existing = backend.table.get(&self.requests, &request_key(&new.request.request_id)).await?;
+                    if let Some(item) = existing {
+                        return Ok(CreationOutcome::AlreadyRecorded(RequestRecord::from_item(&item)?));
+                    }
+                    // The row vanished between the failed write and the read: try again.
+                }
+                // Someone took this version (or a later one) first: read the latest again.
+                Err(PortError::TransactionCanceled { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Contention(new.provider_id.to_owned(), MAX_ATTEMPTS))
+    }
+
+    /// Records a request refused at registration, with its events, once.
+    pub async fn record_denied(&self, backend: &Backend, request: RequestRecord, events: &[OutboxEvent]) -> Result<Option<RequestRecord>, StoreError> {
+        let now = backend.clock.now_ms();
+        let mut ops = vec![TxOp::Put { table: self.requests.clone(), item: request.to_item(), cond: Some(Cond::ItemAbsent) }];
+        ops.extend(events.iter().map(|e| self.outbox.stage(e, now)));
+        match backend.table.transact(ops).await {
+            Ok(()) => Ok(None),
+            Err(PortError::TransactionCanceled { index: 0, .. }) => {
+                let existing = backend.table.get(&self.requests, &request_key(&request.request_id)).await?;
+                Ok(existing.map(|i| RequestRecord::from_item(&i)).transpose()?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The feature version named by `urn`.
+    pub async fn get(&self, backend: &Backend, urn: &Urn) -> Result<Option<StoredFeature>, StoreError> {
+        let key = Key::new(format!("F#{}", urn.uuid), format!("V{:03}", urn.version));
+        let Some(item) = backend.table.get(&self.features, &key).await? else { return Ok(None) };
+        if item.get_str("urn") != Some(urn.to_string().as_str()) {
+            // Same providerId and version, another entity type or tenant: not this URN.
+            return Ok(None);
+        }
+        let last = item.get("last").and_then(Value::as_bool).unwrap_or(false);
+        let mut feature = item.get("feature").cloned().unwrap_or(Value::Null);
+        if let Some(obj) = feature.as_object_mut() {
+            obj.insert("last".into(), Value::Bool(last));
+        }
+        Ok(Some(StoredFeature { urn: urn.to_string(), last, feature }))
+    }
+
+    /// The outbox of these tables.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+}

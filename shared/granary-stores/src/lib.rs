@@ -1,0 +1,38 @@
+//! Granary's domain stores: features, feature requests and the event outbox, written over the generic
+//! ports. Each store is a capability (what a function may do), so a function links only the stores it
+//! uses, which maps one-to-one onto its IAM policy.
+
+pub mod features;
+pub mod outbox;
+pub mod requests;
+
+use granary_ports::PortError;
+use thiserror::Error;
+
+/// What a store operation can fail with.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// Every version 1..=999 of the providerId is taken.
+    #[error("providerId {0:?} already has version 999, the last one allowed")]
+    VersionsExhausted(String),
+    /// Writers kept taking the next version first; the caller may retry the whole request later.
+    #[error("could not take a version for providerId {0:?} after {1} attempts under contention")]
+    Contention(String, u32),
+    /// A stored item is not what this version of Granary writes.
+    #[error("stored item {0} is malformed: {1}")]
+    Malformed(String, String),
+    /// The port failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Contention(..) => true,
+            StoreError::Port(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
