@@ -1,1 +1,154 @@
-//! placeholder
+//! `feature-api`: the HTTP face of feature management. Submissions are checked, given request ids and
+//! queued by priority, exactly as producers' SQS messages are; reads serve requests and features.
+//!
+//! Routes:
+//! - `POST /features`: a FeatureCreationCollection; answers 202 with the granted and denied features.
+//! - `GET /features/requests/{requestId}`: one request's state, step, URN and errors.
+//! - `GET /features/{urn}`: one feature version, `last` telling whether it is the latest.
+
+use granary_domain::request::validate_creation;
+use granary_domain::{FeatureCreationCollection, FeatureCreationRequestEvent, FeatureRequestType, Urn};
+use granary_lambda::http::{bad_request, body_text, forbidden, json, not_found, unauthorized, unavailable};
+use granary_lambda::{Config, Identity};
+use granary_ports::{Backend, OutgoingMessage};
+use granary_stores::features::FeatureStore;
+use granary_stores::requests::RequestReader;
+use lambda_http::{Body, Request, Response};
+use serde_json::{Value, json};
+
+/// Most features accepted in one submission (REGARDS's bulk size).
+pub const MAX_FEATURES_PER_SUBMISSION: usize = 1000;
+
+/// The handler and what it needs, built once per cold start.
+#[derive(Debug, Clone)]
+pub struct FeatureApi {
+    backend: Backend,
+    config: Config,
+    features: FeatureStore,
+    requests: RequestReader,
+}
+
+/// The error of a route, answered as problem+json.
+type RouteResult = Result<Response<Body>, Response<Body>>;
+
+fn unavailable_on(e: impl std::fmt::Display) -> Response<Body> {
+    tracing::error!(error = %e, "storage failure");
+    unavailable("storage is temporarily unavailable; retry later")
+}
+
+impl FeatureApi {
+    /// The handler over `backend`, configured by `config`.
+    pub fn new(backend: Backend, config: Config) -> Self {
+        let features = FeatureStore::new(&config.features_table, &config.requests_table);
+        let requests = RequestReader::new(&config.requests_table);
+        Self { backend, config, features, requests }
+    }
+
+    /// Answers one API Gateway (HTTP API) request.
+    pub async fn handle(&self, req: Request) -> Result<Response<Body>, lambda_http::Error> {
+        Ok(self.route(req).await.unwrap_or_else(|problem| problem))
+    }
+
+    async fn route(&self, req: Request) -> RouteResult {
+        let identity = Identity::from_request(&req, &self.config.groups_claim).ok_or_else(unauthorized)?;
+        let path = req.uri().path().trim_end_matches('/').to_owned();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (req.method().as_str(), segments.as_slice()) {
+            ("POST", ["features"]) => self.submit_creations(&identity, &req).await,
+            ("GET", ["features", "requests", id]) => self.get_request(&identity, id).await,
+            ("GET", ["features", urn]) => self.get_feature(&percent_decode(urn)).await,
+            (method, _) => Err(not_found(&format!("no route {method} {path}"))),
+        }
+    }
+
+    async fn submit_creations(&self, identity: &Identity, req: &Request) -> RouteResult {
+        if !identity.is_producer() {
+            return Err(forbidden("submitting features needs the producer or admin group"));
+        }
+        let text = body_text(req.body()).map_err(|e| bad_request(&e, &[]))?;
+        let collection: FeatureCreationCollection =
+            serde_json::from_str(text).map_err(|e| bad_request("the body is not a FeatureCreationCollection", &[format!("body: {e}")]))?;
+        if collection.features.is_empty() || collection.features.len() > MAX_FEATURES_PER_SUBMISSION {
+            return Err(bad_request(
+                "wrong number of features",
+                &[format!("features: {} given; 1 to {MAX_FEATURES_PER_SUBMISSION} accepted", collection.features.len())],
+            ));
+        }
+        let owner = collection.request_owner.clone().filter(|o| !o.is_empty()).unwrap_or_else(|| identity.user.clone());
+        let queue = self.config.feature_queue(collection.metadata.priority).to_owned();
+        let date = self.backend.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut granted = Vec::new();
+        let mut denied = Vec::new();
+        let mut problems = Vec::new();
+        let mut outgoing = Vec::new();
+        for (i, feature) in collection.features.into_iter().enumerate() {
+            let event = FeatureCreationRequestEvent { metadata: collection.metadata.clone(), feature };
+            let provider_id = event.feature.get("id").and_then(Value::as_str).map(str::to_owned);
+            match validate_creation(&event) {
+                Ok(_) => {
+                    let request_id = self.backend.ids.new_id().to_string();
+                    let body = serde_json::to_string(&event).map_err(|e| bad_request(&e.to_string(), &[]))?;
+                    outgoing.push(
+                        OutgoingMessage::new(body)
+                            .attribute("regards.request.type", FeatureRequestType::Creation.as_str())
+                            .attribute("regards.request.id", request_id.clone())
+                            .attribute("regards.request.owner", owner.clone())
+                            .attribute("regards.request.date", date.clone()),
+                    );
+                    granted.push(json!({ "requestId": request_id, "id": provider_id }));
+                }
+                Err(errors) => {
+                    problems.extend(errors.iter().map(|e| format!("features[{i}].{}", e.trim_start_matches("feature."))));
+                    denied.push(json!({ "index": i, "id": provider_id, "errors": errors }));
+                }
+            }
+        }
+        if granted.is_empty() {
+            return Err(bad_request("every feature was denied", &problems));
+        }
+        for chunk in outgoing.chunks(granary_ports::queue::MAX_BATCH) {
+            self.backend.queue.send_batch(&queue, chunk.to_vec()).await.map_err(unavailable_on)?;
+        }
+        Ok(json(202, &json!({ "granted": granted, "denied": denied })))
+    }
+
+    async fn get_request(&self, identity: &Identity, request_id: &str) -> RouteResult {
+        let record = self.requests.get(&self.backend, request_id).await.map_err(unavailable_on)?;
+        match record {
+            // Only the owner and admins learn that a request exists.
+            Some(r) if identity.is_admin() || r.request_owner == identity.user => Ok(json(200, &r)),
+            _ => Err(not_found(&format!("no request {request_id}"))),
+        }
+    }
+
+    async fn get_feature(&self, urn_text: &str) -> RouteResult {
+        let urn: Urn = urn_text.parse().map_err(|e: granary_domain::UrnError| bad_request("invalid URN", &[format!("urn: {e}")]))?;
+        if urn.tenant != self.config.tenant {
+            return Err(not_found(&format!("no feature {urn}")));
+        }
+        match self.features.get(&self.backend, &urn).await.map_err(unavailable_on)? {
+            Some(f) => Ok(json(200, &json!({ "urn": f.urn, "last": f.last, "feature": f.feature }))),
+            None => Err(not_found(&format!("no feature {urn}"))),
+        }
+    }
+}
+
+/// Decodes `%XX` escapes in a path segment (URNs may arrive encoded).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16)
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

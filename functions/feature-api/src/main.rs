@@ -1,1 +1,9 @@
-fn main() {}
+//! The `feature-api` Lambda: API Gateway HTTP API requests to [`feature_api::FeatureApi`].
+
+fn main() {
+    granary_lambda::init_logging();
+    // The AWS implementation of the ports (DynamoDB, SQS, S3) is the next foundation slice; until it
+    // lands this function runs inside granary-local only, which wires the handler to the embedded backend.
+    tracing::error!("feature-api has no AWS backend in this build; run it through granary-local");
+    std::process::exit(78);
+}

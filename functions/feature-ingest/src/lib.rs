@@ -1,1 +1,217 @@
-//! placeholder
+//! `feature-ingest`: takes feature requests from the HIGH, NORMAL and LOW queues, validates them,
+//! versions and stores the features, and answers each request with FeatureRequestEvents.
+//!
+//! Every message's effect and its dedupe record (the request record) are one transaction, so a
+//! redelivered message changes nothing; only messages that hit a transient failure are reported back
+//! as batch item failures.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use granary_domain::request::validate_creation;
+use granary_domain::{FeatureCreationRequestEvent, FeatureRequestEvent, FeatureRequestType, RequestState};
+use granary_lambda::{Config, sqs};
+use granary_ports::Backend;
+use granary_stores::StoreError;
+use granary_stores::features::{CreationOutcome, FeatureStore, NewVersion};
+use granary_stores::outbox::OutboxEvent;
+use granary_stores::requests::RequestRecord;
+use lambda_runtime::LambdaEvent;
+use serde_json::Value;
+
+/// Message attribute naming the request kind.
+pub const ATTR_TYPE: &str = "regards.request.type";
+/// Message attribute carrying the request id.
+pub const ATTR_ID: &str = "regards.request.id";
+/// Message attribute carrying the request owner.
+pub const ATTR_OWNER: &str = "regards.request.owner";
+/// Message attribute carrying the request date.
+pub const ATTR_DATE: &str = "regards.request.date";
+
+/// The handler and what it needs, built once per cold start.
+#[derive(Debug, Clone)]
+pub struct FeatureIngest {
+    backend: Backend,
+    config: Config,
+    store: FeatureStore,
+}
+
+/// A message's request as far as it could be read.
+struct Envelope {
+    request_id: String,
+    owner: String,
+    request_type: Option<FeatureRequestType>,
+    body: Result<Value, String>,
+}
+
+fn envelope(msg: &SqsMessage) -> Envelope {
+    let message_id = msg.message_id.clone().unwrap_or_default();
+    let body = msg
+        .body
+        .as_deref()
+        .ok_or_else(|| "message has no body".to_owned())
+        .and_then(|b| serde_json::from_str::<Value>(b).map_err(|e| format!("body is not valid JSON: {e}")));
+    let declared = sqs::attribute(msg, ATTR_TYPE);
+    let request_type = match declared {
+        Some(t) => FeatureRequestType::parse(t),
+        // Without the attribute, infer as the design says: a feature with session metadata is a creation;
+        // a feature with a urn and no session metadata is a patch.
+        None => body.as_ref().ok().and_then(|b| {
+            let has_session = b.pointer("/metadata/sessionOwner").is_some() || b.pointer("/metadata/session").is_some();
+            match (b.get("feature"), has_session) {
+                (Some(_), true) => Some(FeatureRequestType::Creation),
+                (Some(f), false) if f.get("urn").is_some() => Some(FeatureRequestType::Patch),
+                _ => None,
+            }
+        }),
+    };
+    let owner = sqs::attribute(msg, ATTR_OWNER)
+        .map(str::to_owned)
+        .or_else(|| body.as_ref().ok()?.pointer("/metadata/sessionOwner")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned());
+    Envelope {
+        // A message without an id takes its SQS message id, which a redelivery keeps.
+        request_id: sqs::attribute(msg, ATTR_ID).filter(|s| !s.is_empty()).map_or(message_id, str::to_owned),
+        owner,
+        request_type,
+        body,
+    }
+}
+
+impl FeatureIngest {
+    /// The handler over `backend`, configured by `config`.
+    pub fn new(backend: Backend, config: Config) -> Self {
+        let store = FeatureStore::new(&config.features_table, &config.requests_table);
+        Self { backend, config, store }
+    }
+
+    /// Handles one SQS batch; only messages that hit a transient failure are retried.
+    pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+        let mut failed = Vec::new();
+        for msg in &event.payload.records {
+            let id = msg.message_id.clone().unwrap_or_default();
+            if let Err(e) = self.process(msg).await {
+                tracing::warn!(message_id = %id, error = %e, transient = e.is_transient(), "feature request not processed; SQS will redeliver it");
+                failed.push(id);
+            }
+        }
+        Ok(sqs::batch_response(failed))
+    }
+
+    fn event(&self, kind: FeatureRequestType, env: &Envelope, state: RequestState, urn: Option<&str>, provider_id: Option<&str>, errors: Vec<String>) -> OutboxEvent {
+        let mut e = FeatureRequestEvent::new(kind, &env.request_id, &env.owner, state);
+        e.urn = urn.map(str::to_owned);
+        e.id = provider_id.map(str::to_owned);
+        e.errors = errors;
+        OutboxEvent { event_id: e.event_id.clone(), queue: self.config.response_queue.clone(), body: serde_json::to_string(&e).unwrap_or_default() }
+    }
+
+    async fn deny(&self, msg: &SqsMessage, env: &Envelope, kind: FeatureRequestType, provider_id: Option<String>, errors: Vec<String>) -> Result<(), StoreError> {
+        let record = RequestRecord {
+            request_id: env.request_id.clone(),
+            request_type: kind,
+            request_owner: env.owner.clone(),
+            state: RequestState::Denied,
+            step: "LOCAL_DENIED".into(),
+            provider_id: provider_id.clone(),
+            urn: None,
+            errors: errors.clone(),
+            session_owner: None,
+            session: None,
+            registered_at: self.backend.clock.now_ms(),
+            message_id: msg.message_id.clone().unwrap_or_default(),
+        };
+        let events = [self.event(kind, env, RequestState::Denied, None, provider_id.as_deref(), errors)];
+        match self.store.record_denied(&self.backend, record.clone(), &events).await? {
+            None => self.store.outbox().flush(&self.backend, &events).await?,
+            Some(existing) => self.on_known_request(msg, env, &existing).await?,
+        }
+        Ok(())
+    }
+
+    /// A request id already recorded: a redelivery of the same message changes nothing; another message
+    /// reusing the id is denied as a duplicate (reported, not recorded over the first).
+    async fn on_known_request(&self, msg: &SqsMessage, env: &Envelope, existing: &RequestRecord) -> Result<(), StoreError> {
+        if msg.message_id.as_deref() == Some(existing.message_id.as_str()) {
+            tracing::info!(request_id = %env.request_id, "redelivered message: already processed");
+            return Ok(());
+        }
+        let mut e = FeatureRequestEvent::new(existing.request_type, &env.request_id, &env.owner, RequestState::Denied);
+        e.errors = vec![format!("regards.request.id {:?} is already used by another request", env.request_id)];
+        e.event_id = format!("{}:DUPLICATE:{}", env.request_id, msg.message_id.as_deref().unwrap_or_default());
+        let event = OutboxEvent { event_id: e.event_id.clone(), queue: self.config.response_queue.clone(), body: serde_json::to_string(&e).unwrap_or_default() };
+        self.store.outbox().flush(&self.backend, &[event]).await?;
+        Ok(())
+    }
+
+    async fn process(&self, msg: &SqsMessage) -> Result<(), StoreError> {
+        let env = envelope(msg);
+        let Some(kind) = env.request_type else {
+            let errors = vec![match msg.message_attributes.get(ATTR_TYPE) {
+                Some(_) => format!("message attribute {ATTR_TYPE} must be CREATION, PATCH, DELETION or NOTIFICATION"),
+                None => format!("message attribute {ATTR_TYPE} is missing and the body is neither a creation nor a patch"),
+            }];
+            return self.deny(msg, &env, FeatureRequestType::Creation, None, errors).await;
+        };
+        let body = match &env.body {
+            Ok(b) => b.clone(),
+            Err(e) => return self.deny(msg, &env, kind, None, vec![e.clone()]).await,
+        };
+        if kind != FeatureRequestType::Creation {
+            let errors = vec![format!("{} requests are not handled by this version of Granary yet", kind.as_str())];
+            return self.deny(msg, &env, kind, None, errors).await;
+        }
+        let event: FeatureCreationRequestEvent = match serde_json::from_value(body.clone()) {
+            Ok(e) => e,
+            Err(e) => return self.deny(msg, &env, kind, body.pointer("/feature/id").and_then(Value::as_str).map(str::to_owned), vec![format!("body: {e}")]).await,
+        };
+        let valid = match validate_creation(&event) {
+            Ok(v) => v,
+            Err(errors) => return self.deny(msg, &env, kind, event.feature.get("id").and_then(Value::as_str).map(str::to_owned), errors).await,
+        };
+        let record = RequestRecord {
+            request_id: env.request_id.clone(),
+            request_type: kind,
+            request_owner: env.owner.clone(),
+            state: RequestState::Success,
+            step: "DONE".into(),
+            provider_id: Some(valid.provider_id.clone()),
+            urn: None,
+            errors: vec![],
+            session_owner: Some(event.metadata.session_owner.clone()),
+            session: Some(event.metadata.session.clone()),
+            registered_at: self.backend.clock.now_ms(),
+            message_id: msg.message_id.clone().unwrap_or_default(),
+        };
+        let make_events = |urn: &str| {
+            vec![
+                self.event(kind, &env, RequestState::Granted, Some(urn), Some(&valid.provider_id), vec![]),
+                self.event(kind, &env, RequestState::Success, Some(urn), Some(&valid.provider_id), vec![]),
+            ]
+        };
+        let outcome = self
+            .store
+            .create_next_version(
+                &self.backend,
+                NewVersion {
+                    tenant: &self.config.tenant,
+                    provider_id: &valid.provider_id,
+                    entity_type: valid.entity_type,
+                    feature: &event.feature,
+                    request: record,
+                    events: &make_events,
+                },
+            )
+            .await;
+        match outcome {
+            Ok(CreationOutcome::Created { urn, events }) => {
+                tracing::info!(request_id = %env.request_id, %urn, "feature created");
+                self.store.outbox().flush(&self.backend, &events).await?;
+                Ok(())
+            }
+            Ok(CreationOutcome::AlreadyRecorded(existing)) => self.on_known_request(msg, &env, &existing).await,
+            Err(StoreError::VersionsExhausted(p)) => {
+                self.deny(msg, &env, kind, Some(p.clone()), vec![format!("feature.id: providerId {p:?} already has 999 versions")]).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
