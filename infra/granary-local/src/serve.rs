@@ -1,0 +1,183 @@
+//! `granary-local serve`: every function in one process on the embedded backend.
+
+use crate::apigw::{self, Gate, Target};
+use crate::auth::LocalIssuer;
+use crate::sources::{run_schedule, run_sqs_source};
+use crate::{LocalError, resources};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use feature_api::FeatureApi;
+use feature_ingest::FeatureIngest;
+use granary_embedded::{Embedded, EmbeddedOptions, SignedUrlError};
+use granary_lambda::Config;
+use granary_ports::BlobStore;
+use http::{HeaderMap, Method, StatusCode, Uri};
+use outbox_relay::OutboxRelay;
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// API Gateway's payload limit; larger bodies get 413.
+const MAX_BODY: usize = 10 * 1024 * 1024;
+
+/// What `serve` needs.
+pub struct ServeOptions {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Address to listen on (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Concurrent feature-ingest invocations.
+    pub ingest_workers: usize,
+    /// How long a nearline restore takes.
+    pub restore_delay: Duration,
+    /// How often the outbox relay runs.
+    pub relay_every: Duration,
+}
+
+struct AppState {
+    issuer: LocalIssuer,
+    embedded: Embedded,
+    feature_api: FeatureApi,
+}
+
+/// Serves until Ctrl-C or SIGTERM, then stops taking work, lets running invocations finish, and returns.
+pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
+    let config = Config::from_env();
+    let listener = tokio::net::TcpListener::bind(opts.listen).await.map_err(|e| LocalError::Listen(opts.listen.to_string(), e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| LocalError::Listen(opts.listen.to_string(), e.to_string()))?;
+    let mut eopts = EmbeddedOptions::new(&opts.data_dir, resources::resources(&config));
+    eopts.restore_delay = opts.restore_delay;
+    eopts.public_base_url = format!("http://{addr}");
+    let embedded = Embedded::open(eopts).map_err(|e| LocalError::Backend(e.to_string()))?;
+    let backend = embedded.backend();
+    let issuer = LocalIssuer::load_or_create(&opts.data_dir, &config.groups_claim).map_err(LocalError::Key)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = tokio::task::JoinSet::new();
+
+    let ingest = Arc::new(FeatureIngest::new(backend.clone(), config.clone()));
+    let ingest_handler = Arc::new(move |e| {
+        let f = ingest.clone();
+        async move { f.handle(e).await }
+    });
+    for _ in 0..opts.ingest_workers.max(1) {
+        workers.spawn(run_sqs_source(backend.clone(), "feature-ingest", config.feature_queues.to_vec(), 10, ingest_handler.clone(), stop_rx.clone()));
+    }
+    let relay = Arc::new(OutboxRelay::new(backend.clone(), &config).map_err(LocalError::Config)?);
+    let relay_handler = Arc::new(move |e| {
+        let f = relay.clone();
+        async move { f.handle(e).await }
+    });
+    workers.spawn(run_schedule(backend.clone(), "granary-outbox-relay", opts.relay_every, relay_handler, stop_rx.clone()));
+    // S3 announces completed restores through EventBridge; the embedded blob store needs this pump.
+    {
+        let embedded = embedded.clone();
+        let mut stop = stop_rx.clone();
+        let queue = resources::storage_ready_queue();
+        workers.spawn(async move {
+            while !*stop.borrow() {
+                if let Err(e) = embedded.announce_completed_restores(&queue).await {
+                    tracing::error!(error = %e, "cannot announce completed restores");
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), stop.changed()).await;
+            }
+        });
+    }
+
+    let state = Arc::new(AppState { issuer, embedded, feature_api: FeatureApi::new(backend.clone(), config.clone()) });
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/blobs/{bucket}/{*key}", get(signed_blob))
+        .fallback(api_gateway)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state);
+    println!("granary-local listening on http://{addr} (data directory {})", opts.data_dir.display());
+    tracing::info!(%addr, "granary-local serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            shutdown_signal().await;
+            tracing::info!("stopping: no new work is taken; running invocations finish");
+        })
+        .await
+        .map_err(|e| LocalError::Listen(addr.to_string(), e.to_string()))?;
+    let _ = stop_tx.send(true);
+    while workers.join_next().await.is_some() {}
+    println!("granary-local stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn health() -> Response {
+    axum::Json(json!({ "status": "UP", "backend": "embedded" })).into_response()
+}
+
+async fn jwks(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(state.issuer.jwks()).into_response()
+}
+
+async fn signed_blob(State(state): State<Arc<AppState>>, Path((bucket, key)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let expires = q.get("expires").and_then(|e| e.parse::<i64>().ok());
+    let (Some(expires), Some(signature)) = (expires, q.get("signature")) else {
+        return (StatusCode::FORBIDDEN, "signed URL needs expires and signature").into_response();
+    };
+    match state.embedded.blobs.verify_signed(&bucket, &key, expires, signature) {
+        Ok(()) => {}
+        Err(e @ (SignedUrlError::Expired | SignedUrlError::BadSignature)) => return (StatusCode::FORBIDDEN, e.to_string()).into_response(),
+    }
+    match state.embedded.blobs.get(&bucket, &key).await {
+        Ok((meta, reader)) => {
+            let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(reader));
+            ([(http::header::CONTENT_LENGTH, meta.size.to_string()), (http::header::ETAG, format!("\"{}\"", meta.etag))], body).into_response()
+        }
+        Err(granary_ports::PortError::NotFound(_)) => (StatusCode::NOT_FOUND, "no such object").into_response(),
+        Err(e @ granary_ports::PortError::NotRestored { .. }) => (StatusCode::FORBIDDEN, e.to_string()).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+async fn api_gateway(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let now = chrono::Utc::now().timestamp_millis();
+    match apigw::gate(&state.issuer, &method, uri.path(), uri.query(), &headers, &body, now) {
+        Gate::Answer(status, problem) => (status, [(http::header::CONTENT_TYPE, "application/problem+json")], problem.to_string()).into_response(),
+        Gate::Invoke(target, event) => {
+            let request = match apigw::into_request(&event) {
+                Ok(r) => r,
+                Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+            };
+            let result = match target {
+                Target::FeatureApi => state.feature_api.handle(request).await,
+            };
+            match result {
+                Ok(response) => apigw::into_http(response),
+                // API Gateway answers a failed invocation with 500 and this body.
+                Err(e) => {
+                    tracing::error!(error = %e, "function invocation failed");
+                    (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({ "message": "Internal Server Error" }))).into_response()
+                }
+            }
+        }
+    }
+}

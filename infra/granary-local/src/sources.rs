@@ -1,0 +1,182 @@
+//! Stands in for Lambda's event sources: SQS event source mappings (receive a batch, invoke with a real
+//! `SqsEvent`, delete what succeeded, leave the reported failures to come back after their visibility
+//! timeout) and EventBridge schedules (invoke with a real scheduled event).
+
+use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use granary_ports::{Backend, ReceivedMessage};
+use lambda_runtime::{Context, LambdaEvent};
+use serde_json::{Map, Value, json};
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long an idle poller waits on its lowest-priority queue before looking at the higher ones again.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// The SQS event for a received batch, exactly as Lambda's event source mapping delivers it.
+pub fn sqs_event(queue: &str, messages: &[ReceivedMessage]) -> Result<SqsEvent, String> {
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let attrs: Map<String, Value> = m
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), json!({ "stringValue": v, "stringListValues": [], "binaryListValues": [], "dataType": "String" })))
+                .collect();
+            json!({
+                "messageId": m.message_id,
+                "receiptHandle": m.receipt_handle,
+                "body": m.body,
+                "md5OfBody": "",
+                "attributes": {
+                    "ApproximateReceiveCount": m.receive_count.to_string(),
+                    "SentTimestamp": m.sent_at_ms.to_string(),
+                    "SenderId": "granary-local",
+                    "ApproximateFirstReceiveTimestamp": m.sent_at_ms.to_string(),
+                },
+                "messageAttributes": attrs,
+                "eventSource": "aws:sqs",
+                "eventSourceARN": format!("arn:aws:sqs:local:000000000000:{queue}"),
+                "awsRegion": "local",
+            })
+        })
+        .collect();
+    serde_json::from_value(json!({ "Records": records })).map_err(|e| format!("cannot build SqsEvent: {e}"))
+}
+
+/// A scheduled event, as EventBridge sends it to a rule's target.
+pub fn scheduled_event(rule: &str, now: chrono::DateTime<chrono::Utc>) -> Result<CloudWatchEvent, String> {
+    serde_json::from_value(json!({
+        "version": "0",
+        "id": uuid::Uuid::now_v7().to_string(),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "000000000000",
+        "time": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "region": "local",
+        "resources": [format!("arn:aws:events:local:000000000000:rule/{rule}")],
+        "detail": {}
+    }))
+    .map_err(|e| format!("cannot build scheduled event: {e}"))
+}
+
+/// Polls `queues` in strict priority order (the first non-empty one wins) and invokes `handler` with
+/// batches of up to `batch_size`, until `shutdown` turns true. A batch in progress always completes.
+pub async fn run_sqs_source<H, F>(backend: Backend, function: &'static str, queues: Vec<String>, batch_size: usize, handler: Arc<H>, mut shutdown: watch::Receiver<bool>)
+where
+    H: Fn(LambdaEvent<SqsEvent>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<SqsBatchResponse, lambda_runtime::Error>> + Send + 'static,
+{
+    while !*shutdown.borrow() {
+        let mut batch = None;
+        for (i, queue) in queues.iter().enumerate() {
+            let wait = if i + 1 == queues.len() { IDLE_WAIT } else { Duration::ZERO };
+            match backend.queue.receive(queue, batch_size, None, wait).await {
+                Ok(msgs) if !msgs.is_empty() => {
+                    batch = Some((queue.clone(), msgs));
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(function, %queue, error = %e, "receive failed");
+                    let _ = tokio::time::timeout(Duration::from_secs(1), shutdown.changed()).await;
+                }
+            }
+        }
+        let Some((queue, messages)) = batch else { continue };
+        let event = match sqs_event(&queue, &messages) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(function, error = %e, "cannot build the event; the messages will be received again");
+                continue;
+            }
+        };
+        // Run the invocation as its own task, so that a panic fails the invocation (as on Lambda) and
+        // not the poller.
+        let h = handler.clone();
+        let outcome = tokio::spawn(async move { h(LambdaEvent::new(event, Context::default())).await }).await;
+        let failed: HashSet<String> = match outcome {
+            Ok(Ok(response)) => response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect(),
+            Ok(Err(e)) => {
+                tracing::error!(function, %queue, error = %e, "invocation failed; the whole batch will be received again");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(function, %queue, error = %e, "invocation panicked; the whole batch will be received again");
+                continue;
+            }
+        };
+        let done: Vec<String> = messages.iter().filter(|m| !failed.contains(&m.message_id)).map(|m| m.receipt_handle.clone()).collect();
+        if !done.is_empty()
+            && let Err(e) = backend.queue.delete_batch(&queue, done).await
+        {
+            tracing::error!(function, %queue, error = %e, "delete failed; processed messages will be received again");
+        }
+    }
+}
+
+/// Invokes `handler` with a scheduled event every `every`, until `shutdown` turns true.
+pub async fn run_schedule<H, F>(backend: Backend, rule: &'static str, every: Duration, handler: Arc<H>, mut shutdown: watch::Receiver<bool>)
+where
+    H: Fn(LambdaEvent<CloudWatchEvent>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Value, lambda_runtime::Error>> + Send + 'static,
+{
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let event = match scheduled_event(rule, backend.clock.now()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(rule, error = %e, "cannot build the scheduled event");
+                continue;
+            }
+        };
+        let h = handler.clone();
+        match tokio::spawn(async move { h(LambdaEvent::new(event, Context::default())).await }).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(rule, error = %e, "scheduled invocation failed"),
+            Err(e) => tracing::error!(rule, error = %e, "scheduled invocation panicked"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn sqs_event_carries_attributes_as_lambda_does() {
+        let m = ReceivedMessage {
+            message_id: "m1".into(),
+            receipt_handle: "1.1".into(),
+            body: "{}".into(),
+            attributes: BTreeMap::from([("regards.request.id".to_owned(), "r1".to_owned())]),
+            receive_count: 2,
+            sent_at_ms: 5,
+        };
+        let e = sqs_event("feature-high", &[m]).unwrap();
+        let r = &e.records[0];
+        assert_eq!(r.message_id.as_deref(), Some("m1"));
+        assert_eq!(r.message_attributes["regards.request.id"].string_value.as_deref(), Some("r1"));
+        assert_eq!(r.attributes["ApproximateReceiveCount"], "2");
+        assert_eq!(r.event_source_arn.as_deref(), Some("arn:aws:sqs:local:000000000000:feature-high"));
+    }
+
+    #[test]
+    fn scheduled_event_has_eventbridge_shape() {
+        let e = scheduled_event("granary-outbox-relay", chrono::Utc::now()).unwrap();
+        assert_eq!(e.detail_type.as_deref(), Some("Scheduled Event"));
+        assert_eq!(e.source.as_deref(), Some("aws.events"));
+    }
+}
