@@ -52,7 +52,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
     let config = Config::from_env();
     let listener = tokio::net::TcpListener::bind(opts.listen).await.map_err(|e| LocalError::Listen(opts.listen.to_string(), e.to_string()))?;
     let addr = listener.local_addr().map_err(|e| LocalError::Listen(opts.listen.to_string(), e.to_string()))?;
-    let mut eopts = EmbeddedOptions::new(&opts.data_dir, resources::resources(&config));
+    let mut eopts = EmbeddedOptions::new(&opts.data_dir, resources::resources(&config).map_err(LocalError::Config)?);
     eopts.restore_delay = opts.restore_delay;
     eopts.public_base_url = format!("http://{addr}");
     let embedded = Embedded::open(eopts).map_err(|e| LocalError::Backend(e.to_string()))?;

@@ -4,9 +4,10 @@
 
 use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use granary_ports::{Backend, ReceivedMessage};
+use granary_lambda::sqs::sqs_event;
+use granary_ports::Backend;
 use lambda_runtime::{Context, LambdaEvent};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
@@ -15,37 +16,6 @@ use tokio::sync::watch;
 
 /// How long an idle poller waits on its lowest-priority queue before looking at the higher ones again.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
-
-/// The SQS event for a received batch, exactly as Lambda's event source mapping delivers it.
-pub fn sqs_event(queue: &str, messages: &[ReceivedMessage]) -> Result<SqsEvent, String> {
-    let records: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            let attrs: Map<String, Value> = m
-                .attributes
-                .iter()
-                .map(|(k, v)| (k.clone(), json!({ "stringValue": v, "stringListValues": [], "binaryListValues": [], "dataType": "String" })))
-                .collect();
-            json!({
-                "messageId": m.message_id,
-                "receiptHandle": m.receipt_handle,
-                "body": m.body,
-                "md5OfBody": "",
-                "attributes": {
-                    "ApproximateReceiveCount": m.receive_count.to_string(),
-                    "SentTimestamp": m.sent_at_ms.to_string(),
-                    "SenderId": "granary-local",
-                    "ApproximateFirstReceiveTimestamp": m.sent_at_ms.to_string(),
-                },
-                "messageAttributes": attrs,
-                "eventSource": "aws:sqs",
-                "eventSourceARN": format!("arn:aws:sqs:local:000000000000:{queue}"),
-                "awsRegion": "local",
-            })
-        })
-        .collect();
-    serde_json::from_value(json!({ "Records": records })).map_err(|e| format!("cannot build SqsEvent: {e}"))
-}
 
 /// A scheduled event, as EventBridge sends it to a rule's target.
 pub fn scheduled_event(rule: &str, now: chrono::DateTime<chrono::Utc>) -> Result<CloudWatchEvent, String> {
@@ -153,25 +123,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    #[test]
-    fn sqs_event_carries_attributes_as_lambda_does() {
-        let m = ReceivedMessage {
-            message_id: "m1".into(),
-            receipt_handle: "1.1".into(),
-            body: "{}".into(),
-            attributes: BTreeMap::from([("regards.request.id".to_owned(), "r1".to_owned())]),
-            receive_count: 2,
-            sent_at_ms: 5,
-        };
-        let e = sqs_event("feature-high", &[m]).unwrap();
-        let r = &e.records[0];
-        assert_eq!(r.message_id.as_deref(), Some("m1"));
-        assert_eq!(r.message_attributes["regards.request.id"].string_value.as_deref(), Some("r1"));
-        assert_eq!(r.attributes["ApproximateReceiveCount"], "2");
-        assert_eq!(r.event_source_arn.as_deref(), Some("arn:aws:sqs:local:000000000000:feature-high"));
-    }
 
     #[test]
     fn scheduled_event_has_eventbridge_shape() {

@@ -1,0 +1,235 @@
+//! feature-ingest against the embedded backend: messages in the shapes producers send, checked by what
+//! is stored and what is answered on the response queue.
+
+use feature_ingest::FeatureIngest;
+use granary_embedded::{Embedded, EmbeddedOptions};
+use granary_lambda::Config;
+use granary_lambda::sqs::sqs_event;
+use granary_ports::{Backend, IndexSpec, Query, QueueSpec, ReceivedMessage, Resources, TableSpec};
+use lambda_runtime::{Context, LambdaEvent};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    backend: Backend,
+    config: Config,
+    ingest: FeatureIngest,
+}
+
+fn config() -> Config {
+    Config {
+        tenant: "granary".into(),
+        feature_queues: ["feature-high".into(), "feature-normal".into(), "feature-low".into()],
+        response_queue: "feature-response".into(),
+        features_table: "features".into(),
+        requests_table: "requests".into(),
+        groups_claim: "cognito:groups".into(),
+    }
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config();
+    let mut queues: Vec<QueueSpec> = config.feature_queues.iter().map(|q| QueueSpec::new(q.clone())).collect();
+    queues.push(QueueSpec::new("feature-response"));
+    let resources = Resources {
+        tables: vec![
+            TableSpec { name: "features".into(), indexes: vec![], ttl_attr: None },
+            TableSpec {
+                name: "requests".into(),
+                indexes: vec![IndexSpec { name: "outbox".into(), partition_attr: "outbox".into(), sort_attr: Some("createdAt".into()) }],
+                ttl_attr: None,
+            },
+        ],
+        queues,
+        buckets: vec![],
+    };
+    let backend = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).unwrap().backend();
+    let ingest = FeatureIngest::new(backend.clone(), config.clone());
+    Fixture { _dir: dir, backend, config, ingest }
+}
+
+/// The creation example of the brief (`examples/sqs-creation.json`), with another providerId.
+fn creation(provider_id: &str) -> Value {
+    json!({
+        "metadata": {"sessionOwner": "s2-ingest-chain", "session": "2026-11-23", "priority": "HIGH", "override": false, "updateIfExists": false},
+        "feature": {
+            "type": "Feature", "id": provider_id, "entityType": "DATA", "model": "S2_L1C",
+            "geometry": {"type": "Point", "coordinates": [1.0, 43.2]},
+            "properties": {"mission": "S2A"},
+            "files": []
+        }
+    })
+}
+
+fn message(id: &str, body: &str, attrs: &[(&str, &str)]) -> ReceivedMessage {
+    ReceivedMessage {
+        message_id: id.into(),
+        receipt_handle: format!("{id}.1"),
+        body: body.into(),
+        attributes: attrs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>(),
+        receive_count: 1,
+        sent_at_ms: 0,
+    }
+}
+
+impl Fixture {
+    async fn deliver(&self, messages: &[ReceivedMessage]) -> Vec<String> {
+        let event = sqs_event("feature-high", messages).unwrap();
+        let response = self.ingest.handle(LambdaEvent::new(event, Context::default())).await.unwrap();
+        response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect()
+    }
+
+    async fn responses(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let got = self.backend.queue.receive(&self.config.response_queue, 10, None, Duration::ZERO).await.unwrap();
+            if got.is_empty() {
+                return out;
+            }
+            out.extend(got.iter().map(|m| serde_json::from_str::<Value>(&m.body).unwrap()));
+            self.backend.queue.delete_batch(&self.config.response_queue, got.into_iter().map(|m| m.receipt_handle).collect()).await.unwrap();
+        }
+    }
+
+    async fn versions(&self, provider_id: &str) -> Vec<(String, bool)> {
+        let pk = format!("F#{}", granary_domain::entity_uuid(provider_id));
+        let page = self.backend.table.query(Query::partition("features", pk)).await.unwrap();
+        page.items.iter().map(|i| (i.get_str("urn").unwrap().to_owned(), i.get("last").and_then(Value::as_bool).unwrap())).collect()
+    }
+}
+
+fn states(events: &[Value], request_id: &str) -> Vec<String> {
+    events.iter().filter(|e| e["requestId"] == request_id).map(|e| e["state"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn creation_from_sqs_is_versioned_and_answered() {
+    let f = fixture();
+    let body = creation("product-0001").to_string();
+    let failed = f.deliver(&[message("m1", &body, &[("regards.request.type", "CREATION"), ("regards.request.id", "r1"), ("regards.request.owner", "chain")])]).await;
+    assert!(failed.is_empty());
+    assert_eq!(f.versions("product-0001").await, vec![("URN:FEATURE:DATA:granary:0a52d09e-9b90-3b1b-8a3d-1c83f6b5953c:V1".to_owned(), true)]);
+    let events = f.responses().await;
+    assert_eq!(states(&events, "r1"), vec!["GRANTED", "SUCCESS"]);
+    let success = events.iter().find(|e| e["state"] == "SUCCESS").unwrap();
+    assert_eq!(success["urn"], "URN:FEATURE:DATA:granary:0a52d09e-9b90-3b1b-8a3d-1c83f6b5953c:V1");
+    assert_eq!(success["requestOwner"], "chain");
+    assert_eq!(success["eventId"], "r1:SUCCESS");
+}
+
+#[tokio::test]
+async fn next_creation_of_a_provider_id_is_the_next_version() {
+    let f = fixture();
+    let body = creation("p").to_string();
+    f.deliver(&[message("m1", &body, &[("regards.request.id", "r1")]), message("m2", &body, &[("regards.request.id", "r2")])]).await;
+    let v = f.versions("p").await;
+    assert_eq!(v.len(), 2);
+    assert!(v[0].0.ends_with(":V1") && !v[0].1, "V1 is no longer the latest: {v:?}");
+    assert!(v[1].0.ends_with(":V2") && v[1].1, "V2 is the latest: {v:?}");
+}
+
+#[tokio::test]
+async fn redelivered_message_has_the_effect_of_one_delivery() {
+    let f = fixture();
+    let body = creation("p").to_string();
+    let m = message("m1", &body, &[("regards.request.id", "r1")]);
+    f.deliver(std::slice::from_ref(&m)).await;
+    let first = f.responses().await;
+    let failed = f.deliver(&[m]).await;
+    assert!(failed.is_empty(), "a redelivery succeeds (and is deleted)");
+    assert_eq!(f.versions("p").await.len(), 1, "no second version");
+    assert!(f.responses().await.is_empty(), "no second event");
+    assert_eq!(states(&first, "r1"), vec!["GRANTED", "SUCCESS"]);
+}
+
+#[tokio::test]
+async fn new_message_reusing_a_request_id_is_denied_as_duplicate() {
+    let f = fixture();
+    f.deliver(&[message("m1", &creation("p").to_string(), &[("regards.request.id", "r1")])]).await;
+    f.responses().await;
+    f.deliver(&[message("m2", &creation("q").to_string(), &[("regards.request.id", "r1")])]).await;
+    let events = f.responses().await;
+    assert_eq!(states(&events, "r1"), vec!["DENIED"]);
+    assert!(events[0]["errors"][0].as_str().unwrap().contains("already used"), "{events:?}");
+    assert!(f.versions("q").await.is_empty(), "the duplicate created nothing");
+}
+
+#[tokio::test]
+async fn kind_is_inferred_without_the_type_attribute_or_denied_naming_it() {
+    let f = fixture();
+    f.deliver(&[message("m1", &creation("p").to_string(), &[])]).await;
+    assert_eq!(f.versions("p").await.len(), 1, "a feature with session metadata is a creation");
+    let events = f.responses().await;
+    assert_eq!(states(&events, "m1"), vec!["GRANTED", "SUCCESS"], "without regards.request.id, the message id is the request id");
+    f.deliver(&[message("m2", r#"{"something": "else"}"#, &[])]).await;
+    let events = f.responses().await;
+    assert_eq!(states(&events, "m2"), vec!["DENIED"]);
+    assert!(events[0]["errors"][0].as_str().unwrap().contains("regards.request.type"), "{events:?}");
+}
+
+#[tokio::test]
+async fn bad_messages_are_denied_with_every_error_and_the_batch_goes_on() {
+    let f = fixture();
+    let mut bad = creation("x");
+    bad["feature"]["id"] = json!("y".repeat(101));
+    bad["feature"]["entityType"] = json!("THING");
+    bad["metadata"]["session"] = json!("");
+    let failed = f
+        .deliver(&[
+            message("m1", "{not json", &[("regards.request.type", "CREATION")]),
+            message("m2", &bad.to_string(), &[("regards.request.type", "CREATION")]),
+            message("m3", &creation("good").to_string(), &[("regards.request.type", "CREATION")]),
+            message("m4", &creation("z").to_string(), &[("regards.request.type", "UPSERT")]),
+        ])
+        .await;
+    assert!(failed.is_empty(), "bad input is answered, not retried");
+    let events = f.responses().await;
+    assert_eq!(states(&events, "m1"), vec!["DENIED"]);
+    let m2 = events.iter().find(|e| e["requestId"] == "m2").unwrap();
+    assert_eq!(m2["errors"].as_array().unwrap().len(), 3, "every error listed: {m2}");
+    assert_eq!(states(&events, "m3"), vec!["GRANTED", "SUCCESS"], "the good message in the batch is processed");
+    assert_eq!(states(&events, "m4"), vec!["DENIED"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creations_of_one_provider_id_get_distinct_versions() {
+    let f = fixture();
+    let body = creation("hot").to_string();
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let ingest = f.ingest.clone();
+        let m = message(&format!("m{i}"), &body, &[("regards.request.id", &format!("r{i}"))]);
+        tasks.push(tokio::spawn(async move {
+            let event = sqs_event("feature-high", &[m]).unwrap();
+            ingest.handle(LambdaEvent::new(event, Context::default())).await.unwrap()
+        }));
+    }
+    for r in futures::future::join_all(tasks).await {
+        assert!(r.unwrap().batch_item_failures.is_empty());
+    }
+    let v = f.versions("hot").await;
+    let urns: Vec<&str> = v.iter().map(|(u, _)| u.rsplit(':').next().unwrap()).collect();
+    assert_eq!(urns, (1..=12).map(|i| format!("V{i}")).collect::<Vec<_>>().iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(v.iter().filter(|(_, last)| *last).count(), 1, "exactly one latest version: {v:?}");
+    assert!(v.last().unwrap().1, "the latest is the highest");
+}
+
+#[tokio::test]
+async fn events_left_in_the_outbox_are_relayed() {
+    let f = fixture();
+    let store = granary_stores::outbox::Outbox::new("requests");
+    let event = granary_stores::outbox::OutboxEvent { event_id: "r9:SUCCESS".into(), queue: "feature-response".into(), body: "{\"requestId\":\"r9\"}".into() };
+    // A handler that committed this row and died before sending it.
+    f.backend.table.transact(vec![store.stage(&event, f.backend.clock.now_ms() - 60_000)]).await.unwrap();
+    let fresh = granary_stores::outbox::OutboxEvent { event_id: "r10:SUCCESS".into(), ..event.clone() };
+    f.backend.table.transact(vec![store.stage(&fresh, f.backend.clock.now_ms())]).await.unwrap();
+    let sent = store.relay(&f.backend, f.backend.clock.now_ms() - 10_000).await.unwrap();
+    assert_eq!(sent, 1, "only the stale row is relayed; its writer may still send the fresh one");
+    let got = f.backend.queue.receive("feature-response", 10, None, Duration::ZERO).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].attributes.get("granary.event.id").map(String::as_str), Some("r9:SUCCESS"));
+    assert_eq!(store.relay(&f.backend, f.backend.clock.now_ms() - 10_000).await.unwrap(), 0, "relayed once");
+}
