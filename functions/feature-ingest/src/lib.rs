@@ -96,15 +96,34 @@ impl FeatureIngest {
         Ok(sqs::batch_response(failed))
     }
 
-    fn event(&self, kind: FeatureRequestType, env: &Envelope, state: RequestState, urn: Option<&str>, provider_id: Option<&str>, errors: Vec<String>) -> OutboxEvent {
+    fn event(
+        &self,
+        kind: FeatureRequestType,
+        env: &Envelope,
+        state: RequestState,
+        urn: Option<&str>,
+        provider_id: Option<&str>,
+        errors: Vec<String>,
+    ) -> OutboxEvent {
         let mut e = FeatureRequestEvent::new(kind, &env.request_id, &env.owner, state);
         e.urn = urn.map(str::to_owned);
         e.id = provider_id.map(str::to_owned);
         e.errors = errors;
-        OutboxEvent { event_id: e.event_id.clone(), queue: self.config.response_queue.clone(), body: serde_json::to_string(&e).unwrap_or_default() }
+        OutboxEvent {
+            event_id: e.event_id.clone(),
+            queue: self.config.response_queue.clone(),
+            body: serde_json::to_string(&e).unwrap_or_default(),
+        }
     }
 
-    async fn deny(&self, msg: &SqsMessage, env: &Envelope, kind: FeatureRequestType, provider_id: Option<String>, errors: Vec<String>) -> Result<(), StoreError> {
+    async fn deny(
+        &self,
+        msg: &SqsMessage,
+        env: &Envelope,
+        kind: FeatureRequestType,
+        provider_id: Option<String>,
+        errors: Vec<String>,
+    ) -> Result<(), StoreError> {
         let record = RequestRecord {
             request_id: env.request_id.clone(),
             request_type: kind,
@@ -137,7 +156,11 @@ impl FeatureIngest {
         let mut e = FeatureRequestEvent::new(existing.request_type, &env.request_id, &env.owner, RequestState::Denied);
         e.errors = vec![format!("regards.request.id {:?} is already used by another request", env.request_id)];
         e.event_id = format!("{}:DUPLICATE:{}", env.request_id, msg.message_id.as_deref().unwrap_or_default());
-        let event = OutboxEvent { event_id: e.event_id.clone(), queue: self.config.response_queue.clone(), body: serde_json::to_string(&e).unwrap_or_default() };
+        let event = OutboxEvent {
+            event_id: e.event_id.clone(),
+            queue: self.config.response_queue.clone(),
+            body: serde_json::to_string(&e).unwrap_or_default(),
+        };
         self.store.outbox().flush(&self.backend, &[event]).await?;
         Ok(())
     }
@@ -161,11 +184,23 @@ impl FeatureIngest {
         }
         let event: FeatureCreationRequestEvent = match serde_json::from_value(body.clone()) {
             Ok(e) => e,
-            Err(e) => return self.deny(msg, &env, kind, body.pointer("/feature/id").and_then(Value::as_str).map(str::to_owned), vec![format!("body: {e}")]).await,
+            Err(e) => {
+                return self
+                    .deny(
+                        msg,
+                        &env,
+                        kind,
+                        body.pointer("/feature/id").and_then(Value::as_str).map(str::to_owned),
+                        vec![format!("body: {e}")],
+                    )
+                    .await;
+            }
         };
         let valid = match validate_creation(&event) {
             Ok(v) => v,
-            Err(errors) => return self.deny(msg, &env, kind, event.feature.get("id").and_then(Value::as_str).map(str::to_owned), errors).await,
+            Err(errors) => {
+                return self.deny(msg, &env, kind, event.feature.get("id").and_then(Value::as_str).map(str::to_owned), errors).await;
+            }
         };
         let record = RequestRecord {
             request_id: env.request_id.clone(),

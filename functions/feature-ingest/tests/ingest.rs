@@ -90,7 +90,11 @@ impl Fixture {
                 return out;
             }
             out.extend(got.iter().map(|m| serde_json::from_str::<Value>(&m.body).unwrap()));
-            self.backend.queue.delete_batch(&self.config.response_queue, got.into_iter().map(|m| m.receipt_handle).collect()).await.unwrap();
+            self.backend
+                .queue
+                .delete_batch(&self.config.response_queue, got.into_iter().map(|m| m.receipt_handle).collect())
+                .await
+                .unwrap();
         }
     }
 
@@ -109,9 +113,18 @@ fn states(events: &[Value], request_id: &str) -> Vec<String> {
 async fn creation_from_sqs_is_versioned_and_answered() {
     let f = fixture();
     let body = creation("product-0001").to_string();
-    let failed = f.deliver(&[message("m1", &body, &[("regards.request.type", "CREATION"), ("regards.request.id", "r1"), ("regards.request.owner", "chain")])]).await;
+    let failed = f
+        .deliver(&[message(
+            "m1",
+            &body,
+            &[("regards.request.type", "CREATION"), ("regards.request.id", "r1"), ("regards.request.owner", "chain")],
+        )])
+        .await;
     assert!(failed.is_empty());
-    assert_eq!(f.versions("product-0001").await, vec![("URN:FEATURE:DATA:granary:0a52d09e-9b90-3b1b-8a3d-1c83f6b5953c:V1".to_owned(), true)]);
+    assert_eq!(
+        f.versions("product-0001").await,
+        vec![("URN:FEATURE:DATA:granary:0a52d09e-9b90-3b1b-8a3d-1c83f6b5953c:V1".to_owned(), true)]
+    );
     let events = f.responses().await;
     assert_eq!(states(&events, "r1"), vec!["GRANTED", "SUCCESS"]);
     let success = events.iter().find(|e| e["state"] == "SUCCESS").unwrap();
@@ -221,7 +234,11 @@ async fn concurrent_creations_of_one_provider_id_get_distinct_versions() {
 async fn events_left_in_the_outbox_are_relayed() {
     let f = fixture();
     let store = granary_stores::outbox::Outbox::new("requests");
-    let event = granary_stores::outbox::OutboxEvent { event_id: "r9:SUCCESS".into(), queue: "feature-response".into(), body: "{\"requestId\":\"r9\"}".into() };
+    let event = granary_stores::outbox::OutboxEvent {
+        event_id: "r9:SUCCESS".into(),
+        queue: "feature-response".into(),
+        body: "{\"requestId\":\"r9\"}".into(),
+    };
     // A handler that committed this row and died before sending it.
     f.backend.table.transact(vec![store.stage(&event, f.backend.clock.now_ms() - 60_000)]).await.unwrap();
     let fresh = granary_stores::outbox::OutboxEvent { event_id: "r10:SUCCESS".into(), ..event.clone() };

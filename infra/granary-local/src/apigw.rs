@@ -75,7 +75,15 @@ fn problem(status: StatusCode, detail: &str) -> Gate {
 }
 
 /// Routes and authorizes a request, building the API Gateway v2 event for its function.
-pub fn gate(issuer: &LocalIssuer, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap, body: &Bytes, now_ms: i64) -> Gate {
+pub fn gate(
+    issuer: &LocalIssuer,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+    now_ms: i64,
+) -> Gate {
     let Some((route, params)) = match_route(method.as_str(), path) else {
         return problem(StatusCode::NOT_FOUND, &format!("no route {method} {path}"));
     };

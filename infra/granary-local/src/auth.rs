@@ -107,7 +107,8 @@ impl LocalIssuer {
         validation.set_audience(&[AUDIENCE]);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
         Ok(data.claims.into_iter().map(|(k, v)| (k, api_gateway_claim(&v))).collect())
     }
 }

@@ -50,7 +50,8 @@ struct AppState {
 /// Serves until Ctrl-C or SIGTERM, then stops taking work, lets running invocations finish, and returns.
 pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
     let config = Config::from_env();
-    let listener = tokio::net::TcpListener::bind(opts.listen).await.map_err(|e| LocalError::Listen(opts.listen.to_string(), e.to_string()))?;
+    let listener =
+        tokio::net::TcpListener::bind(opts.listen).await.map_err(|e| LocalError::Listen(opts.listen.to_string(), e.to_string()))?;
     let addr = listener.local_addr().map_err(|e| LocalError::Listen(opts.listen.to_string(), e.to_string()))?;
     let mut eopts = EmbeddedOptions::new(&opts.data_dir, resources::resources(&config).map_err(LocalError::Config)?);
     eopts.restore_delay = opts.restore_delay;
@@ -67,7 +68,14 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         async move { f.handle(e).await }
     });
     for _ in 0..opts.ingest_workers.max(1) {
-        workers.spawn(run_sqs_source(backend.clone(), "feature-ingest", config.feature_queues.to_vec(), 10, ingest_handler.clone(), stop_rx.clone()));
+        workers.spawn(run_sqs_source(
+            backend.clone(),
+            "feature-ingest",
+            config.feature_queues.to_vec(),
+            10,
+            ingest_handler.clone(),
+            stop_rx.clone(),
+        ));
     }
     let relay = Arc::new(OutboxRelay::new(backend.clone(), &config).map_err(LocalError::Config)?);
     let relay_handler = Arc::new(move |e| {
@@ -138,7 +146,11 @@ async fn jwks(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(state.issuer.jwks()).into_response()
 }
 
-async fn signed_blob(State(state): State<Arc<AppState>>, Path((bucket, key)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn signed_blob(
+    State(state): State<Arc<AppState>>,
+    Path((bucket, key)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let expires = q.get("expires").and_then(|e| e.parse::<i64>().ok());
     let (Some(expires), Some(signature)) = (expires, q.get("signature")) else {
         return (StatusCode::FORBIDDEN, "signed URL needs expires and signature").into_response();
@@ -150,7 +162,8 @@ async fn signed_blob(State(state): State<Arc<AppState>>, Path((bucket, key)): Pa
     match state.embedded.blobs.get(&bucket, &key).await {
         Ok((meta, reader)) => {
             let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(reader));
-            ([(http::header::CONTENT_LENGTH, meta.size.to_string()), (http::header::ETAG, format!("\"{}\"", meta.etag))], body).into_response()
+            ([(http::header::CONTENT_LENGTH, meta.size.to_string()), (http::header::ETAG, format!("\"{}\"", meta.etag))], body)
+                .into_response()
         }
         Err(granary_ports::PortError::NotFound(_)) => (StatusCode::NOT_FOUND, "no such object").into_response(),
         Err(e @ granary_ports::PortError::NotRestored { .. }) => (StatusCode::FORBIDDEN, e.to_string()).into_response(),
@@ -161,7 +174,9 @@ async fn signed_blob(State(state): State<Arc<AppState>>, Path((bucket, key)): Pa
 async fn api_gateway(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let now = chrono::Utc::now().timestamp_millis();
     match apigw::gate(&state.issuer, &method, uri.path(), uri.query(), &headers, &body, now) {
-        Gate::Answer(status, problem) => (status, [(http::header::CONTENT_TYPE, "application/problem+json")], problem.to_string()).into_response(),
+        Gate::Answer(status, problem) => {
+            (status, [(http::header::CONTENT_TYPE, "application/problem+json")], problem.to_string()).into_response()
+        }
         Gate::Invoke(target, event) => {
             let request = match apigw::into_request(&event) {
                 Ok(r) => r,

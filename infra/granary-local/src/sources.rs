@@ -35,8 +35,14 @@ pub fn scheduled_event(rule: &str, now: chrono::DateTime<chrono::Utc>) -> Result
 
 /// Polls `queues` in strict priority order (the first non-empty one wins) and invokes `handler` with
 /// batches of up to `batch_size`, until `shutdown` turns true. A batch in progress always completes.
-pub async fn run_sqs_source<H, F>(backend: Backend, function: &'static str, queues: Vec<String>, batch_size: usize, handler: Arc<H>, mut shutdown: watch::Receiver<bool>)
-where
+pub async fn run_sqs_source<H, F>(
+    backend: Backend,
+    function: &'static str,
+    queues: Vec<String>,
+    batch_size: usize,
+    handler: Arc<H>,
+    mut shutdown: watch::Receiver<bool>,
+) where
     H: Fn(LambdaEvent<SqsEvent>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<SqsBatchResponse, lambda_runtime::Error>> + Send + 'static,
 {

@@ -1,9 +1,7 @@
 //! The contract cases. Each takes a fresh harness and panics with a message naming the broken promise.
 
 use crate::{BUCKET, BY_STATUS, DLQ, Harness, MAX_RECEIVES, TABLE, VISIBILITY, WORK};
-use granary_ports::{
-    Cond, Item, Key, OutgoingMessage, PortError, Query, RestoreStatus, SortCond, StorageClass, TxOp, Update,
-};
+use granary_ports::{Cond, Item, Key, OutgoingMessage, PortError, Query, RestoreStatus, SortCond, StorageClass, TxOp, Update};
 use serde_json::json;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -147,9 +145,8 @@ pub async fn transaction_rules(h: &dyn Harness) {
         TxOp::Delete { table: TABLE.into(), key: key("x", "1"), cond: None },
     ];
     assert!(matches!(b.table.transact(dup).await, Err(PortError::Invalid(_))), "one item twice is refused");
-    let too_many: Vec<TxOp> = (0..101)
-        .map(|i| TxOp::Put { table: TABLE.into(), item: Item::new(key("x", &i.to_string())), cond: None })
-        .collect();
+    let too_many: Vec<TxOp> =
+        (0..101).map(|i| TxOp::Put { table: TABLE.into(), item: Item::new(key("x", &i.to_string())), cond: None }).collect();
     assert!(matches!(b.table.transact(too_many).await, Err(PortError::Invalid(_))), "101 operations are refused");
     assert!(matches!(b.table.transact(vec![]).await, Err(PortError::Invalid(_))), "an empty transaction is refused");
     assert_eq!(b.table.get(TABLE, &key("x", "1")).await.unwrap(), None, "nothing written by refused transactions");
@@ -177,11 +174,7 @@ pub async fn query_partition_sorted_and_paged(h: &dyn Harness) {
     assert_eq!(seen, expected, "every item once, in order, across pages");
     let last = b.table.query(Query::partition(TABLE, "urn#A").descending().limit(1)).await.unwrap();
     assert_eq!(last.items[0].key.sk, "V024", "descending gives the latest first");
-    let between = b
-        .table
-        .query(Query::partition(TABLE, "urn#A").sorted(SortCond::Between(json!("V005"), json!("V007"))))
-        .await
-        .unwrap();
+    let between = b.table.query(Query::partition(TABLE, "urn#A").sorted(SortCond::Between(json!("V005"), json!("V007")))).await.unwrap();
     assert_eq!(between.items.iter().map(|i| i.get_i64("i").unwrap()).collect::<Vec<_>>(), vec![5, 6, 7]);
     let prefix = b.table.query(Query::partition(TABLE, "urn#A").sorted(SortCond::BeginsWith("V01".into()))).await.unwrap();
     assert_eq!(prefix.items.len(), 10);
@@ -217,11 +210,7 @@ pub async fn query_sparse_index_paged(h: &dyn Harness) {
     assert_eq!(got.len(), expected.len(), "every indexed item once: {got:?}");
     assert_eq!(sorted, expected, "only items with the index attribute");
     assert!(got.windows(2).all(|w| w[0].0 <= w[1].0), "sorted by the index sort attribute: {got:?}");
-    let recent = b
-        .table
-        .query(Query::partition(TABLE, "RUNNING").on_index(BY_STATUS).sorted(SortCond::Ge(json!(1003))))
-        .await
-        .unwrap();
+    let recent = b.table.query(Query::partition(TABLE, "RUNNING").on_index(BY_STATUS).sorted(SortCond::Ge(json!(1003)))).await.unwrap();
     assert_eq!(recent.items.len(), 2, "sort condition on a numeric index attribute");
     let updated = b.table.update(TABLE, &key("req#00", "r"), vec![Update::remove("status")], None).await.unwrap();
     assert!(updated.get("status").is_none());
@@ -258,10 +247,8 @@ pub async fn guarded_counter_never_passes_limit(h: &dyn Harness) {
     for _ in 0..24 {
         let b = h.connect().await;
         tasks.push(tokio::spawn(async move {
-            let r = b
-                .table
-                .update(TABLE, &key("slots", "user#a"), vec![Update::add("n", 1)], Some(Cond::counter_below("n", 1, LIMIT)))
-                .await;
+            let r =
+                b.table.update(TABLE, &key("slots", "user#a"), vec![Update::add("n", 1)], Some(Cond::counter_below("n", 1, LIMIT))).await;
             match r {
                 Ok(item) => Some(item.get_i64("n").unwrap()),
                 Err(PortError::ConditionFailed { .. }) => None,
@@ -419,7 +406,8 @@ async fn read_all(mut r: granary_ports::BlobReader) -> Vec<u8> {
 pub async fn blob_put_get_head_copy_delete(h: &dyn Harness) {
     let b = h.connect().await;
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let meta = b.blobs.put(BUCKET, "products/a/file.bin", Box::pin(std::io::Cursor::new(body.clone())), StorageClass::Online).await.unwrap();
+    let meta =
+        b.blobs.put(BUCKET, "products/a/file.bin", Box::pin(std::io::Cursor::new(body.clone())), StorageClass::Online).await.unwrap();
     assert_eq!(meta.size, body.len() as u64);
     assert_eq!(meta.etag.len(), 32, "hex MD5");
     let (got_meta, reader) = b.blobs.get(BUCKET, "products/a/file.bin").await.unwrap();
@@ -435,7 +423,10 @@ pub async fn blob_put_get_head_copy_delete(h: &dyn Harness) {
     b.blobs.delete(BUCKET, "products/a/file.bin").await.expect("deleting an absent object is fine");
     let (_, r) = b.blobs.get(BUCKET, "copies/file.bin").await.unwrap();
     assert_eq!(read_all(r).await, body, "the copy outlives its source");
-    assert!(matches!(b.blobs.put(BUCKET, "../escape", Box::pin(std::io::Cursor::new(vec![1])), StorageClass::Online).await, Err(PortError::Invalid(_))));
+    assert!(matches!(
+        b.blobs.put(BUCKET, "../escape", Box::pin(std::io::Cursor::new(vec![1])), StorageClass::Online).await,
+        Err(PortError::Invalid(_))
+    ));
 }
 
 /// A nearline object cannot be read until a restore was asked and has completed.

@@ -31,17 +31,10 @@ pub fn resources() -> Resources {
     Resources {
         tables: vec![TableSpec {
             name: TABLE.into(),
-            indexes: vec![IndexSpec {
-                name: BY_STATUS.into(),
-                partition_attr: "status".into(),
-                sort_attr: Some("createdAt".into()),
-            }],
+            indexes: vec![IndexSpec { name: BY_STATUS.into(), partition_attr: "status".into(), sort_attr: Some("createdAt".into()) }],
             ttl_attr: None,
         }],
-        queues: vec![
-            QueueSpec::new(WORK).with_visibility(VISIBILITY).with_dlq(DLQ, MAX_RECEIVES),
-            QueueSpec::new(DLQ),
-        ],
+        queues: vec![QueueSpec::new(WORK).with_visibility(VISIBILITY).with_dlq(DLQ, MAX_RECEIVES), QueueSpec::new(DLQ)],
         buckets: vec![BUCKET.into()],
     }
 }

@@ -5,7 +5,7 @@ pub mod request;
 pub mod urn;
 
 pub use request::{
-    CreationMetadata, FeatureCreationCollection, FeatureCreationRequestEvent, FeatureRequestEvent, FeatureRequestType,
-    Priority, RequestState,
+    CreationMetadata, FeatureCreationCollection, FeatureCreationRequestEvent, FeatureRequestEvent, FeatureRequestType, Priority,
+    RequestState,
 };
 pub use urn::{EntityType, Urn, UrnError, entity_uuid};

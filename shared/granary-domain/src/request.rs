@@ -266,9 +266,7 @@ pub fn validate_creation(event: &FeatureCreationRequestEvent) -> Result<ValidCre
         errors.push("feature.properties: must be an object".into());
     }
     match (provider_id, entity_type, model) {
-        (Some(provider_id), Some(entity_type), Some(model)) if errors.is_empty() => {
-            Ok(ValidCreation { provider_id, entity_type, model })
-        }
+        (Some(provider_id), Some(entity_type), Some(model)) if errors.is_empty() => Ok(ValidCreation { provider_id, entity_type, model }),
         _ => Err(errors),
     }
 }
@@ -287,7 +285,8 @@ mod tests {
 
     #[test]
     fn a_complete_creation_passes() {
-        let v = validate_creation(&event(json!({"type": "Feature", "id": "p1", "entityType": "DATA", "model": "M", "properties": {}}))).unwrap();
+        let v = validate_creation(&event(json!({"type": "Feature", "id": "p1", "entityType": "DATA", "model": "M", "properties": {}})))
+            .unwrap();
         assert_eq!((v.provider_id.as_str(), v.entity_type, v.model.as_str()), ("p1", crate::EntityType::Data, "M"));
     }
 

@@ -111,7 +111,10 @@ impl FromStr for Urn {
         }
         let entity_type = kind.parse()?;
         let uuid = Uuid::parse_str(uuid).map_err(|_| shape())?;
-        let digits = version.strip_prefix('V').filter(|d| !d.is_empty() && d.len() <= 4 && d.bytes().all(|b| b.is_ascii_digit())).ok_or_else(shape)?;
+        let digits = version
+            .strip_prefix('V')
+            .filter(|d| !d.is_empty() && d.len() <= 4 && d.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(shape)?;
         let version: u64 = digits.parse().map_err(|_| shape())?;
         if !(u64::from(MIN_VERSION)..=u64::from(MAX_VERSION)).contains(&version) {
             return Err(UrnError::Version(version));
@@ -159,7 +162,14 @@ mod tests {
         assert_eq!(format!("URN:FEATURE:DATA:t:{u}:V1000").parse::<Urn>(), Err(UrnError::Version(1000)));
         assert_eq!(format!("URN:FEATURE:DATA:t:{u}:V0").parse::<Urn>(), Err(UrnError::Version(0)));
         assert_eq!(format!("URN:FEATURE:THING:t:{u}:V1").parse::<Urn>(), Err(UrnError::EntityType("THING".into())));
-        for bad in ["", "URN:FEATURE:DATA:t:not-a-uuid:V1", &format!("URN:FEATURE:DATA::{u}:V1"), &format!("URN:AIP:DATA:t:{u}:V1"), &format!("URN:FEATURE:DATA:t:{u}:1"), &format!("URN:FEATURE:DATA:t:{u}:V1:extra")] {
+        for bad in [
+            "",
+            "URN:FEATURE:DATA:t:not-a-uuid:V1",
+            &format!("URN:FEATURE:DATA::{u}:V1"),
+            &format!("URN:AIP:DATA:t:{u}:V1"),
+            &format!("URN:FEATURE:DATA:t:{u}:1"),
+            &format!("URN:FEATURE:DATA:t:{u}:V1:extra"),
+        ] {
             assert!(matches!(bad.parse::<Urn>(), Err(UrnError::Shape(_))), "{bad}");
         }
         assert_eq!(Urn::new(EntityType::Data, "t", "p", 0), Err(UrnError::Version(0)));

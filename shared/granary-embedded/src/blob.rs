@@ -4,7 +4,9 @@
 
 use crate::db::{Db, map_sql};
 use async_trait::async_trait;
-use granary_ports::{BlobMeta, BlobReader, BlobStore, Clock, IdSource, OutgoingMessage, PortError, PortResult, Queue, RestoreStatus, StorageClass};
+use granary_ports::{
+    BlobMeta, BlobReader, BlobStore, Clock, IdSource, OutgoingMessage, PortError, PortResult, Queue, RestoreStatus, StorageClass,
+};
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha2::Sha256;
@@ -49,9 +51,7 @@ fn validate_key(key: &str) -> PortResult<()> {
         || key.contains(['\\', '\0'])
         || key.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..");
     if bad {
-        Err(PortError::Invalid(format!(
-            "object key {key:?} must be 1 to 1024 bytes of '/'-separated non-empty segments, none '.' or '..'"
-        )))
+        Err(PortError::Invalid(format!("object key {key:?} must be 1 to 1024 bytes of '/'-separated non-empty segments, none '.' or '..'")))
     } else {
         Ok(())
     }
@@ -152,9 +152,9 @@ impl EmbeddedBlobs {
         let now = self.clock.now_ms();
         let restore = match (class, ready_at, until) {
             (StorageClass::Online, ..) => RestoreStatus::NotNeeded,
-            (StorageClass::Nearline, Some(ready), Some(until)) if *ready <= now && now < *until => RestoreStatus::Restored {
-                until: chrono::DateTime::from_timestamp_millis(*until).unwrap_or_default(),
-            },
+            (StorageClass::Nearline, Some(ready), Some(until)) if *ready <= now && now < *until => {
+                RestoreStatus::Restored { until: chrono::DateTime::from_timestamp_millis(*until).unwrap_or_default() }
+            }
             (StorageClass::Nearline, Some(_), Some(until)) if now < *until => RestoreStatus::InProgress,
             (StorageClass::Nearline, ..) => RestoreStatus::NotRequested,
         };

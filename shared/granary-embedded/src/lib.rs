@@ -66,9 +66,8 @@ pub struct Embedded {
 impl Embedded {
     /// Opens (creating when needed) the backend in `options.data_dir` and provisions its resources.
     pub fn open(options: EmbeddedOptions) -> PortResult<Self> {
-        std::fs::create_dir_all(&options.data_dir).map_err(|e| {
-            granary_ports::PortError::Backend(format!("cannot create data directory {}: {e}", options.data_dir.display()))
-        })?;
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(|e| granary_ports::PortError::Backend(format!("cannot create data directory {}: {e}", options.data_dir.display())))?;
         let db = Arc::new(db::Db::open(&options.data_dir.join("granary.sqlite3"))?);
         db.provision(&options.resources)?;
         let table = Arc::new(EmbeddedTable::new(db.clone(), &options.resources));

@@ -229,7 +229,13 @@ impl Queue for EmbeddedQueue {
                             coalesce(sum(visible_at > ?2 AND receive_count = 0), 0)
                      FROM queue_messages WHERE queue = ?1",
                     rusqlite::params![queue, now],
-                    |r| Ok(QueueDepth { visible: r.get::<_, i64>(0)? as u64, in_flight: r.get::<_, i64>(1)? as u64, delayed: r.get::<_, i64>(2)? as u64 }),
+                    |r| {
+                        Ok(QueueDepth {
+                            visible: r.get::<_, i64>(0)? as u64,
+                            in_flight: r.get::<_, i64>(1)? as u64,
+                            delayed: r.get::<_, i64>(2)? as u64,
+                        })
+                    },
                 )
                 .map_err(map_sql)
             })

@@ -17,9 +17,7 @@ pub(crate) struct Fragment {
 
 pub(crate) fn quote_ident(name: &str) -> PortResult<String> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        return Err(PortError::Invalid(format!(
-            "name {name:?} must be ASCII letters, digits, '_' or '-'"
-        )));
+        return Err(PortError::Invalid(format!("name {name:?} must be ASCII letters, digits, '_' or '-'")));
     }
     Ok(format!("\"{name}\""))
 }

@@ -25,11 +25,7 @@ impl EmbeddedTable {
             .tables
             .iter()
             .map(|t| {
-                let ix = t
-                    .indexes
-                    .iter()
-                    .map(|i| (i.name.clone(), (i.partition_attr.clone(), i.sort_attr.clone())))
-                    .collect();
+                let ix = t.indexes.iter().map(|i| (i.name.clone(), (i.partition_attr.clone(), i.sort_attr.clone()))).collect();
                 (t.name.clone(), ix)
             })
             .collect();
@@ -37,11 +33,7 @@ impl EmbeddedTable {
     }
 
     fn check_table(&self, table: &str) -> PortResult<()> {
-        if self.indexes.contains_key(table) {
-            Ok(())
-        } else {
-            Err(PortError::NotFound(format!("table {table} is not declared")))
-        }
+        if self.indexes.contains_key(table) { Ok(()) } else { Err(PortError::NotFound(format!("table {table} is not declared"))) }
     }
 }
 
@@ -72,7 +64,8 @@ fn put_on(conn: &Connection, table: &str, item: &Item, cond: Option<&Cond>) -> P
             .map_err(map_sql)?,
         Some(c) if c.holds_on_absent_item() => {
             f.params = vec![item.key.pk.clone().into(), item.key.sk.clone().into(), doc.into()];
-            f.sql = format!("INSERT INTO {ident} (pk, sk, doc) VALUES (?, ?, ?) ON CONFLICT (pk, sk) DO UPDATE SET doc = excluded.doc WHERE ");
+            f.sql =
+                format!("INSERT INTO {ident} (pk, sk, doc) VALUES (?, ?, ?) ON CONFLICT (pk, sk) DO UPDATE SET doc = excluded.doc WHERE ");
             sql::cond(c, &mut f)?;
             conn.execute(&f.sql, params_from_iter(f.params.iter())).map_err(map_sql)?
         }
@@ -158,7 +151,9 @@ fn delete_on(conn: &Connection, table: &str, key: &Key, cond: Option<&Cond>) -> 
 fn check_on(conn: &Connection, table: &str, key: &Key, cond: &Cond) -> PortResult<()> {
     let ident = table_ident(table)?;
     let mut f = Fragment {
-        sql: format!("SELECT EXISTS (SELECT 1 FROM {ident} WHERE pk = ? AND sk = ?), EXISTS (SELECT 1 FROM {ident} WHERE pk = ? AND sk = ? AND "),
+        sql: format!(
+            "SELECT EXISTS (SELECT 1 FROM {ident} WHERE pk = ? AND sk = ?), EXISTS (SELECT 1 FROM {ident} WHERE pk = ? AND sk = ? AND "
+        ),
         params: vec![key.pk.clone().into(), key.sk.clone().into(), key.pk.clone().into(), key.sk.clone().into()],
     };
     sql::cond(cond, &mut f)?;

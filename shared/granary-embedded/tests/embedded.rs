@@ -96,7 +96,11 @@ async fn restore_completion_is_announced_on_the_queue_once() {
 async fn interrupted_put_leaves_no_object() {
     struct Failing(usize);
     impl tokio::io::AsyncRead for Failing {
-        fn poll_read(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
             if self.0 == 0 {
                 return std::task::Poll::Ready(Err(std::io::Error::other("source went away")));
             }
@@ -133,7 +137,11 @@ async fn race_child_worker() {
             Err(e) => panic!("{e}"),
         }
         if i < 120 {
-            match b.table.update(TABLE, &Key::new("slots", "global"), vec![Update::add("n", 1)], Some(Cond::counter_below("n", 1, 150))).await {
+            match b
+                .table
+                .update(TABLE, &Key::new("slots", "global"), vec![Update::add("n", 1)], Some(Cond::counter_below("n", 1, 150)))
+                .await
+            {
                 Ok(_) => granted += 1,
                 Err(PortError::ConditionFailed { .. }) => {}
                 Err(e) => panic!("{e}"),

@@ -31,7 +31,9 @@ pub fn sqs_event(queue: &str, messages: &[ReceivedMessage]) -> Result<SqsEvent, 
             let attrs: Map<String, Value> = m
                 .attributes
                 .iter()
-                .map(|(k, v)| (k.clone(), json!({ "stringValue": v, "stringListValues": [], "binaryListValues": [], "dataType": "String" })))
+                .map(|(k, v)| {
+                    (k.clone(), json!({ "stringValue": v, "stringListValues": [], "binaryListValues": [], "dataType": "String" }))
+                })
                 .collect();
             json!({
                 "messageId": m.message_id,
@@ -53,7 +55,6 @@ pub fn sqs_event(queue: &str, messages: &[ReceivedMessage]) -> Result<SqsEvent, 
         .collect();
     serde_json::from_value(json!({ "Records": records })).map_err(|e| format!("cannot build SqsEvent: {e}"))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -77,5 +78,4 @@ mod tests {
         assert_eq!(r.attributes["ApproximateReceiveCount"], "2");
         assert_eq!(r.event_source_arn.as_deref(), Some("arn:aws:sqs:local:000000000000:feature-high"));
     }
-
 }

@@ -80,14 +80,7 @@ pub trait BlobStore: Send + Sync {
     async fn head(&self, bucket: &str, key: &str) -> PortResult<Option<BlobMeta>>;
 
     /// Copies an object into another (or the same) bucket and class.
-    async fn copy(
-        &self,
-        from_bucket: &str,
-        from_key: &str,
-        to_bucket: &str,
-        to_key: &str,
-        class: StorageClass,
-    ) -> PortResult<BlobMeta>;
+    async fn copy(&self, from_bucket: &str, from_key: &str, to_bucket: &str, to_key: &str, class: StorageClass) -> PortResult<BlobMeta>;
 
     /// Deletes an object; deleting an absent object is not an error.
     async fn delete(&self, bucket: &str, key: &str) -> PortResult<()>;

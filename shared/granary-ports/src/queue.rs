@@ -86,17 +86,11 @@ impl QueueDepth {
 /// Checks a send batch against SQS's rules.
 pub fn validate_send_batch(queue: &str, messages: &[OutgoingMessage]) -> PortResult<()> {
     if messages.is_empty() || messages.len() > MAX_BATCH {
-        return Err(PortError::Invalid(format!(
-            "a send batch to {queue} takes 1 to {MAX_BATCH} messages, not {}",
-            messages.len()
-        )));
+        return Err(PortError::Invalid(format!("a send batch to {queue} takes 1 to {MAX_BATCH} messages, not {}", messages.len())));
     }
     for (i, m) in messages.iter().enumerate() {
         if m.size() > MAX_MESSAGE_BYTES {
-            return Err(PortError::Invalid(format!(
-                "message {i} to {queue} is {} bytes; the limit is {MAX_MESSAGE_BYTES}",
-                m.size()
-            )));
+            return Err(PortError::Invalid(format!("message {i} to {queue} is {} bytes; the limit is {MAX_MESSAGE_BYTES}", m.size())));
         }
         if m.delay.is_some_and(|d| d > MAX_DELAY) {
             return Err(PortError::Invalid(format!("message {i} to {queue} asks a delay over 15 minutes")));
@@ -122,13 +116,7 @@ pub trait Queue: Send + Sync {
     /// Receives up to `max` (1 to 10) visible messages, hiding them for `visibility` (or the queue's
     /// timeout). Waits up to `wait` for one to arrive when none is visible. A message received more
     /// times than the queue's redrive allows moves to its dead-letter queue instead.
-    async fn receive(
-        &self,
-        queue: &str,
-        max: usize,
-        visibility: Option<Duration>,
-        wait: Duration,
-    ) -> PortResult<Vec<ReceivedMessage>>;
+    async fn receive(&self, queue: &str, max: usize, visibility: Option<Duration>, wait: Duration) -> PortResult<Vec<ReceivedMessage>>;
 
     /// Deletes received messages by receipt handle. Stale handles are ignored, as SQS does.
     async fn delete_batch(&self, queue: &str, receipt_handles: Vec<String>) -> PortResult<()>;

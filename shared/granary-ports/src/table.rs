@@ -250,15 +250,7 @@ pub struct Query {
 impl Query {
     /// The first page, ascending, of at most 100 items of the partition `pk` of `table`.
     pub fn partition(table: &str, pk: impl Into<Value>) -> Self {
-        Self {
-            table: table.to_owned(),
-            index: None,
-            partition: pk.into(),
-            sort: None,
-            ascending: true,
-            limit: 100,
-            after: None,
-        }
+        Self { table: table.to_owned(), index: None, partition: pk.into(), sort: None, ascending: true, limit: 100, after: None }
     }
 
     /// The same query over the index `index`.
@@ -343,9 +335,7 @@ impl TxOp {
     pub fn target(&self) -> (&str, &Key) {
         match self {
             TxOp::Put { table, item, .. } => (table, &item.key),
-            TxOp::Update { table, key, .. } | TxOp::Delete { table, key, .. } | TxOp::Check { table, key, .. } => {
-                (table, key)
-            }
+            TxOp::Update { table, key, .. } | TxOp::Delete { table, key, .. } | TxOp::Check { table, key, .. } => (table, key),
         }
     }
 }
@@ -357,10 +347,7 @@ pub const MAX_TRANSACTION_OPS: usize = 100;
 /// most once, valid attribute names.
 pub fn validate_transaction(ops: &[TxOp]) -> PortResult<()> {
     if ops.is_empty() || ops.len() > MAX_TRANSACTION_OPS {
-        return Err(PortError::Invalid(format!(
-            "a transaction takes 1 to {MAX_TRANSACTION_OPS} operations, not {}",
-            ops.len()
-        )));
+        return Err(PortError::Invalid(format!("a transaction takes 1 to {MAX_TRANSACTION_OPS} operations, not {}", ops.len())));
     }
     let mut seen = std::collections::HashSet::new();
     for op in ops {
@@ -385,9 +372,7 @@ pub fn validate_attribute_name(name: &str) -> PortResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(PortError::Invalid(format!(
-            "attribute name {name:?} must be 1 to 255 ASCII letters, digits or '_', and not a key name"
-        )))
+        Err(PortError::Invalid(format!("attribute name {name:?} must be 1 to 255 ASCII letters, digits or '_', and not a key name")))
     }
 }
 

@@ -142,7 +142,12 @@ impl FeatureStore {
     }
 
     /// Records a request refused at registration, with its events, once.
-    pub async fn record_denied(&self, backend: &Backend, request: RequestRecord, events: &[OutboxEvent]) -> Result<Option<RequestRecord>, StoreError> {
+    pub async fn record_denied(
+        &self,
+        backend: &Backend,
+        request: RequestRecord,
+        events: &[OutboxEvent],
+    ) -> Result<Option<RequestRecord>, StoreError> {
         let now = backend.clock.now_ms();
         let mut ops = vec![TxOp::Put { table: self.requests.clone(), item: request.to_item(), cond: Some(Cond::ItemAbsent) }];
         ops.extend(events.iter().map(|e| self.outbox.stage(e, now)));

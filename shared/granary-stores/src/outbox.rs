@@ -54,10 +54,8 @@ impl Outbox {
         }
         for (queue, evs) in by_queue {
             for chunk in evs.chunks(granary_ports::queue::MAX_BATCH) {
-                let msgs = chunk
-                    .iter()
-                    .map(|e| OutgoingMessage::new(e.body.clone()).attribute("granary.event.id", e.event_id.clone()))
-                    .collect();
+                let msgs =
+                    chunk.iter().map(|e| OutgoingMessage::new(e.body.clone()).attribute("granary.event.id", e.event_id.clone())).collect();
                 backend.queue.send_batch(queue, msgs).await?;
                 for e in chunk {
                     backend.table.delete(&self.table, &key(&e.event_id), None).await?;
@@ -72,10 +70,7 @@ impl Outbox {
     pub async fn relay(&self, backend: &Backend, older_than_ms: i64) -> PortResult<usize> {
         let mut sent = 0;
         loop {
-            let q = Query::partition(&self.table, "pending")
-                .on_index(OUTBOX_INDEX)
-                .sorted(SortCond::Lt(json!(older_than_ms)))
-                .limit(100);
+            let q = Query::partition(&self.table, "pending").on_index(OUTBOX_INDEX).sorted(SortCond::Lt(json!(older_than_ms))).limit(100);
             let page = backend.table.query(q).await?;
             if page.items.is_empty() {
                 return Ok(sent);

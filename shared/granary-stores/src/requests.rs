@@ -55,7 +55,9 @@ impl RequestRecord {
             .with("errors", Value::from(self.errors.clone()))
             .with("registeredAt", self.registered_at)
             .with("messageId", self.message_id.clone());
-        for (name, v) in [("providerId", &self.provider_id), ("urn", &self.urn), ("sessionOwner", &self.session_owner), ("session", &self.session)] {
+        for (name, v) in
+            [("providerId", &self.provider_id), ("urn", &self.urn), ("sessionOwner", &self.session_owner), ("session", &self.session)]
+        {
             if let Some(v) = v {
                 item = item.with(name, v.clone());
             }

@@ -1,0 +1,137 @@
+//! `granary-local`: Granary on one machine. `serve` runs every function in one process (the HTTP API as
+//! API Gateway would call it, queue pollers as SQS event source mappings, schedules as EventBridge),
+//! on the embedded backend; `token` mints a bearer token that a runner on the same data directory
+//! accepts.
+
+pub mod apigw;
+pub mod auth;
+pub mod resources;
+pub mod serve;
+pub mod sources;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// What can stop granary-local, each saying what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// The address cannot be bound or served.
+    #[error("cannot serve on {0}: {1} (is another process using the port? pick another with --listen)")]
+    Listen(String, String),
+    /// The data directory's database cannot be opened.
+    #[error("embedded backend: {0}")]
+    Backend(String),
+    /// The signing key cannot be read or created.
+    #[error("{0} (delete the keys directory to start with a new key)")]
+    Key(String),
+    /// A configuration value is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The AWS backend is asked for but not part of this build.
+    #[error(
+        "--backend aws is not available in this build yet: the AWS implementation of the ports is the next foundation slice; use --backend embedded"
+    )]
+    AwsBackendUnavailable,
+}
+
+/// The command line.
+#[derive(Parser)]
+#[command(name = "granary-local", version, about = "Granary on one machine: every function in one process, no AWS needed")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendKind {
+    Embedded,
+    Aws,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API, poll the queues and fire the schedules.
+    Serve {
+        /// Data directory (database, blobs, keys).
+        #[arg(long, env = "GRANARY_LOCAL_DATA_DIR", default_value = ".granary")]
+        data_dir: PathBuf,
+        /// Address to listen on; port 0 picks a free port (the chosen address is printed).
+        #[arg(long, env = "GRANARY_LOCAL_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Which implementation of the ports to use.
+        #[arg(long, value_enum, env = "GRANARY_LOCAL_BACKEND", default_value = "embedded")]
+        backend: BackendKind,
+        /// Concurrent feature-ingest invocations.
+        #[arg(long, env = "GRANARY_LOCAL_INGEST_WORKERS", default_value_t = 2)]
+        ingest_workers: usize,
+        /// Seconds a nearline restore takes on the embedded backend.
+        #[arg(long, env = "GRANARY_LOCAL_RESTORE_DELAY_SECS", default_value_t = 60)]
+        restore_delay_secs: u64,
+        /// Seconds between two runs of the outbox-relay schedule.
+        #[arg(long, env = "GRANARY_LOCAL_RELAY_EVERY_SECS", default_value_t = 5)]
+        relay_every_secs: u64,
+    },
+    /// Print an RS256 bearer token that a runner on the same data directory accepts.
+    Token {
+        /// Data directory whose key signs the token.
+        #[arg(long, env = "GRANARY_LOCAL_DATA_DIR", default_value = ".granary")]
+        data_dir: PathBuf,
+        /// The user (the `sub` claim; also `email` when it contains '@').
+        #[arg(long)]
+        user: String,
+        /// Add the `admin` group.
+        #[arg(long)]
+        admin: bool,
+        /// Groups, comma-separated (for example producer,public).
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Seconds the token is valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> Result<(), LocalError> {
+    match cli.command {
+        Command::Serve { data_dir, listen, backend, ingest_workers, restore_delay_secs, relay_every_secs } => {
+            if matches!(backend, BackendKind::Aws) {
+                return Err(LocalError::AwsBackendUnavailable);
+            }
+            granary_lambda::init_logging();
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| LocalError::Config(e.to_string()))?;
+            runtime.block_on(serve::serve(serve::ServeOptions {
+                data_dir,
+                listen,
+                ingest_workers,
+                restore_delay: Duration::from_secs(restore_delay_secs),
+                relay_every: Duration::from_secs(relay_every_secs.max(1)),
+            }))
+        }
+        Command::Token { data_dir, user, admin, mut groups, ttl } => {
+            let config = granary_lambda::Config::from_env();
+            if admin && !groups.iter().any(|g| g == "admin") {
+                groups.push("admin".into());
+            }
+            let issuer = auth::LocalIssuer::load_or_create(&data_dir, &config.groups_claim).map_err(LocalError::Key)?;
+            let token = issuer.mint(&user, &groups, ttl, chrono::Utc::now().timestamp()).map_err(LocalError::Key)?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+/// Parses the command line, runs it and turns the outcome into an exit code.
+pub fn main_with_args() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("granary-local: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! granary-local driven as a user drives it: the real binary, its HTTP API, its tokens and its queues.
+//! A second connection to the same data directory (as another process would open it) feeds and
+//! inspects the queues and tables.
+
+use granary_embedded::{Embedded, EmbeddedOptions};
+use granary_lambda::Config;
+use granary_ports::{Backend, Key, OutgoingMessage, Query};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_granary-local");
+
+/// A running granary-local, killed when dropped.
+struct Runner {
+    child: Child,
+    base: String,
+}
+
+impl Runner {
+    fn start(dir: &Path, env: &[(&str, &str)]) -> Runner {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env("GRANARY_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start granary-local");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().expect("granary-local printed nothing").unwrap();
+        let base =
+            first.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("no address in {first:?}")).to_owned();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Runner { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token(dir: &Path, user: &str, extra: &[&str]) -> String {
+    let out = Command::new(BIN).args(["token", "--user", user, "--data-dir"]).arg(dir).args(extra).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Another connection to the runner's data directory.
+fn open(dir: &Path) -> Backend {
+    let resources = granary_local::resources::resources(&Config::from_env()).unwrap();
+    Embedded::open(EmbeddedOptions::new(dir, resources)).unwrap().backend()
+}
+
+/// Waits for `check` to return `Some`, up to `limit`, looking again every 50 ms.
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+fn creation_collection(ids: &[&str]) -> Value {
+    json!({
+        "metadata": {"sessionOwner": "e2e", "session": "s1", "priority": "NORMAL"},
+        "features": ids.iter().map(|id| json!({"type": "Feature", "id": id, "entityType": "DATA", "model": "M", "geometry": null, "properties": {"n": 1}})).collect::<Vec<_>>()
+    })
+}
+
+#[tokio::test]
+async fn serves_health_and_jwks_and_refuses_forged_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Runner::start(dir.path(), &[]);
+    let c = client();
+    let health: Value = c.get(r.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "UP");
+    let jwks: Value = c.get(r.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jwks["keys"][0]["alg"], "RS256");
+
+    let probe = r.url("/features/requests/none");
+    let good = token(dir.path(), "ann@example.org", &[]);
+    let ok = c.get(&probe).bearer_auth(&good).send().await.unwrap();
+    assert_eq!(ok.status(), 404, "a valid token reaches the handler, which knows no such request");
+
+    let missing = c.get(&probe).send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    assert_eq!(missing.headers()["content-type"], "application/problem+json");
+
+    // Forge tokens: expired, signed by another key, alg none, HS256 keyed with the public key.
+    let pem = std::fs::read(dir.path().join("keys/jwt-rs256.pem")).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let claims = |exp: i64| json!({"iss": "granary-local", "aud": "granary", "sub": "ann@example.org", "exp": exp, "iat": now - 100});
+    let expired = jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims(now - 10), &key).unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_key = token(other_dir.path(), "ann@example.org", &[]);
+    let b64 = |v: &Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let alg_none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims(now + 600)));
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims(now + 600),
+        &jsonwebtoken::EncodingKey::from_secret(jwks["keys"][0]["n"].as_str().unwrap().as_bytes()),
+    )
+    .unwrap();
+    let mut tampered = good.clone();
+    let mid = tampered.find('.').unwrap() + 5;
+    tampered.replace_range(mid..mid + 1, if &good[mid..mid + 1] == "A" { "B" } else { "A" });
+    for (name, t) in [
+        ("expired", expired),
+        ("another key", other_key),
+        ("alg none", alg_none),
+        ("HS256", hs),
+        ("tampered", tampered),
+        ("garbage", "abc".into()),
+    ] {
+        let res = c.get(&probe).bearer_auth(&t).send().await.unwrap();
+        assert_eq!(res.status(), 401, "{name} token must be refused");
+    }
+}
+
+#[tokio::test]
+async fn http_creation_goes_through_the_queue_to_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Runner::start(dir.path(), &[]);
+    let c = client();
+    let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
+    let reader = token(dir.path(), "bob@example.org", &[]);
+
+    let forbidden = c.post(r.url("/features")).bearer_auth(&reader).json(&creation_collection(&["p1"])).send().await.unwrap();
+    assert_eq!(forbidden.status(), 403, "a user without the producer group cannot submit");
+    let bad = c.post(r.url("/features")).bearer_auth(&producer).body("{not json").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let problem: Value = bad.json().await.unwrap();
+    assert!(problem["errors"][0].as_str().unwrap().starts_with("body:"), "{problem}");
+
+    let mut body = creation_collection(&["product-0001", ""]);
+    body["features"][1]["entityType"] = json!("THING");
+    let res = c.post(r.url("/features")).bearer_auth(&producer).json(&body).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let info: Value = res.json().await.unwrap();
+    assert_eq!(info["granted"].as_array().unwrap().len(), 1);
+    assert_eq!(info["denied"][0]["errors"].as_array().unwrap().len(), 2, "blank id and unknown entity type: {info}");
+    let request_id = info["granted"][0]["requestId"].as_str().unwrap().to_owned();
+
+    let url = r.url(&format!("/features/requests/{request_id}"));
+    let record: Value = wait_for("the request to succeed", Duration::from_secs(20), || async {
+        let v: Value = c.get(&url).bearer_auth(&producer).send().await.ok()?.json().await.ok()?;
+        (v["state"] == "SUCCESS").then_some(v)
+    })
+    .await;
+    let v1 = "URN:FEATURE:DATA:granary:0a52d09e-9b90-3b1b-8a3d-1c83f6b5953c:V1";
+    assert_eq!(record["urn"], v1);
+    assert_eq!(record["requestOwner"], "ann@example.org");
+    let other = c.get(&url).bearer_auth(&reader).send().await.unwrap();
+    assert_eq!(other.status(), 404, "another user does not learn the request exists");
+
+    let second: Value = c
+        .post(r.url("/features"))
+        .bearer_auth(&producer)
+        .json(&creation_collection(&["product-0001"]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url2 = r.url(&format!("/features/requests/{}", second["granted"][0]["requestId"].as_str().unwrap()));
+    wait_for("the second version", Duration::from_secs(20), || async {
+        let v: Value = c.get(&url2).bearer_auth(&producer).send().await.ok()?.json().await.ok()?;
+        (v["state"] == "SUCCESS").then_some(v)
+    })
+    .await;
+    let f1: Value = c.get(r.url(&format!("/features/{v1}"))).bearer_auth(&reader).send().await.unwrap().json().await.unwrap();
+    assert_eq!(f1["last"], false, "V1 is no longer the latest");
+    let f2: Value =
+        c.get(r.url(&format!("/features/{}", v1.replace(":V1", ":V2")))).bearer_auth(&reader).send().await.unwrap().json().await.unwrap();
+    assert_eq!(f2["last"], true);
+    assert_eq!(f2["feature"]["properties"]["n"], 1);
+    let bad_urn = c.get(r.url("/features/URN:FEATURE:DATA:granary:nope:V1")).bearer_auth(&reader).send().await.unwrap();
+    assert_eq!(bad_urn.status(), 400);
+}
+
+#[tokio::test]
+async fn producer_message_on_sqs_is_answered_on_the_response_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let _r = Runner::start(dir.path(), &[]);
+    let backend = open(dir.path());
+    let example: Value = serde_json::from_str(include_str!("fixtures/sqs-creation.json")).unwrap();
+    let mut msg = OutgoingMessage::new(example["body"].to_string());
+    for (k, v) in example["attributes"].as_object().unwrap() {
+        msg = msg.attribute(k, v.as_str().unwrap());
+    }
+    let config = Config::from_env();
+    backend.queue.send_batch(&config.feature_queues[0], vec![msg]).await.unwrap();
+    let request_id = example["attributes"]["regards.request.id"].as_str().unwrap();
+    let mut states = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while states.len() < 2 {
+        assert!(Instant::now() < deadline, "timed out waiting for GRANTED and SUCCESS on the response queue: {states:?}");
+        for m in backend.queue.receive(&config.response_queue, 10, None, Duration::from_millis(200)).await.unwrap() {
+            let e: Value = serde_json::from_str(&m.body).unwrap();
+            if e["requestId"] == request_id {
+                assert_eq!(
+                    e["urn"], "URN:FEATURE:DATA:granary:a2beb1a6-a38c-3ac4-9fa5-89e495df2b02:V1",
+                    "the URN the brief's example names"
+                );
+                states.insert(e["state"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert_eq!(states, BTreeSet::from(["GRANTED".to_owned(), "SUCCESS".to_owned()]));
+}
+
+#[tokio::test]
+async fn kill_9_mid_batch_then_restart_processes_every_message_once() {
+    const DISTINCT: usize = 300;
+    const SHARED: usize = 10;
+    const PER_SHARED: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("GRANARY_FEATURE_VISIBILITY_SECS", "2"), ("GRANARY_OUTBOX_GRACE_MS", "500"), ("GRANARY_LOCAL_RELAY_EVERY_SECS", "1")];
+    let backend = open(dir.path());
+    let config = Config::from_env();
+    let mut expected_versions: HashMap<String, usize> = HashMap::new();
+    let mut messages = Vec::new();
+    for i in 0..DISTINCT {
+        let p = format!("distinct-{i}");
+        expected_versions.insert(p.clone(), 1);
+        messages.push((format!("r{i}"), p));
+    }
+    for s in 0..SHARED {
+        for j in 0..PER_SHARED {
+            let p = format!("shared-{s}");
+            *expected_versions.entry(p.clone()).or_default() += 1;
+            messages.push((format!("s{s}-{j}"), p));
+        }
+    }
+    for chunk in messages.chunks(10) {
+        let batch = chunk
+            .iter()
+            .map(|(rid, p)| {
+                let body = json!({"metadata": {"sessionOwner": "kill", "session": "s"}, "feature": {"type": "Feature", "id": p, "entityType": "DATA", "model": "M", "properties": {}}});
+                OutgoingMessage::new(body.to_string()).attribute("regards.request.type", "CREATION").attribute("regards.request.id", rid.clone())
+            })
+            .collect();
+        backend.queue.send_batch(&config.feature_queues[1], batch).await.unwrap();
+    }
+    let total = messages.len() as u64;
+
+    let runner = Runner::start(dir.path(), &env);
+    wait_for("some messages processed", Duration::from_secs(30), || async {
+        let d = backend.queue.depth(&config.feature_queues[1]).await.ok()?;
+        (d.visible < total * 3 / 4).then_some(())
+    })
+    .await;
+    runner.kill9();
+    let left = backend.queue.depth(&config.feature_queues[1]).await.unwrap();
+    assert!(left.total() > 0, "the kill happened with work left: {left:?}");
+
+    let _runner = Runner::start(dir.path(), &env);
+    wait_for("every queue drained", Duration::from_secs(60), || async {
+        let mut n = 0;
+        for q in &config.feature_queues {
+            n += backend.queue.depth(q).await.ok()?.total();
+        }
+        (n == 0).then_some(())
+    })
+    .await;
+
+    // Every request recorded once, SUCCESS.
+    for (rid, p) in &messages {
+        let item = backend
+            .table
+            .get(&config.requests_table, &Key::new(format!("R#{rid}"), "R"))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("request {rid} lost"));
+        assert_eq!(item.get_str("state"), Some("SUCCESS"), "{rid}");
+        assert_eq!(item.get_str("providerId"), Some(p.as_str()));
+    }
+    // No duplicate version: each providerId has exactly as many versions as creations, numbered 1..=n.
+    for (p, n) in &expected_versions {
+        let pk = format!("F#{}", granary_domain::entity_uuid(p));
+        let page = backend.table.query(Query::partition(&config.features_table, pk).limit(1000)).await.unwrap();
+        let sks: Vec<String> = page.items.iter().map(|i| i.key.sk.clone()).collect();
+        let want: Vec<String> = (1..=*n).map(|v| format!("V{v:03}")).collect();
+        assert_eq!(sks, want, "versions of {p}");
+        assert_eq!(page.items.iter().filter(|i| i.get("last") == Some(&json!(true))).count(), 1, "one latest version of {p}");
+    }
+    // Every event delivered (after dropping redeliveries by id), relayed from the outbox if need be.
+    let mut events: BTreeMap<String, Value> = BTreeMap::new();
+    let want_events = messages.len() * 2;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while events.len() < want_events {
+        assert!(Instant::now() < deadline, "timed out waiting for every response event: {} of {want_events}", events.len());
+        let got = backend.queue.receive(&config.response_queue, 10, None, Duration::from_millis(200)).await.unwrap();
+        for m in &got {
+            let e: Value = serde_json::from_str(&m.body).unwrap();
+            events.insert(e["eventId"].as_str().unwrap().to_owned(), e);
+        }
+        if !got.is_empty() {
+            backend.queue.delete_batch(&config.response_queue, got.into_iter().map(|m| m.receipt_handle).collect()).await.unwrap();
+        }
+    }
+    assert_eq!(events.len(), want_events, "exactly GRANTED and SUCCESS per request");
+    let dlq = granary_local::resources::feature_dlq();
+    assert_eq!(backend.queue.depth(&dlq).await.unwrap().total(), 0, "nothing in the dead-letter queue");
+}
+
+#[tokio::test]
+async fn sigint_stops_cleanly_without_losing_queued_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Runner::start(dir.path(), &[]);
+    let pid = r.child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let status = wait_for("granary-local to exit", Duration::from_secs(20), || {
+        let s = r.child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "clean exit on SIGINT: {status:?}");
+    let backend = open(dir.path());
+    let config = Config::from_env();
+    backend.queue.send_batch(&config.feature_queues[2], vec![OutgoingMessage::new("{}")]).await.unwrap();
+    assert_eq!(backend.queue.depth(&config.feature_queues[2]).await.unwrap().visible, 1, "a stopped runner takes nothing");
+}
