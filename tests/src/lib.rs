@@ -1,1 +1,1 @@
-//! placeholder
+//! Cross-crate checks live in `tests/`; this crate has no code of its own.

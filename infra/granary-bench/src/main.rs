@@ -48,7 +48,8 @@ async fn ports(messages: usize, writes: usize, dir: PathBuf) {
         buckets: vec![],
     };
     let b = Embedded::open(EmbeddedOptions::new(&dir, resources)).expect("open").backend();
-    let body = serde_json::json!({"metadata": {"sessionOwner": "bench", "session": "s"}, "feature": {"id": "p", "properties": {"a": 1}}}).to_string();
+    let body = serde_json::json!({"metadata": {"sessionOwner": "bench", "session": "s"}, "feature": {"id": "p", "properties": {"a": 1}}})
+        .to_string();
 
     // Queue: send everything, then receive and delete everything, both in batches of 10.
     let start = Instant::now();
@@ -83,14 +84,19 @@ async fn ports(messages: usize, writes: usize, dir: PathBuf) {
     // Table: put-if-absent on distinct keys, then guarded counter increments on one item.
     let start = Instant::now();
     for i in 0..writes {
-        let item = Item::new(Key::new(format!("F#{i}"), "V001")).with("state", "RUNNING").with("at", i as i64).with("payload", body.as_str());
+        let item =
+            Item::new(Key::new(format!("F#{i}"), "V001")).with("state", "RUNNING").with("at", i as i64).with("payload", body.as_str());
         b.table.put("bench", item, Some(Cond::ItemAbsent)).await.expect("put");
     }
     let puts = start.elapsed();
     let start = Instant::now();
     let mut granted = 0;
     for _ in 0..writes {
-        if b.table.update("bench", &Key::new("slots", "pool"), vec![Update::add("n", 1)], Some(Cond::counter_below("n", 1, writes as i64 / 2))).await.is_ok() {
+        if b.table
+            .update("bench", &Key::new("slots", "pool"), vec![Update::add("n", 1)], Some(Cond::counter_below("n", 1, writes as i64 / 2)))
+            .await
+            .is_ok()
+        {
             granted += 1;
         }
     }

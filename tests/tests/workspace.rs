@@ -1,0 +1,118 @@
+//! What must stay true across crates: every configuration variable the code reads is documented in the
+//! README and every documented one is read; every crate says what it is for; every function is in the
+//! README, the template and the workspace; every local route is declared in the template.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if p.is_dir() && name != "target" && !name.starts_with('.') {
+            rust_files(&p, out);
+        } else if name.ends_with(".rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// Every `GRANARY_*` name quoted in `text`.
+fn granary_vars(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("GRANARY_") {
+        let tail = &rest[i..];
+        let end = tail.find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')).unwrap_or(tail.len());
+        let name = &tail[..end];
+        if name.len() > "GRANARY_".len() && !name.ends_with('_') {
+            out.insert(name.to_owned());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
+fn readme() -> String {
+    std::fs::read_to_string(root().join("README.md")).unwrap()
+}
+
+/// The README section starting at `heading`, up to the next heading of the same level.
+fn section(text: &str, heading: &str) -> String {
+    let start = text.find(heading).unwrap_or_else(|| panic!("README has no section {heading:?}"));
+    let body = &text[start + heading.len()..];
+    let end = body.find("\n## ").unwrap_or(body.len());
+    body[..end].to_owned()
+}
+
+#[test]
+fn configuration_table_matches_the_code() {
+    let mut files = Vec::new();
+    for dir in ["shared", "functions", "infra"] {
+        rust_files(&root().join(dir), &mut files);
+    }
+    let mut in_code = BTreeSet::new();
+    for f in files.iter().filter(|f| !f.components().any(|c| c.as_os_str() == "tests")) {
+        in_code.extend(granary_vars(&std::fs::read_to_string(f).unwrap()));
+    }
+    // Variables only tests set for their child processes are not configuration.
+    in_code.retain(|v| !v.starts_with("GRANARY_RACE_"));
+    let documented = granary_vars(&section(&readme(), "## Configuration"));
+    let undocumented: Vec<_> = in_code.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&in_code).collect();
+    assert!(undocumented.is_empty(), "read by the code but missing from the README's configuration table: {undocumented:?}");
+    assert!(stale.is_empty(), "in the README's configuration table but read by no code: {stale:?}");
+}
+
+#[test]
+fn every_crate_says_what_it_is_for() {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let members: Vec<&str> = manifest
+        .lines()
+        .skip_while(|l| !l.starts_with("members"))
+        .skip(1)
+        .take_while(|l| !l.starts_with(']'))
+        .map(|l| l.trim().trim_matches(|c| c == '"' || c == ','))
+        .collect();
+    assert!(members.len() >= 8, "{members:?}");
+    for m in members {
+        let dir = root().join(m);
+        let toml = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        for entry in ["src/lib.rs", "src/main.rs"] {
+            let p = dir.join(entry);
+            if let Ok(text) = std::fs::read_to_string(&p) {
+                assert!(text.trim_start().starts_with("//!"), "{} has no crate-level documentation", p.display());
+            }
+        }
+        assert!(toml.contains("[lints]") && toml.contains("workspace = true"), "{m} does not take the workspace lints");
+    }
+}
+
+#[test]
+fn every_function_is_in_the_readme_the_template_and_the_workspace() {
+    let template = std::fs::read_to_string(root().join("template.yaml")).unwrap();
+    let table = section(&readme(), "## Functions");
+    for entry in std::fs::read_dir(root().join("functions")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(table.contains(&format!("`{name}`")), "function {name} is missing from the README's function table");
+        assert!(template.contains(&format!("Binary: {name}")), "function {name} has no BuildProperties.Binary in template.yaml");
+        let toml = std::fs::read_to_string(root().join("functions").join(&name).join("Cargo.toml")).unwrap();
+        assert!(toml.contains(&format!("name = \"{name}\"")) && toml.contains("[[bin]]"), "function {name} has no [[bin]] of its name");
+    }
+}
+
+#[test]
+fn every_local_route_is_declared_in_the_template() {
+    let template = std::fs::read_to_string(root().join("template.yaml")).unwrap();
+    for route in granary_local::apigw::ROUTES {
+        let pair = template
+            .split("Type: HttpApi")
+            .skip(1)
+            .any(|ev| ev.contains(&format!("Method: {}\n", route.method)) && ev.contains(&format!("Path: {}\n", route.template)));
+        assert!(pair, "route {} {} of granary-local is not an HttpApi event in template.yaml", route.method, route.template);
+    }
+}
