@@ -5,7 +5,7 @@ use feature_ingest::FeatureIngest;
 use granary_embedded::{Embedded, EmbeddedOptions};
 use granary_lambda::Config;
 use granary_lambda::sqs::sqs_event;
-use granary_ports::{Backend, IndexSpec, Query, QueueSpec, ReceivedMessage, Resources, TableSpec};
+use granary_ports::{Backend, IndexSpec, KeyAttr, Query, QueueSpec, ReceivedMessage, Resources, TableSpec};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -39,7 +39,7 @@ fn fixture() -> Fixture {
             TableSpec { name: "features".into(), indexes: vec![], ttl_attr: None },
             TableSpec {
                 name: "requests".into(),
-                indexes: vec![IndexSpec { name: "outbox".into(), partition_attr: "outbox".into(), sort_attr: Some("createdAt".into()) }],
+                indexes: vec![IndexSpec::new("outbox", KeyAttr::string("outbox"), Some(KeyAttr::number("createdAt")))],
                 ttl_attr: None,
             },
         ],

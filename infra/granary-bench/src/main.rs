@@ -6,7 +6,7 @@
 
 use clap::{Parser, Subcommand};
 use granary_embedded::{Embedded, EmbeddedOptions};
-use granary_ports::{Cond, IndexSpec, Item, Key, OutgoingMessage, QueueSpec, Resources, TableSpec, Update};
+use granary_ports::{Cond, IndexSpec, Item, Key, KeyAttr, OutgoingMessage, QueueSpec, Resources, TableSpec, Update};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ async fn ports(messages: usize, writes: usize, dir: PathBuf) {
     let resources = Resources {
         tables: vec![TableSpec {
             name: "bench".into(),
-            indexes: vec![IndexSpec { name: "byState".into(), partition_attr: "state".into(), sort_attr: Some("at".into()) }],
+            indexes: vec![IndexSpec::new("byState", KeyAttr::string("state"), Some(KeyAttr::number("at")))],
             ttl_attr: None,
         }],
         queues: vec![QueueSpec::new("bench").with_dlq("bench-dlq", 5), QueueSpec::new("bench-dlq")],

@@ -2,7 +2,7 @@
 
 use granary_lambda::Config;
 use granary_lambda::config::env_number;
-use granary_ports::{IndexSpec, QueueSpec, Resources, TableSpec};
+use granary_ports::{IndexSpec, KeyAttr, QueueSpec, Resources, TableSpec};
 use std::time::Duration;
 
 /// Receives after which a feature request goes to the dead-letter queue
@@ -43,11 +43,11 @@ pub fn resources(config: &Config) -> Result<Resources, String> {
             TableSpec { name: config.features_table.clone(), indexes: vec![], ttl_attr: None },
             TableSpec {
                 name: config.requests_table.clone(),
-                indexes: vec![IndexSpec {
-                    name: granary_stores::outbox::OUTBOX_INDEX.into(),
-                    partition_attr: "outbox".into(),
-                    sort_attr: Some("createdAt".into()),
-                }],
+                indexes: vec![IndexSpec::new(
+                    granary_stores::outbox::OUTBOX_INDEX,
+                    KeyAttr::string("outbox"),
+                    Some(KeyAttr::number("createdAt")),
+                )],
                 ttl_attr: None,
             },
         ],

@@ -1,6 +1,6 @@
 //! The contract cases. Each takes a fresh harness and panics with a message naming the broken promise.
 
-use crate::{BUCKET, BY_STATUS, DLQ, Harness, MAX_RECEIVES, TABLE, VISIBILITY, WORK};
+use crate::{BUCKET, BY_STATUS, DLQ, Harness, MAX_RECEIVES, TABLE, WORK};
 use granary_ports::{Cond, Item, Key, OutgoingMessage, PortError, Query, RestoreStatus, SortCond, StorageClass, TxOp, Update};
 use serde_json::json;
 use std::time::Duration;
@@ -315,7 +315,7 @@ pub async fn queue_send_receive_delete(h: &dyn Harness) {
     assert!(again.is_empty(), "in-flight messages are not delivered again before their timeout");
     b.queue.delete_batch(WORK, got[..5].iter().map(|m| m.receipt_handle.clone()).collect()).await.unwrap();
     b.queue.delete_batch(WORK, got[5..].iter().map(|m| m.receipt_handle.clone()).collect()).await.unwrap();
-    h.advance(VISIBILITY + Duration::from_secs(1)).await;
+    h.advance(h.visibility() + Duration::from_secs(1)).await;
     assert!(b.queue.receive(WORK, 10, None, Duration::ZERO).await.unwrap().is_empty(), "deleted messages never return");
     assert_eq!(b.queue.depth(WORK).await.unwrap().total(), 0);
 }
@@ -337,9 +337,9 @@ pub async fn unacknowledged_message_comes_back(h: &dyn Harness) {
     b.queue.send_batch(WORK, vec![OutgoingMessage::new("m")]).await.unwrap();
     let first = b.queue.receive(WORK, 1, None, Duration::from_secs(1)).await.unwrap();
     assert_eq!(first.len(), 1);
-    h.advance(VISIBILITY / 2).await;
+    h.advance(h.visibility() / 2).await;
     assert!(b.queue.receive(WORK, 1, None, Duration::ZERO).await.unwrap().is_empty(), "hidden before the timeout");
-    h.advance(VISIBILITY / 2 + Duration::from_secs(1)).await;
+    h.advance(h.visibility() / 2 + Duration::from_secs(1)).await;
     let second = b.queue.receive(WORK, 1, None, Duration::from_secs(2)).await.unwrap();
     assert_eq!(second.len(), 1, "back after the timeout");
     assert_eq!(second[0].message_id, first[0].message_id);
@@ -355,7 +355,7 @@ pub async fn redrive_to_dead_letter_queue(h: &dyn Harness) {
         let got = b.queue.receive(WORK, 1, None, Duration::from_secs(2)).await.unwrap();
         assert_eq!(got.len(), 1, "receive {n} delivers");
         assert_eq!(got[0].receive_count, n);
-        h.advance(VISIBILITY + Duration::from_secs(1)).await;
+        h.advance(h.visibility() + Duration::from_secs(1)).await;
     }
     let after = b.queue.receive(WORK, 1, None, Duration::from_secs(1)).await.unwrap();
     assert!(after.is_empty(), "no delivery past the redrive limit: {after:?}");
@@ -368,18 +368,19 @@ pub async fn redrive_to_dead_letter_queue(h: &dyn Harness) {
 /// A delayed message is invisible until its delay has passed.
 pub async fn delayed_message_invisible_until_due(h: &dyn Harness) {
     let b = h.connect().await;
-    b.queue.send_batch(WORK, vec![OutgoingMessage::new("later").delayed(Duration::from_secs(120))]).await.unwrap();
+    let delay = h.delay();
+    b.queue.send_batch(WORK, vec![OutgoingMessage::new("later").delayed(delay)]).await.unwrap();
     b.queue.send_batch(WORK, vec![OutgoingMessage::new("now")]).await.unwrap();
     let d = b.queue.depth(WORK).await.unwrap();
     assert_eq!((d.visible, d.delayed), (1, 1), "{d:?}");
     let got = b.queue.receive(WORK, 10, None, Duration::from_secs(1)).await.unwrap();
     assert_eq!(got.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), vec!["now"], "only the undelayed message");
     b.queue.delete_batch(WORK, vec![got[0].receipt_handle.clone()]).await.unwrap();
-    h.advance(Duration::from_secs(60)).await;
-    assert!(b.queue.receive(WORK, 10, None, Duration::ZERO).await.unwrap().is_empty(), "still delayed at 60 s");
-    h.advance(Duration::from_secs(61)).await;
+    h.advance(delay / 2).await;
+    assert!(b.queue.receive(WORK, 10, None, Duration::ZERO).await.unwrap().is_empty(), "still delayed halfway");
+    h.advance(delay / 2 + Duration::from_secs(1)).await;
     let later = b.queue.receive(WORK, 10, None, Duration::from_secs(2)).await.unwrap();
-    assert_eq!(later.len(), 1, "due after 120 s");
+    assert_eq!(later.len(), 1, "due after the delay");
     assert_eq!(later[0].body, "later");
 }
 
@@ -392,7 +393,7 @@ pub async fn change_visibility_hides_again(h: &dyn Harness) {
     let back = b.queue.receive(WORK, 1, None, Duration::from_secs(2)).await.unwrap();
     assert_eq!(back.len(), 1, "visibility 0 makes the message visible at once");
     b.queue.change_visibility(WORK, &back[0].receipt_handle, Duration::from_secs(600)).await.unwrap();
-    h.advance(VISIBILITY + Duration::from_secs(1)).await;
+    h.advance(h.visibility() + Duration::from_secs(1)).await;
     assert!(b.queue.receive(WORK, 1, None, Duration::ZERO).await.unwrap().is_empty(), "extended visibility holds");
 }
 

@@ -8,33 +8,31 @@
 pub mod cases;
 
 use async_trait::async_trait;
-use granary_ports::{Backend, IndexSpec, QueueSpec, Resources, TableSpec};
+use granary_ports::{Backend, IndexSpec, KeyAttr, QueueSpec, Resources, TableSpec};
 use std::time::Duration;
 
 /// The table the cases write to.
 pub const TABLE: &str = "contract";
 /// Its sparse index on (`status`, `createdAt`).
 pub const BY_STATUS: &str = "byStatus";
-/// A queue with a 30 s visibility timeout that redrives to [`DLQ`] after [`MAX_RECEIVES`] receives.
+/// A queue with the harness's visibility timeout that redrives to [`DLQ`] after [`MAX_RECEIVES`] receives.
 pub const WORK: &str = "contract-work";
 /// The dead-letter queue of [`WORK`].
 pub const DLQ: &str = "contract-work-dlq";
 /// Receives after which a message of [`WORK`] goes to [`DLQ`].
 pub const MAX_RECEIVES: u32 = 3;
-/// The visibility timeout of [`WORK`].
-pub const VISIBILITY: Duration = Duration::from_secs(30);
 /// The bucket the cases write to.
 pub const BUCKET: &str = "granary-contract";
 
-/// The resources the cases need.
-pub fn resources() -> Resources {
+/// The resources the cases need, [`WORK`] hiding received messages for `visibility`.
+pub fn resources(visibility: Duration) -> Resources {
     Resources {
         tables: vec![TableSpec {
             name: TABLE.into(),
-            indexes: vec![IndexSpec { name: BY_STATUS.into(), partition_attr: "status".into(), sort_attr: Some("createdAt".into()) }],
+            indexes: vec![IndexSpec::new(BY_STATUS, KeyAttr::string("status"), Some(KeyAttr::number("createdAt")))],
             ttl_attr: None,
         }],
-        queues: vec![QueueSpec::new(WORK).with_visibility(VISIBILITY).with_dlq(DLQ, MAX_RECEIVES), QueueSpec::new(DLQ)],
+        queues: vec![QueueSpec::new(WORK).with_visibility(visibility).with_dlq(DLQ, MAX_RECEIVES), QueueSpec::new(DLQ)],
         buckets: vec![BUCKET.into()],
     }
 }
@@ -48,6 +46,11 @@ pub trait Harness: Send + Sync {
     async fn advance(&self, by: Duration);
     /// How long a nearline restore takes on this backend.
     fn restore_delay(&self) -> Duration;
+    /// The visibility timeout the harness gave [`WORK`]: long with a movable clock, short where time is
+    /// real.
+    fn visibility(&self) -> Duration;
+    /// The delay the delayed-message case uses (at most 15 minutes).
+    fn delay(&self) -> Duration;
 }
 
 /// Instantiates every contract case as a `#[tokio::test]`, each with a fresh harness from `$make`

@@ -37,26 +37,6 @@ pub struct EmbeddedBlobs {
     signing_key: Vec<u8>,
 }
 
-fn validate_bucket(bucket: &str) -> PortResult<()> {
-    let ok = (3..=63).contains(&bucket.len())
-        && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !bucket.starts_with(['-', '.']);
-    if ok { Ok(()) } else { Err(PortError::Invalid(format!("bucket name {bucket:?} is not a valid S3 bucket name"))) }
-}
-
-fn validate_key(key: &str) -> PortResult<()> {
-    let bad = key.is_empty()
-        || key.len() > 1024
-        || key.starts_with('/')
-        || key.contains(['\\', '\0'])
-        || key.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..");
-    if bad {
-        Err(PortError::Invalid(format!("object key {key:?} must be 1 to 1024 bytes of '/'-separated non-empty segments, none '.' or '..'")))
-    } else {
-        Ok(())
-    }
-}
-
 /// Percent-encodes everything but unreserved characters and `/`.
 fn encode_path(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -100,9 +100,9 @@ impl Db {
             ));
             for ix in &t.indexes {
                 let name = quote_ident(&format!("ix_{}_{}", t.name, ix.name))?;
-                let part = index_expr(&ix.partition_attr)?;
-                let cols = match &ix.sort_attr {
-                    Some(s) => format!("{part}, {}, pk, sk", index_expr(s)?),
+                let part = index_expr(&ix.partition.name)?;
+                let cols = match &ix.sort {
+                    Some(s) => format!("{part}, {}, pk, sk", index_expr(&s.name)?),
                     None => format!("{part}, pk, sk"),
                 };
                 ddl.push_str(&format!("CREATE INDEX IF NOT EXISTS {name} ON {ident} ({cols}) WHERE {part} IS NOT NULL;\n"));

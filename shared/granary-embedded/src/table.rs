@@ -25,7 +25,11 @@ impl EmbeddedTable {
             .tables
             .iter()
             .map(|t| {
-                let ix = t.indexes.iter().map(|i| (i.name.clone(), (i.partition_attr.clone(), i.sort_attr.clone()))).collect();
+                let ix = t
+                    .indexes
+                    .iter()
+                    .map(|i| (i.name.clone(), (i.partition.name.clone(), i.sort.as_ref().map(|s| s.name.clone()))))
+                    .collect();
                 (t.name.clone(), ix)
             })
             .collect();

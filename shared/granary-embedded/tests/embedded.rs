@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const RESTORE_DELAY: Duration = Duration::from_secs(4 * 3600);
+const VISIBILITY: Duration = Duration::from_secs(30);
 
 struct EmbeddedHarness {
     dir: tempfile::TempDir,
@@ -17,7 +18,7 @@ struct EmbeddedHarness {
 
 impl EmbeddedHarness {
     fn options(&self) -> EmbeddedOptions {
-        let mut resources = granary_contract::resources();
+        let mut resources = granary_contract::resources(VISIBILITY);
         resources.queues.push(QueueSpec::new("storage-ready"));
         let mut o = EmbeddedOptions::new(self.dir.path(), resources);
         o.clock = self.clock.clone();
@@ -45,6 +46,12 @@ impl Harness for EmbeddedHarness {
     }
     fn restore_delay(&self) -> Duration {
         RESTORE_DELAY
+    }
+    fn visibility(&self) -> Duration {
+        VISIBILITY
+    }
+    fn delay(&self) -> Duration {
+        Duration::from_secs(120)
     }
 }
 
@@ -124,7 +131,7 @@ async fn interrupted_put_leaves_no_object() {
 async fn race_child_worker() {
     let Ok(dir) = std::env::var("GRANARY_RACE_DIR") else { return };
     let me: i64 = std::env::var("GRANARY_RACE_ID").unwrap().parse().unwrap();
-    let mut o = EmbeddedOptions::new(&dir, granary_contract::resources());
+    let mut o = EmbeddedOptions::new(&dir, granary_contract::resources(VISIBILITY));
     o.clock = Arc::new(granary_ports::SystemClock);
     let b = Embedded::open(o).unwrap().backend();
     let mut won = Vec::new();

@@ -1,6 +1,6 @@
 //! The blob store port: S3 as Granary uses it, with an online and a nearline class.
 
-use crate::error::PortResult;
+use crate::error::{PortError, PortResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::pin::Pin;
@@ -9,6 +9,29 @@ use tokio::io::AsyncRead;
 
 /// A streamed object body.
 pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Checks a bucket name against S3's rules.
+pub fn validate_bucket(bucket: &str) -> PortResult<()> {
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !bucket.starts_with(['-', '.']);
+    if ok { Ok(()) } else { Err(PortError::Invalid(format!("bucket name {bucket:?} is not a valid S3 bucket name"))) }
+}
+
+/// Checks an object key: no empty, `.` or `..` segment, no leading `/`, no backslash or NUL, so a key
+/// can never name a path outside its bucket on the filesystem, and behaves the same on S3.
+pub fn validate_key(key: &str) -> PortResult<()> {
+    let bad = key.is_empty()
+        || key.len() > 1024
+        || key.starts_with('/')
+        || key.contains(['\\', '\0'])
+        || key.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..");
+    if bad {
+        Err(PortError::Invalid(format!("object key {key:?} must be 1 to 1024 bytes of '/'-separated non-empty segments, none '.' or '..'")))
+    } else {
+        Ok(())
+    }
+}
 
 /// Where an object lives, and so how it is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,7 +27,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{PortError, PortResult};
 pub use ids::{IdSource, RandomIds, SequentialIds};
 pub use queue::{OutgoingMessage, Queue, QueueDepth, ReceivedMessage};
-pub use resources::{IndexSpec, QueueSpec, Resources, TableSpec};
+pub use resources::{AttrKind, IndexSpec, KeyAttr, QueueSpec, Resources, TableSpec};
 pub use table::{Cond, Cursor, Item, Key, Page, Query, SortCond, Table, TxOp, Update};
 
 use std::sync::Arc;

@@ -3,16 +3,52 @@
 
 use std::time::Duration;
 
-/// A secondary index over a table: items carrying `partition_attr` are found by it, sorted by
-/// `sort_attr` when given. Items without the partition attribute are not in the index (sparse).
+/// The type of a key attribute, as DynamoDB declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttrKind {
+    /// A string (`S`).
+    String,
+    /// A number (`N`).
+    Number,
+}
+
+/// An attribute used as a key of an index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAttr {
+    /// Attribute name.
+    pub name: String,
+    /// Its type.
+    pub kind: AttrKind,
+}
+
+impl KeyAttr {
+    /// A string key attribute.
+    pub fn string(name: &str) -> Self {
+        Self { name: name.to_owned(), kind: AttrKind::String }
+    }
+    /// A number key attribute.
+    pub fn number(name: &str) -> Self {
+        Self { name: name.to_owned(), kind: AttrKind::Number }
+    }
+}
+
+/// A secondary index over a table: items carrying the partition attribute are found by it, sorted by
+/// the sort attribute when given. Items without the partition attribute are not in the index (sparse).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexSpec {
     /// Index name, as queries name it.
     pub name: String,
     /// The attribute holding the index partition key.
-    pub partition_attr: String,
+    pub partition: KeyAttr,
     /// The attribute holding the index sort key, if any.
-    pub sort_attr: Option<String>,
+    pub sort: Option<KeyAttr>,
+}
+
+impl IndexSpec {
+    /// An index named `name` over `partition` and `sort`.
+    pub fn new(name: &str, partition: KeyAttr, sort: Option<KeyAttr>) -> Self {
+        Self { name: name.to_owned(), partition, sort }
+    }
 }
 
 /// A table: items keyed by `pk` and `sk` (both strings), with secondary indexes.
