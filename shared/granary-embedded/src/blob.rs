@@ -4,6 +4,7 @@
 
 use crate::db::{Db, map_sql};
 use async_trait::async_trait;
+use granary_ports::blob::{validate_bucket, validate_key};
 use granary_ports::{
     BlobMeta, BlobReader, BlobStore, Clock, IdSource, OutgoingMessage, PortError, PortResult, Queue, RestoreStatus, StorageClass,
 };
