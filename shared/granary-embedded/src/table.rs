@@ -85,6 +85,7 @@ fn put_on(conn: &Connection, table: &str, item: &Item, cond: Option<&Cond>) -> P
 
 /// Applies `updates` if `cond` holds, creating the item when absent and allowed; returns the new item.
 fn update_on(conn: &Connection, table: &str, key: &Key, updates: &[Update], cond: Option<&Cond>) -> PortResult<Item> {
+    granary_ports::table::validate_updates(updates)?;
     let ident = table_ident(table)?;
     let mut f = Fragment::default();
     let may_create = cond.is_none_or(Cond::holds_on_absent_item);

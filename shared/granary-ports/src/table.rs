@@ -362,6 +362,22 @@ pub fn validate_transaction(ops: &[TxOp]) -> PortResult<()> {
     Ok(())
 }
 
+/// Checks an update: at least one change, each attribute changed once, valid names.
+pub fn validate_updates(updates: &[Update]) -> PortResult<()> {
+    if updates.is_empty() {
+        return Err(PortError::Invalid("an update needs at least one change".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for u in updates {
+        let name = u.attribute_name();
+        validate_attribute_name(name)?;
+        if !seen.insert(name) {
+            return Err(PortError::Invalid(format!("an update may change attribute {name:?} once")));
+        }
+    }
+    Ok(())
+}
+
 /// Checks that an attribute name can be used in conditions, updates and index definitions.
 pub fn validate_attribute_name(name: &str) -> PortResult<()> {
     let ok = !name.is_empty()

@@ -1,0 +1,77 @@
+//! The port contract on the AWS adapter, against moto (started by the tests when none is given), and
+//! what only the AWS side shows: request counting.
+
+use async_trait::async_trait;
+use granary_aws::emulator::{options, shared_moto};
+use granary_aws::{Aws, RequestCounter};
+use granary_contract::{Harness, TABLE, WORK, contract_tests};
+use granary_ports::{Backend, Item, Key, OutgoingMessage, Resources};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+const VISIBILITY: Duration = Duration::from_secs(2);
+
+struct MotoHarness {
+    endpoint: &'static str,
+    prefix: String,
+    resources: Resources,
+}
+
+/// A fresh set of names for each test, so tests share one moto without seeing each other.
+fn unique_prefix() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("t{}x{}-", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn harness() -> MotoHarness {
+    let endpoint = shared_moto();
+    let prefix = unique_prefix();
+    let resources = granary_contract::resources(VISIBILITY);
+    let aws = Aws::connect(&resources, options(endpoint, &prefix)).await;
+    granary_aws::provision::provision(&aws, &resources).await.expect("provision on moto");
+    MotoHarness { endpoint, prefix, resources }
+}
+
+#[async_trait]
+impl Harness for MotoHarness {
+    async fn connect(&self) -> Backend {
+        // New clients, with their own connection pools: what another Lambda instance would have.
+        Aws::connect(&self.resources, options(self.endpoint, &self.prefix)).await.backend()
+    }
+    async fn advance(&self, by: Duration) {
+        // Time on an emulator is real time.
+        tokio::time::sleep(by).await;
+    }
+    fn restore_delay(&self) -> Duration {
+        // moto completes a Glacier restore at once; real restore waits are shown on the embedded backend.
+        Duration::ZERO
+    }
+    fn visibility(&self) -> Duration {
+        VISIBILITY
+    }
+    fn delay(&self) -> Duration {
+        Duration::from_secs(4)
+    }
+}
+
+contract_tests!(harness());
+
+#[tokio::test]
+async fn requests_are_counted_by_service() {
+    let h = harness().await;
+    let counter = RequestCounter::default();
+    let mut opts = options(h.endpoint, &h.prefix);
+    opts.counter = Some(counter.clone());
+    let b = Aws::connect(&h.resources, opts).await.backend();
+    for i in 0..3 {
+        b.table.put(TABLE, Item::new(Key::new(format!("k{i}"), "s")), None).await.unwrap();
+    }
+    let msgs = (0..10).map(|i| OutgoingMessage::new(i.to_string())).collect();
+    b.queue.send_batch(WORK, msgs).await.unwrap();
+    b.queue.send_batch(WORK, vec![OutgoingMessage::new("x")]).await.unwrap();
+    let c = counter.get();
+    assert_eq!(c.dynamodb, 3, "one PutItem each");
+    assert_eq!(c.sqs, 3, "one GetQueueUrl (then cached) and one SendMessageBatch per batch");
+    assert_eq!(c.s3, 0);
+    assert_eq!(c.total(), 6);
+}
