@@ -116,3 +116,24 @@ fn every_local_route_is_declared_in_the_template() {
         assert!(pair, "route {} {} of granary-local is not an HttpApi event in template.yaml", route.method, route.template);
     }
 }
+
+#[test]
+fn configuration_defaults_are_the_template_names() {
+    // With no variable set, a function's default names must be those the local side provisions.
+    let config = granary_lambda::Config::from_env();
+    let resources = granary_resources::from_template(granary_resources::TEMPLATE, |_| None).unwrap();
+    for table in [&config.features_table, &config.requests_table] {
+        assert!(resources.table(table).is_some(), "table {table} (a Config default) is not declared in template.yaml");
+    }
+    for queue in config.feature_queues.iter().chain([&config.response_queue]) {
+        assert!(resources.queue(queue).is_some(), "queue {queue} (a Config default) is not declared in template.yaml");
+    }
+    // And every variable the template sets for a resource is one the README documents.
+    let template: serde_yaml::Value = serde_yaml::from_str(granary_resources::TEMPLATE).unwrap();
+    let vars = template["Globals"]["Function"]["Environment"]["Variables"].as_mapping().unwrap();
+    let documented = granary_vars(&section(&readme(), "## Configuration"));
+    for (k, _) in vars {
+        let k = k.as_str().unwrap();
+        assert!(documented.contains(k), "template variable {k} is not in the README's configuration table");
+    }
+}

@@ -1,9 +1,18 @@
-//! The `feature-api` Lambda: API Gateway HTTP API requests to [`feature_api::FeatureApi`].
+//! The `feature-api` Lambda: API Gateway HTTP API requests to [`feature_api::FeatureApi`] on the AWS
+//! backend. Clients and configuration are built once per cold start, outside the handler.
 
-fn main() {
+use std::sync::Arc;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
     granary_lambda::init_logging();
-    // The AWS implementation of the ports (DynamoDB, SQS, S3) is the next foundation slice; until it
-    // lands this function runs inside granary-local only, which wires the handler to the embedded backend.
-    tracing::error!("feature-api has no AWS backend in this build; run it through granary-local");
-    std::process::exit(78);
+    let config = granary_lambda::Config::from_env();
+    let resources = granary_resources::deployed()?;
+    let aws = granary_aws::Aws::connect(&resources, granary_aws::AwsOptions::default()).await;
+    let api = Arc::new(feature_api::FeatureApi::new(aws.backend(), config));
+    lambda_http::run(lambda_http::service_fn(move |request| {
+        let api = api.clone();
+        async move { api.handle(request).await }
+    }))
+    .await
 }

@@ -1,9 +1,20 @@
-//! The `feature-ingest` Lambda: SQS batches from the feature queues to [`feature_ingest::FeatureIngest`].
+//! The `feature-ingest` Lambda: SQS batches from the feature queues to
+//! [`feature_ingest::FeatureIngest`] on the AWS backend, answering with partial batch failures.
 
-fn main() {
+use aws_lambda_events::event::sqs::SqsEvent;
+use lambda_runtime::LambdaEvent;
+use std::sync::Arc;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
     granary_lambda::init_logging();
-    // The AWS implementation of the ports (DynamoDB, SQS, S3) is the next foundation slice; until it
-    // lands this function runs inside granary-local only, which wires the handler to the embedded backend.
-    tracing::error!("feature-ingest has no AWS backend in this build; run it through granary-local");
-    std::process::exit(78);
+    let config = granary_lambda::Config::from_env();
+    let resources = granary_resources::deployed()?;
+    let aws = granary_aws::Aws::connect(&resources, granary_aws::AwsOptions::default()).await;
+    let ingest = Arc::new(feature_ingest::FeatureIngest::new(aws.backend(), config));
+    lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let ingest = ingest.clone();
+        async move { ingest.handle(event).await }
+    }))
+    .await
 }

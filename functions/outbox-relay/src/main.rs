@@ -1,9 +1,20 @@
-//! The `outbox-relay` Lambda: EventBridge scheduled events to [`outbox_relay::OutboxRelay`].
+//! The `outbox-relay` Lambda: EventBridge scheduled events to [`outbox_relay::OutboxRelay`] on the AWS
+//! backend.
 
-fn main() {
+use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
+use lambda_runtime::LambdaEvent;
+use std::sync::Arc;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
     granary_lambda::init_logging();
-    // The AWS implementation of the ports is the next foundation slice; until it lands this function
-    // runs inside granary-local only.
-    tracing::error!("outbox-relay has no AWS backend in this build; run it through granary-local");
-    std::process::exit(78);
+    let config = granary_lambda::Config::from_env();
+    let resources = granary_resources::deployed()?;
+    let aws = granary_aws::Aws::connect(&resources, granary_aws::AwsOptions::default()).await;
+    let relay = Arc::new(outbox_relay::OutboxRelay::new(aws.backend(), &config)?);
+    lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<CloudWatchEvent>| {
+        let relay = relay.clone();
+        async move { relay.handle(event).await }
+    }))
+    .await
 }

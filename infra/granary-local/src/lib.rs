@@ -61,9 +61,15 @@ enum Command {
         /// Address to listen on; port 0 picks a free port (the chosen address is printed).
         #[arg(long, env = "GRANARY_LOCAL_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Which implementation of the ports to use.
+        /// Which implementation of the ports to use: `aws` reaches AWS, or an emulator named by AWS_ENDPOINT_URL.
         #[arg(long, value_enum, env = "GRANARY_LOCAL_BACKEND", default_value = "embedded")]
         backend: BackendKind,
+        /// Take tables, queues and buckets from this SAM template instead of the built-in copy.
+        #[arg(long, env = "GRANARY_LOCAL_TEMPLATE")]
+        template: Option<PathBuf>,
+        /// With --backend aws: create the template's tables, queues and buckets first (for an emulator).
+        #[arg(long, env = "GRANARY_LOCAL_PROVISION")]
+        provision: bool,
         /// Concurrent feature-ingest invocations.
         #[arg(long, env = "GRANARY_LOCAL_INGEST_WORKERS", default_value_t = 2)]
         ingest_workers: usize,
@@ -97,15 +103,18 @@ enum Command {
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<(), LocalError> {
     match cli.command {
-        Command::Serve { data_dir, listen, backend, ingest_workers, restore_delay_secs, relay_every_secs } => {
-            if matches!(backend, BackendKind::Aws) {
-                return Err(LocalError::AwsBackendUnavailable);
-            }
+        Command::Serve { data_dir, listen, backend, template, provision, ingest_workers, restore_delay_secs, relay_every_secs } => {
             granary_lambda::init_logging();
             let runtime =
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| LocalError::Config(e.to_string()))?;
             runtime.block_on(serve::serve(serve::ServeOptions {
                 data_dir,
+                backend: match backend {
+                    BackendKind::Embedded => serve::BackendChoice::Embedded,
+                    BackendKind::Aws => serve::BackendChoice::Aws,
+                },
+                template,
+                provision,
                 listen,
                 ingest_workers,
                 restore_delay: Duration::from_secs(restore_delay_secs),

@@ -11,8 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use feature_api::FeatureApi;
 use feature_ingest::FeatureIngest;
+use granary_aws::{Aws, AwsOptions};
 use granary_embedded::{Embedded, EmbeddedOptions, SignedUrlError};
 use granary_lambda::Config;
+use granary_lambda::config::env_or;
 use granary_ports::BlobStore;
 use http::{HeaderMap, Method, StatusCode, Uri};
 use outbox_relay::OutboxRelay;
@@ -27,10 +29,25 @@ use tokio::sync::watch;
 /// API Gateway's payload limit; larger bodies get 413.
 const MAX_BODY: usize = 10 * 1024 * 1024;
 
+/// Which implementation of the ports to serve on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// SQLite and the filesystem in the data directory.
+    Embedded,
+    /// DynamoDB, SQS and S3 (or an emulator through `AWS_ENDPOINT_URL`).
+    Aws,
+}
+
 /// What `serve` needs.
 pub struct ServeOptions {
-    /// Data directory.
+    /// Data directory (database and blobs of the embedded backend; the token key for both).
     pub data_dir: PathBuf,
+    /// Which backend.
+    pub backend: BackendChoice,
+    /// A template to take the resources from instead of the built-in one.
+    pub template: Option<PathBuf>,
+    /// Create the template's resources first (for an emulator; the embedded backend always does).
+    pub provision: bool,
     /// Address to listen on (port 0 picks a free one).
     pub listen: SocketAddr,
     /// Concurrent feature-ingest invocations.
@@ -43,7 +60,9 @@ pub struct ServeOptions {
 
 struct AppState {
     issuer: LocalIssuer,
-    embedded: Embedded,
+    /// The embedded backend, which serves signed blob URLs itself; S3 serves its own.
+    embedded: Option<Embedded>,
+    backend_name: &'static str,
     feature_api: FeatureApi,
 }
 
@@ -53,11 +72,24 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.map_err(|e| LocalError::Listen(opts.listen.to_string(), e.to_string()))?;
     let addr = listener.local_addr().map_err(|e| LocalError::Listen(opts.listen.to_string(), e.to_string()))?;
-    let mut eopts = EmbeddedOptions::new(&opts.data_dir, resources::resources(&config).map_err(LocalError::Config)?);
-    eopts.restore_delay = opts.restore_delay;
-    eopts.public_base_url = format!("http://{addr}");
-    let embedded = Embedded::open(eopts).map_err(|e| LocalError::Backend(e.to_string()))?;
-    let backend = embedded.backend();
+    let resources = resources::load(opts.template.as_deref()).map_err(LocalError::Config)?;
+    let (backend, embedded) = match opts.backend {
+        BackendChoice::Embedded => {
+            let mut eopts = EmbeddedOptions::new(&opts.data_dir, resources);
+            eopts.restore_delay = opts.restore_delay;
+            eopts.public_base_url = format!("http://{addr}");
+            let embedded = Embedded::open(eopts).map_err(|e| LocalError::Backend(e.to_string()))?;
+            (embedded.backend(), Some(embedded))
+        }
+        BackendChoice::Aws => {
+            let options = AwsOptions { name_prefix: env_or("GRANARY_AWS_NAME_PREFIX", ""), ..AwsOptions::default() };
+            let aws = Aws::connect(&resources, options).await;
+            if opts.provision {
+                granary_aws::provision::provision(&aws, &resources).await.map_err(|e| LocalError::Backend(e.to_string()))?;
+            }
+            (aws.backend(), None)
+        }
+    };
     let issuer = LocalIssuer::load_or_create(&opts.data_dir, &config.groups_claim).map_err(LocalError::Key)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = tokio::task::JoinSet::new();
@@ -84,8 +116,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
     });
     workers.spawn(run_schedule(backend.clone(), "granary-outbox-relay", opts.relay_every, relay_handler, stop_rx.clone()));
     // S3 announces completed restores through EventBridge; the embedded blob store needs this pump.
-    {
-        let embedded = embedded.clone();
+    if let Some(embedded) = embedded.clone() {
         let mut stop = stop_rx.clone();
         let queue = resources::storage_ready_queue();
         workers.spawn(async move {
@@ -98,7 +129,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         });
     }
 
-    let state = Arc::new(AppState { issuer, embedded, feature_api: FeatureApi::new(backend.clone(), config.clone()) });
+    let backend_name = if embedded.is_some() { "embedded" } else { "aws" };
+    let state = Arc::new(AppState { issuer, embedded, backend_name, feature_api: FeatureApi::new(backend.clone(), config.clone()) });
     let app = Router::new()
         .route("/health", get(health))
         .route("/.well-known/jwks.json", get(jwks))
@@ -106,7 +138,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         .fallback(api_gateway)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
-    println!("granary-local listening on http://{addr} (data directory {})", opts.data_dir.display());
+    println!("granary-local listening on http://{addr} ({backend_name} backend, data directory {})", opts.data_dir.display());
     tracing::info!(%addr, "granary-local serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
@@ -138,8 +170,8 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn health() -> Response {
-    axum::Json(json!({ "status": "UP", "backend": "embedded" })).into_response()
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({ "status": "UP", "backend": state.backend_name })).into_response()
 }
 
 async fn jwks(State(state): State<Arc<AppState>>) -> Response {
@@ -155,11 +187,14 @@ async fn signed_blob(
     let (Some(expires), Some(signature)) = (expires, q.get("signature")) else {
         return (StatusCode::FORBIDDEN, "signed URL needs expires and signature").into_response();
     };
-    match state.embedded.blobs.verify_signed(&bucket, &key, expires, signature) {
+    let Some(embedded) = &state.embedded else {
+        return (StatusCode::NOT_FOUND, "signed blob URLs of this backend are served by S3").into_response();
+    };
+    match embedded.blobs.verify_signed(&bucket, &key, expires, signature) {
         Ok(()) => {}
         Err(e @ (SignedUrlError::Expired | SignedUrlError::BadSignature)) => return (StatusCode::FORBIDDEN, e.to_string()).into_response(),
     }
-    match state.embedded.blobs.get(&bucket, &key).await {
+    match embedded.blobs.get(&bucket, &key).await {
         Ok((meta, reader)) => {
             let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(reader));
             ([(http::header::CONTENT_LENGTH, meta.size.to_string()), (http::header::ETAG, format!("\"{}\"", meta.etag))], body)

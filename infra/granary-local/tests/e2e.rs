@@ -22,9 +22,14 @@ struct Runner {
 
 impl Runner {
     fn start(dir: &Path, env: &[(&str, &str)]) -> Runner {
+        Self::start_with(dir, &[], env)
+    }
+
+    fn start_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Runner {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
+            .args(args)
             .env("GRANARY_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -67,8 +72,31 @@ fn token(dir: &Path, user: &str, extra: &[&str]) -> String {
 
 /// Another connection to the runner's data directory.
 fn open(dir: &Path) -> Backend {
-    let resources = granary_local::resources::resources(&Config::from_env()).unwrap();
+    let resources = granary_local::resources::load(None).unwrap();
     Embedded::open(EmbeddedOptions::new(dir, resources)).unwrap().backend()
+}
+
+/// A copy of the template in `dir` with the visibility timeout of the feature queues set to `secs`.
+fn template_with_feature_visibility(dir: &Path, secs: u32) -> std::path::PathBuf {
+    let text = granary_resources::TEMPLATE;
+    let mut out = String::new();
+    let mut in_feature_queue = false;
+    for line in text.lines() {
+        if !line.starts_with("    ") && line.starts_with("  ") && line.trim_end().ends_with(':') {
+            let id = line.trim().trim_end_matches(':');
+            in_feature_queue = id.starts_with("Feature") && id.ends_with("Queue");
+        }
+        if in_feature_queue && line.trim_start().starts_with("VisibilityTimeout:") {
+            out.push_str(&format!("      VisibilityTimeout: {secs}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert_ne!(out, format!("{text}\n"), "the template has feature queues with a visibility timeout");
+    let path = dir.join("template.yaml");
+    std::fs::write(&path, out).unwrap();
+    path
 }
 
 /// Waits for `check` to return `Some`, up to `limit`, looking again every 50 ms.
@@ -96,6 +124,19 @@ fn creation_collection(ids: &[&str]) -> Value {
         "metadata": {"sessionOwner": "e2e", "session": "s1", "priority": "NORMAL"},
         "features": ids.iter().map(|id| json!({"type": "Feature", "id": id, "entityType": "DATA", "model": "M", "geometry": null, "properties": {"n": 1}})).collect::<Vec<_>>()
     })
+}
+
+/// Submits one creation collection of `ids` and waits until its first granted request is SUCCESS;
+/// returns the request.
+async fn create_and_wait(c: &reqwest::Client, r: &Runner, token: &str, ids: &[&str]) -> Value {
+    let info: Value =
+        c.post(r.url("/features")).bearer_auth(token).json(&creation_collection(ids)).send().await.unwrap().json().await.unwrap();
+    let url = r.url(&format!("/features/requests/{}", info["granted"][0]["requestId"].as_str().expect("a granted request")));
+    wait_for("the request to succeed", Duration::from_secs(30), || async {
+        let v: Value = c.get(&url).bearer_auth(token).send().await.ok()?.json().await.ok()?;
+        (v["state"] == "SUCCESS").then_some(v)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -188,22 +229,7 @@ async fn http_creation_goes_through_the_queue_to_ingest() {
     let other = c.get(&url).bearer_auth(&reader).send().await.unwrap();
     assert_eq!(other.status(), 404, "another user does not learn the request exists");
 
-    let second: Value = c
-        .post(r.url("/features"))
-        .bearer_auth(&producer)
-        .json(&creation_collection(&["product-0001"]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let url2 = r.url(&format!("/features/requests/{}", second["granted"][0]["requestId"].as_str().unwrap()));
-    wait_for("the second version", Duration::from_secs(20), || async {
-        let v: Value = c.get(&url2).bearer_auth(&producer).send().await.ok()?.json().await.ok()?;
-        (v["state"] == "SUCCESS").then_some(v)
-    })
-    .await;
+    create_and_wait(&c, &r, &producer, &["product-0001"]).await;
     let f1: Value = c.get(r.url(&format!("/features/{v1}"))).bearer_auth(&reader).send().await.unwrap().json().await.unwrap();
     assert_eq!(f1["last"], false, "V1 is no longer the latest");
     let f2: Value =
@@ -251,7 +277,11 @@ async fn kill_9_mid_batch_then_restart_processes_every_message_once() {
     const SHARED: usize = 10;
     const PER_SHARED: usize = 10;
     let dir = tempfile::tempdir().unwrap();
-    let env = [("GRANARY_FEATURE_VISIBILITY_SECS", "2"), ("GRANARY_OUTBOX_GRACE_MS", "500"), ("GRANARY_LOCAL_RELAY_EVERY_SECS", "1")];
+    let scratch = tempfile::tempdir().unwrap();
+    // A received batch lost with the process comes back after the visibility timeout: 2 s here.
+    let template = template_with_feature_visibility(scratch.path(), 2);
+    let template = template.to_str().unwrap();
+    let env = [("GRANARY_LOCAL_TEMPLATE", template), ("GRANARY_OUTBOX_GRACE_MS", "500"), ("GRANARY_LOCAL_RELAY_EVERY_SECS", "1")];
     let backend = open(dir.path());
     let config = Config::from_env();
     let mut expected_versions: HashMap<String, usize> = HashMap::new();
@@ -336,7 +366,8 @@ async fn kill_9_mid_batch_then_restart_processes_every_message_once() {
         }
     }
     assert_eq!(events.len(), want_events, "exactly GRANTED and SUCCESS per request");
-    let dlq = granary_local::resources::feature_dlq();
+    let resources = granary_local::resources::load(None).unwrap();
+    let dlq = resources.queue(&config.feature_queues[1]).and_then(|q| q.dead_letter_queue.clone()).expect("the template gives a DLQ");
     assert_eq!(backend.queue.depth(&dlq).await.unwrap().total(), 0, "nothing in the dead-letter queue");
 }
 
@@ -356,4 +387,54 @@ async fn sigint_stops_cleanly_without_losing_queued_messages() {
     let config = Config::from_env();
     backend.queue.send_batch(&config.feature_queues[2], vec![OutgoingMessage::new("{}")]).await.unwrap();
     assert_eq!(backend.queue.depth(&config.feature_queues[2]).await.unwrap().visible, 1, "a stopped runner takes nothing");
+}
+
+#[tokio::test]
+async fn editing_the_template_changes_the_local_visibility_timeout() {
+    let scratch = tempfile::tempdir().unwrap();
+    let edited = granary_local::resources::load(Some(&template_with_feature_visibility(scratch.path(), 1))).unwrap();
+    let built_in = granary_local::resources::load(None).unwrap();
+    let config = Config::from_env();
+    let low = &config.feature_queues[2];
+    assert_eq!(edited.queue(low).unwrap().visibility_timeout, Duration::from_secs(1));
+    assert!(built_in.queue(low).unwrap().visibility_timeout >= Duration::from_secs(30), "the built-in template is untouched");
+    // The embedded queue provisioned from the edited copy hides a received message for 1 s, not 120.
+    let data = tempfile::tempdir().unwrap();
+    let b = Embedded::open(EmbeddedOptions::new(data.path(), edited)).unwrap().backend();
+    b.queue.send_batch(low, vec![OutgoingMessage::new("m")]).await.unwrap();
+    let first = b.queue.receive(low, 1, None, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let again = wait_for("the message to come back after the edited timeout", Duration::from_secs(10), || async {
+        let got = b.queue.receive(low, 1, None, Duration::ZERO).await.ok()?;
+        got.into_iter().next()
+    })
+    .await;
+    assert_eq!(again.receive_count, 2);
+}
+
+#[tokio::test]
+async fn aws_backend_on_moto_serves_creation_end_to_end() {
+    let endpoint = granary_aws::emulator::shared_moto();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("e2e{}-", std::process::id());
+    let r = Runner::start_with(
+        dir.path(),
+        &["--backend", "aws", "--provision"],
+        &[
+            ("AWS_ENDPOINT_URL", endpoint),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("GRANARY_AWS_NAME_PREFIX", &prefix),
+        ],
+    );
+    let c = client();
+    let health: Value = c.get(r.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["backend"], "aws");
+    let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
+    let record = create_and_wait(&c, &r, &producer, &["on-moto"]).await;
+    let urn = record["urn"].as_str().unwrap();
+    let feature: Value = c.get(r.url(&format!("/features/{urn}"))).bearer_auth(&producer).send().await.unwrap().json().await.unwrap();
+    assert_eq!(feature["last"], true);
+    assert_eq!(feature["feature"]["id"], "on-moto");
 }
