@@ -3,11 +3,16 @@
 //!
 //! Routes:
 //! - `POST /features`: a FeatureCreationCollection; answers 202 with the granted and denied features.
+//! - `PATCH /features`: a FeatureUpdateCollection (each feature names its `urn`); the same answer.
+//! - `DELETE /features`: a FeatureDeletionCollection (`featuresUrns`); the same answer.
 //! - `GET /features/requests/{requestId}`: one request's state, step, URN and errors.
 //! - `GET /features/{urn}`: one feature version, `last` telling whether it is the latest.
 
-use granary_domain::request::validate_creation;
-use granary_domain::{FeatureCreationCollection, FeatureCreationRequestEvent, FeatureRequestType, Urn};
+use granary_domain::request::{
+    FeatureDeletionCollection, FeatureDeletionRequestEvent, FeatureUpdateCollection, FeatureUpdateRequestEvent, validate_creation,
+    validate_deletion, validate_patch,
+};
+use granary_domain::{FeatureCreationCollection, FeatureCreationRequestEvent, FeatureRequestType, Priority, Urn};
 use granary_lambda::http::{bad_request, body_text, forbidden, json, not_found, unauthorized, unavailable};
 use granary_lambda::{Config, Identity};
 use granary_ports::{Backend, OutgoingMessage};
@@ -54,52 +59,95 @@ impl FeatureApi {
         let path = req.uri().path().trim_end_matches('/').to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (req.method().as_str(), segments.as_slice()) {
-            ("POST", ["features"]) => self.submit_creations(&identity, &req).await,
+            ("POST", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Creation).await,
+            ("PATCH", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Patch).await,
+            ("DELETE", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Deletion).await,
             ("GET", ["features", "requests", id]) => self.get_request(&identity, id).await,
             ("GET", ["features", urn]) => self.get_feature(&percent_decode(urn)).await,
             (method, _) => Err(not_found(&format!("no route {method} {path}"))),
         }
     }
 
-    async fn submit_creations(&self, identity: &Identity, req: &Request) -> RouteResult {
+    /// Turns a submitted collection into one request message per feature, each checked as ingest will
+    /// check it; sends the valid ones to the queue of their priority.
+    async fn submit(&self, identity: &Identity, req: &Request, kind: FeatureRequestType) -> RouteResult {
         if !identity.is_producer() {
-            return Err(forbidden("submitting features needs the producer or admin group"));
+            return Err(forbidden("submitting feature requests needs the producer or admin group"));
         }
         let text = body_text(req.body()).map_err(|e| bad_request(&e, &[]))?;
-        let collection: FeatureCreationCollection =
-            serde_json::from_str(text).map_err(|e| bad_request("the body is not a FeatureCreationCollection", &[format!("body: {e}")]))?;
-        if collection.features.is_empty() || collection.features.len() > MAX_FEATURES_PER_SUBMISSION {
+        let malformed = |what: &str, e: serde_json::Error| bad_request(&format!("the body is not a {what}"), &[format!("body: {e}")]);
+        let tenant = &self.config.tenant;
+        // Each entry: what identifies it in the answer, and the request body or every error.
+        type Entry = (Option<String>, Result<Value, Vec<String>>);
+        let (owner, priority, entries): (Option<String>, Priority, Vec<Entry>) = match kind {
+            FeatureRequestType::Creation => {
+                let c: FeatureCreationCollection = serde_json::from_str(text).map_err(|e| malformed("FeatureCreationCollection", e))?;
+                let entries = c
+                    .features
+                    .into_iter()
+                    .map(|feature| {
+                        let event = FeatureCreationRequestEvent { metadata: c.metadata.clone(), feature };
+                        let id = event.feature.get("id").and_then(Value::as_str).map(str::to_owned);
+                        (id, validate_creation(&event).map(|_| serde_json::to_value(&event).unwrap_or_default()))
+                    })
+                    .collect();
+                (c.request_owner, c.metadata.priority, entries)
+            }
+            FeatureRequestType::Patch => {
+                let c: FeatureUpdateCollection = serde_json::from_str(text).map_err(|e| malformed("FeatureUpdateCollection", e))?;
+                let entries = c
+                    .features
+                    .into_iter()
+                    .map(|feature| {
+                        let event = FeatureUpdateRequestEvent { metadata: c.metadata.clone(), feature };
+                        let id = event.feature.get("urn").and_then(Value::as_str).map(str::to_owned);
+                        (id, validate_patch(&event, tenant).map(|_| serde_json::to_value(&event).unwrap_or_default()))
+                    })
+                    .collect();
+                (c.request_owner, c.metadata.priority, entries)
+            }
+            FeatureRequestType::Deletion | FeatureRequestType::Notification => {
+                let c: FeatureDeletionCollection = serde_json::from_str(text).map_err(|e| malformed("FeatureDeletionCollection", e))?;
+                let entries = c
+                    .features_urns
+                    .into_iter()
+                    .map(|urn| {
+                        let event = FeatureDeletionRequestEvent { urn: urn.clone(), priority: c.priority };
+                        (Some(urn), validate_deletion(&event, tenant).map(|_| serde_json::to_value(&event).unwrap_or_default()))
+                    })
+                    .collect();
+                (None, c.priority, entries)
+            }
+        };
+        if entries.is_empty() || entries.len() > MAX_FEATURES_PER_SUBMISSION {
             return Err(bad_request(
                 "wrong number of features",
-                &[format!("features: {} given; 1 to {MAX_FEATURES_PER_SUBMISSION} accepted", collection.features.len())],
+                &[format!("features: {} given; 1 to {MAX_FEATURES_PER_SUBMISSION} accepted", entries.len())],
             ));
         }
-        let owner = collection.request_owner.clone().filter(|o| !o.is_empty()).unwrap_or_else(|| identity.user.clone());
-        let queue = self.config.feature_queue(collection.metadata.priority).to_owned();
+        let owner = owner.filter(|o| !o.is_empty()).unwrap_or_else(|| identity.user.clone());
+        let queue = self.config.feature_queue(priority).to_owned();
         let date = self.backend.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut granted = Vec::new();
         let mut denied = Vec::new();
         let mut problems = Vec::new();
         let mut outgoing = Vec::new();
-        for (i, feature) in collection.features.into_iter().enumerate() {
-            let event = FeatureCreationRequestEvent { metadata: collection.metadata.clone(), feature };
-            let provider_id = event.feature.get("id").and_then(Value::as_str).map(str::to_owned);
-            match validate_creation(&event) {
-                Ok(_) => {
+        for (i, (id, checked)) in entries.into_iter().enumerate() {
+            match checked {
+                Ok(body) => {
                     let request_id = self.backend.ids.new_id().to_string();
-                    let body = serde_json::to_string(&event).map_err(|e| bad_request(&e.to_string(), &[]))?;
                     outgoing.push(
-                        OutgoingMessage::new(body)
-                            .attribute("regards.request.type", FeatureRequestType::Creation.as_str())
+                        OutgoingMessage::new(body.to_string())
+                            .attribute("regards.request.type", kind.as_str())
                             .attribute("regards.request.id", request_id.clone())
                             .attribute("regards.request.owner", owner.clone())
                             .attribute("regards.request.date", date.clone()),
                     );
-                    granted.push(json!({ "requestId": request_id, "id": provider_id }));
+                    granted.push(json!({ "requestId": request_id, "id": id }));
                 }
                 Err(errors) => {
                     problems.extend(errors.iter().map(|e| format!("features[{i}].{}", e.trim_start_matches("feature."))));
-                    denied.push(json!({ "index": i, "id": provider_id, "errors": errors }));
+                    denied.push(json!({ "index": i, "id": id, "errors": errors }));
                 }
             }
         }

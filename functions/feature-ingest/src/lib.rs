@@ -6,12 +6,14 @@
 //! as batch item failures.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use granary_domain::request::validate_creation;
+use granary_domain::request::{
+    FeatureDeletionRequestEvent, FeatureUpdateRequestEvent, validate_creation, validate_deletion, validate_patch,
+};
 use granary_domain::{FeatureCreationRequestEvent, FeatureRequestEvent, FeatureRequestType, RequestState};
 use granary_lambda::{Config, sqs};
 use granary_ports::Backend;
 use granary_stores::StoreError;
-use granary_stores::features::{CreationOutcome, FeatureStore, NewVersion};
+use granary_stores::features::{ChangeOutcome, CreationOutcome, FeatureStore, NewVersion};
 use granary_stores::outbox::OutboxEvent;
 use granary_stores::requests::RequestRecord;
 use lambda_runtime::LambdaEvent;
@@ -116,6 +118,25 @@ impl FeatureIngest {
         }
     }
 
+    /// The record of a request carried by `msg`.
+    fn record(&self, msg: &SqsMessage, env: &Envelope, kind: FeatureRequestType, state: RequestState, step: &str) -> RequestRecord {
+        RequestRecord {
+            request_id: env.request_id.clone(),
+            request_type: kind,
+            request_owner: env.owner.clone(),
+            state,
+            step: step.into(),
+            provider_id: None,
+            urn: None,
+            errors: vec![],
+            action: None,
+            session_owner: None,
+            session: None,
+            registered_at: self.backend.clock.now_ms(),
+            message_id: msg.message_id.clone().unwrap_or_default(),
+        }
+    }
+
     async fn deny(
         &self,
         msg: &SqsMessage,
@@ -124,20 +145,9 @@ impl FeatureIngest {
         provider_id: Option<String>,
         errors: Vec<String>,
     ) -> Result<(), StoreError> {
-        let record = RequestRecord {
-            request_id: env.request_id.clone(),
-            request_type: kind,
-            request_owner: env.owner.clone(),
-            state: RequestState::Denied,
-            step: "LOCAL_DENIED".into(),
-            provider_id: provider_id.clone(),
-            urn: None,
-            errors: errors.clone(),
-            session_owner: None,
-            session: None,
-            registered_at: self.backend.clock.now_ms(),
-            message_id: msg.message_id.clone().unwrap_or_default(),
-        };
+        let mut record = self.record(msg, env, kind, RequestState::Denied, "LOCAL_DENIED");
+        record.provider_id = provider_id.clone();
+        record.errors = errors.clone();
         let events = [self.event(kind, env, RequestState::Denied, None, provider_id.as_deref(), errors)];
         match self.store.record_denied(&self.backend, record.clone(), &events).await? {
             None => self.store.outbox().flush(&self.backend, &events).await?,
@@ -178,17 +188,64 @@ impl FeatureIngest {
             Ok(b) => b.clone(),
             Err(e) => return self.deny(msg, &env, kind, None, vec![e.clone()]).await,
         };
-        if kind != FeatureRequestType::Creation {
-            let errors = vec![format!("{} requests are not handled by this version of Granary yet", kind.as_str())];
-            return self.deny(msg, &env, kind, None, errors).await;
+        match kind {
+            FeatureRequestType::Creation => self.create(msg, &env, body).await,
+            FeatureRequestType::Patch | FeatureRequestType::Deletion => self.change(msg, &env, kind, body).await,
+            FeatureRequestType::Notification => {
+                let errors = vec!["NOTIFICATION requests are not handled by this version of Granary yet (dissemination)".to_owned()];
+                self.deny(msg, &env, kind, None, errors).await
+            }
         }
+    }
+
+    /// A patch or a deletion of one feature version.
+    async fn change(&self, msg: &SqsMessage, env: &Envelope, kind: FeatureRequestType, body: Value) -> Result<(), StoreError> {
+        let tenant = &self.config.tenant;
+        let parsed = if kind == FeatureRequestType::Patch {
+            serde_json::from_value::<FeatureUpdateRequestEvent>(body.clone())
+                .map_err(|e| vec![format!("body: {e}")])
+                .and_then(|p| validate_patch(&p, tenant).map(|urn| (urn, Some(p.feature))))
+        } else {
+            serde_json::from_value::<FeatureDeletionRequestEvent>(body.clone())
+                .map_err(|e| vec![format!("body: {e}")])
+                .and_then(|d| validate_deletion(&d, tenant).map(|urn| (urn, None)))
+        };
+        let (urn, patch) = match parsed {
+            Ok(p) => p,
+            Err(errors) => return self.deny(msg, env, kind, None, errors).await,
+        };
+        let record = self.record(msg, env, kind, RequestState::Success, "DONE");
+        let make_events = |urn: &str| {
+            vec![
+                self.event(kind, env, RequestState::Granted, Some(urn), None, vec![]),
+                self.event(kind, env, RequestState::Success, Some(urn), None, vec![]),
+            ]
+        };
+        let outcome = match &patch {
+            Some(p) => self.store.patch(&self.backend, &urn, p, record, &make_events).await?,
+            None => self.store.delete(&self.backend, &urn, record, &make_events).await?,
+        };
+        match outcome {
+            ChangeOutcome::Done { events, action } => {
+                tracing::info!(request_id = %env.request_id, %urn, action, "feature changed");
+                self.store.outbox().flush(&self.backend, &events).await?;
+                Ok(())
+            }
+            ChangeOutcome::UnknownUrn => self.deny(msg, env, kind, None, vec![format!("feature.urn: no feature {urn}")]).await,
+            ChangeOutcome::AlreadyRecorded(existing) => self.on_known_request(msg, env, &existing).await,
+        }
+    }
+
+    /// A creation of the next version of a providerId.
+    async fn create(&self, msg: &SqsMessage, env: &Envelope, body: Value) -> Result<(), StoreError> {
+        let kind = FeatureRequestType::Creation;
         let event: FeatureCreationRequestEvent = match serde_json::from_value(body.clone()) {
             Ok(e) => e,
             Err(e) => {
                 return self
                     .deny(
                         msg,
-                        &env,
+                        env,
                         kind,
                         body.pointer("/feature/id").and_then(Value::as_str).map(str::to_owned),
                         vec![format!("body: {e}")],
@@ -199,27 +256,18 @@ impl FeatureIngest {
         let valid = match validate_creation(&event) {
             Ok(v) => v,
             Err(errors) => {
-                return self.deny(msg, &env, kind, event.feature.get("id").and_then(Value::as_str).map(str::to_owned), errors).await;
+                return self.deny(msg, env, kind, event.feature.get("id").and_then(Value::as_str).map(str::to_owned), errors).await;
             }
         };
-        let record = RequestRecord {
-            request_id: env.request_id.clone(),
-            request_type: kind,
-            request_owner: env.owner.clone(),
-            state: RequestState::Success,
-            step: "DONE".into(),
-            provider_id: Some(valid.provider_id.clone()),
-            urn: None,
-            errors: vec![],
-            session_owner: Some(event.metadata.session_owner.clone()),
-            session: Some(event.metadata.session.clone()),
-            registered_at: self.backend.clock.now_ms(),
-            message_id: msg.message_id.clone().unwrap_or_default(),
-        };
+        let mut record = self.record(msg, env, kind, RequestState::Success, "DONE");
+        record.provider_id = Some(valid.provider_id.clone());
+        record.action = Some("CREATED".into());
+        record.session_owner = Some(event.metadata.session_owner.clone());
+        record.session = Some(event.metadata.session.clone());
         let make_events = |urn: &str| {
             vec![
-                self.event(kind, &env, RequestState::Granted, Some(urn), Some(&valid.provider_id), vec![]),
-                self.event(kind, &env, RequestState::Success, Some(urn), Some(&valid.provider_id), vec![]),
+                self.event(kind, env, RequestState::Granted, Some(urn), Some(&valid.provider_id), vec![]),
+                self.event(kind, env, RequestState::Success, Some(urn), Some(&valid.provider_id), vec![]),
             ]
         };
         let outcome = self
@@ -242,9 +290,9 @@ impl FeatureIngest {
                 self.store.outbox().flush(&self.backend, &events).await?;
                 Ok(())
             }
-            Ok(CreationOutcome::AlreadyRecorded(existing)) => self.on_known_request(msg, &env, &existing).await,
+            Ok(CreationOutcome::AlreadyRecorded(existing)) => self.on_known_request(msg, env, &existing).await,
             Err(StoreError::VersionsExhausted(p)) => {
-                self.deny(msg, &env, kind, Some(p.clone()), vec![format!("feature.id: providerId {p:?} already has 999 versions")]).await
+                self.deny(msg, env, kind, Some(p.clone()), vec![format!("feature.id: providerId {p:?} already has 999 versions")]).await
             }
             Err(e) => Err(e),
         }

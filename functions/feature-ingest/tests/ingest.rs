@@ -250,3 +250,102 @@ async fn events_left_in_the_outbox_are_relayed() {
     assert_eq!(got[0].attributes.get("granary.event.id").map(String::as_str), Some("r9:SUCCESS"));
     assert_eq!(store.relay(&f.backend, f.backend.clock.now_ms() - 10_000).await.unwrap(), 0, "relayed once");
 }
+
+fn patch(urn: &str, properties: Value, geometry: Value) -> String {
+    json!({"metadata": {"priority": "NORMAL"}, "feature": {"type": "Feature", "urn": urn, "properties": properties, "geometry": geometry}})
+        .to_string()
+}
+
+impl Fixture {
+    async fn feature(&self, urn: &str) -> Option<Value> {
+        let u: granary_domain::Urn = urn.parse().unwrap();
+        let key = granary_ports::Key::new(format!("F#{}", u.uuid), format!("V{:03}", u.version));
+        self.backend.table.get("features", &key).await.unwrap().map(|i| Value::Object(i.attrs))
+    }
+
+    async fn request(&self, id: &str) -> Value {
+        let item = self.backend.table.get("requests", &granary_ports::Key::new(format!("R#{id}"), "R")).await.unwrap().unwrap();
+        Value::Object(item.attrs)
+    }
+}
+
+const P1: &str = "URN:FEATURE:DATA:granary:0a52d09e-9b90-3b1b-8a3d-1c83f6b5953c:V1";
+
+#[tokio::test]
+async fn patch_merges_properties_replaces_geometry_and_keeps_the_version() {
+    let f = fixture();
+    f.deliver(&[message("c1", &creation("product-0001").to_string(), &[])]).await;
+    f.responses().await;
+    let body = patch(P1, json!({"cloudCover": 3.5, "mission": null}), json!({"type": "Point", "coordinates": [2.0, 44.0]}));
+    let failed = f.deliver(&[message("p1", &body, &[("regards.request.type", "PATCH"), ("regards.request.owner", "editor")])]).await;
+    assert!(failed.is_empty());
+    let item = f.feature(P1).await.expect("V1 still there");
+    assert_eq!(item["feature"]["properties"], json!({"cloudCover": 3.5}), "merged, null removed");
+    assert_eq!(item["feature"]["geometry"]["coordinates"], json!([2.0, 44.0]));
+    assert_eq!(item["feature"]["history"]["updatedBy"], "editor");
+    assert_eq!(item["revision"], 1);
+    assert_eq!(f.versions("product-0001").await.len(), 1, "a patch keeps the version");
+    let events = f.responses().await;
+    assert_eq!(states(&events, "p1"), vec!["GRANTED", "SUCCESS"]);
+    assert!(events.iter().all(|e| e["type"] == "PATCH" && e["urn"] == P1));
+    assert_eq!(f.request("p1").await["action"], "UPDATED");
+    // The same message again changes nothing.
+    f.deliver(&[message("p1", &body, &[("regards.request.type", "PATCH")])]).await;
+    assert_eq!(f.feature(P1).await.unwrap()["revision"], 1, "a redelivered patch applies once");
+}
+
+#[tokio::test]
+async fn patch_of_an_unknown_urn_is_denied() {
+    let f = fixture();
+    f.deliver(&[message("p1", &patch(P1, json!({"a": 1}), Value::Null), &[("regards.request.type", "PATCH")])]).await;
+    let events = f.responses().await;
+    assert_eq!(states(&events, "p1"), vec!["DENIED"]);
+    assert!(events[0]["errors"][0].as_str().unwrap().contains("no feature"), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_patches_of_one_feature_each_apply_once() {
+    let f = fixture();
+    f.deliver(&[message("c1", &creation("product-0001").to_string(), &[])]).await;
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let ingest = f.ingest.clone();
+        let m = message(&format!("p{i}"), &patch(P1, json!({ format!("k{i}"): i }), Value::Null), &[("regards.request.type", "PATCH")]);
+        tasks.push(tokio::spawn(async move {
+            ingest.handle(LambdaEvent::new(sqs_event("feature-normal", &[m]).unwrap(), Context::default())).await.unwrap()
+        }));
+    }
+    for t in futures::future::join_all(tasks).await {
+        assert!(t.unwrap().batch_item_failures.is_empty());
+    }
+    let item = f.feature(P1).await.unwrap();
+    for i in 0..10 {
+        assert_eq!(item["feature"]["properties"][format!("k{i}")], i, "patch {i} was not lost: {}", item["feature"]["properties"]);
+    }
+    assert_eq!(item["revision"], 10);
+}
+
+#[tokio::test]
+async fn deleting_the_latest_version_makes_the_previous_one_latest_and_a_second_deletion_is_already_deleted() {
+    let f = fixture();
+    let body = creation("product-0001").to_string();
+    f.deliver(&[message("c1", &body, &[]), message("c2", &body, &[])]).await;
+    let v2 = P1.replace(":V1", ":V2");
+    let del = |urn: &str| json!({"urn": urn, "priority": "HIGH"}).to_string();
+    f.deliver(&[message("d1", &del(&v2), &[("regards.request.type", "DELETION")])]).await;
+    assert!(f.feature(&v2).await.is_none(), "V2 deleted");
+    assert_eq!(f.feature(P1).await.unwrap()["last"], true, "V1 is the latest again");
+    assert_eq!(f.request("d1").await["action"], "DELETED");
+    f.deliver(&[message("d2", &del(&v2), &[("regards.request.type", "DELETION")])]).await;
+    assert_eq!(f.request("d2").await["state"], "SUCCESS");
+    assert_eq!(f.request("d2").await["action"], "ALREADY_DELETED");
+    let events = f.responses().await;
+    assert_eq!(states(&events, "d2"), vec!["GRANTED", "SUCCESS"]);
+    f.deliver(&[message(
+        "d3",
+        &del("URN:FEATURE:DATA:other:0a52d09e-9b90-3b1b-8a3d-1c83f6b5953c:V1"),
+        &[("regards.request.type", "DELETION")],
+    )])
+    .await;
+    assert_eq!(states(&f.responses().await, "d3"), vec!["DENIED"], "a URN of another tenant is refused");
+}

@@ -32,6 +32,8 @@ pub struct Route {
 /// Every route, most specific first (literal segments before parameters).
 pub const ROUTES: &[Route] = &[
     Route { method: "POST", template: "/features", target: Target::FeatureApi, authorized: true },
+    Route { method: "PATCH", template: "/features", target: Target::FeatureApi, authorized: true },
+    Route { method: "DELETE", template: "/features", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/features/requests/{requestId}", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/features/{urn}", target: Target::FeatureApi, authorized: true },
 ];

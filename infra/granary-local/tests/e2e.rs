@@ -129,8 +129,15 @@ fn creation_collection(ids: &[&str]) -> Value {
 /// Submits one creation collection of `ids` and waits until its first granted request is SUCCESS;
 /// returns the request.
 async fn create_and_wait(c: &reqwest::Client, r: &Runner, token: &str, ids: &[&str]) -> Value {
-    let info: Value =
-        c.post(r.url("/features")).bearer_auth(token).json(&creation_collection(ids)).send().await.unwrap().json().await.unwrap();
+    submit_and_wait(c, r, token, reqwest::Method::POST, &creation_collection(ids)).await
+}
+
+/// Submits a collection with `method` on `/features` and waits until its first granted request is
+/// SUCCESS; returns the request.
+async fn submit_and_wait(c: &reqwest::Client, r: &Runner, token: &str, method: reqwest::Method, body: &Value) -> Value {
+    let res = c.request(method, r.url("/features")).bearer_auth(token).json(body).send().await.unwrap();
+    assert_eq!(res.status(), 202, "submission refused");
+    let info: Value = res.json().await.unwrap();
     let url = r.url(&format!("/features/requests/{}", info["granted"][0]["requestId"].as_str().expect("a granted request")));
     wait_for("the request to succeed", Duration::from_secs(30), || async {
         let v: Value = c.get(&url).bearer_auth(token).send().await.ok()?.json().await.ok()?;
@@ -437,4 +444,39 @@ async fn aws_backend_on_moto_serves_creation_end_to_end() {
     let feature: Value = c.get(r.url(&format!("/features/{urn}"))).bearer_auth(&producer).send().await.unwrap().json().await.unwrap();
     assert_eq!(feature["last"], true);
     assert_eq!(feature["feature"]["id"], "on-moto");
+}
+
+#[tokio::test]
+async fn http_patch_and_deletion_go_through_the_queue_to_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Runner::start(dir.path(), &[]);
+    let c = client();
+    let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
+    let v1 = create_and_wait(&c, &r, &producer, &["product-0001"]).await["urn"].as_str().unwrap().to_owned();
+    let v2 = create_and_wait(&c, &r, &producer, &["product-0001"]).await["urn"].as_str().unwrap().to_owned();
+
+    let patch =
+        json!({"metadata": {"priority": "HIGH"}, "features": [{"type": "Feature", "urn": v2, "properties": {"n": 2, "added": "yes"}}]});
+    let done = submit_and_wait(&c, &r, &producer, reqwest::Method::PATCH, &patch).await;
+    assert_eq!(done["type"], "PATCH");
+    assert_eq!(done["action"], "UPDATED");
+    let f2: Value = c.get(r.url(&format!("/features/{v2}"))).bearer_auth(&producer).send().await.unwrap().json().await.unwrap();
+    assert_eq!(f2["feature"]["properties"], json!({"n": 2, "added": "yes"}));
+    assert_eq!(f2["feature"]["history"]["updatedBy"], "ann@example.org");
+
+    let bad = c
+        .request(reqwest::Method::PATCH, r.url("/features"))
+        .bearer_auth(&producer)
+        .json(&json!({"features": [{"properties": {}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400, "a patch without a urn is refused at once");
+
+    let done = submit_and_wait(&c, &r, &producer, reqwest::Method::DELETE, &json!({"featuresUrns": [v2], "priority": "LOW"})).await;
+    assert_eq!(done["action"], "DELETED");
+    let gone = c.get(r.url(&format!("/features/{v2}"))).bearer_auth(&producer).send().await.unwrap();
+    assert_eq!(gone.status(), 404);
+    let f1: Value = c.get(r.url(&format!("/features/{v1}"))).bearer_auth(&producer).send().await.unwrap().json().await.unwrap();
+    assert_eq!(f1["last"], true, "V1 is the latest again");
 }

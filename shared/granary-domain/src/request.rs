@@ -134,6 +134,66 @@ pub struct FeatureCreationRequestEvent {
     pub feature: Value,
 }
 
+/// Metadata of a patch (REGARDS's FeatureMetadata).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateMetadata {
+    /// Storage targets for added files.
+    #[serde(default)]
+    pub storages: Vec<StorageMetadata>,
+    /// Priority.
+    #[serde(default)]
+    pub priority: Priority,
+    /// Recipient acknowledged by this patch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_recipient: Option<String>,
+}
+
+/// FeatureUpdateRequestEvent: a patch of one feature, named by its URN.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureUpdateRequestEvent {
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: UpdateMetadata,
+    /// The patch: a GeoJSON feature with `urn`.
+    pub feature: Value,
+}
+
+/// FeatureDeletionRequestEvent: the deletion of one feature version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureDeletionRequestEvent {
+    /// The URN to delete.
+    pub urn: String,
+    /// Priority.
+    #[serde(default)]
+    pub priority: Priority,
+}
+
+/// The HTTP update collection (REGARDS's FeatureUpdateCollection).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureUpdateCollection {
+    /// Owner of the requests; the caller when absent.
+    #[serde(default)]
+    pub request_owner: Option<String>,
+    /// Metadata shared by every patch.
+    #[serde(default)]
+    pub metadata: UpdateMetadata,
+    /// The patches.
+    pub features: Vec<Value>,
+}
+
+/// The HTTP deletion collection (REGARDS's FeatureDeletionCollection).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureDeletionCollection {
+    /// URNs to delete.
+    pub features_urns: Vec<String>,
+    /// Priority.
+    #[serde(default)]
+    pub priority: Priority,
+}
+
 /// The HTTP creation collection (REGARDS's FeatureCreationCollection).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -271,10 +331,74 @@ pub fn validate_creation(event: &FeatureCreationRequestEvent) -> Result<ValidCre
     }
 }
 
+/// Checks a patch: a feature object with a valid URN (of `tenant`) and, if any, an object of properties.
+pub fn validate_patch(event: &FeatureUpdateRequestEvent, tenant: &str) -> Result<crate::Urn, Vec<String>> {
+    let mut errors = Vec::new();
+    let f = &event.feature;
+    if !f.is_object() {
+        return Err(vec!["feature: must be a GeoJSON Feature object".into()]);
+    }
+    let urn = match f.get("urn").and_then(Value::as_str) {
+        None => {
+            errors.push("feature.urn: required to patch a feature".into());
+            None
+        }
+        Some(u) => match u.parse::<crate::Urn>() {
+            Ok(urn) if urn.tenant == tenant => Some(urn),
+            Ok(urn) => {
+                errors.push(format!("feature.urn: tenant {:?} is not this deployment's ({tenant:?})", urn.tenant));
+                None
+            }
+            Err(e) => {
+                errors.push(format!("feature.urn: {e}"));
+                None
+            }
+        },
+    };
+    if let Some(p) = f.get("properties")
+        && !p.is_object()
+        && !p.is_null()
+    {
+        errors.push("feature.properties: must be an object".into());
+    }
+    if let Some(g) = f.get("geometry")
+        && !g.is_object()
+        && !g.is_null()
+    {
+        errors.push("feature.geometry: must be a GeoJSON geometry object or null".into());
+    }
+    match urn {
+        Some(u) if errors.is_empty() => Ok(u),
+        _ => Err(errors),
+    }
+}
+
+/// Checks a deletion: a valid URN of `tenant`.
+pub fn validate_deletion(event: &FeatureDeletionRequestEvent, tenant: &str) -> Result<crate::Urn, Vec<String>> {
+    match event.urn.parse::<crate::Urn>() {
+        Ok(urn) if urn.tenant == tenant => Ok(urn),
+        Ok(urn) => Err(vec![format!("urn: tenant {:?} is not this deployment's ({tenant:?})", urn.tenant)]),
+        Err(e) => Err(vec![format!("urn: {e}")]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn patches_and_deletions_need_a_urn_of_this_tenant() {
+        let u = "URN:FEATURE:DATA:granary:0a52d09e-9b90-3b1b-8a3d-1c83f6b5953c:V1";
+        let patch = |f: Value| FeatureUpdateRequestEvent { metadata: UpdateMetadata::default(), feature: f };
+        assert!(validate_patch(&patch(json!({"urn": u, "properties": {"a": 1}})), "granary").is_ok());
+        let e = validate_patch(&patch(json!({"properties": [], "geometry": 3})), "granary").unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(validate_patch(&patch(json!({"urn": u})), "other").unwrap_err()[0].contains("tenant"));
+        let del = |urn: &str| FeatureDeletionRequestEvent { urn: urn.into(), priority: Priority::Normal };
+        assert!(validate_deletion(&del(u), "granary").is_ok());
+        assert!(validate_deletion(&del("URN:FEATURE:DATA:granary:x:V1"), "granary").unwrap_err()[0].starts_with("urn:"));
+    }
 
     fn event(feature: Value) -> FeatureCreationRequestEvent {
         FeatureCreationRequestEvent {

@@ -41,7 +41,31 @@ pub enum CreationOutcome {
         events: Vec<OutboxEvent>,
     },
     /// The request id was already recorded (a redelivery, or a reuse of the id).
-    AlreadyRecorded(RequestRecord),
+    AlreadyRecorded(Box<RequestRecord>),
+}
+
+/// What a patch or deletion came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeOutcome {
+    /// This call changed the feature (or, for a deletion of an absent one, recorded that).
+    Done {
+        /// Events staged with it, to flush.
+        events: Vec<OutboxEvent>,
+        /// CREATED, UPDATED, DELETED or ALREADY_DELETED.
+        action: &'static str,
+    },
+    /// No such feature version (a patch only).
+    UnknownUrn,
+    /// The request id was already recorded.
+    AlreadyRecorded(Box<RequestRecord>),
+}
+
+/// How one attempt of a transaction that records a request ended.
+enum Attempt {
+    Committed,
+    Recorded(Box<RequestRecord>),
+    /// Another writer changed an item the transaction guards: read again and retry.
+    Conflict,
 }
 
 /// A creation to record.
@@ -129,7 +153,7 @@ impl FeatureStore {
                 Err(PortError::TransactionCanceled { index: 0, .. }) => {
                     let existing = backend.table.get(&self.requests, &request_key(&new.request.request_id)).await?;
                     if let Some(item) = existing {
-                        return Ok(CreationOutcome::AlreadyRecorded(RequestRecord::from_item(&item)?));
+                        return Ok(CreationOutcome::AlreadyRecorded(Box::new(RequestRecord::from_item(&item)?)));
                     }
                     // The row vanished between the failed write and the read: try again.
                 }
@@ -139,6 +163,120 @@ impl FeatureStore {
             }
         }
         Err(StoreError::Contention(new.provider_id.to_owned(), MAX_ATTEMPTS))
+    }
+
+    /// Commits `ops`, whose first operation puts the request record if absent.
+    async fn commit(&self, backend: &Backend, request_id: &str, ops: Vec<TxOp>) -> Result<Attempt, StoreError> {
+        match backend.table.transact(ops).await {
+            Ok(()) => Ok(Attempt::Committed),
+            Err(PortError::TransactionCanceled { index: 0, .. }) => {
+                match backend.table.get(&self.requests, &request_key(request_id)).await? {
+                    Some(item) => Ok(Attempt::Recorded(Box::new(RequestRecord::from_item(&item)?))),
+                    None => Ok(Attempt::Conflict),
+                }
+            }
+            Err(PortError::TransactionCanceled { .. }) => Ok(Attempt::Conflict),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn request_op(&self, record: &RequestRecord) -> TxOp {
+        TxOp::Put { table: self.requests.clone(), item: record.to_item(), cond: Some(Cond::ItemAbsent) }
+    }
+
+    /// Patches the feature version `urn` with `patch` (see [`granary_domain::feature::apply_patch`]),
+    /// keeping its version, recording the request and staging its events in one transaction. Concurrent
+    /// patches of one feature each apply once: the write is guarded by the revision it read.
+    pub async fn patch(
+        &self,
+        backend: &Backend,
+        urn: &Urn,
+        patch: &Value,
+        mut request: RequestRecord,
+        events: &(dyn Fn(&str) -> Vec<OutboxEvent> + Send + Sync),
+    ) -> Result<ChangeOutcome, StoreError> {
+        let key = Key::new(format!("F#{}", urn.uuid), format!("V{:03}", urn.version));
+        let urn_text = urn.to_string();
+        request.urn = Some(urn_text.clone());
+        request.action = Some("UPDATED".into());
+        let now = backend.clock.now_ms();
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(item) = backend.table.get(&self.features, &key).await?.filter(|i| i.get_str("urn") == Some(urn_text.as_str())) else {
+                return Ok(ChangeOutcome::UnknownUrn);
+            };
+            let revision = item.get_i64("revision").unwrap_or(0);
+            let stored = item.get("feature").cloned().unwrap_or(Value::Null);
+            let patched = granary_domain::feature::apply_patch(&stored, patch, &request.request_owner);
+            let guard = if revision == 0 { Cond::absent("revision") } else { Cond::eq("revision", revision) };
+            let staged = events(&urn_text);
+            let mut ops = vec![
+                self.request_op(&request),
+                TxOp::Update {
+                    table: self.features.clone(),
+                    key: key.clone(),
+                    updates: vec![Update::set("feature", patched), Update::set("revision", revision + 1), Update::set("updatedAt", now)],
+                    cond: Some(Cond::And(vec![Cond::ItemExists, guard])),
+                },
+            ];
+            ops.extend(staged.iter().map(|e| self.outbox.stage(e, now)));
+            match self.commit(backend, &request.request_id, ops).await? {
+                Attempt::Committed => return Ok(ChangeOutcome::Done { events: staged, action: "UPDATED" }),
+                Attempt::Recorded(r) => return Ok(ChangeOutcome::AlreadyRecorded(r)),
+                Attempt::Conflict => {}
+            }
+        }
+        Err(StoreError::Contention(urn_text, MAX_ATTEMPTS))
+    }
+
+    /// Deletes the feature version `urn`, recording the request and staging its events in one
+    /// transaction. When it was the latest version, the highest remaining one becomes the latest.
+    /// Deleting an absent version records the request with the action ALREADY_DELETED.
+    pub async fn delete(
+        &self,
+        backend: &Backend,
+        urn: &Urn,
+        mut request: RequestRecord,
+        events: &(dyn Fn(&str) -> Vec<OutboxEvent> + Send + Sync),
+    ) -> Result<ChangeOutcome, StoreError> {
+        let partition = format!("F#{}", urn.uuid);
+        let key = Key::new(partition.clone(), format!("V{:03}", urn.version));
+        let urn_text = urn.to_string();
+        request.urn = Some(urn_text.clone());
+        let now = backend.clock.now_ms();
+        for _ in 0..MAX_ATTEMPTS {
+            let existing = backend.table.get(&self.features, &key).await?.filter(|i| i.get_str("urn") == Some(urn_text.as_str()));
+            let action = if existing.is_some() { "DELETED" } else { "ALREADY_DELETED" };
+            request.action = Some(action.into());
+            let staged = events(&urn_text);
+            let mut ops = vec![self.request_op(&request)];
+            if let Some(item) = &existing {
+                ops.push(TxOp::Delete { table: self.features.clone(), key: key.clone(), cond: Some(Cond::ItemExists) });
+                if item.get("last").and_then(Value::as_bool) == Some(true) {
+                    let below = Query::partition(&self.features, partition.clone())
+                        .sorted(granary_ports::SortCond::Lt(Value::from(key.sk.clone())))
+                        .descending()
+                        .limit(1);
+                    if let Some(prev) = backend.table.query(below).await?.items.into_iter().next() {
+                        ops.push(TxOp::Update {
+                            table: self.features.clone(),
+                            key: prev.key,
+                            updates: vec![Update::set("last", true)],
+                            cond: Some(Cond::ItemExists),
+                        });
+                    }
+                }
+            } else {
+                // Absent: record it only if it is still absent when the request is written.
+                ops.push(TxOp::Check { table: self.features.clone(), key: key.clone(), cond: Cond::ItemAbsent });
+            }
+            ops.extend(staged.iter().map(|e| self.outbox.stage(e, now)));
+            match self.commit(backend, &request.request_id, ops).await? {
+                Attempt::Committed => return Ok(ChangeOutcome::Done { events: staged, action }),
+                Attempt::Recorded(r) => return Ok(ChangeOutcome::AlreadyRecorded(r)),
+                Attempt::Conflict => {}
+            }
+        }
+        Err(StoreError::Contention(urn_text, MAX_ATTEMPTS))
     }
 
     /// Records a request refused at registration, with its events, once.

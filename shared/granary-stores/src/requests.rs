@@ -27,6 +27,8 @@ pub struct RequestRecord {
     pub urn: Option<String>,
     /// Errors.
     pub errors: Vec<String>,
+    /// What was done to the feature (CREATED, UPDATED, DELETED, ALREADY_DELETED), once done.
+    pub action: Option<String>,
     /// Session owner.
     pub session_owner: Option<String>,
     /// Session.
@@ -55,9 +57,13 @@ impl RequestRecord {
             .with("errors", Value::from(self.errors.clone()))
             .with("registeredAt", self.registered_at)
             .with("messageId", self.message_id.clone());
-        for (name, v) in
-            [("providerId", &self.provider_id), ("urn", &self.urn), ("sessionOwner", &self.session_owner), ("session", &self.session)]
-        {
+        for (name, v) in [
+            ("providerId", &self.provider_id),
+            ("urn", &self.urn),
+            ("sessionOwner", &self.session_owner),
+            ("session", &self.session),
+            ("action", &self.action),
+        ] {
             if let Some(v) = v {
                 item = item.with(name, v.clone());
             }
@@ -78,6 +84,7 @@ impl RequestRecord {
             provider_id: s("providerId"),
             urn: s("urn"),
             errors: serde_json::from_value(item.get("errors").cloned().unwrap_or(Value::Array(vec![]))).map_err(|_| bad("errors"))?,
+            action: s("action"),
             session_owner: s("sessionOwner"),
             session: s("session"),
             registered_at: item.get_i64("registeredAt").unwrap_or_default(),
