@@ -6,6 +6,7 @@
 //! as batch item failures.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use granary_domain::Priority;
 use granary_domain::request::{
     FeatureDeletionRequestEvent, FeatureUpdateRequestEvent, validate_creation, validate_deletion, validate_patch,
 };
@@ -15,9 +16,10 @@ use granary_ports::Backend;
 use granary_stores::StoreError;
 use granary_stores::features::{ChangeOutcome, CreationOutcome, FeatureStore, NewVersion};
 use granary_stores::outbox::OutboxEvent;
-use granary_stores::requests::RequestRecord;
+use granary_stores::requests::{Parked, RequestRecord};
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// Message attribute naming the request kind.
 pub const ATTR_TYPE: &str = "regards.request.type";
@@ -27,6 +29,8 @@ pub const ATTR_ID: &str = "regards.request.id";
 pub const ATTR_OWNER: &str = "regards.request.owner";
 /// Message attribute carrying the request date.
 pub const ATTR_DATE: &str = "regards.request.date";
+/// Message attribute delayed-release puts on a request it sends back to its queue.
+pub use granary_lambda::sqs::ATTR_RELEASED;
 
 /// The handler and what it needs, built once per cold start.
 #[derive(Debug, Clone)]
@@ -42,6 +46,12 @@ struct Envelope {
     owner: String,
     request_type: Option<FeatureRequestType>,
     body: Result<Value, String>,
+    /// `regards.request.date`, when given.
+    date: Option<Result<chrono::DateTime<chrono::Utc>, String>>,
+    /// Put back on its queue by delayed-release: it was parked, and its GRANTED event already sent.
+    released: bool,
+    /// Every message attribute, kept with a parked request.
+    attributes: BTreeMap<String, String>,
 }
 
 fn envelope(msg: &SqsMessage) -> Envelope {
@@ -75,6 +85,13 @@ fn envelope(msg: &SqsMessage) -> Envelope {
         owner,
         request_type,
         body,
+        date: sqs::attribute(msg, ATTR_DATE).map(|d| {
+            chrono::DateTime::parse_from_rfc3339(d)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| format!("message attribute {ATTR_DATE} {d:?} is not an ISO-8601 date: {e}"))
+        }),
+        released: sqs::attribute(msg, ATTR_RELEASED).is_some(),
+        attributes: msg.message_attributes.iter().filter_map(|(k, v)| Some((k.clone(), v.string_value.clone()?))).collect(),
     }
 }
 
@@ -118,6 +135,50 @@ impl FeatureIngest {
         }
     }
 
+    /// The events reporting a request done: SUCCESS, after GRANTED unless GRANTED went out when the
+    /// request was parked.
+    fn done_events(&self, kind: FeatureRequestType, env: &Envelope, urn: &str, provider_id: Option<&str>) -> Vec<OutboxEvent> {
+        let mut out = Vec::with_capacity(2);
+        if !env.released {
+            out.push(self.event(kind, env, RequestState::Granted, Some(urn), provider_id, vec![]));
+        }
+        out.push(self.event(kind, env, RequestState::Success, Some(urn), provider_id, vec![]));
+        out
+    }
+
+    /// Parks a valid request dated in the future (step LOCAL_DELAYED) until delayed-release sends it
+    /// back to the queue of `priority`; true when it was parked (or already was).
+    async fn park_if_early(
+        &self,
+        msg: &SqsMessage,
+        env: &Envelope,
+        kind: FeatureRequestType,
+        priority: Priority,
+        provider_id: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let due = match &env.date {
+            Some(Ok(d)) if !env.released && *d > self.backend.clock.now() => *d,
+            _ => return Ok(false),
+        };
+        let mut record = self.record(msg, env, kind, RequestState::Granted, "LOCAL_DELAYED");
+        record.provider_id = provider_id.map(str::to_owned);
+        let parked = Parked {
+            due_at: due.timestamp_millis(),
+            queue: self.config.feature_queue(priority).to_owned(),
+            body: msg.body.clone().unwrap_or_default(),
+            attributes: env.attributes.clone(),
+        };
+        let events = [self.event(kind, env, RequestState::Granted, None, provider_id, vec![])];
+        match self.store.park(&self.backend, &record, &parked, &events).await? {
+            None => {
+                tracing::info!(request_id = %env.request_id, due = %due, "request parked until its date");
+                self.store.outbox().flush(&self.backend, &events).await?;
+            }
+            Some(existing) => self.on_known_request(msg, env, &existing).await?,
+        }
+        Ok(true)
+    }
+
     /// The record of a request carried by `msg`.
     fn record(&self, msg: &SqsMessage, env: &Envelope, kind: FeatureRequestType, state: RequestState, step: &str) -> RequestRecord {
         RequestRecord {
@@ -134,6 +195,7 @@ impl FeatureIngest {
             session: None,
             registered_at: self.backend.clock.now_ms(),
             message_id: msg.message_id.clone().unwrap_or_default(),
+            replaces_parked: env.released,
         }
     }
 
@@ -163,6 +225,11 @@ impl FeatureIngest {
             tracing::info!(request_id = %env.request_id, "redelivered message: already processed");
             return Ok(());
         }
+        if env.released {
+            // A release sent twice (a crash between its send and its mark).
+            tracing::info!(request_id = %env.request_id, "request already parked or processed");
+            return Ok(());
+        }
         let mut e = FeatureRequestEvent::new(existing.request_type, &env.request_id, &env.owner, RequestState::Denied);
         e.errors = vec![format!("regards.request.id {:?} is already used by another request", env.request_id)];
         e.event_id = format!("{}:DUPLICATE:{}", env.request_id, msg.message_id.as_deref().unwrap_or_default());
@@ -184,6 +251,9 @@ impl FeatureIngest {
             }];
             return self.deny(msg, &env, FeatureRequestType::Creation, None, errors).await;
         };
+        if let Some(Err(e)) = &env.date {
+            return self.deny(msg, &env, kind, None, vec![e.clone()]).await;
+        }
         let body = match &env.body {
             Ok(b) => b.clone(),
             Err(e) => return self.deny(msg, &env, kind, None, vec![e.clone()]).await,
@@ -215,12 +285,14 @@ impl FeatureIngest {
             Err(errors) => return self.deny(msg, env, kind, None, errors).await,
         };
         let record = self.record(msg, env, kind, RequestState::Success, "DONE");
-        let make_events = |urn: &str| {
-            vec![
-                self.event(kind, env, RequestState::Granted, Some(urn), None, vec![]),
-                self.event(kind, env, RequestState::Success, Some(urn), None, vec![]),
-            ]
+        let priority = match &patch {
+            Some(_) => body.pointer("/metadata/priority").and_then(|p| serde_json::from_value(p.clone()).ok()).unwrap_or_default(),
+            None => body.get("priority").and_then(|p| serde_json::from_value(p.clone()).ok()).unwrap_or_default(),
         };
+        if self.park_if_early(msg, env, kind, priority, None).await? {
+            return Ok(());
+        }
+        let make_events = |urn: &str| self.done_events(kind, env, urn, None);
         let outcome = match &patch {
             Some(p) => self.store.patch(&self.backend, &urn, p, record, &make_events).await?,
             None => self.store.delete(&self.backend, &urn, record, &make_events).await?,
@@ -264,12 +336,10 @@ impl FeatureIngest {
         record.action = Some("CREATED".into());
         record.session_owner = Some(event.metadata.session_owner.clone());
         record.session = Some(event.metadata.session.clone());
-        let make_events = |urn: &str| {
-            vec![
-                self.event(kind, env, RequestState::Granted, Some(urn), Some(&valid.provider_id), vec![]),
-                self.event(kind, env, RequestState::Success, Some(urn), Some(&valid.provider_id), vec![]),
-            ]
-        };
+        if self.park_if_early(msg, env, kind, event.metadata.priority, Some(&valid.provider_id)).await? {
+            return Ok(());
+        }
+        let make_events = |urn: &str| self.done_events(kind, env, urn, Some(&valid.provider_id));
         let outcome = self
             .store
             .create_next_version(

@@ -9,6 +9,7 @@ use granary_ports::{Backend, IndexSpec, KeyAttr, Query, QueueSpec, ReceivedMessa
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 struct Fixture {
@@ -30,6 +31,10 @@ fn config() -> Config {
 }
 
 fn fixture() -> Fixture {
+    fixture_with_clock(Arc::new(granary_ports::SystemClock))
+}
+
+fn fixture_with_clock(clock: Arc<dyn granary_ports::Clock>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config = config();
     let mut queues: Vec<QueueSpec> = config.feature_queues.iter().map(|q| QueueSpec::new(q.clone())).collect();
@@ -39,14 +44,19 @@ fn fixture() -> Fixture {
             TableSpec { name: "features".into(), indexes: vec![], ttl_attr: None },
             TableSpec {
                 name: "requests".into(),
-                indexes: vec![IndexSpec::new("outbox", KeyAttr::string("outbox"), Some(KeyAttr::number("createdAt")))],
+                indexes: vec![
+                    IndexSpec::new("outbox", KeyAttr::string("outbox"), Some(KeyAttr::number("createdAt"))),
+                    IndexSpec::new("due", KeyAttr::string("dueShard"), Some(KeyAttr::number("dueAt"))),
+                ],
                 ttl_attr: None,
             },
         ],
         queues,
         buckets: vec![],
     };
-    let backend = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).unwrap().backend();
+    let mut options = EmbeddedOptions::new(dir.path(), resources);
+    options.clock = clock;
+    let backend = Embedded::open(options).unwrap().backend();
     let ingest = FeatureIngest::new(backend.clone(), config.clone());
     Fixture { _dir: dir, backend, config, ingest }
 }
@@ -257,6 +267,15 @@ fn patch(urn: &str, properties: Value, geometry: Value) -> String {
 }
 
 impl Fixture {
+    /// Receives and deletes what `queue` holds, as an event source mapping would after a handler.
+    async fn take(&self, queue: &str) -> Vec<ReceivedMessage> {
+        let got = self.backend.queue.receive(queue, 10, None, Duration::ZERO).await.unwrap();
+        if !got.is_empty() {
+            self.backend.queue.delete_batch(queue, got.iter().map(|m| m.receipt_handle.clone()).collect()).await.unwrap();
+        }
+        got
+    }
+
     async fn feature(&self, urn: &str) -> Option<Value> {
         let u: granary_domain::Urn = urn.parse().unwrap();
         let key = granary_ports::Key::new(format!("F#{}", u.uuid), format!("V{:03}", u.version));
@@ -348,4 +367,77 @@ async fn deleting_the_latest_version_makes_the_previous_one_latest_and_a_second_
     )])
     .await;
     assert_eq!(states(&f.responses().await, "d3"), vec!["DENIED"], "a URN of another tenant is refused");
+}
+
+#[tokio::test]
+async fn requests_dated_ahead_wait_parked_until_released_by_the_moved_clock() {
+    let clock = Arc::new(granary_ports::ManualClock::starting_now());
+    let f = fixture_with_clock(clock.clone());
+    let release = delayed_release::DelayedRelease::new(f.backend.clone(), &f.config);
+    let at = |d: chrono::Duration| (clock.now() + d).to_rfc3339();
+    use granary_ports::Clock;
+    let in_2h = at(chrono::Duration::hours(2));
+    let in_30m = at(chrono::Duration::minutes(30));
+    let past = at(chrono::Duration::minutes(-5));
+    let body = creation("delayed").to_string();
+    f.deliver(&[
+        message("r1", &body, &[("regards.request.id", "r1"), ("regards.request.date", &in_2h)]),
+        message("r2", &body, &[("regards.request.id", "r2"), ("regards.request.date", &in_30m)]),
+        message("r3", &body, &[("regards.request.id", "r3")]),
+        message("r4", &body, &[("regards.request.id", "r4"), ("regards.request.date", &past)]),
+        message("r5", &body, &[("regards.request.id", "r5"), ("regards.request.date", "tomorrow")]),
+    ])
+    .await;
+    let events = f.responses().await;
+    assert_eq!(states(&events, "r1"), vec!["GRANTED"], "parked requests are granted at once");
+    assert_eq!(states(&events, "r2"), vec!["GRANTED"]);
+    assert_eq!(states(&events, "r3"), vec!["GRANTED", "SUCCESS"]);
+    assert_eq!(states(&events, "r4"), vec!["GRANTED", "SUCCESS"], "a past date does not wait");
+    assert_eq!(states(&events, "r5"), vec!["DENIED"], "an unreadable date is refused");
+    assert_eq!(f.request("r1").await["step"], "LOCAL_DELAYED");
+    assert_eq!(f.versions("delayed").await.len(), 2);
+
+    // Releases nothing early, whatever the clock says short of the date.
+    assert_eq!(release.release_due().await.unwrap(), 0);
+    clock.advance(chrono::Duration::minutes(29));
+    assert_eq!(release.release_due().await.unwrap(), 0, "nothing released before its date");
+    clock.advance(chrono::Duration::minutes(2));
+    assert_eq!(release.release_due().await.unwrap(), 1, "r2 is due");
+    assert_eq!(f.request("r2").await["step"], "LOCAL_SCHEDULED");
+    let released = f.take("feature-high").await;
+    assert_eq!(released.len(), 1, "back on the queue of its priority (HIGH)");
+    assert_eq!(released[0].attributes.get("regards.request.id").map(String::as_str), Some("r2"));
+    f.deliver(&[message(
+        "rel-r2",
+        &released[0].body,
+        &released[0].attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>(),
+    )])
+    .await;
+    assert_eq!(f.request("r2").await["state"], "SUCCESS");
+    // The same release sent twice (a crash between send and mark) changes nothing.
+    f.deliver(&[message(
+        "rel-r2-again",
+        &released[0].body,
+        &released[0].attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>(),
+    )])
+    .await;
+    assert_eq!(f.versions("delayed").await.len(), 3, "r2 made one version");
+    assert_eq!(states(&f.responses().await, "r2"), vec!["SUCCESS"], "GRANTED is not sent twice");
+
+    clock.advance(chrono::Duration::minutes(88));
+    assert_eq!(release.release_due().await.unwrap(), 0, "r1 still waits at 1 h 59");
+    clock.advance(chrono::Duration::minutes(2));
+    assert_eq!(release.release_due().await.unwrap(), 1, "r1 is due at 2 h");
+    let released = f.take("feature-high").await;
+    assert_eq!(released.len(), 1);
+    f.deliver(&[message(
+        "rel-r1",
+        &released[0].body,
+        &released[0].attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>(),
+    )])
+    .await;
+    assert_eq!(f.request("r1").await["state"], "SUCCESS");
+    assert_eq!(states(&f.responses().await, "r1"), vec!["SUCCESS"]);
+    assert_eq!(f.versions("delayed").await.len(), 4, "every valid request made its version, none twice");
+    assert_eq!(release.release_due().await.unwrap(), 0, "nothing left parked");
 }

@@ -79,6 +79,9 @@ enum Command {
         /// Seconds between two runs of the outbox-relay schedule.
         #[arg(long, env = "GRANARY_LOCAL_RELAY_EVERY_SECS", default_value_t = 5)]
         relay_every_secs: u64,
+        /// Seconds between two runs of the delayed-release schedule.
+        #[arg(long, env = "GRANARY_LOCAL_RELEASE_EVERY_SECS", default_value_t = 5)]
+        release_every_secs: u64,
     },
     /// Print an RS256 bearer token that a runner on the same data directory accepts.
     Token {
@@ -103,7 +106,17 @@ enum Command {
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<(), LocalError> {
     match cli.command {
-        Command::Serve { data_dir, listen, backend, template, provision, ingest_workers, restore_delay_secs, relay_every_secs } => {
+        Command::Serve {
+            data_dir,
+            listen,
+            backend,
+            template,
+            provision,
+            ingest_workers,
+            restore_delay_secs,
+            relay_every_secs,
+            release_every_secs,
+        } => {
             granary_lambda::init_logging();
             let runtime =
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| LocalError::Config(e.to_string()))?;
@@ -119,6 +132,7 @@ pub fn run(cli: Cli) -> Result<(), LocalError> {
                 ingest_workers,
                 restore_delay: Duration::from_secs(restore_delay_secs),
                 relay_every: Duration::from_secs(relay_every_secs.max(1)),
+                release_every: Duration::from_secs(release_every_secs.max(1)),
             }))
         }
         Command::Token { data_dir, user, admin, mut groups, ttl } => {

@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use delayed_release::DelayedRelease;
 use feature_api::FeatureApi;
 use feature_ingest::FeatureIngest;
 use granary_aws::{Aws, AwsOptions};
@@ -56,6 +57,8 @@ pub struct ServeOptions {
     pub restore_delay: Duration,
     /// How often the outbox relay runs.
     pub relay_every: Duration,
+    /// How often delayed-release runs.
+    pub release_every: Duration,
 }
 
 struct AppState {
@@ -115,6 +118,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         async move { f.handle(e).await }
     });
     workers.spawn(run_schedule(backend.clone(), "granary-outbox-relay", opts.relay_every, relay_handler, stop_rx.clone()));
+    let release = Arc::new(DelayedRelease::new(backend.clone(), &config));
+    let release_handler = Arc::new(move |e| {
+        let f = release.clone();
+        async move { f.handle(e).await }
+    });
+    workers.spawn(run_schedule(backend.clone(), "granary-delayed-release", opts.release_every, release_handler, stop_rx.clone()));
     // S3 announces completed restores through EventBridge; the embedded blob store needs this pump.
     if let Some(embedded) = embedded.clone() {
         let mut stop = stop_rx.clone();

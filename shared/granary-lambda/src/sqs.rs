@@ -4,6 +4,10 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use granary_ports::ReceivedMessage;
 use serde_json::{Map, Value, json};
 
+/// The attribute delayed-release puts on a parked request it sends back to its queue, so that ingest
+/// processes it instead of parking it again.
+pub const ATTR_RELEASED: &str = "granary.released";
+
 /// The string value of message attribute `name`.
 pub fn attribute<'a>(message: &'a SqsMessage, name: &str) -> Option<&'a str> {
     message.message_attributes.get(name).and_then(|a| a.string_value.as_deref())

@@ -3,7 +3,7 @@
 
 use crate::StoreError;
 use crate::outbox::{Outbox, OutboxEvent};
-use crate::requests::{RequestRecord, request_key};
+use crate::requests::{Parked, RequestRecord, request_key};
 use granary_domain::urn::{EntityType, MAX_VERSION, Urn, entity_uuid};
 use granary_ports::{Backend, Cond, Item, Key, PortError, Query, TxOp, Update};
 use serde_json::Value;
@@ -135,10 +135,8 @@ impl FeatureStore {
             let mut record = new.request.clone();
             record.urn = Some(urn.clone());
             let events = (new.events)(&urn);
-            let mut ops = vec![
-                TxOp::Put { table: self.requests.clone(), item: record.to_item(), cond: Some(Cond::ItemAbsent) },
-                TxOp::Put { table: self.features.clone(), item, cond: Some(Cond::ItemAbsent) },
-            ];
+            let mut ops =
+                vec![record.write_op(&self.requests), TxOp::Put { table: self.features.clone(), item, cond: Some(Cond::ItemAbsent) }];
             if latest > 0 {
                 ops.push(TxOp::Update {
                     table: self.features.clone(),
@@ -181,7 +179,20 @@ impl FeatureStore {
     }
 
     fn request_op(&self, record: &RequestRecord) -> TxOp {
-        TxOp::Put { table: self.requests.clone(), item: record.to_item(), cond: Some(Cond::ItemAbsent) }
+        record.write_op(&self.requests)
+    }
+
+    /// Parks a request until it is due, with its events (GRANTED), once per request id. Returns the
+    /// existing record when the id is already recorded.
+    pub async fn park(
+        &self,
+        backend: &Backend,
+        request: &RequestRecord,
+        parked: &Parked,
+        events: &[OutboxEvent],
+    ) -> Result<Option<Box<RequestRecord>>, StoreError> {
+        let write = TxOp::Put { table: self.requests.clone(), item: request.parked_item(parked), cond: Some(Cond::ItemAbsent) };
+        self.record_with_events(backend, &request.request_id, write, events).await
     }
 
     /// Patches the feature version `urn` with `patch` (see [`granary_domain::feature::apply_patch`]),
@@ -285,17 +296,27 @@ impl FeatureStore {
         backend: &Backend,
         request: RequestRecord,
         events: &[OutboxEvent],
-    ) -> Result<Option<RequestRecord>, StoreError> {
+    ) -> Result<Option<Box<RequestRecord>>, StoreError> {
+        self.record_with_events(backend, &request.request_id, self.request_op(&request), events).await
+    }
+
+    /// Commits the write of a request record with its events; returns the existing record when the id
+    /// is already recorded.
+    async fn record_with_events(
+        &self,
+        backend: &Backend,
+        request_id: &str,
+        write: TxOp,
+        events: &[OutboxEvent],
+    ) -> Result<Option<Box<RequestRecord>>, StoreError> {
         let now = backend.clock.now_ms();
-        let mut ops = vec![TxOp::Put { table: self.requests.clone(), item: request.to_item(), cond: Some(Cond::ItemAbsent) }];
+        let mut ops = vec![write];
         ops.extend(events.iter().map(|e| self.outbox.stage(e, now)));
-        match backend.table.transact(ops).await {
-            Ok(()) => Ok(None),
-            Err(PortError::TransactionCanceled { index: 0, .. }) => {
-                let existing = backend.table.get(&self.requests, &request_key(&request.request_id)).await?;
-                Ok(existing.map(|i| RequestRecord::from_item(&i)).transpose()?)
-            }
-            Err(e) => Err(e.into()),
+        match self.commit(backend, request_id, ops).await? {
+            Attempt::Committed => Ok(None),
+            Attempt::Recorded(r) => Ok(Some(r)),
+            // The record vanished between the failed write and the read: the caller's retry will tell.
+            Attempt::Conflict => Err(StoreError::Contention(request_id.to_owned(), 1)),
         }
     }
 

@@ -2,9 +2,10 @@
 
 use crate::StoreError;
 use granary_domain::{FeatureRequestType, RequestState};
-use granary_ports::{Backend, Item, Key};
+use granary_ports::{Backend, Cond, Item, Key, Query, SortCond, TxOp, Update};
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// A recorded request, as `GET /features/requests/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -38,6 +39,28 @@ pub struct RequestRecord {
     /// The SQS message that carried it, to tell a redelivery from a new message reusing the id.
     #[serde(skip)]
     pub message_id: String,
+    /// Whether writing this record may replace a parked record of the same id (a released request).
+    #[serde(skip)]
+    pub replaces_parked: bool,
+}
+
+/// The sparse index of parked requests by due time.
+pub const DUE_INDEX: &str = "due";
+/// The one partition of [`DUE_INDEX`]: at most a few thousand requests are parked at once, and each is
+/// written twice (park, release), well within one partition's throughput.
+const DUE_PARTITION: &str = "due";
+
+/// Where a parked request goes back to when it is due, and what it carried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parked {
+    /// When it may be processed, in epoch milliseconds.
+    pub due_at: i64,
+    /// The queue it goes back to (its priority's).
+    pub queue: String,
+    /// The message body.
+    pub body: String,
+    /// The message attributes.
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// The key of a request.
@@ -89,7 +112,65 @@ impl RequestRecord {
             session: s("session"),
             registered_at: item.get_i64("registeredAt").unwrap_or_default(),
             message_id: s("messageId").unwrap_or_default(),
+            replaces_parked: false,
         })
+    }
+
+    /// The transaction operation writing this record: only if no record has the id, or, for a released
+    /// request, over its parked record.
+    pub fn write_op(&self, table: &str) -> TxOp {
+        let cond = if self.replaces_parked { Cond::Or(vec![Cond::ItemAbsent, Cond::eq("parked", true)]) } else { Cond::ItemAbsent };
+        TxOp::Put { table: table.to_owned(), item: self.to_item(), cond: Some(cond) }
+    }
+
+    /// The item of this record parked until `parked.due_at`.
+    pub fn parked_item(&self, parked: &Parked) -> Item {
+        self.to_item()
+            .with("parked", true)
+            .with("dueShard", DUE_PARTITION)
+            .with("dueAt", parked.due_at)
+            .with("queue", parked.queue.clone())
+            .with("message", parked.body.clone())
+            .with("messageAttributes", serde_json::to_value(&parked.attributes).unwrap_or_default())
+    }
+}
+
+/// Parked requests that are due, oldest first, at most `limit`.
+pub async fn due_requests(backend: &Backend, table: &str, now_ms: i64, limit: usize) -> Result<Vec<(RequestRecord, Parked)>, StoreError> {
+    let q = Query::partition(table, DUE_PARTITION).on_index(DUE_INDEX).sorted(SortCond::Le(Value::from(now_ms))).limit(limit);
+    let page = backend.table.query(q).await?;
+    page.items
+        .iter()
+        .map(|item| {
+            let bad = |what: &str| StoreError::Malformed(item.key.pk.clone(), what.to_owned());
+            let parked = Parked {
+                due_at: item.get_i64("dueAt").ok_or_else(|| bad("dueAt"))?,
+                queue: item.get_str("queue").ok_or_else(|| bad("queue"))?.to_owned(),
+                body: item.get_str("message").ok_or_else(|| bad("message"))?.to_owned(),
+                attributes: serde_json::from_value(item.get("messageAttributes").cloned().unwrap_or_default())
+                    .map_err(|_| bad("messageAttributes"))?,
+            };
+            Ok((RequestRecord::from_item(item)?, parked))
+        })
+        .collect()
+}
+
+/// Takes a released request out of the due index (it is back on its queue), if it is still parked.
+/// Returns whether it was.
+pub async fn mark_released(backend: &Backend, table: &str, request_id: &str) -> Result<bool, StoreError> {
+    let result = backend
+        .table
+        .update(
+            table,
+            &request_key(request_id),
+            vec![Update::remove("dueShard"), Update::set("step", "LOCAL_SCHEDULED")],
+            Some(Cond::And(vec![Cond::eq("parked", true), Cond::exists("dueShard")])),
+        )
+        .await;
+    match result {
+        Ok(_) => Ok(true),
+        Err(granary_ports::PortError::ConditionFailed { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
