@@ -5,11 +5,8 @@ use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    granary_lambda::init_logging();
-    let config = granary_lambda::Config::from_env();
-    let resources = granary_resources::deployed()?;
-    let aws = granary_aws::Aws::connect(&resources, granary_aws::AwsOptions::default()).await;
-    let api = Arc::new(feature_api::FeatureApi::new(aws.backend(), config));
+    let (config, backend) = granary_lambda::cold_start().await?;
+    let api = Arc::new(feature_api::FeatureApi::new(backend, config));
     lambda_http::run(lambda_http::service_fn(move |request| {
         let api = api.clone();
         async move { api.handle(request).await }

@@ -7,11 +7,8 @@ use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    granary_lambda::init_logging();
-    let config = granary_lambda::Config::from_env();
-    let resources = granary_resources::deployed()?;
-    let aws = granary_aws::Aws::connect(&resources, granary_aws::AwsOptions::default()).await;
-    let relay = Arc::new(outbox_relay::OutboxRelay::new(aws.backend(), &config)?);
+    let (config, backend) = granary_lambda::cold_start().await?;
+    let relay = Arc::new(outbox_relay::OutboxRelay::new(backend, &config)?);
     lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<CloudWatchEvent>| {
         let relay = relay.clone();
         async move { relay.handle(event).await }

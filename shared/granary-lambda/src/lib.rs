@@ -11,6 +11,17 @@ pub mod sqs;
 pub use config::Config;
 pub use identity::Identity;
 
+/// What every Lambda builds once per cold start, outside its handler: JSON logs, the configuration,
+/// and the ports on AWS (clients from the environment; tables and queues from the template this build
+/// was made from, named by the environment the template sets).
+pub async fn cold_start() -> Result<(Config, granary_ports::Backend), Box<dyn std::error::Error + Send + Sync>> {
+    init_logging();
+    let config = Config::from_env();
+    let resources = granary_resources::deployed()?;
+    let aws = granary_aws::Aws::connect(&resources, granary_aws::AwsOptions::default()).await;
+    Ok((config, aws.backend()))
+}
+
 /// Installs JSON logs (as CloudWatch and granary-local both want them), once per process.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GRANARY_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
