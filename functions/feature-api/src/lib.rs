@@ -7,7 +7,11 @@
 //! - `DELETE /features`: a FeatureDeletionCollection (`featuresUrns`); the same answer.
 //! - `GET /features/requests/{requestId}`: one request's state, step, URN and errors.
 //! - `GET /features/{urn}`: one feature version, `last` telling whether it is the latest.
+//! - `PUT /models/{name}` (admin): a data model, in REGARDS's vocabulary or as a JSON Schema; 201 when
+//!   new, 200 when replaced, 400 with every problem of the definition.
+//! - `GET /models/{name}`: the model, its compiled schema and revision.
 
+use granary_domain::model::{ModelError, compile_model};
 use granary_domain::request::{
     FeatureDeletionCollection, FeatureDeletionRequestEvent, FeatureUpdateCollection, FeatureUpdateRequestEvent, validate_creation,
     validate_deletion, validate_patch,
@@ -17,6 +21,7 @@ use granary_lambda::http::{bad_request, body_text, forbidden, json, not_found, u
 use granary_lambda::{Config, Identity};
 use granary_ports::{Backend, OutgoingMessage};
 use granary_stores::features::FeatureStore;
+use granary_stores::models::ModelStore;
 use granary_stores::requests::RequestReader;
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
@@ -31,6 +36,7 @@ pub struct FeatureApi {
     config: Config,
     features: FeatureStore,
     requests: RequestReader,
+    models: ModelStore,
 }
 
 /// The error of a route, answered as problem+json.
@@ -46,7 +52,8 @@ impl FeatureApi {
     pub fn new(backend: Backend, config: Config) -> Self {
         let features = FeatureStore::new(&config.features_table, &config.requests_table);
         let requests = RequestReader::new(&config.requests_table);
-        Self { backend, config, features, requests }
+        let models = ModelStore::new(&config.features_table);
+        Self { backend, config, features, requests, models }
     }
 
     /// Answers one API Gateway (HTTP API) request.
@@ -63,6 +70,8 @@ impl FeatureApi {
             ("PATCH", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Patch).await,
             ("DELETE", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Deletion).await,
             ("GET", ["features", "requests", id]) => self.get_request(&identity, id).await,
+            ("PUT", ["models", name]) => self.put_model(&identity, name, &req).await,
+            ("GET", ["models", name]) => self.get_model(name).await,
             ("GET", ["features", urn]) => self.get_feature(&percent_decode(urn)).await,
             (method, _) => Err(not_found(&format!("no route {method} {path}"))),
         }
@@ -158,6 +167,41 @@ impl FeatureApi {
             self.backend.queue.send_batch(&queue, chunk.to_vec()).await.map_err(unavailable_on)?;
         }
         Ok(json(202, &json!({ "granted": granted, "denied": denied })))
+    }
+
+    async fn put_model(&self, identity: &Identity, name: &str, req: &Request) -> RouteResult {
+        if !identity.is_admin() {
+            return Err(forbidden("defining data models needs the admin group"));
+        }
+        if name.is_empty() || name.len() > 128 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(bad_request("invalid model name", &[format!("name: {name:?} must be 1 to 128 letters, digits, '_' or '-'")]));
+        }
+        let text = body_text(req.body()).map_err(|e| bad_request(&e, &[]))?;
+        let definition: Value = serde_json::from_str(text).map_err(|e| bad_request("the body is not JSON", &[format!("body: {e}")]))?;
+        let compiled = compile_model(name, &definition).map_err(|ModelError(errors)| bad_request("invalid data model", &errors))?;
+        let revision = self.models.put(&self.backend, &definition, &compiled, &identity.user).await.map_err(unavailable_on)?;
+        let status = if revision == 1 { 201 } else { 200 };
+        Ok(json(
+            status,
+            &json!({ "name": name, "revision": revision, "type": compiled.entity_type.map(|t| t.as_str()), "schema": compiled.creation_schema }),
+        ))
+    }
+
+    async fn get_model(&self, name: &str) -> RouteResult {
+        match self.models.get(&self.backend, name).await.map_err(unavailable_on)? {
+            Some(m) => Ok(json(
+                200,
+                &json!({
+                    "name": name,
+                    "revision": m.revision,
+                    "type": m.compiled.entity_type.map(|t| t.as_str()),
+                    "definition": m.definition,
+                    "schema": m.compiled.creation_schema,
+                    "updatedBy": m.updated_by,
+                }),
+            )),
+            None => Err(not_found(&format!("no model {name}"))),
+        }
     }
 
     async fn get_request(&self, identity: &Identity, request_id: &str) -> RouteResult {

@@ -6,20 +6,23 @@
 //! as batch item failures.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use granary_domain::Priority;
+use granary_domain::model::Mode;
 use granary_domain::request::{
     FeatureDeletionRequestEvent, FeatureUpdateRequestEvent, validate_creation, validate_deletion, validate_patch,
 };
+use granary_domain::{EntityType, Priority};
 use granary_domain::{FeatureCreationRequestEvent, FeatureRequestEvent, FeatureRequestType, RequestState};
 use granary_lambda::{Config, sqs};
 use granary_ports::Backend;
 use granary_stores::StoreError;
 use granary_stores::features::{ChangeOutcome, CreationOutcome, FeatureStore, NewVersion};
+use granary_stores::models::{ModelCache, ModelStore};
 use granary_stores::outbox::OutboxEvent;
 use granary_stores::requests::{Parked, RequestRecord};
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Message attribute naming the request kind.
 pub const ATTR_TYPE: &str = "regards.request.type";
@@ -38,6 +41,7 @@ pub struct FeatureIngest {
     backend: Backend,
     config: Config,
     store: FeatureStore,
+    models: Arc<ModelCache>,
 }
 
 /// A message's request as far as it could be read.
@@ -99,7 +103,12 @@ impl FeatureIngest {
     /// The handler over `backend`, configured by `config`.
     pub fn new(backend: Backend, config: Config) -> Self {
         let store = FeatureStore::new(&config.features_table, &config.requests_table);
-        Self { backend, config, store }
+        let ttl = granary_lambda::config::env_number("GRANARY_MODEL_CACHE_SECS", 30u64).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "using the default model cache time of 30 s");
+            30
+        });
+        let models = Arc::new(ModelCache::new(ModelStore::new(&config.features_table), std::time::Duration::from_secs(ttl)));
+        Self { backend, config, store, models }
     }
 
     /// Handles one SQS batch; only messages that hit a transient failure are retried.
@@ -177,6 +186,27 @@ impl FeatureIngest {
             Some(existing) => self.on_known_request(msg, env, &existing).await?,
         }
         Ok(true)
+    }
+
+    /// Every error of `properties` against the model `name` (and of the entity type, when given).
+    async fn model_errors(
+        &self,
+        name: &str,
+        entity_type: Option<EntityType>,
+        properties: &Value,
+        mode: Mode,
+    ) -> Result<Vec<String>, StoreError> {
+        let Some(validator) = self.models.get(&self.backend, name).await? else {
+            return Ok(vec![format!("feature.model: unknown model {name:?} (an admin defines it with PUT /models/{name})")]);
+        };
+        let mut errors = Vec::new();
+        if let (Some(expected), Some(given)) = (validator.model.entity_type, entity_type)
+            && expected != given
+        {
+            errors.push(format!("feature.entityType: model {name:?} is for {} features, not {}", expected.as_str(), given.as_str()));
+        }
+        errors.extend(validator.check(properties, mode));
+        Ok(errors)
     }
 
     /// The record of a request carried by `msg`.
@@ -285,6 +315,16 @@ impl FeatureIngest {
             Err(errors) => return self.deny(msg, env, kind, None, errors).await,
         };
         let record = self.record(msg, env, kind, RequestState::Success, "DONE");
+        if let Some(p) = &patch
+            && let Some(stored) = self.store.get(&self.backend, &urn).await?
+        {
+            let model = stored.feature.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let properties = p.get("properties").cloned().unwrap_or(Value::Null);
+            let errors = self.model_errors(&model, None, &properties, Mode::Patch).await?;
+            if !errors.is_empty() {
+                return self.deny(msg, env, kind, None, errors).await;
+            }
+        }
         let priority = match &patch {
             Some(_) => body.pointer("/metadata/priority").and_then(|p| serde_json::from_value(p.clone()).ok()).unwrap_or_default(),
             None => body.get("priority").and_then(|p| serde_json::from_value(p.clone()).ok()).unwrap_or_default(),
@@ -336,6 +376,11 @@ impl FeatureIngest {
         record.action = Some("CREATED".into());
         record.session_owner = Some(event.metadata.session_owner.clone());
         record.session = Some(event.metadata.session.clone());
+        let properties = event.feature.get("properties").cloned().unwrap_or(Value::Null);
+        let model_errors = self.model_errors(&valid.model, Some(valid.entity_type), &properties, Mode::Creation).await?;
+        if !model_errors.is_empty() {
+            return self.deny(msg, env, kind, Some(valid.provider_id.clone()), model_errors).await;
+        }
         if self.park_if_early(msg, env, kind, event.metadata.priority, Some(&valid.provider_id)).await? {
             return Ok(());
         }

@@ -30,11 +30,17 @@ fn config() -> Config {
     }
 }
 
-fn fixture() -> Fixture {
-    fixture_with_clock(Arc::new(granary_ports::SystemClock))
+async fn fixture() -> Fixture {
+    fixture_with_clock(Arc::new(granary_ports::SystemClock)).await
 }
 
-fn fixture_with_clock(clock: Arc<dyn granary_ports::Clock>) -> Fixture {
+/// Defines model `name` as an admin would.
+async fn define_model(backend: &Backend, name: &str, definition: &Value) {
+    let compiled = granary_domain::model::compile_model(name, definition).unwrap();
+    granary_stores::models::ModelStore::new("features").put(backend, definition, &compiled, "admin").await.unwrap();
+}
+
+async fn fixture_with_clock(clock: Arc<dyn granary_ports::Clock>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config = config();
     let mut queues: Vec<QueueSpec> = config.feature_queues.iter().map(|q| QueueSpec::new(q.clone())).collect();
@@ -57,6 +63,8 @@ fn fixture_with_clock(clock: Arc<dyn granary_ports::Clock>) -> Fixture {
     let mut options = EmbeddedOptions::new(dir.path(), resources);
     options.clock = clock;
     let backend = Embedded::open(options).unwrap().backend();
+    // The model the creations below name, accepting any properties; model rules have their own tests.
+    define_model(&backend, "S2_L1C", &json!({"type": "object", "x-granary-type": "DATA"})).await;
     let ingest = FeatureIngest::new(backend.clone(), config.clone());
     Fixture { _dir: dir, backend, config, ingest }
 }
@@ -121,7 +129,7 @@ fn states(events: &[Value], request_id: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn creation_from_sqs_is_versioned_and_answered() {
-    let f = fixture();
+    let f = fixture().await;
     let body = creation("product-0001").to_string();
     let failed = f
         .deliver(&[message(
@@ -145,7 +153,7 @@ async fn creation_from_sqs_is_versioned_and_answered() {
 
 #[tokio::test]
 async fn next_creation_of_a_provider_id_is_the_next_version() {
-    let f = fixture();
+    let f = fixture().await;
     let body = creation("p").to_string();
     f.deliver(&[message("m1", &body, &[("regards.request.id", "r1")]), message("m2", &body, &[("regards.request.id", "r2")])]).await;
     let v = f.versions("p").await;
@@ -156,7 +164,7 @@ async fn next_creation_of_a_provider_id_is_the_next_version() {
 
 #[tokio::test]
 async fn redelivered_message_has_the_effect_of_one_delivery() {
-    let f = fixture();
+    let f = fixture().await;
     let body = creation("p").to_string();
     let m = message("m1", &body, &[("regards.request.id", "r1")]);
     f.deliver(std::slice::from_ref(&m)).await;
@@ -170,7 +178,7 @@ async fn redelivered_message_has_the_effect_of_one_delivery() {
 
 #[tokio::test]
 async fn new_message_reusing_a_request_id_is_denied_as_duplicate() {
-    let f = fixture();
+    let f = fixture().await;
     f.deliver(&[message("m1", &creation("p").to_string(), &[("regards.request.id", "r1")])]).await;
     f.responses().await;
     f.deliver(&[message("m2", &creation("q").to_string(), &[("regards.request.id", "r1")])]).await;
@@ -182,7 +190,7 @@ async fn new_message_reusing_a_request_id_is_denied_as_duplicate() {
 
 #[tokio::test]
 async fn kind_is_inferred_without_the_type_attribute_or_denied_naming_it() {
-    let f = fixture();
+    let f = fixture().await;
     f.deliver(&[message("m1", &creation("p").to_string(), &[])]).await;
     assert_eq!(f.versions("p").await.len(), 1, "a feature with session metadata is a creation");
     let events = f.responses().await;
@@ -195,7 +203,7 @@ async fn kind_is_inferred_without_the_type_attribute_or_denied_naming_it() {
 
 #[tokio::test]
 async fn bad_messages_are_denied_with_every_error_and_the_batch_goes_on() {
-    let f = fixture();
+    let f = fixture().await;
     let mut bad = creation("x");
     bad["feature"]["id"] = json!("y".repeat(101));
     bad["feature"]["entityType"] = json!("THING");
@@ -219,7 +227,7 @@ async fn bad_messages_are_denied_with_every_error_and_the_batch_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_creations_of_one_provider_id_get_distinct_versions() {
-    let f = fixture();
+    let f = fixture().await;
     let body = creation("hot").to_string();
     let mut tasks = Vec::new();
     for i in 0..12 {
@@ -242,7 +250,7 @@ async fn concurrent_creations_of_one_provider_id_get_distinct_versions() {
 
 #[tokio::test]
 async fn events_left_in_the_outbox_are_relayed() {
-    let f = fixture();
+    let f = fixture().await;
     let store = granary_stores::outbox::Outbox::new("requests");
     let event = granary_stores::outbox::OutboxEvent {
         event_id: "r9:SUCCESS".into(),
@@ -292,7 +300,7 @@ const P1: &str = "URN:FEATURE:DATA:granary:0a52d09e-9b90-3b1b-8a3d-1c83f6b5953c:
 
 #[tokio::test]
 async fn patch_merges_properties_replaces_geometry_and_keeps_the_version() {
-    let f = fixture();
+    let f = fixture().await;
     f.deliver(&[message("c1", &creation("product-0001").to_string(), &[])]).await;
     f.responses().await;
     let body = patch(P1, json!({"cloudCover": 3.5, "mission": null}), json!({"type": "Point", "coordinates": [2.0, 44.0]}));
@@ -315,7 +323,7 @@ async fn patch_merges_properties_replaces_geometry_and_keeps_the_version() {
 
 #[tokio::test]
 async fn patch_of_an_unknown_urn_is_denied() {
-    let f = fixture();
+    let f = fixture().await;
     f.deliver(&[message("p1", &patch(P1, json!({"a": 1}), Value::Null), &[("regards.request.type", "PATCH")])]).await;
     let events = f.responses().await;
     assert_eq!(states(&events, "p1"), vec!["DENIED"]);
@@ -324,7 +332,7 @@ async fn patch_of_an_unknown_urn_is_denied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_patches_of_one_feature_each_apply_once() {
-    let f = fixture();
+    let f = fixture().await;
     f.deliver(&[message("c1", &creation("product-0001").to_string(), &[])]).await;
     let mut tasks = Vec::new();
     for i in 0..10 {
@@ -346,7 +354,7 @@ async fn concurrent_patches_of_one_feature_each_apply_once() {
 
 #[tokio::test]
 async fn deleting_the_latest_version_makes_the_previous_one_latest_and_a_second_deletion_is_already_deleted() {
-    let f = fixture();
+    let f = fixture().await;
     let body = creation("product-0001").to_string();
     f.deliver(&[message("c1", &body, &[]), message("c2", &body, &[])]).await;
     let v2 = P1.replace(":V1", ":V2");
@@ -372,7 +380,7 @@ async fn deleting_the_latest_version_makes_the_previous_one_latest_and_a_second_
 #[tokio::test]
 async fn requests_dated_ahead_wait_parked_until_released_by_the_moved_clock() {
     let clock = Arc::new(granary_ports::ManualClock::starting_now());
-    let f = fixture_with_clock(clock.clone());
+    let f = fixture_with_clock(clock.clone()).await;
     let release = delayed_release::DelayedRelease::new(f.backend.clone(), &f.config);
     let at = |d: chrono::Duration| (clock.now() + d).to_rfc3339();
     use granary_ports::Clock;
@@ -440,4 +448,58 @@ async fn requests_dated_ahead_wait_parked_until_released_by_the_moved_clock() {
     assert_eq!(states(&f.responses().await, "r1"), vec!["SUCCESS"]);
     assert_eq!(f.versions("delayed").await.len(), 4, "every valid request made its version, none twice");
     assert_eq!(release.release_due().await.unwrap(), 0, "nothing left parked");
+}
+
+#[tokio::test]
+async fn properties_are_checked_against_the_model_with_every_error_listed() {
+    let f = fixture().await;
+    let mut s2: Value = serde_json::from_str(include_str!("../../../shared/granary-domain/tests/fixtures/model-s2-l1c.json")).unwrap();
+    s2["name"] = json!("S2_REAL");
+    define_model(&f.backend, "S2_REAL", &s2).await;
+    let mut good = creation("tile-1");
+    good["feature"]["model"] = json!("S2_REAL");
+    good["feature"]["properties"] = json!({"mission": "S2A", "tileId": "31TCJ", "cloudCover": 12.4, "acquisitionDate": "2026-11-23T10:15:31Z", "quality": {"valid": true}});
+    let mut bad = good.clone();
+    bad["feature"]["id"] = json!("tile-2");
+    bad["feature"]["properties"]["cloudCover"] = json!(101);
+    bad["feature"]["properties"]["mission"] = json!("S3A");
+    bad["feature"]["properties"]["TileId"] = json!("x");
+    let mut unknown = good.clone();
+    unknown["feature"]["model"] = json!("NOPE");
+    let mut dataset = good.clone();
+    dataset["feature"]["entityType"] = json!("DATASET");
+    f.deliver(&[
+        message("ok", &good.to_string(), &[]),
+        message("bad", &bad.to_string(), &[]),
+        message("unknown", &unknown.to_string(), &[]),
+        message("dataset", &dataset.to_string(), &[]),
+    ])
+    .await;
+    let events = f.responses().await;
+    assert_eq!(states(&events, "ok"), vec!["GRANTED", "SUCCESS"]);
+    let errors = |id: &str| {
+        events
+            .iter()
+            .find(|e| e["requestId"] == id && e["state"] == "DENIED")
+            .map(|e| e["errors"].clone())
+            .unwrap_or_else(|| panic!("{id} not denied: {events:?}"))
+    };
+    let bad_errors = errors("bad");
+    assert_eq!(bad_errors.as_array().unwrap().len(), 3, "every error: {bad_errors}");
+    assert!(bad_errors.to_string().contains("feature.properties.cloudCover"), "{bad_errors}");
+    assert!(errors("unknown")[0].as_str().unwrap().contains("unknown model"));
+    assert!(errors("dataset")[0].as_str().unwrap().contains("feature.entityType"));
+    assert!(f.versions("tile-2").await.is_empty(), "nothing stored for a denied request");
+
+    // A patch is checked in patch mode: mandatory attributes may be absent, types still hold.
+    let urn = events.iter().find(|e| e["requestId"] == "ok" && e["state"] == "SUCCESS").unwrap()["urn"].as_str().unwrap().to_owned();
+    f.deliver(&[
+        message("p-ok", &patch(&urn, json!({"cloudCover": 50}), Value::Null), &[("regards.request.type", "PATCH")]),
+        message("p-bad", &patch(&urn, json!({"cloudCover": "high"}), Value::Null), &[("regards.request.type", "PATCH")]),
+    ])
+    .await;
+    let events = f.responses().await;
+    assert_eq!(states(&events, "p-ok"), vec!["GRANTED", "SUCCESS"]);
+    assert_eq!(states(&events, "p-bad"), vec!["DENIED"]);
+    assert_eq!(f.feature(&urn).await.unwrap()["feature"]["properties"]["cloudCover"], 50);
 }

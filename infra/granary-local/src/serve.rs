@@ -147,11 +147,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         .fallback(api_gateway)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
+    let stop_signal = shutdown_signal()?;
     println!("granary-local listening on http://{addr} ({backend_name} backend, data directory {})", opts.data_dir.display());
     tracing::info!(%addr, "granary-local serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
-            shutdown_signal().await;
+            stop_signal.await;
             tracing::info!("stopping: no new work is taken; running invocations finish");
         })
         .await
@@ -162,21 +163,27 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Listens for Ctrl-C and SIGTERM. The handlers are installed when this is called, before the runner
+/// says it is listening, so a signal sent right after that line is never missed.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, LocalError> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| LocalError::Config(format!("cannot handle SIGINT: {e}")))?;
+        let mut term = signal(SignalKind::terminate()).map_err(|e| LocalError::Config(format!("cannot handle SIGTERM: {e}")))?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {

@@ -119,6 +119,21 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// The model the tests' features name: two optional attributes.
+fn model_m() -> Value {
+    json!({"name": "M", "type": "DATA", "attributes": [
+        {"name": "n", "type": "INTEGER", "optional": true},
+        {"name": "added", "type": "STRING", "optional": true}
+    ]})
+}
+
+/// Defines a model over HTTP as an admin.
+async fn define_model(c: &reqwest::Client, r: &Runner, dir: &Path, name: &str, definition: &Value) {
+    let admin = token(dir, "root@example.org", &["--admin"]);
+    let res = c.put(r.url(&format!("/models/{name}"))).bearer_auth(&admin).json(definition).send().await.unwrap();
+    assert!(res.status() == 201 || res.status() == 200, "model {name} refused: {}", res.text().await.unwrap());
+}
+
 fn creation_collection(ids: &[&str]) -> Value {
     json!({
         "metadata": {"sessionOwner": "e2e", "session": "s1", "priority": "NORMAL"},
@@ -207,6 +222,7 @@ async fn http_creation_goes_through_the_queue_to_ingest() {
     let c = client();
     let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
     let reader = token(dir.path(), "bob@example.org", &[]);
+    define_model(&c, &r, dir.path(), "M", &model_m()).await;
 
     let forbidden = c.post(r.url("/features")).bearer_auth(&reader).json(&creation_collection(&["p1"])).send().await.unwrap();
     assert_eq!(forbidden.status(), 403, "a user without the producer group cannot submit");
@@ -250,7 +266,9 @@ async fn http_creation_goes_through_the_queue_to_ingest() {
 #[tokio::test]
 async fn producer_message_on_sqs_is_answered_on_the_response_queue() {
     let dir = tempfile::tempdir().unwrap();
-    let _r = Runner::start(dir.path(), &[]);
+    let r = Runner::start(dir.path(), &[]);
+    let model: Value = serde_json::from_str(include_str!("fixtures/model-s2-l1c.json")).unwrap();
+    define_model(&client(), &r, dir.path(), "S2_L1C", &model).await;
     let backend = open(dir.path());
     let example: Value = serde_json::from_str(include_str!("fixtures/sqs-creation.json")).unwrap();
     let mut msg = OutgoingMessage::new(example["body"].to_string());
@@ -291,6 +309,9 @@ async fn kill_9_mid_batch_then_restart_processes_every_message_once() {
     let env = [("GRANARY_LOCAL_TEMPLATE", template), ("GRANARY_OUTBOX_GRACE_MS", "500"), ("GRANARY_LOCAL_RELAY_EVERY_SECS", "1")];
     let backend = open(dir.path());
     let config = Config::from_env();
+    let m = model_m();
+    let compiled = granary_domain::model::compile_model("M", &m).unwrap();
+    granary_stores::models::ModelStore::new(&config.features_table).put(&backend, &m, &compiled, "admin").await.unwrap();
     let mut expected_versions: HashMap<String, usize> = HashMap::new();
     let mut messages = Vec::new();
     for i in 0..DISTINCT {
@@ -439,6 +460,7 @@ async fn aws_backend_on_moto_serves_creation_end_to_end() {
     let health: Value = c.get(r.url("/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["backend"], "aws");
     let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
+    define_model(&c, &r, dir.path(), "M", &model_m()).await;
     let record = create_and_wait(&c, &r, &producer, &["on-moto"]).await;
     let urn = record["urn"].as_str().unwrap();
     let feature: Value = c.get(r.url(&format!("/features/{urn}"))).bearer_auth(&producer).send().await.unwrap().json().await.unwrap();
@@ -452,6 +474,7 @@ async fn http_patch_and_deletion_go_through_the_queue_to_ingest() {
     let r = Runner::start(dir.path(), &[]);
     let c = client();
     let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
+    define_model(&c, &r, dir.path(), "M", &model_m()).await;
     let v1 = create_and_wait(&c, &r, &producer, &["product-0001"]).await["urn"].as_str().unwrap().to_owned();
     let v2 = create_and_wait(&c, &r, &producer, &["product-0001"]).await["urn"].as_str().unwrap().to_owned();
 
@@ -479,4 +502,30 @@ async fn http_patch_and_deletion_go_through_the_queue_to_ingest() {
     assert_eq!(gone.status(), 404);
     let f1: Value = c.get(r.url(&format!("/features/{v1}"))).bearer_auth(&producer).send().await.unwrap().json().await.unwrap();
     assert_eq!(f1["last"], true, "V1 is the latest again");
+}
+
+#[tokio::test]
+async fn admins_define_models_and_bad_definitions_are_refused_with_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Runner::start(dir.path(), &[]);
+    let c = client();
+    let admin = token(dir.path(), "root@example.org", &["--admin"]);
+    let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
+    let model: Value = serde_json::from_str(include_str!("fixtures/model-s2-l1c.json")).unwrap();
+    let res = c.put(r.url("/models/S2_L1C")).bearer_auth(&producer).json(&model).send().await.unwrap();
+    assert_eq!(res.status(), 403, "only admins define models");
+    let res = c.put(r.url("/models/S2_L1C")).bearer_auth(&admin).json(&model).send().await.unwrap();
+    assert_eq!(res.status(), 201);
+    let res = c.put(r.url("/models/S2_L1C")).bearer_auth(&admin).json(&model).send().await.unwrap();
+    assert_eq!(res.status(), 200, "replacing a model");
+    let got: Value = c.get(r.url("/models/S2_L1C")).bearer_auth(&producer).send().await.unwrap().json().await.unwrap();
+    assert_eq!(got["revision"], 2);
+    assert_eq!(got["type"], "DATA");
+    assert_eq!(got["schema"]["properties"]["cloudCover"]["maximum"], 100);
+    let bad = json!({"name": "B", "attributes": [{"name": "x", "type": "FLOAT"}, {"name": "y", "type": "STRING", "restriction": {"type": "PATTERN"}}]});
+    let res = c.put(r.url("/models/B")).bearer_auth(&admin).json(&bad).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["errors"].as_array().unwrap().len(), 2, "{problem}");
+    assert_eq!(c.get(r.url("/models/B")).bearer_auth(&admin).send().await.unwrap().status(), 404);
 }
