@@ -6,11 +6,16 @@
 //! - `PATCH /features`: a FeatureUpdateCollection (each feature names its `urn`); the same answer.
 //! - `DELETE /features`: a FeatureDeletionCollection (`featuresUrns`); the same answer.
 //! - `GET /features/requests/{requestId}`: one request's state, step, URN and errors.
+//! - `GET /features/requests?state=|sessionOwner=&session=[&type=&from=&to=&size=&page=]` (admin):
+//!   requests page by page, oldest first.
 //! - `GET /features/{urn}`: one feature version, `last` telling whether it is the latest.
 //! - `PUT /models/{name}` (admin): a data model, in REGARDS's vocabulary or as a JSON Schema; 201 when
 //!   new, 200 when replaced, 400 with every problem of the definition.
 //! - `GET /models/{name}`: the model, its compiled schema and revision.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use granary_domain::RequestState;
 use granary_domain::model::{ModelError, compile_model};
 use granary_domain::request::{
     FeatureDeletionCollection, FeatureDeletionRequestEvent, FeatureUpdateCollection, FeatureUpdateRequestEvent, validate_creation,
@@ -22,7 +27,8 @@ use granary_lambda::{Config, Identity};
 use granary_ports::{Backend, OutgoingMessage};
 use granary_stores::features::FeatureStore;
 use granary_stores::models::ModelStore;
-use granary_stores::requests::RequestReader;
+use granary_stores::requests::{RequestFilter, RequestReader};
+use lambda_http::RequestExt;
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 
@@ -69,6 +75,7 @@ impl FeatureApi {
             ("POST", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Creation).await,
             ("PATCH", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Patch).await,
             ("DELETE", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Deletion).await,
+            ("GET", ["features", "requests"]) => self.list_requests(&identity, &req).await,
             ("GET", ["features", "requests", id]) => self.get_request(&identity, id).await,
             ("PUT", ["models", name]) => self.put_model(&identity, name, &req).await,
             ("GET", ["models", name]) => self.get_model(name).await,
@@ -204,6 +211,81 @@ impl FeatureApi {
         }
     }
 
+    /// `GET /features/requests?state=&sessionOwner=&session=&type=&from=&to=&size=&page=` (admin):
+    /// a page of requests, oldest first, in REGARDS's paged shape; `page` is the cursor the previous
+    /// page's `next` link carries.
+    async fn list_requests(&self, identity: &Identity, req: &Request) -> RouteResult {
+        if !identity.is_admin() {
+            return Err(forbidden("listing requests needs the admin group"));
+        }
+        let params = req.query_string_parameters();
+        let mut errors = Vec::new();
+        let mut filter = RequestFilter::default();
+        if let Some(s) = params.first("state") {
+            match serde_json::from_value::<RequestState>(Value::from(s)) {
+                Ok(state) => filter.state = Some(state),
+                Err(_) => errors.push(format!("state: {s:?} is not GRANTED, DENIED, SUCCESS or ERROR")),
+            }
+        }
+        if let Some(t) = params.first("type") {
+            match FeatureRequestType::parse(t) {
+                Some(kind) => filter.request_type = Some(kind),
+                None => errors.push(format!("type: {t:?} is not CREATION, PATCH, DELETION or NOTIFICATION")),
+            }
+        }
+        match (params.first("sessionOwner"), params.first("session")) {
+            (Some(o), Some(s)) => filter.session = Some((o.to_owned(), s.to_owned())),
+            (None, None) => {}
+            _ => errors.push("session: sessionOwner and session go together".into()),
+        }
+        for (name, slot) in [("from", &mut filter.from), ("to", &mut filter.to)] {
+            if let Some(v) = params.first(name) {
+                match chrono::DateTime::parse_from_rfc3339(v) {
+                    Ok(t) => *slot = Some(t.timestamp_millis()),
+                    Err(_) => errors.push(format!("{name}: {v:?} is not an ISO-8601 date")),
+                }
+            }
+        }
+        let size = match params.first("size").map(str::parse::<usize>) {
+            None => 20,
+            Some(Ok(n)) if (1..=1000).contains(&n) => n,
+            Some(_) => {
+                errors.push("size: must be 1 to 1000".into());
+                20
+            }
+        };
+        if params.first("state").is_none() && params.first("sessionOwner").is_none() && params.first("session").is_none() {
+            errors.push("state or sessionOwner and session: one of them is required".into());
+        }
+        let after = match params.first("page").map(|p| URL_SAFE_NO_PAD.decode(p).ok().and_then(|b| String::from_utf8(b).ok())) {
+            None => None,
+            Some(Some(cursor)) => Some(cursor),
+            Some(None) => {
+                errors.push("page: not a cursor this API handed out".into());
+                None
+            }
+        };
+        if !errors.is_empty() {
+            return Err(bad_request("invalid request filter", &errors));
+        }
+        let page = match self.requests.list(&self.backend, &filter, size, after.as_deref()).await {
+            Ok(p) => p,
+            Err(granary_stores::StoreError::Port(granary_ports::PortError::Invalid(e))) => {
+                return Err(bad_request("invalid page", &[format!("page: {e}")]));
+            }
+            Err(e) => return Err(unavailable_on(e)),
+        };
+        let mut links = Vec::new();
+        if let Some(next) = page.next {
+            let mut query: Vec<String> =
+                params.iter().filter(|(k, _)| *k != "page").map(|(k, v)| format!("{k}={}", form_encode(v))).collect();
+            query.push(format!("page={}", URL_SAFE_NO_PAD.encode(next)));
+            links.push(json!({ "rel": "next", "href": format!("/features/requests?{}", query.join("&")) }));
+        }
+        let n = page.content.len();
+        Ok(json(200, &json!({ "content": page.content, "metadata": { "size": size, "numberOfElements": n }, "links": links })))
+    }
+
     async fn get_request(&self, identity: &Identity, request_id: &str) -> RouteResult {
         let record = self.requests.get(&self.backend, request_id).await.map_err(unavailable_on)?;
         match record {
@@ -223,6 +305,13 @@ impl FeatureApi {
             None => Err(not_found(&format!("no feature {urn}"))),
         }
     }
+}
+
+/// Encodes a query value.
+fn form_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
 }
 
 /// Decodes `%XX` escapes in a path segment (URNs may arrive encoded).

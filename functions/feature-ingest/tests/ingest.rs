@@ -5,7 +5,7 @@ use feature_ingest::FeatureIngest;
 use granary_embedded::{Embedded, EmbeddedOptions};
 use granary_lambda::Config;
 use granary_lambda::sqs::sqs_event;
-use granary_ports::{Backend, IndexSpec, KeyAttr, Query, QueueSpec, ReceivedMessage, Resources, TableSpec};
+use granary_ports::{Backend, Query, ReceivedMessage};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -43,23 +43,8 @@ async fn define_model(backend: &Backend, name: &str, definition: &Value) {
 async fn fixture_with_clock(clock: Arc<dyn granary_ports::Clock>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config = config();
-    let mut queues: Vec<QueueSpec> = config.feature_queues.iter().map(|q| QueueSpec::new(q.clone())).collect();
-    queues.push(QueueSpec::new("feature-response"));
-    let resources = Resources {
-        tables: vec![
-            TableSpec { name: "features".into(), indexes: vec![], ttl_attr: None },
-            TableSpec {
-                name: "requests".into(),
-                indexes: vec![
-                    IndexSpec::new("outbox", KeyAttr::string("outbox"), Some(KeyAttr::number("createdAt"))),
-                    IndexSpec::new("due", KeyAttr::string("dueShard"), Some(KeyAttr::number("dueAt"))),
-                ],
-                ttl_attr: None,
-            },
-        ],
-        queues,
-        buckets: vec![],
-    };
+    // The resources the template declares, as granary-local provisions them.
+    let resources = granary_resources::from_template(granary_resources::TEMPLATE, |_| None).unwrap();
     let mut options = EmbeddedOptions::new(dir.path(), resources);
     options.clock = clock;
     let backend = Embedded::open(options).unwrap().backend();

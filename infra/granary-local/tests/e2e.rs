@@ -529,3 +529,41 @@ async fn admins_define_models_and_bad_definitions_are_refused_with_every_problem
     assert_eq!(problem["errors"].as_array().unwrap().len(), 2, "{problem}");
     assert_eq!(c.get(r.url("/models/B")).bearer_auth(&admin).send().await.unwrap().status(), 404);
 }
+
+#[tokio::test]
+async fn admins_list_requests_by_state_and_session_page_by_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Runner::start(dir.path(), &[]);
+    let c = client();
+    let admin = token(dir.path(), "root@example.org", &["--admin"]);
+    let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
+    define_model(&c, &r, dir.path(), "M", &model_m()).await;
+    for id in ["a", "b", "c"] {
+        create_and_wait(&c, &r, &producer, &[id]).await;
+    }
+    // Follow the next links, one request a page.
+    let mut seen = Vec::new();
+    let mut url = r.url("/features/requests?state=SUCCESS&type=CREATION&size=1");
+    loop {
+        let res = c.get(&url).bearer_auth(&admin).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let page: Value = res.json().await.unwrap();
+        assert!(page["content"].as_array().unwrap().len() <= 1);
+        seen.extend(page["content"].as_array().unwrap().iter().map(|r| r["providerId"].as_str().unwrap().to_owned()));
+        match page["links"].as_array().unwrap().iter().find(|l| l["rel"] == "next") {
+            Some(next) => url = r.url(next["href"].as_str().unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["a", "b", "c"], "every request once, oldest first");
+    let by_session: Value =
+        c.get(r.url("/features/requests?sessionOwner=e2e&session=s1")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!(by_session["content"].as_array().unwrap().len(), 3);
+    assert_eq!(c.get(r.url("/features/requests?state=SUCCESS")).bearer_auth(&producer).send().await.unwrap().status(), 403);
+    let bad = c.get(r.url("/features/requests?state=DONE&size=0&type=X")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let problem: Value = bad.json().await.unwrap();
+    assert_eq!(problem["errors"].as_array().unwrap().len(), 3, "every error: {problem}");
+    let forged = c.get(r.url("/features/requests?state=SUCCESS&page=bm90LWEtY3Vyc29y")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(forged.status(), 400, "a cursor the API did not hand out is refused");
+}

@@ -63,6 +63,40 @@ pub struct Parked {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// The value of the `bySession` index for a session.
+pub fn session_key(owner: &str, session: &str) -> String {
+    format!("{owner}#{session}")
+}
+
+/// The index of requests by state, newest last.
+pub const BY_STATE_INDEX: &str = "byState";
+/// The index of requests by session, newest last.
+pub const BY_SESSION_INDEX: &str = "bySession";
+
+/// What to list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestFilter {
+    /// Requests in this state.
+    pub state: Option<RequestState>,
+    /// Requests of this session (`sessionOwner`, `session`).
+    pub session: Option<(String, String)>,
+    /// Requests of this kind.
+    pub request_type: Option<FeatureRequestType>,
+    /// Registered at or after (epoch ms).
+    pub from: Option<i64>,
+    /// Registered at or before (epoch ms).
+    pub to: Option<i64>,
+}
+
+/// A page of requests, with where the next one starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestPage {
+    /// The requests, oldest first.
+    pub content: Vec<RequestRecord>,
+    /// The cursor of the next page, if there may be one.
+    pub next: Option<String>,
+}
+
 /// The key of a request.
 pub fn request_key(request_id: &str) -> Key {
     Key::new(format!("R#{request_id}"), "R")
@@ -80,6 +114,9 @@ impl RequestRecord {
             .with("errors", Value::from(self.errors.clone()))
             .with("registeredAt", self.registered_at)
             .with("messageId", self.message_id.clone());
+        if let (Some(owner), Some(session)) = (&self.session_owner, &self.session) {
+            item = item.with("sessionKey", session_key(owner, session));
+        }
         for (name, v) in [
             ("providerId", &self.provider_id),
             ("urn", &self.urn),
@@ -184,6 +221,42 @@ impl RequestReader {
     /// Requests kept in `table`.
     pub fn new(table: &str) -> Self {
         Self { table: table.to_owned() }
+    }
+
+    /// One page of the requests matching `filter` (a state or a session is required: each is an
+    /// index), oldest first. The type filter applies within the page, which may then hold fewer than
+    /// `size` requests while more follow.
+    pub async fn list(
+        &self,
+        backend: &Backend,
+        filter: &RequestFilter,
+        size: usize,
+        after: Option<&str>,
+    ) -> Result<RequestPage, StoreError> {
+        let (index, partition) = match (&filter.session, filter.state) {
+            (Some((owner, session)), _) => (BY_SESSION_INDEX, session_key(owner, session)),
+            (None, Some(state)) => (BY_STATE_INDEX, state.as_str().to_owned()),
+            (None, None) => return Err(StoreError::Malformed("request filter".into(), "a state or a session is required".into())),
+        };
+        let mut q = Query::partition(&self.table, partition).on_index(index).limit(size);
+        q.sort = match (filter.from, filter.to) {
+            (Some(a), Some(b)) => Some(SortCond::Between(Value::from(a), Value::from(b))),
+            (Some(a), None) => Some(SortCond::Ge(Value::from(a))),
+            (None, Some(b)) => Some(SortCond::Le(Value::from(b))),
+            (None, None) => None,
+        };
+        q.after = after.map(|c| granary_ports::Cursor(c.to_owned()));
+        let page = backend.table.query(q).await?;
+        let content = page
+            .items
+            .iter()
+            .map(RequestRecord::from_item)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|r| filter.request_type.is_none_or(|t| r.request_type == t))
+            .filter(|r| filter.state.is_none_or(|s| r.state == s))
+            .collect();
+        Ok(RequestPage { content, next: page.next.map(|c| c.0) })
     }
 
     /// The request `request_id`, if recorded.
