@@ -24,6 +24,7 @@ use granary_domain::request::{
 use granary_domain::{FeatureCreationCollection, FeatureCreationRequestEvent, FeatureRequestType, Priority, Urn};
 use granary_lambda::http::{bad_request, body_text, forbidden, json, not_found, unauthorized, unavailable};
 use granary_lambda::{Config, Identity};
+use granary_ports::queue::{MAX_MESSAGE_BYTES, batches};
 use granary_ports::{Backend, OutgoingMessage};
 use granary_stores::features::FeatureStore;
 use granary_stores::models::ModelStore;
@@ -152,13 +153,18 @@ impl FeatureApi {
             match checked {
                 Ok(body) => {
                     let request_id = self.backend.ids.new_id().to_string();
-                    outgoing.push(
-                        OutgoingMessage::new(body.to_string())
-                            .attribute("regards.request.type", kind.as_str())
-                            .attribute("regards.request.id", request_id.clone())
-                            .attribute("regards.request.owner", owner.clone())
-                            .attribute("regards.request.date", date.clone()),
-                    );
+                    let message = OutgoingMessage::new(body.to_string())
+                        .attribute("regards.request.type", kind.as_str())
+                        .attribute("regards.request.id", request_id.clone())
+                        .attribute("regards.request.owner", owner.clone())
+                        .attribute("regards.request.date", date.clone());
+                    if message.size() > MAX_MESSAGE_BYTES {
+                        let error = format!("feature: {} bytes, more than the {MAX_MESSAGE_BYTES} a queue message carries", message.size());
+                        problems.push(format!("features[{i}].{}", error.trim_start_matches("feature.")));
+                        denied.push(json!({ "index": i, "id": id, "errors": [error] }));
+                        continue;
+                    }
+                    outgoing.push(message);
                     granted.push(json!({ "requestId": request_id, "id": id }));
                 }
                 Err(errors) => {
@@ -170,8 +176,8 @@ impl FeatureApi {
         if granted.is_empty() {
             return Err(bad_request("every feature was denied", &problems));
         }
-        for chunk in outgoing.chunks(granary_ports::queue::MAX_BATCH) {
-            self.backend.queue.send_batch(&queue, chunk.to_vec()).await.map_err(unavailable_on)?;
+        for batch in batches(outgoing) {
+            self.backend.queue.send_batch(&queue, batch).await.map_err(unavailable_on)?;
         }
         Ok(json(202, &json!({ "granted": granted, "denied": denied })))
     }

@@ -5,7 +5,6 @@ use crate::auth::LocalIssuer;
 use crate::sources::{run_schedule, run_sqs_source};
 use crate::{LocalError, resources};
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -145,7 +144,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/blobs/{bucket}/{*key}", get(signed_blob))
         .fallback(api_gateway)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        // The API Gateway stand-in reads bodies itself, to answer 413 in problem+json.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state);
     let stop_signal = shutdown_signal()?;
     println!("granary-local listening on http://{addr} ({backend_name} backend, data directory {})", opts.data_dir.display());
@@ -222,7 +222,21 @@ async fn signed_blob(
     }
 }
 
-async fn api_gateway(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn api_gateway(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let body = match declared {
+        Some(n) if n > MAX_BODY => Err(()),
+        _ => axum::body::to_bytes(body, MAX_BODY).await.map_err(drop),
+    };
+    let Ok(body) = body else {
+        let problem = json!({
+            "type": "about:blank", "title": "Payload Too Large", "status": 413,
+            "detail": format!("the request body is larger than API Gateway's limit of {MAX_BODY} bytes")
+        });
+        // The rest of the body is not read: the connection cannot be reused.
+        let headers = [(http::header::CONTENT_TYPE, "application/problem+json"), (http::header::CONNECTION, "close")];
+        return (StatusCode::PAYLOAD_TOO_LARGE, headers, problem.to_string()).into_response();
+    };
     let now = chrono::Utc::now().timestamp_millis();
     match apigw::gate(&state.issuer, &method, uri.path(), uri.query(), &headers, &body, now) {
         Gate::Answer(status, problem) => {

@@ -119,6 +119,18 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// Sends only the head of a POST declaring `length` bytes, and returns what the server answers.
+fn raw_post_headers(r: &Runner, path: &str, length: usize, token: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = r.base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: {length}\r\n\r\n").unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 /// The model the tests' features name: two optional attributes.
 fn model_m() -> Value {
     json!({"name": "M", "type": "DATA", "attributes": [
@@ -261,6 +273,13 @@ async fn http_creation_goes_through_the_queue_to_ingest() {
     assert_eq!(f2["feature"]["properties"]["n"], 1);
     let bad_urn = c.get(r.url("/features/URN:FEATURE:DATA:granary:nope:V1")).bearer_auth(&reader).send().await.unwrap();
     assert_eq!(bad_urn.status(), 400);
+    // A body over API Gateway's 10 MB is refused from its declared length, before it is read.
+    let huge = raw_post_headers(&r, "/features", 11 * 1024 * 1024, &producer);
+    assert!(huge.starts_with("HTTP/1.1 413"), "{huge}");
+    assert!(huge.contains("application/problem+json"), "{huge}");
+    let several_mb = json!({"metadata": {"sessionOwner": "e2e", "session": "s1"}, "features": [{"type": "Feature", "id": "big", "entityType": "DATA", "model": "M", "properties": {"added": "x".repeat(3 * 1024 * 1024)}}]});
+    let res = c.post(r.url("/features")).bearer_auth(&producer).json(&several_mb).send().await.unwrap();
+    assert_eq!(res.status(), 400, "a feature too large for a queue message is denied at once");
 }
 
 #[tokio::test]

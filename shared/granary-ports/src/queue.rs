@@ -11,6 +11,28 @@ pub const MAX_BATCH: usize = 10;
 pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
 /// The largest message body accepted (SQS's classic limit of 256 KiB, body and attributes).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// The largest send batch, all messages together (SQS's classic limit).
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// Groups messages into send batches that keep both SQS limits: 10 messages, 256 KiB in all.
+pub fn batches(messages: Vec<OutgoingMessage>) -> Vec<Vec<OutgoingMessage>> {
+    let mut out: Vec<Vec<OutgoingMessage>> = Vec::new();
+    let mut bytes = 0;
+    for m in messages {
+        let size = m.size();
+        match out.last_mut() {
+            Some(batch) if batch.len() < MAX_BATCH && bytes + size <= MAX_BATCH_BYTES => {
+                bytes += size;
+                batch.push(m);
+            }
+            _ => {
+                bytes = size;
+                out.push(vec![m]);
+            }
+        }
+    }
+    out
+}
 
 /// A message to send.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -88,6 +110,10 @@ pub fn validate_send_batch(queue: &str, messages: &[OutgoingMessage]) -> PortRes
     if messages.is_empty() || messages.len() > MAX_BATCH {
         return Err(PortError::Invalid(format!("a send batch to {queue} takes 1 to {MAX_BATCH} messages, not {}", messages.len())));
     }
+    let total: usize = messages.iter().map(OutgoingMessage::size).sum();
+    if total > MAX_BATCH_BYTES && messages.len() > 1 {
+        return Err(PortError::Invalid(format!("a send batch to {queue} is {total} bytes in all; the limit is {MAX_BATCH_BYTES}")));
+    }
     for (i, m) in messages.iter().enumerate() {
         if m.size() > MAX_MESSAGE_BYTES {
             return Err(PortError::Invalid(format!("message {i} to {queue} is {} bytes; the limit is {MAX_MESSAGE_BYTES}", m.size())));
@@ -126,4 +152,19 @@ pub trait Queue: Send + Sync {
 
     /// Approximate depth.
     async fn depth(&self, queue: &str) -> PortResult<QueueDepth>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_keep_count_and_size_limits() {
+        let small: Vec<OutgoingMessage> = (0..25).map(|i| OutgoingMessage::new(i.to_string())).collect();
+        assert_eq!(batches(small).iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10, 5]);
+        let big: Vec<OutgoingMessage> = (0..5).map(|_| OutgoingMessage::new("x".repeat(100 * 1024))).collect();
+        let grouped = batches(big);
+        assert_eq!(grouped.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+        assert!(grouped.iter().all(|b| validate_send_batch("q", b).is_ok()));
+    }
 }
