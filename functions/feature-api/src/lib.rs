@@ -9,6 +9,8 @@
 //! - `GET /features/requests?state=|sessionOwner=&session=[&type=&from=&to=&size=&page=]` (admin):
 //!   requests page by page, oldest first.
 //! - `GET /features/{urn}`: one feature version, `last` telling whether it is the latest.
+//! - `GET /features/sessions/{sessionOwner}[/{session}]` (producers, admins): REGARDS's session
+//!   counters.
 //! - `PUT /models/{name}` (admin): a data model, in REGARDS's vocabulary or as a JSON Schema; 201 when
 //!   new, 200 when replaced, 400 with every problem of the definition.
 //! - `GET /models/{name}`: the model, its compiled schema and revision.
@@ -29,6 +31,7 @@ use granary_ports::{Backend, OutgoingMessage};
 use granary_stores::features::FeatureStore;
 use granary_stores::models::ModelStore;
 use granary_stores::requests::{RequestFilter, RequestReader};
+use granary_stores::sessions::SessionReader;
 use lambda_http::RequestExt;
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
@@ -44,6 +47,7 @@ pub struct FeatureApi {
     features: FeatureStore,
     requests: RequestReader,
     models: ModelStore,
+    sessions: SessionReader,
 }
 
 /// The error of a route, answered as problem+json.
@@ -60,7 +64,8 @@ impl FeatureApi {
         let features = FeatureStore::new(&config.features_table, &config.requests_table);
         let requests = RequestReader::new(&config.requests_table);
         let models = ModelStore::new(&config.features_table);
-        Self { backend, config, features, requests, models }
+        let sessions = SessionReader::new(&config.requests_table);
+        Self { backend, config, features, requests, models, sessions }
     }
 
     /// Answers one API Gateway (HTTP API) request.
@@ -77,6 +82,10 @@ impl FeatureApi {
             ("PATCH", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Patch).await,
             ("DELETE", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Deletion).await,
             ("GET", ["features", "requests"]) => self.list_requests(&identity, &req).await,
+            ("GET", ["features", "sessions", owner]) => self.sessions(&identity, &percent_decode(owner), None).await,
+            ("GET", ["features", "sessions", owner, session]) => {
+                self.sessions(&identity, &percent_decode(owner), Some(&percent_decode(session))).await
+            }
             ("GET", ["features", "requests", id]) => self.get_request(&identity, id).await,
             ("PUT", ["models", name]) => self.put_model(&identity, name, &req).await,
             ("GET", ["models", name]) => self.get_model(name).await,
@@ -290,6 +299,25 @@ impl FeatureApi {
         }
         let n = page.content.len();
         Ok(json(200, &json!({ "content": page.content, "metadata": { "size": size, "numberOfElements": n }, "links": links })))
+    }
+
+    /// The counters of one session, or of every session of an owner (producers and admins).
+    async fn sessions(&self, identity: &Identity, owner: &str, session: Option<&str>) -> RouteResult {
+        if !identity.is_producer() {
+            return Err(forbidden("session counters are for producers and admins"));
+        }
+        match session {
+            Some(s) => match self.sessions.get(&self.backend, owner, s).await.map_err(unavailable_on)? {
+                Some(counters) => Ok(json(200, &json!({ "sessionOwner": owner, "session": s, "counters": counters }))),
+                None => Err(not_found(&format!("no session {owner}/{s}"))),
+            },
+            None => {
+                let all = self.sessions.of_owner(&self.backend, owner).await.map_err(unavailable_on)?;
+                let content: Vec<Value> =
+                    all.into_iter().map(|(s, c)| json!({ "sessionOwner": owner, "session": s, "counters": c })).collect();
+                Ok(json(200, &json!({ "content": content })))
+            }
+        }
     }
 
     async fn get_request(&self, identity: &Identity, request_id: &str) -> RouteResult {

@@ -56,6 +56,8 @@ struct Envelope {
     released: bool,
     /// Every message attribute, kept with a parked request.
     attributes: BTreeMap<String, String>,
+    /// The session a creation names in its metadata (patches and deletions count in their feature's).
+    session: Option<(String, String)>,
 }
 
 fn envelope(msg: &SqsMessage) -> Envelope {
@@ -83,6 +85,11 @@ fn envelope(msg: &SqsMessage) -> Envelope {
         .map(str::to_owned)
         .or_else(|| body.as_ref().ok()?.pointer("/metadata/sessionOwner")?.as_str().map(str::to_owned))
         .unwrap_or_else(|| "unknown".to_owned());
+    let session = body.as_ref().ok().and_then(|b| {
+        let owner = b.pointer("/metadata/sessionOwner")?.as_str().filter(|s| !s.trim().is_empty())?;
+        let session = b.pointer("/metadata/session")?.as_str().filter(|s| !s.trim().is_empty())?;
+        Some((owner.to_owned(), session.to_owned()))
+    });
     Envelope {
         // A message without an id takes its SQS message id, which a redelivery keeps.
         request_id: sqs::attribute(msg, ATTR_ID).filter(|s| !s.is_empty()).map_or(message_id, str::to_owned),
@@ -96,6 +103,7 @@ fn envelope(msg: &SqsMessage) -> Envelope {
         }),
         released: sqs::attribute(msg, ATTR_RELEASED).is_some(),
         attributes: msg.message_attributes.iter().filter_map(|(k, v)| Some((k.clone(), v.string_value.clone()?))).collect(),
+        session,
     }
 }
 
@@ -221,8 +229,8 @@ impl FeatureIngest {
             urn: None,
             errors: vec![],
             action: None,
-            session_owner: None,
-            session: None,
+            session_owner: env.session.as_ref().map(|s| s.0.clone()),
+            session: env.session.as_ref().map(|s| s.1.clone()),
             registered_at: self.backend.clock.now_ms(),
             message_id: msg.message_id.clone().unwrap_or_default(),
             replaces_parked: env.released,
@@ -374,8 +382,6 @@ impl FeatureIngest {
         let mut record = self.record(msg, env, kind, RequestState::Success, "DONE");
         record.provider_id = Some(valid.provider_id.clone());
         record.action = Some("CREATED".into());
-        record.session_owner = Some(event.metadata.session_owner.clone());
-        record.session = Some(event.metadata.session.clone());
         let properties = event.feature.get("properties").cloned().unwrap_or(Value::Null);
         let model_errors = self.model_errors(&valid.model, Some(valid.entity_type), &properties, Mode::Creation).await?;
         if !model_errors.is_empty() {

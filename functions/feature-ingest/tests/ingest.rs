@@ -488,3 +488,42 @@ async fn properties_are_checked_against_the_model_with_every_error_listed() {
     assert_eq!(states(&events, "p-bad"), vec!["DENIED"]);
     assert_eq!(f.feature(&urn).await.unwrap()["feature"]["properties"]["cloudCover"], 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn session_counters_count_each_request_once_under_concurrent_handlers() {
+    let f = fixture().await;
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let ingest = f.ingest.clone();
+        let m = message(&format!("c{i}"), &creation(&format!("p{i}")).to_string(), &[]);
+        tasks.push(tokio::spawn(async move {
+            ingest.handle(LambdaEvent::new(sqs_event("feature-high", &[m]).unwrap(), Context::default())).await.unwrap()
+        }));
+    }
+    futures::future::join_all(tasks).await;
+    f.deliver(&[message("c0", &creation("p0").to_string(), &[])]).await;
+    let mut bad = creation("bad");
+    bad["feature"]["entityType"] = json!("THING");
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    f.deliver(&[
+        message("denied", &bad.to_string(), &[]),
+        message("parked", &creation("later").to_string(), &[("regards.request.date", &later)]),
+    ])
+    .await;
+    let events = f.responses().await;
+    let urn = |p: &str| events.iter().find(|e| e["id"] == p && e["state"] == "SUCCESS").unwrap()["urn"].as_str().unwrap().to_owned();
+    f.deliver(&[
+        message("patch", &patch(&urn("p1"), json!({"k": 1}), Value::Null), &[("regards.request.type", "PATCH")]),
+        message("delete", &json!({"urn": urn("p2")}).to_string(), &[("regards.request.type", "DELETION")]),
+    ])
+    .await;
+    let counters =
+        granary_stores::sessions::SessionReader::new("requests").get(&f.backend, "s2-ingest-chain", "2026-11-23").await.unwrap().unwrap();
+    let expected = json!({
+        "referencingRequests": 13, "referencedProducts": 12, "runningReferencingRequests": 1, "deniedReferencingRequests": 1,
+        "updateRequests": 1, "updatedProducts": 1, "runningUpdateRequests": 0, "deniedUpdateRequests": 0,
+        "deleteRequests": 1, "deletedProducts": 1, "runningDeleteRequests": 0, "deniedDeleteRequests": 0,
+        "notifyRequests": 0, "notifyProducts": 0, "runningNotifyRequests": 0, "deniedNotifyRequests": 0
+    });
+    assert_eq!(Value::Object(counters), expected);
+}

@@ -36,6 +36,8 @@ pub const ROUTES: &[Route] = &[
     Route { method: "DELETE", template: "/features", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/features/requests", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/features/requests/{requestId}", target: Target::FeatureApi, authorized: true },
+    Route { method: "GET", template: "/features/sessions/{sessionOwner}", target: Target::FeatureApi, authorized: true },
+    Route { method: "GET", template: "/features/sessions/{sessionOwner}/{session}", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/features/{urn}", target: Target::FeatureApi, authorized: true },
     Route { method: "PUT", template: "/models/{name}", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/models/{name}", target: Target::FeatureApi, authorized: true },

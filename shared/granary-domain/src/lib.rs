@@ -4,6 +4,7 @@
 pub mod feature;
 pub mod model;
 pub mod request;
+pub mod session;
 pub mod urn;
 
 pub use request::{

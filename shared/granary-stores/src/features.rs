@@ -4,6 +4,8 @@
 use crate::StoreError;
 use crate::outbox::{Outbox, OutboxEvent};
 use crate::requests::{Parked, RequestRecord, request_key};
+use crate::sessions::session_op;
+use granary_domain::session::Outcome;
 use granary_domain::urn::{EntityType, MAX_VERSION, Urn, entity_uuid};
 use granary_ports::{Backend, Cond, Item, Key, PortError, Query, TxOp, Update};
 use serde_json::Value;
@@ -132,6 +134,10 @@ impl FeatureStore {
                 .with("feature", feature)
                 .with("createdAt", now)
                 .with("requestId", new.request.request_id.clone());
+            let item = match (&new.request.session_owner, &new.request.session) {
+                (Some(o), Some(s)) => item.with("sessionOwner", o.clone()).with("session", s.clone()),
+                _ => item,
+            };
             let mut record = new.request.clone();
             record.urn = Some(urn.clone());
             let events = (new.events)(&urn);
@@ -145,6 +151,7 @@ impl FeatureStore {
                     cond: Some(Cond::ItemExists),
                 });
             }
+            ops.extend(session_op(&self.requests, &record, Outcome::Done { released: record.replaces_parked, changed: true }));
             ops.extend(events.iter().map(|e| self.outbox.stage(e, now)));
             match backend.table.transact(ops).await {
                 Ok(()) => return Ok(CreationOutcome::Created { urn, events }),
@@ -192,7 +199,8 @@ impl FeatureStore {
         events: &[OutboxEvent],
     ) -> Result<Option<Box<RequestRecord>>, StoreError> {
         let write = TxOp::Put { table: self.requests.clone(), item: request.parked_item(parked), cond: Some(Cond::ItemAbsent) };
-        self.record_with_events(backend, &request.request_id, write, events).await
+        let counters = session_op(&self.requests, request, Outcome::Parked);
+        self.record_with_events(backend, &request.request_id, write, counters, events).await
     }
 
     /// Patches the feature version `urn` with `patch` (see [`granary_domain::feature::apply_patch`]),
@@ -215,6 +223,8 @@ impl FeatureStore {
             let Some(item) = backend.table.get(&self.features, &key).await?.filter(|i| i.get_str("urn") == Some(urn_text.as_str())) else {
                 return Ok(ChangeOutcome::UnknownUrn);
             };
+            request.session_owner = item.get_str("sessionOwner").map(str::to_owned);
+            request.session = item.get_str("session").map(str::to_owned);
             let revision = item.get_i64("revision").unwrap_or(0);
             let stored = item.get("feature").cloned().unwrap_or(Value::Null);
             let patched = granary_domain::feature::apply_patch(&stored, patch, &request.request_owner);
@@ -229,6 +239,7 @@ impl FeatureStore {
                     cond: Some(Cond::And(vec![Cond::ItemExists, guard])),
                 },
             ];
+            ops.extend(session_op(&self.requests, &request, Outcome::Done { released: request.replaces_parked, changed: true }));
             ops.extend(staged.iter().map(|e| self.outbox.stage(e, now)));
             match self.commit(backend, &request.request_id, ops).await? {
                 Attempt::Committed => return Ok(ChangeOutcome::Done { events: staged, action: "UPDATED" }),
@@ -258,6 +269,10 @@ impl FeatureStore {
             let existing = backend.table.get(&self.features, &key).await?.filter(|i| i.get_str("urn") == Some(urn_text.as_str()));
             let action = if existing.is_some() { "DELETED" } else { "ALREADY_DELETED" };
             request.action = Some(action.into());
+            if let Some(item) = &existing {
+                request.session_owner = item.get_str("sessionOwner").map(str::to_owned);
+                request.session = item.get_str("session").map(str::to_owned);
+            }
             let staged = events(&urn_text);
             let mut ops = vec![self.request_op(&request)];
             if let Some(item) = &existing {
@@ -280,6 +295,11 @@ impl FeatureStore {
                 // Absent: record it only if it is still absent when the request is written.
                 ops.push(TxOp::Check { table: self.features.clone(), key: key.clone(), cond: Cond::ItemAbsent });
             }
+            ops.extend(session_op(
+                &self.requests,
+                &request,
+                Outcome::Done { released: request.replaces_parked, changed: existing.is_some() },
+            ));
             ops.extend(staged.iter().map(|e| self.outbox.stage(e, now)));
             match self.commit(backend, &request.request_id, ops).await? {
                 Attempt::Committed => return Ok(ChangeOutcome::Done { events: staged, action }),
@@ -297,7 +317,8 @@ impl FeatureStore {
         request: RequestRecord,
         events: &[OutboxEvent],
     ) -> Result<Option<Box<RequestRecord>>, StoreError> {
-        self.record_with_events(backend, &request.request_id, self.request_op(&request), events).await
+        let counters = session_op(&self.requests, &request, Outcome::Denied);
+        self.record_with_events(backend, &request.request_id, self.request_op(&request), counters, events).await
     }
 
     /// Commits the write of a request record with its events; returns the existing record when the id
@@ -307,10 +328,12 @@ impl FeatureStore {
         backend: &Backend,
         request_id: &str,
         write: TxOp,
+        counters: Option<TxOp>,
         events: &[OutboxEvent],
     ) -> Result<Option<Box<RequestRecord>>, StoreError> {
         let now = backend.clock.now_ms();
         let mut ops = vec![write];
+        ops.extend(counters);
         ops.extend(events.iter().map(|e| self.outbox.stage(e, now)));
         match self.commit(backend, request_id, ops).await? {
             Attempt::Committed => Ok(None),

@@ -6,6 +6,7 @@ pub mod features;
 pub mod models;
 pub mod outbox;
 pub mod requests;
+pub mod sessions;
 
 use granary_ports::PortError;
 use thiserror::Error;
