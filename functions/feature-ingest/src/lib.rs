@@ -58,6 +58,15 @@ struct Envelope {
     attributes: BTreeMap<String, String>,
     /// The session a creation names in its metadata (patches and deletions count in their feature's).
     session: Option<(String, String)>,
+    /// Events committed for this message, sent with the rest of the batch's.
+    pending: std::sync::Mutex<Vec<OutboxEvent>>,
+}
+
+impl Envelope {
+    /// Sends `events` with the batch's, after this message's transaction has committed them.
+    fn defer(&self, events: &[OutboxEvent]) {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(events);
+    }
 }
 
 fn envelope(msg: &SqsMessage) -> Envelope {
@@ -104,6 +113,7 @@ fn envelope(msg: &SqsMessage) -> Envelope {
         released: sqs::attribute(msg, ATTR_RELEASED).is_some(),
         attributes: msg.message_attributes.iter().filter_map(|(k, v)| Some((k.clone(), v.string_value.clone()?))).collect(),
         session,
+        pending: std::sync::Mutex::new(Vec::new()),
     }
 }
 
@@ -122,12 +132,21 @@ impl FeatureIngest {
     /// Handles one SQS batch; only messages that hit a transient failure are retried.
     pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
         let mut failed = Vec::new();
+        let mut events = Vec::new();
         for msg in &event.payload.records {
             let id = msg.message_id.clone().unwrap_or_default();
-            if let Err(e) = self.process(msg).await {
-                tracing::warn!(message_id = %id, error = %e, transient = e.is_transient(), "feature request not processed; SQS will redeliver it");
-                failed.push(id);
+            match self.process(msg).await {
+                Ok(committed) => events.extend(committed),
+                Err(e) => {
+                    tracing::warn!(message_id = %id, error = %e, transient = e.is_transient(), "feature request not processed; SQS will redeliver it");
+                    failed.push(id);
+                }
             }
+        }
+        // The batch's events go out together. They are committed already: if sending fails, the
+        // outbox relay sends them later, so the messages are not failed for it.
+        if let Err(e) = self.store.outbox().flush(&self.backend, &events).await {
+            tracing::warn!(error = %e, events = events.len(), "events left to the outbox relay");
         }
         Ok(sqs::batch_response(failed))
     }
@@ -189,7 +208,7 @@ impl FeatureIngest {
         match self.store.park(&self.backend, &record, &parked, &events).await? {
             None => {
                 tracing::info!(request_id = %env.request_id, due = %due, "request parked until its date");
-                self.store.outbox().flush(&self.backend, &events).await?;
+                env.defer(&events);
             }
             Some(existing) => self.on_known_request(msg, env, &existing).await?,
         }
@@ -250,7 +269,7 @@ impl FeatureIngest {
         record.errors = errors.clone();
         let events = [self.event(kind, env, RequestState::Denied, None, provider_id.as_deref(), errors)];
         match self.store.record_denied(&self.backend, record.clone(), &events).await? {
-            None => self.store.outbox().flush(&self.backend, &events).await?,
+            None => env.defer(&events),
             Some(existing) => self.on_known_request(msg, env, &existing).await?,
         }
         Ok(())
@@ -276,32 +295,38 @@ impl FeatureIngest {
             queue: self.config.response_queue.clone(),
             body: serde_json::to_string(&e).unwrap_or_default(),
         };
-        self.store.outbox().flush(&self.backend, &[event]).await?;
+        env.defer(&[event]);
         Ok(())
     }
 
-    async fn process(&self, msg: &SqsMessage) -> Result<(), StoreError> {
+    /// Processes one message; returns the events its transaction committed, to send.
+    async fn process(&self, msg: &SqsMessage) -> Result<Vec<OutboxEvent>, StoreError> {
         let env = envelope(msg);
+        self.process_envelope(msg, &env).await?;
+        Ok(env.pending.into_inner().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    async fn process_envelope(&self, msg: &SqsMessage, env: &Envelope) -> Result<(), StoreError> {
         let Some(kind) = env.request_type else {
             let errors = vec![match msg.message_attributes.get(ATTR_TYPE) {
                 Some(_) => format!("message attribute {ATTR_TYPE} must be CREATION, PATCH, DELETION or NOTIFICATION"),
                 None => format!("message attribute {ATTR_TYPE} is missing and the body is neither a creation nor a patch"),
             }];
-            return self.deny(msg, &env, FeatureRequestType::Creation, None, errors).await;
+            return self.deny(msg, env, FeatureRequestType::Creation, None, errors).await;
         };
         if let Some(Err(e)) = &env.date {
-            return self.deny(msg, &env, kind, None, vec![e.clone()]).await;
+            return self.deny(msg, env, kind, None, vec![e.clone()]).await;
         }
         let body = match &env.body {
             Ok(b) => b.clone(),
-            Err(e) => return self.deny(msg, &env, kind, None, vec![e.clone()]).await,
+            Err(e) => return self.deny(msg, env, kind, None, vec![e.clone()]).await,
         };
         match kind {
-            FeatureRequestType::Creation => self.create(msg, &env, body).await,
-            FeatureRequestType::Patch | FeatureRequestType::Deletion => self.change(msg, &env, kind, body).await,
+            FeatureRequestType::Creation => self.create(msg, env, body).await,
+            FeatureRequestType::Patch | FeatureRequestType::Deletion => self.change(msg, env, kind, body).await,
             FeatureRequestType::Notification => {
                 let errors = vec!["NOTIFICATION requests are not handled by this version of Granary yet (dissemination)".to_owned()];
-                self.deny(msg, &env, kind, None, errors).await
+                self.deny(msg, env, kind, None, errors).await
             }
         }
     }
@@ -348,7 +373,7 @@ impl FeatureIngest {
         match outcome {
             ChangeOutcome::Done { events, action } => {
                 tracing::info!(request_id = %env.request_id, %urn, action, "feature changed");
-                self.store.outbox().flush(&self.backend, &events).await?;
+                env.defer(&events);
                 Ok(())
             }
             ChangeOutcome::UnknownUrn => self.deny(msg, env, kind, None, vec![format!("feature.urn: no feature {urn}")]).await,
@@ -408,7 +433,7 @@ impl FeatureIngest {
         match outcome {
             Ok(CreationOutcome::Created { urn, events }) => {
                 tracing::info!(request_id = %env.request_id, %urn, "feature created");
-                self.store.outbox().flush(&self.backend, &events).await?;
+                env.defer(&events);
                 Ok(())
             }
             Ok(CreationOutcome::AlreadyRecorded(existing)) => self.on_known_request(msg, env, &existing).await,

@@ -3,6 +3,9 @@
 //!
 //! - `ports`: the embedded queue (send, receive and delete in batches of 10) and table (conditional
 //!   puts and guarded counter updates) through the port traits, on a fresh data directory.
+//! - `ingest`: the release granary-local on the embedded backend, fed creation requests through its
+//!   NORMAL queue (a model with ten attributes, two referenced files per feature) until every one is
+//!   SUCCESS: features per second, time from dequeue to SUCCESS, peak memory of the runner.
 
 use clap::{Parser, Subcommand};
 use granary_embedded::{Embedded, EmbeddedOptions};
@@ -30,6 +33,18 @@ enum Command {
         /// Data directory (a temporary one when absent).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Creation requests through the release granary-local's queues.
+    Ingest {
+        /// Creation requests.
+        #[arg(long, default_value_t = 100_000)]
+        features: usize,
+        /// Concurrent feature-ingest invocations in the runner.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// The granary-local binary (the release build beside this one by default).
+        #[arg(long)]
+        runner: Option<PathBuf>,
     },
 }
 
@@ -112,9 +127,137 @@ async fn ports(messages: usize, writes: usize, dir: PathBuf) {
     println!("  table guarded counter (n < limit):       {:>10.0} writes/s", per_second(writes, counters));
 }
 
+fn model() -> serde_json::Value {
+    let attrs: Vec<serde_json::Value> = (0..10)
+        .map(|i| match i % 3 {
+            0 => serde_json::json!({"name": format!("s{i}"), "type": "STRING", "optional": false, "restriction": {"type": "PATTERN", "pattern": "^[A-Z0-9]+$"}}),
+            1 => serde_json::json!({"name": format!("d{i}"), "type": "DOUBLE", "optional": false, "restriction": {"type": "DOUBLE_RANGE", "min": 0, "max": 100}}),
+            _ => serde_json::json!({"name": format!("t{i}"), "type": "DATE_ISO8601", "optional": true}),
+        })
+        .collect();
+    serde_json::json!({"name": "BENCH", "type": "DATA", "attributes": attrs})
+}
+
+fn creation(i: usize) -> String {
+    let mut props = serde_json::Map::new();
+    for k in 0..10 {
+        let (name, value) = match k % 3 {
+            0 => (format!("s{k}"), serde_json::json!(format!("V{i}"))),
+            1 => (format!("d{k}"), serde_json::json!((i % 100) as f64 / 2.0)),
+            _ => (format!("t{k}"), serde_json::json!("2026-11-23T10:15:31Z")),
+        };
+        props.insert(name, value);
+    }
+    let file = |n: usize| {
+        serde_json::json!({
+            "locations": [{"url": format!("https://data.example.invalid/p{i}/f{n}.zip")}],
+            "attributes": {"dataType": "RAWDATA", "mimeType": "application/zip", "filename": format!("f{n}.zip"), "filesize": 1024, "algorithm": "MD5", "checksum": "5d41402abc4b2a76b9719d911017c592"}
+        })
+    };
+    serde_json::json!({
+        "metadata": {"sessionOwner": "bench", "session": "ingest"},
+        "feature": {"type": "Feature", "id": format!("bench-{i:07}"), "entityType": "DATA", "model": "BENCH",
+                    "geometry": {"type": "Point", "coordinates": [1.0, 43.0]}, "properties": props, "files": [file(1), file(2)]}
+    })
+    .to_string()
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn ingest(features: usize, workers: usize, runner: PathBuf) {
+    use granary_ports::{Key, Query};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let resources = granary_resources::from_template(granary_resources::TEMPLATE, |_| None).expect("template");
+    let b = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).expect("open").backend();
+    let def = model();
+    let compiled = granary_domain::model::compile_model("BENCH", &def).expect("model");
+    granary_stores::models::ModelStore::new("features").put(&b, &def, &compiled, "bench").await.expect("model stored");
+    let start = Instant::now();
+    for chunk in (0..features).collect::<Vec<_>>().chunks(10) {
+        let batch = chunk
+            .iter()
+            .map(|i| {
+                OutgoingMessage::new(creation(*i))
+                    .attribute("regards.request.type", "CREATION")
+                    .attribute("regards.request.id", format!("r{i}"))
+            })
+            .collect();
+        b.queue.send_batch("feature-normal", batch).await.expect("send");
+    }
+    println!("queued {features} creation requests in {:.1} s", start.elapsed().as_secs_f64());
+
+    let mut child = std::process::Command::new(&runner)
+        .args(["serve", "--listen", "127.0.0.1:0", "--ingest-workers", &workers.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .env("GRANARY_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e} (cargo build --release -p granary-local)", runner.display()));
+    let started = Instant::now();
+    let pid = child.id();
+    let mut peak_kib = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if let Some(v) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+            peak_kib = peak_kib.max(v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0));
+        }
+        let d = b.queue.depth("feature-response").await.expect("depth");
+        if d.total() as usize >= 2 * features {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not done within an hour");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Time from dequeue (the request's registration by the handler) to its SUCCESS event being sent.
+    let mut latencies = Vec::with_capacity(features);
+    loop {
+        let got = b.queue.receive("feature-response", 10, None, Duration::ZERO).await.expect("receive");
+        if got.is_empty() {
+            break;
+        }
+        for m in &got {
+            let e: serde_json::Value = serde_json::from_str(&m.body).expect("event");
+            if e["state"] == "SUCCESS" {
+                let id = e["requestId"].as_str().unwrap_or_default();
+                if let Some(r) = b.table.get("requests", &Key::new(format!("R#{id}"), "R")).await.expect("get") {
+                    latencies.push(m.sent_at_ms - r.get_i64("registeredAt").unwrap_or(m.sent_at_ms));
+                }
+            }
+        }
+        b.queue.delete_batch("feature-response", got.into_iter().map(|m| m.receipt_handle).collect()).await.expect("delete");
+    }
+    latencies.sort_unstable();
+    let sample =
+        b.table.query(Query::partition("features", format!("F#{}", granary_domain::entity_uuid("bench-0000000")))).await.expect("query");
+    assert_eq!(sample.items.len(), 1, "one version per providerId");
+    println!("ingest benchmark: {features} creations, {workers} ingest workers, model of 10 attributes, 2 referenced files each");
+    println!("  end to end:            {:>10.0} features/s ({:.1} s)", per_second(features, elapsed), elapsed.as_secs_f64());
+    println!(
+        "  dequeue to SUCCESS:    p50 {} ms, p99 {} ms ({} measured)",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.len()
+    );
+    println!("  runner peak RSS:       {:>10.1} MiB", peak_kib as f64 / 1024.0);
+}
+
 #[tokio::main]
 async fn main() {
     match Cli::parse().command {
+        Command::Ingest { features, workers, runner } => {
+            let runner = runner.unwrap_or_else(|| std::env::current_exe().expect("exe").with_file_name("granary-local"));
+            ingest(features, workers, runner).await;
+        }
         Command::Ports { messages, writes, data_dir } => {
             let tmp = tempfile::tempdir().expect("temporary directory");
             let dir = data_dir.unwrap_or_else(|| tmp.path().to_owned());

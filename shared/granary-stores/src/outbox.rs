@@ -46,21 +46,23 @@ impl Outbox {
         TxOp::Put { table: self.table.clone(), item, cond: Some(Cond::ItemAbsent) }
     }
 
-    /// Sends events (grouped by queue, in batches of 10) and deletes their rows.
+    /// Sends events (grouped by queue, in batches SQS takes) and deletes their rows, a transaction of up
+    /// to 100 deletes at a time. A crash in between leaves rows that the relay sends again: receivers
+    /// drop the repeat by event id.
     pub async fn flush(&self, backend: &Backend, events: &[OutboxEvent]) -> PortResult<()> {
         let mut by_queue: std::collections::BTreeMap<&str, Vec<&OutboxEvent>> = Default::default();
         for e in events {
             by_queue.entry(&e.queue).or_default().push(e);
         }
         for (queue, evs) in by_queue {
-            for chunk in evs.chunks(granary_ports::queue::MAX_BATCH) {
-                let msgs =
-                    chunk.iter().map(|e| OutgoingMessage::new(e.body.clone()).attribute("granary.event.id", e.event_id.clone())).collect();
-                backend.queue.send_batch(queue, msgs).await?;
-                for e in chunk {
-                    backend.table.delete(&self.table, &key(&e.event_id), None).await?;
-                }
+            let msgs = evs.iter().map(|e| OutgoingMessage::new(e.body.clone()).attribute("granary.event.id", e.event_id.clone())).collect();
+            for batch in granary_ports::queue::batches(msgs) {
+                backend.queue.send_batch(queue, batch).await?;
             }
+        }
+        for chunk in events.chunks(granary_ports::table::MAX_TRANSACTION_OPS) {
+            let deletes = chunk.iter().map(|e| TxOp::Delete { table: self.table.clone(), key: key(&e.event_id), cond: None }).collect();
+            backend.table.transact(deletes).await?;
         }
         Ok(())
     }
