@@ -129,6 +129,52 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use granary_embedded::{Embedded, EmbeddedOptions};
+    use granary_ports::{OutgoingMessage, QueueSpec, Resources};
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn queues_are_served_strictly_by_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let queues = ["high", "normal", "low"];
+        let resources = Resources { queues: queues.iter().map(|q| QueueSpec::new(*q)).collect(), ..Resources::default() };
+        let backend = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).unwrap().backend();
+        // LOW and NORMAL are queued first: HIGH still goes first.
+        for q in ["low", "normal", "high"] {
+            for chunk in 0..5 {
+                let batch = (0..10).map(|i| OutgoingMessage::new(format!("{q}-{}", chunk * 10 + i))).collect();
+                backend.queue.send_batch(q, batch).await.unwrap();
+            }
+        }
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let log = seen.clone();
+        let handler = Arc::new(move |e: LambdaEvent<SqsEvent>| {
+            let log = log.clone();
+            async move {
+                let mut l = log.lock().unwrap();
+                for r in e.payload.records {
+                    l.push(r.body.unwrap_or_default());
+                }
+                Ok(SqsBatchResponse::default())
+            }
+        });
+        let poller =
+            tokio::spawn(run_sqs_source(backend.clone(), "test", queues.iter().map(|q| q.to_string()).collect(), 10, handler, stop_rx));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while seen.lock().unwrap().len() < 150 {
+            assert!(std::time::Instant::now() < deadline, "not every message was delivered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop_tx.send(true).unwrap();
+        poller.await.unwrap();
+        let order: Vec<String> = seen.lock().unwrap().iter().map(|b| b.split('-').next().unwrap().to_owned()).collect();
+        let rank = |q: &str| queues.iter().position(|x| *x == q).unwrap();
+        assert!(order.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])), "served out of priority order: {order:?}");
+        for q in queues {
+            assert_eq!(backend.queue.depth(q).await.unwrap().total(), 0, "{q} drained: every batch deleted after success");
+        }
+    }
 
     #[test]
     fn scheduled_event_has_eventbridge_shape() {
