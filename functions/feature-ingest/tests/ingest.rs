@@ -527,3 +527,17 @@ async fn session_counters_count_each_request_once_under_concurrent_handlers() {
     });
     assert_eq!(Value::Object(counters), expected);
 }
+
+#[tokio::test]
+async fn invalid_geometry_is_denied_naming_its_path() {
+    let f = fixture().await;
+    let mut bad = creation("geo");
+    bad["feature"]["geometry"] = json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1]]]});
+    bad["feature"]["bbox"] = json!([0, 5, 1, 1]);
+    f.deliver(&[message("g1", &bad.to_string(), &[])]).await;
+    let events = f.responses().await;
+    assert_eq!(states(&events, "g1"), vec!["DENIED"]);
+    let errors = events[0]["errors"].to_string();
+    assert!(errors.contains("feature.geometry.coordinates[0]") && errors.contains("feature.bbox"), "{errors}");
+    assert!(f.versions("geo").await.is_empty());
+}

@@ -2,6 +2,7 @@
 //! Pure functions and types only; no I/O, so every rule is unit-tested exhaustively.
 
 pub mod feature;
+pub mod geometry;
 pub mod model;
 pub mod request;
 pub mod session;

@@ -325,6 +325,7 @@ pub fn validate_creation(event: &FeatureCreationRequestEvent) -> Result<ValidCre
     {
         errors.push("feature.properties: must be an object".into());
     }
+    check_location(f, &mut errors);
     match (provider_id, entity_type, model) {
         (Some(provider_id), Some(entity_type), Some(model)) if errors.is_empty() => Ok(ValidCreation { provider_id, entity_type, model }),
         _ => Err(errors),
@@ -361,15 +362,22 @@ pub fn validate_patch(event: &FeatureUpdateRequestEvent, tenant: &str) -> Result
     {
         errors.push("feature.properties: must be an object".into());
     }
-    if let Some(g) = f.get("geometry")
-        && !g.is_object()
-        && !g.is_null()
-    {
-        errors.push("feature.geometry: must be a GeoJSON geometry object or null".into());
-    }
+    check_location(f, &mut errors);
     match urn {
         Some(u) if errors.is_empty() => Ok(u),
         _ => Err(errors),
+    }
+}
+
+/// The geometry and bbox of a feature, when present.
+fn check_location(f: &Value, errors: &mut Vec<String>) {
+    match f.get("geometry") {
+        None | Some(Value::Null) => {}
+        Some(g) if g.is_object() => crate::geometry::check_geometry(g, "feature.geometry", errors),
+        Some(_) => errors.push("feature.geometry: must be a GeoJSON geometry object or null".into()),
+    }
+    if let Some(b) = f.get("bbox").filter(|b| !b.is_null()) {
+        crate::geometry::check_bbox(b, "feature.bbox", errors);
     }
 }
 
