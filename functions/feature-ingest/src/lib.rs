@@ -10,7 +10,7 @@ use granary_domain::model::Mode;
 use granary_domain::request::{
     FeatureDeletionRequestEvent, FeatureUpdateRequestEvent, validate_creation, validate_deletion, validate_patch,
 };
-use granary_domain::{EntityType, Priority};
+use granary_domain::{EntityType, Priority, Urn};
 use granary_domain::{FeatureCreationRequestEvent, FeatureRequestEvent, FeatureRequestType, RequestState};
 use granary_lambda::{Config, sqs};
 use granary_ports::Backend;
@@ -412,6 +412,35 @@ impl FeatureIngest {
         if !model_errors.is_empty() {
             return self.deny(msg, env, kind, Some(valid.provider_id.clone()), model_errors).await;
         }
+        // A creation may name its URN: it must be this providerId's, and new unless updateIfExists
+        // turns the creation into a patch of it.
+        let supplied = match event.feature.get("urn").and_then(Value::as_str) {
+            None => None,
+            Some(text) => match text.parse::<Urn>() {
+                Err(e) => return self.deny(msg, env, kind, Some(valid.provider_id.clone()), vec![format!("feature.urn: {e}")]).await,
+                Ok(urn) => {
+                    let expected = Urn::new(valid.entity_type, &self.config.tenant, &valid.provider_id, urn.version).ok();
+                    if expected.as_ref() != Some(&urn) {
+                        let error = format!(
+                            "feature.urn: {urn} is not a URN of providerId {:?} ({})",
+                            valid.provider_id,
+                            valid.entity_type.as_str()
+                        );
+                        return self.deny(msg, env, kind, Some(valid.provider_id.clone()), vec![error]).await;
+                    }
+                    if self.store.get(&self.backend, &urn).await?.is_some() {
+                        if event.metadata.update_if_exists {
+                            let patch =
+                                serde_json::json!({ "feature": event.feature, "metadata": { "priority": event.metadata.priority } });
+                            return self.change(msg, env, FeatureRequestType::Patch, patch).await;
+                        }
+                        let error = format!("feature.urn: {urn} already exists (set metadata.updateIfExists to patch it)");
+                        return self.deny(msg, env, kind, Some(valid.provider_id.clone()), vec![error]).await;
+                    }
+                    Some(urn)
+                }
+            },
+        };
         if self.park_if_early(msg, env, kind, event.metadata.priority, Some(&valid.provider_id)).await? {
             return Ok(());
         }
@@ -427,6 +456,8 @@ impl FeatureIngest {
                     feature: &event.feature,
                     request: record,
                     events: &make_events,
+                    version: supplied.as_ref().map(|u| u.version),
+                    override_previous: event.metadata.override_previous,
                 },
             )
             .await;
@@ -439,6 +470,10 @@ impl FeatureIngest {
             Ok(CreationOutcome::AlreadyRecorded(existing)) => self.on_known_request(msg, env, &existing).await,
             Err(StoreError::VersionsExhausted(p)) => {
                 self.deny(msg, env, kind, Some(p.clone()), vec![format!("feature.id: providerId {p:?} already has 999 versions")]).await
+            }
+            Err(StoreError::VersionNotAfterLatest { provider_id, supplied, latest }) => {
+                let error = format!("feature.urn: version {supplied} is not after the latest version {latest}");
+                self.deny(msg, env, kind, Some(provider_id), vec![error]).await
             }
             Err(e) => Err(e),
         }

@@ -541,3 +541,46 @@ async fn invalid_geometry_is_denied_naming_its_path() {
     assert!(errors.contains("feature.geometry.coordinates[0]") && errors.contains("feature.bbox"), "{errors}");
     assert!(f.versions("geo").await.is_empty());
 }
+
+#[tokio::test]
+async fn supplied_urns_update_if_exists_and_override_follow_regards_rules() {
+    let f = fixture().await;
+    f.deliver(&[message("c1", &creation("product-0001").to_string(), &[])]).await;
+    let with_urn = |urn: &str, update: bool, props: Value| {
+        let mut c = creation("product-0001");
+        c["feature"]["urn"] = json!(urn);
+        c["feature"]["properties"] = props;
+        c["metadata"]["updateIfExists"] = json!(update);
+        c.to_string()
+    };
+    let v = |n: u32| P1.replace(":V1", &format!(":V{n}"));
+    f.deliver(&[message("exists", &with_urn(P1, false, json!({})), &[])]).await;
+    f.deliver(&[message("update", &with_urn(P1, true, json!({"patched": true})), &[])]).await;
+    f.deliver(&[message("v5", &with_urn(&v(5), false, json!({})), &[])]).await;
+    f.deliver(&[message("v3", &with_urn(&v(3), false, json!({})), &[])]).await;
+    f.deliver(&[message("v1000", &with_urn(&v(1000), false, json!({})), &[])]).await;
+    f.deliver(&[message("other", &with_urn("URN:FEATURE:DATA:granary:5ff1f47c-ce6c-3f5b-bb7f-e130130089ed:V9", false, json!({})), &[])])
+        .await;
+    let events = f.responses().await;
+    let denied_with = |id: &str, text: &str| {
+        let e = events.iter().find(|e| e["requestId"] == id).unwrap_or_else(|| panic!("no event for {id}"));
+        assert_eq!(e["state"], "DENIED", "{id}: {e}");
+        assert!(e["errors"].to_string().contains(text), "{id}: {e}");
+    };
+    denied_with("exists", "already exists");
+    assert_eq!(states(&events, "update"), vec!["GRANTED", "SUCCESS"]);
+    assert!(events.iter().filter(|e| e["requestId"] == "update").all(|e| e["type"] == "PATCH"), "updateIfExists makes it a patch");
+    assert_eq!(f.feature(P1).await.unwrap()["feature"]["properties"]["patched"], true);
+    assert_eq!(states(&events, "v5"), vec!["GRANTED", "SUCCESS"], "a supplied version after the latest is taken");
+    denied_with("v3", "not after the latest version 5");
+    denied_with("v1000", "1000");
+    denied_with("other", "is not a URN of providerId");
+    let versions: Vec<String> = f.versions("product-0001").await.into_iter().map(|(u, _)| u).collect();
+    assert_eq!(versions, vec![v(1), v(5)]);
+
+    let mut over = creation("product-0001");
+    over["metadata"]["override"] = json!(true);
+    f.deliver(&[message("override", &over.to_string(), &[])]).await;
+    let versions = f.versions("product-0001").await;
+    assert_eq!(versions, vec![(v(1), false), (v(6), true)], "override replaces the latest version in the same transaction");
+}

@@ -85,6 +85,10 @@ pub struct NewVersion<'a> {
     pub request: RequestRecord,
     /// Events to stage in the same transaction: built once the URN is known.
     pub events: &'a (dyn Fn(&str) -> Vec<OutboxEvent> + Send + Sync),
+    /// A version the producer supplied (in the feature's URN); it must be after the latest.
+    pub version: Option<u32>,
+    /// Delete the previous latest version in the same transaction (REGARDS's `override`).
+    pub override_previous: bool,
 }
 
 /// Writes and reads features.
@@ -114,7 +118,13 @@ impl FeatureStore {
         let now = backend.clock.now_ms();
         for _ in 0..MAX_ATTEMPTS {
             let latest = self.latest_version(backend, new.provider_id).await?;
-            let version = latest + 1;
+            let version = match new.version {
+                Some(v) if v <= latest => {
+                    return Err(StoreError::VersionNotAfterLatest { provider_id: new.provider_id.to_owned(), supplied: v, latest });
+                }
+                Some(v) => v,
+                None => latest + 1,
+            };
             if version > MAX_VERSION {
                 return Err(StoreError::VersionsExhausted(new.provider_id.to_owned()));
             }
@@ -143,7 +153,13 @@ impl FeatureStore {
             let events = (new.events)(&urn);
             let mut ops =
                 vec![record.write_op(&self.requests), TxOp::Put { table: self.features.clone(), item, cond: Some(Cond::ItemAbsent) }];
-            if latest > 0 {
+            if latest > 0 && new.override_previous {
+                ops.push(TxOp::Delete {
+                    table: self.features.clone(),
+                    key: version_key(new.provider_id, latest),
+                    cond: Some(Cond::ItemExists),
+                });
+            } else if latest > 0 {
                 ops.push(TxOp::Update {
                     table: self.features.clone(),
                     key: version_key(new.provider_id, latest),

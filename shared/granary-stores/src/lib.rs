@@ -17,6 +17,16 @@ pub enum StoreError {
     /// Every version 1..=999 of the providerId is taken.
     #[error("providerId {0:?} already has version 999, the last one allowed")]
     VersionsExhausted(String),
+    /// A creation supplied a version that is not after the latest one.
+    #[error("version {supplied} is not after the latest version {latest} of providerId {provider_id:?}")]
+    VersionNotAfterLatest {
+        /// The providerId.
+        provider_id: String,
+        /// The supplied version.
+        supplied: u32,
+        /// The latest stored version.
+        latest: u32,
+    },
     /// Writers kept taking the next version first; the caller may retry the whole request later.
     #[error("could not take a version for providerId {0:?} after {1} attempts under contention")]
     Contention(String, u32),
