@@ -37,7 +37,9 @@ pub fn start_moto() -> Result<String, String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
     let watchdog = r#""$0" -H 127.0.0.1 -p "$1" >/dev/null 2>&1 & m=$!
 while kill -0 "$2" 2>/dev/null && kill -0 "$m" 2>/dev/null; do sleep 1; done
-kill "$m" 2>/dev/null"#;
+kill "$m" 2>/dev/null
+sleep 2
+kill -9 "$m" 2>/dev/null"#;
     Command::new("sh")
         .args(["-c", watchdog])
         .arg(&server)
