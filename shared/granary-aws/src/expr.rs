@@ -2,7 +2,7 @@
 //! and JSON values as attribute values.
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use granary_ports::table::{CmpOp, Cond, SortCond, Update, validate_attribute_name};
+use granary_ports::table::{Cond, SortCond, Update, validate_attribute_name};
 use granary_ports::{PortError, PortResult};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -93,14 +93,7 @@ impl Expr {
             Cond::Cmp(n, op, v) => {
                 let name = self.checked_name(n)?;
                 let value = self.value(scalar(v)?);
-                let sym = match op {
-                    CmpOp::Eq => "=",
-                    CmpOp::Ne => "<>",
-                    CmpOp::Lt => "<",
-                    CmpOp::Le => "<=",
-                    CmpOp::Gt => ">",
-                    CmpOp::Ge => ">=",
-                };
+                let sym = op.symbol();
                 format!("{name} {sym} {value}")
             }
             Cond::And(cs) | Cond::Or(cs) if cs.is_empty() => {

@@ -82,18 +82,7 @@ fn decode_cursor(c: &Cursor) -> PortResult<AvMap> {
 
 impl AwsTable {
     pub(crate) fn new(client: Client, prefix: &str, resources: &Resources) -> Self {
-        let indexes = resources
-            .tables
-            .iter()
-            .map(|t| {
-                let ix = t
-                    .indexes
-                    .iter()
-                    .map(|i| (i.name.clone(), (i.partition.name.clone(), i.sort.as_ref().map(|s| s.name.clone()))))
-                    .collect();
-                (t.name.clone(), ix)
-            })
-            .collect();
+        let indexes = resources.index_keys();
         Self { client, prefix: prefix.to_owned(), indexes }
     }
 

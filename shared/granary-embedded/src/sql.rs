@@ -64,14 +64,7 @@ pub(crate) fn cond(c: &Cond, out: &mut Fragment) -> PortResult<()> {
         Cond::Absent(n) => out.sql.push_str(&format!("json_type(doc, {}) IS NULL", path(n)?)),
         Cond::Cmp(n, op, v) => {
             let e = index_expr(n)?;
-            let sym = match op {
-                CmpOp::Eq => "=",
-                CmpOp::Ne => "<>",
-                CmpOp::Lt => "<",
-                CmpOp::Le => "<=",
-                CmpOp::Gt => ">",
-                CmpOp::Ge => ">=",
-            };
+            let sym = op.symbol();
             if *op == CmpOp::Ne {
                 out.sql.push_str(&format!("({e} IS NULL OR {e} <> ?)"));
             } else {

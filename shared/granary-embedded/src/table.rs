@@ -21,18 +21,7 @@ pub struct EmbeddedTable {
 
 impl EmbeddedTable {
     pub(crate) fn new(db: Arc<Db>, resources: &Resources) -> Self {
-        let indexes = resources
-            .tables
-            .iter()
-            .map(|t| {
-                let ix = t
-                    .indexes
-                    .iter()
-                    .map(|i| (i.name.clone(), (i.partition.name.clone(), i.sort.as_ref().map(|s| s.name.clone()))))
-                    .collect();
-                (t.name.clone(), ix)
-            })
-            .collect();
+        let indexes = resources.index_keys();
         Self { db, indexes }
     }
 

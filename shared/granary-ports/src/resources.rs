@@ -120,6 +120,22 @@ impl Resources {
         self.tables.iter().find(|t| t.name == name)
     }
 
+    /// For each table, its indexes by name with their (partition, sort) attribute names: what a query
+    /// on an index needs to know.
+    pub fn index_keys(&self) -> std::collections::HashMap<String, std::collections::HashMap<String, (String, Option<String>)>> {
+        self.tables
+            .iter()
+            .map(|t| {
+                let ix = t
+                    .indexes
+                    .iter()
+                    .map(|i| (i.name.clone(), (i.partition.name.clone(), i.sort.as_ref().map(|s| s.name.clone()))))
+                    .collect();
+                (t.name.clone(), ix)
+            })
+            .collect()
+    }
+
     /// The queue named `name`.
     pub fn queue(&self, name: &str) -> Option<&QueueSpec> {
         self.queues.iter().find(|q| q.name == name)

@@ -79,6 +79,20 @@ pub enum CmpOp {
     Ge,
 }
 
+impl CmpOp {
+    /// The operator as DynamoDB and SQL both write it.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "=",
+            CmpOp::Ne => "<>",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+        }
+    }
+}
+
 /// A condition on an item's attributes, evaluated by the backend inside the write it guards.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cond {
