@@ -176,15 +176,11 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn ingest(features: usize, workers: usize, runner: PathBuf) {
-    use granary_ports::{Key, Query};
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let resources = granary_resources::from_template(granary_resources::TEMPLATE, |_| None).expect("template");
-    let b = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).expect("open").backend();
+/// Defines the benchmark's model and queues `features` creation requests on the NORMAL queue.
+async fn prepare(b: &granary_ports::Backend, features: usize) {
     let def = model();
     let compiled = granary_domain::model::compile_model("BENCH", &def).expect("model");
-    granary_stores::models::ModelStore::new("features").put(&b, &def, &compiled, "bench").await.expect("model stored");
-    let start = Instant::now();
+    granary_stores::models::ModelStore::new("features").put(b, &def, &compiled, "bench").await.expect("model stored");
     for chunk in (0..features).collect::<Vec<_>>().chunks(10) {
         let batch = chunk
             .iter()
@@ -196,6 +192,15 @@ async fn ingest(features: usize, workers: usize, runner: PathBuf) {
             .collect();
         b.queue.send_batch("feature-normal", batch).await.expect("send");
     }
+}
+
+async fn ingest(features: usize, workers: usize, runner: PathBuf) {
+    use granary_ports::{Key, Query};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let resources = granary_resources::from_template(granary_resources::TEMPLATE, |_| None).expect("template");
+    let b = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).expect("open").backend();
+    let start = Instant::now();
+    prepare(&b, features).await;
     println!("queued {features} creation requests in {:.1} s", start.elapsed().as_secs_f64());
 
     let mut child = std::process::Command::new(&runner)
@@ -266,20 +271,7 @@ async fn aws_ingest(features: usize) {
     let setup = Aws::connect(&resources, granary_aws::emulator::options(endpoint, &prefix)).await;
     granary_aws::provision::provision(&setup, &resources).await.expect("provision");
     let b = setup.backend();
-    let def = model();
-    let compiled = granary_domain::model::compile_model("BENCH", &def).expect("model");
-    granary_stores::models::ModelStore::new("features").put(&b, &def, &compiled, "bench").await.expect("model stored");
-    for chunk in (0..features).collect::<Vec<_>>().chunks(10) {
-        let batch = chunk
-            .iter()
-            .map(|i| {
-                OutgoingMessage::new(creation(*i))
-                    .attribute("regards.request.type", "CREATION")
-                    .attribute("regards.request.id", format!("r{i}"))
-            })
-            .collect();
-        b.queue.send_batch("feature-normal", batch).await.expect("send");
-    }
+    prepare(&b, features).await;
     // What a Lambda and its event source mapping do, counted: receive a batch, handle it, delete it.
     let counter = RequestCounter::default();
     let mut options = granary_aws::emulator::options(endpoint, &prefix);
