@@ -18,7 +18,7 @@ use granary_stores::StoreError;
 use granary_stores::features::{ChangeOutcome, CreationOutcome, FeatureStore, NewVersion};
 use granary_stores::models::{ModelCache, ModelStore};
 use granary_stores::outbox::OutboxEvent;
-use granary_stores::requests::{Parked, RequestRecord};
+use granary_stores::requests::{Parked, PendingCreation, RequestReader, RequestRecord, pending_creation};
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -35,12 +35,17 @@ pub const ATTR_DATE: &str = "regards.request.date";
 /// Message attribute delayed-release puts on a request it sends back to its queue.
 pub use granary_lambda::sqs::ATTR_RELEASED;
 
+/// How long a change waiting behind its feature's creation waits again when it comes back before the
+/// creation has finished (the creation was released but is still on its queue).
+pub const WAIT_RETRY_MS: i64 = 1_000;
+
 /// The handler and what it needs, built once per cold start.
 #[derive(Debug, Clone)]
 pub struct FeatureIngest {
     backend: Backend,
     config: Config,
     store: FeatureStore,
+    requests: RequestReader,
     models: Arc<ModelCache>,
 }
 
@@ -63,6 +68,14 @@ struct Envelope {
 }
 
 impl Envelope {
+    /// The attributes a parked request goes back to its queue with: its own, and its request id, which
+    /// a message without one took from its SQS message id.
+    fn parked_attributes(&self) -> BTreeMap<String, String> {
+        let mut attributes = self.attributes.clone();
+        attributes.insert(ATTR_ID.to_owned(), self.request_id.clone());
+        attributes
+    }
+
     /// Sends `events` with the batch's, after this message's transaction has committed them.
     fn defer(&self, events: &[OutboxEvent]) {
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(events);
@@ -126,7 +139,8 @@ impl FeatureIngest {
             30
         });
         let models = Arc::new(ModelCache::new(ModelStore::new(&config.features_table), std::time::Duration::from_secs(ttl)));
-        Self { backend, config, store, models }
+        let requests = RequestReader::new(&config.requests_table);
+        Self { backend, config, store, requests, models }
     }
 
     /// Handles one SQS batch; only messages that hit a transient failure are retried.
@@ -191,6 +205,7 @@ impl FeatureIngest {
         kind: FeatureRequestType,
         priority: Priority,
         provider_id: Option<&str>,
+        session: Option<&(String, String)>,
     ) -> Result<bool, StoreError> {
         let due = match &env.date {
             Some(Ok(d)) if !env.released && *d > self.backend.clock.now() => *d,
@@ -198,11 +213,15 @@ impl FeatureIngest {
         };
         let mut record = self.record(msg, env, kind, RequestState::Granted, "LOCAL_DELAYED");
         record.provider_id = provider_id.map(str::to_owned);
+        if let Some((owner, name)) = session {
+            record.session_owner = Some(owner.clone());
+            record.session = Some(name.clone());
+        }
         let parked = Parked {
             due_at: due.timestamp_millis(),
             queue: self.config.feature_queue(priority).to_owned(),
             body: msg.body.clone().unwrap_or_default(),
-            attributes: env.attributes.clone(),
+            attributes: env.parked_attributes(),
         };
         let events = [self.event(kind, env, RequestState::Granted, None, provider_id, vec![])];
         match self.store.park(&self.backend, &record, &parked, &events).await? {
@@ -251,6 +270,7 @@ impl FeatureIngest {
             session_owner: env.session.as_ref().map(|s| s.0.clone()),
             session: env.session.as_ref().map(|s| s.1.clone()),
             registered_at: self.backend.clock.now_ms(),
+            waiting_for: None,
             message_id: msg.message_id.clone().unwrap_or_default(),
             replaces_parked: env.released,
         }
@@ -267,10 +287,24 @@ impl FeatureIngest {
         let mut record = self.record(msg, env, kind, RequestState::Denied, "LOCAL_DENIED");
         record.provider_id = provider_id.clone();
         record.errors = errors.clone();
+        self.keep_parked_session(env, &mut record).await?;
         let events = [self.event(kind, env, RequestState::Denied, None, provider_id.as_deref(), errors)];
         match self.store.record_denied(&self.backend, record.clone(), &events).await? {
             None => env.defer(&events),
             Some(existing) => self.on_known_request(msg, env, &existing).await?,
+        }
+        Ok(())
+    }
+
+    /// A released request was counted as running in the session it was parked under (a change waiting
+    /// behind a creation, its creation's): it stops running there.
+    async fn keep_parked_session(&self, env: &Envelope, record: &mut RequestRecord) -> Result<(), StoreError> {
+        if env.released
+            && record.session.is_none()
+            && let Some(parked) = self.requests.get(&self.backend, &env.request_id).await?
+        {
+            record.session_owner = parked.session_owner;
+            record.session = parked.session;
         }
         Ok(())
     }
@@ -347,10 +381,26 @@ impl FeatureIngest {
             Ok(p) => p,
             Err(errors) => return self.deny(msg, env, kind, None, errors).await,
         };
-        let record = self.record(msg, env, kind, RequestState::Success, "DONE");
-        if let Some(p) = &patch
-            && let Some(stored) = self.store.get(&self.backend, &urn).await?
-        {
+        let priority = match &patch {
+            Some(_) => body.pointer("/metadata/priority").and_then(|p| serde_json::from_value(p.clone()).ok()).unwrap_or_default(),
+            None => body.get("priority").and_then(|p| serde_json::from_value(p.clone()).ok()).unwrap_or_default(),
+        };
+        let stored = self.store.get(&self.backend, &urn).await?;
+        let Some(stored) = stored else {
+            // Order per product: a change of a feature whose creation is still in flight waits behind it.
+            if let Some(pending) = pending_creation(&self.backend, &self.config.requests_table, &urn.uuid.to_string()).await? {
+                return self.wait_behind(msg, env, kind, priority, &urn, &pending).await;
+            }
+            if patch.is_some() {
+                return self.deny(msg, env, kind, None, vec![format!("feature.urn: no feature {urn}")]).await;
+            }
+            // A deletion of an absent feature is recorded as ALREADY_DELETED, on its date.
+            if self.park_if_early(msg, env, kind, priority, None, None).await? {
+                return Ok(());
+            }
+            return self.apply_change(msg, env, kind, &urn, None).await;
+        };
+        if let Some(p) = &patch {
             let model = stored.feature.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
             let properties = p.get("properties").cloned().unwrap_or(Value::Null);
             let errors = self.model_errors(&model, None, &properties, Mode::Patch).await?;
@@ -358,17 +408,70 @@ impl FeatureIngest {
                 return self.deny(msg, env, kind, None, errors).await;
             }
         }
-        let priority = match &patch {
-            Some(_) => body.pointer("/metadata/priority").and_then(|p| serde_json::from_value(p.clone()).ok()).unwrap_or_default(),
-            None => body.get("priority").and_then(|p| serde_json::from_value(p.clone()).ok()).unwrap_or_default(),
-        };
-        if self.park_if_early(msg, env, kind, priority, None).await? {
+        if self.park_if_early(msg, env, kind, priority, None, stored.session.as_ref()).await? {
             return Ok(());
         }
+        self.apply_change(msg, env, kind, &urn, patch.as_ref()).await
+    }
+
+    /// Parks a patch or deletion of `urn` behind the creation `pending` of its feature, with GRANTED
+    /// the first time; delayed-release sends it back once the creation is due, and again every
+    /// [`WAIT_RETRY_MS`] while the creation has not finished.
+    async fn wait_behind(
+        &self,
+        msg: &SqsMessage,
+        env: &Envelope,
+        kind: FeatureRequestType,
+        priority: Priority,
+        urn: &Urn,
+        pending: &PendingCreation,
+    ) -> Result<(), StoreError> {
+        let now = self.backend.clock.now_ms();
+        let own_date = match &env.date {
+            Some(Ok(d)) if !env.released => d.timestamp_millis(),
+            _ => 0,
+        };
+        let due_at = (pending.due_at + 1).max(now + WAIT_RETRY_MS).max(own_date);
+        let mut record = self.record(msg, env, kind, RequestState::Granted, "LOCAL_DELAYED");
+        record.urn = Some(urn.to_string());
+        record.waiting_for = Some(pending.request_id.clone());
+        if let Some((owner, name)) = &pending.session {
+            record.session_owner = Some(owner.clone());
+            record.session = Some(name.clone());
+        }
+        let parked = Parked {
+            due_at,
+            queue: self.config.feature_queue(priority).to_owned(),
+            body: msg.body.clone().unwrap_or_default(),
+            attributes: env.parked_attributes(),
+        };
+        let events =
+            if env.released { vec![] } else { vec![self.event(kind, env, RequestState::Granted, Some(&urn.to_string()), None, vec![])] };
+        match self.store.park(&self.backend, &record, &parked, &events).await? {
+            None => {
+                tracing::info!(request_id = %env.request_id, %urn, creation = %pending.request_id, "waiting behind the feature's creation");
+                env.defer(&events);
+                Ok(())
+            }
+            Some(existing) => self.on_known_request(msg, env, &existing).await,
+        }
+    }
+
+    /// Applies a validated patch (or, without one, the deletion) of `urn`.
+    async fn apply_change(
+        &self,
+        msg: &SqsMessage,
+        env: &Envelope,
+        kind: FeatureRequestType,
+        urn: &Urn,
+        patch: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        let mut record = self.record(msg, env, kind, RequestState::Success, "DONE");
+        self.keep_parked_session(env, &mut record).await?;
         let make_events = |urn: &str| self.done_events(kind, env, urn, None);
-        let outcome = match &patch {
-            Some(p) => self.store.patch(&self.backend, &urn, p, record, &make_events).await?,
-            None => self.store.delete(&self.backend, &urn, record, &make_events).await?,
+        let outcome = match patch {
+            Some(p) => self.store.patch(&self.backend, urn, p, record, &make_events).await?,
+            None => self.store.delete(&self.backend, urn, record, &make_events).await?,
         };
         match outcome {
             ChangeOutcome::Done { events, action } => {
@@ -441,7 +544,7 @@ impl FeatureIngest {
                 }
             },
         };
-        if self.park_if_early(msg, env, kind, event.metadata.priority, Some(&valid.provider_id)).await? {
+        if self.park_if_early(msg, env, kind, event.metadata.priority, Some(&valid.provider_id), None).await? {
             return Ok(());
         }
         let make_events = |urn: &str| self.done_events(kind, env, urn, Some(&valid.provider_id));

@@ -584,3 +584,99 @@ async fn supplied_urns_update_if_exists_and_override_follow_regards_rules() {
     let versions = f.versions("product-0001").await;
     assert_eq!(versions, vec![(v(1), false), (v(6), true)], "override replaces the latest version in the same transaction");
 }
+
+impl Fixture {
+    /// Runs delayed-release and delivers what it sent back to the feature queues; returns how many
+    /// requests went back.
+    async fn release_and_deliver(&self) -> usize {
+        let released = delayed_release::DelayedRelease::new(self.backend.clone(), &self.config).release_due().await.unwrap();
+        for queue in self.config.feature_queues.clone() {
+            for m in self.take(&queue).await {
+                let attrs: Vec<(&str, &str)> = m.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let failed = self.deliver(&[message(&format!("{}-released", m.message_id), &m.body, &attrs)]).await;
+                assert!(failed.is_empty(), "released request failed: {failed:?}");
+            }
+        }
+        released
+    }
+}
+
+#[tokio::test]
+async fn changes_of_a_feature_whose_creation_is_parked_wait_behind_it() {
+    use granary_ports::Clock;
+    let clock = Arc::new(granary_ports::ManualClock::starting_now());
+    let f = fixture_with_clock(clock.clone()).await;
+    let in_1h = (clock.now() + chrono::Duration::hours(1)).to_rfc3339();
+    let typed = |kind: &'static str, id: &'static str| [("regards.request.type", kind), ("regards.request.id", id)];
+    // The creation of product-0001 is dated an hour ahead; its patch and a deletion come at once.
+    f.deliver(&[message("c1", &creation("product-0001").to_string(), &[("regards.request.id", "c1"), ("regards.request.date", &in_1h)])])
+        .await;
+    f.deliver(&[message("p1", &patch(P1, json!({"cloudCover": 7}), Value::Null), &typed("PATCH", "p1"))]).await;
+    let events = f.responses().await;
+    assert_eq!(states(&events, "p1"), vec!["GRANTED"], "the patch is granted and waits: {events:?}");
+    let waiting = f.request("p1").await;
+    assert_eq!((waiting["step"].as_str(), waiting["waitingFor"].as_str()), (Some("LOCAL_DELAYED"), Some("c1")));
+
+    // Nothing moves before the creation's date.
+    clock.advance(chrono::Duration::minutes(59));
+    assert_eq!(f.release_and_deliver().await, 0);
+    assert!(f.feature(P1).await.is_none());
+
+    // At the date the creation runs, then the patch applies on the created feature.
+    clock.advance(chrono::Duration::minutes(2));
+    assert_eq!(f.release_and_deliver().await, 2, "the creation and the patch behind it");
+    let mut rounds = 0;
+    while f.request("p1").await["state"] != "SUCCESS" {
+        rounds += 1;
+        assert!(rounds < 5, "the patch never applied: {}", f.request("p1").await);
+        clock.advance(chrono::Duration::seconds(2));
+        f.release_and_deliver().await;
+    }
+    assert_eq!(f.feature(P1).await.unwrap()["feature"]["properties"]["cloudCover"], 7, "patched after its creation");
+    let events = f.responses().await;
+    assert_eq!(states(&events, "c1"), vec!["SUCCESS"]);
+    assert_eq!(states(&events, "p1"), vec!["SUCCESS"], "GRANTED went out once, when it was parked");
+    let session = granary_stores::sessions::SessionReader::new("requests").get(&f.backend, "s2-ingest-chain", "2026-11-23").await.unwrap();
+    let session = session.expect("the creation's session");
+    assert_eq!((session["updateRequests"].as_i64(), session["runningUpdateRequests"].as_i64()), (Some(1), Some(0)));
+    assert_eq!(session["updatedProducts"], 1);
+}
+
+#[tokio::test]
+async fn a_change_waiting_behind_a_failed_creation_is_denied() {
+    use granary_ports::Clock;
+    let clock = Arc::new(granary_ports::ManualClock::starting_now());
+    let f = fixture_with_clock(clock.clone()).await;
+    let in_1h = (clock.now() + chrono::Duration::hours(1)).to_rfc3339();
+    let with_urn = |v: u32| {
+        let mut c = creation("product-0001");
+        c["feature"]["urn"] = json!(P1.replace(":V1", &format!(":V{v}")));
+        c.to_string()
+    };
+    // A creation naming V5, dated ahead; the deletion of V5 waits behind it.
+    f.deliver(&[message("c5", &with_urn(5), &[("regards.request.id", "c5"), ("regards.request.date", &in_1h)])]).await;
+    let v5 = P1.replace(":V1", ":V5");
+    f.deliver(&[message("d5", &json!({"urn": v5, "priority": "LOW"}).to_string(), &[("regards.request.type", "DELETION")])]).await;
+    assert_eq!(f.request("d5").await["waitingFor"], "c5");
+    // Meanwhile V6 is created, so V5 comes too late and is denied when released.
+    f.deliver(&[message("c6", &with_urn(6), &[("regards.request.id", "c6")])]).await;
+    clock.advance(chrono::Duration::minutes(61));
+    f.release_and_deliver().await;
+    assert_eq!(f.request("c5").await["state"], "DENIED");
+    let mut rounds = 0;
+    while f.request("d5").await["state"] == "GRANTED" {
+        rounds += 1;
+        assert!(rounds < 5, "the deletion never ended: {}", f.request("d5").await);
+        clock.advance(chrono::Duration::seconds(2));
+        f.release_and_deliver().await;
+    }
+    // With its creation denied the deletion finds nothing: ALREADY_DELETED, as REGARDS answers a
+    // deletion of an absent feature.
+    let d5 = f.request("d5").await;
+    assert_eq!((d5["state"].as_str(), d5["action"].as_str()), (Some("SUCCESS"), Some("ALREADY_DELETED")));
+    assert!(f.feature(&P1.replace(":V1", ":V6")).await.is_some());
+    let session = granary_stores::sessions::SessionReader::new("requests").get(&f.backend, "s2-ingest-chain", "2026-11-23").await.unwrap();
+    let session = session.unwrap();
+    assert_eq!((session["deleteRequests"].as_i64(), session["runningDeleteRequests"].as_i64()), (Some(1), Some(0)), "{session:?}");
+    assert_eq!(session["runningReferencingRequests"], 0, "{session:?}");
+}

@@ -10,6 +10,8 @@ pub enum Outcome {
     Denied,
     /// Granted and parked until its date.
     Parked,
+    /// Refused when it came back from parking (its creation failed, say): no longer running.
+    DeniedAfterParking,
     /// Done. `released`: it had been parked (and counted as running). `changed`: a product was
     /// created, updated or deleted (a deletion of an absent feature changes none).
     Done {
@@ -38,6 +40,10 @@ pub fn increments(kind: FeatureRequestType, outcome: Outcome) -> Vec<(&'static s
     let mut out = Vec::new();
     match outcome {
         Outcome::Denied => out.push((denied, 1)),
+        Outcome::DeniedAfterParking => {
+            out.push((running, -1));
+            out.push((denied, 1));
+        }
         Outcome::Parked => {
             out.push((requests, 1));
             out.push((running, 1));
@@ -85,6 +91,10 @@ mod tests {
             vec![("deleteRequests", 1)]
         );
         assert_eq!(increments(FeatureRequestType::Patch, Outcome::Denied), vec![("deniedUpdateRequests", 1)]);
+        assert_eq!(
+            increments(FeatureRequestType::Patch, Outcome::DeniedAfterParking),
+            vec![("runningUpdateRequests", -1), ("deniedUpdateRequests", 1)]
+        );
         assert_eq!(all_counters().len(), 16);
     }
 }

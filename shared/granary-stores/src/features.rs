@@ -30,6 +30,8 @@ pub struct StoredFeature {
     pub last: bool,
     /// The GeoJSON feature, with `urn` and `last` filled in.
     pub feature: Value,
+    /// The session that created it (`sessionOwner`, `session`).
+    pub session: Option<(String, String)>,
 }
 
 /// What a creation came to.
@@ -214,8 +216,14 @@ impl FeatureStore {
         parked: &Parked,
         events: &[OutboxEvent],
     ) -> Result<Option<Box<RequestRecord>>, StoreError> {
-        let write = TxOp::Put { table: self.requests.clone(), item: request.parked_item(parked), cond: Some(Cond::ItemAbsent) };
-        let counters = session_op(&self.requests, request, Outcome::Parked);
+        // A released request parked again (still waiting behind its creation) replaces its own parked
+        // record and was counted when first parked.
+        let (cond, counters) = if request.replaces_parked {
+            (Cond::Or(vec![Cond::ItemAbsent, Cond::eq("parked", true)]), None)
+        } else {
+            (Cond::ItemAbsent, session_op(&self.requests, request, Outcome::Parked))
+        };
+        let write = TxOp::Put { table: self.requests.clone(), item: request.parked_item(parked), cond: Some(cond) };
         self.record_with_events(backend, &request.request_id, write, counters, events).await
     }
 
@@ -333,7 +341,8 @@ impl FeatureStore {
         request: RequestRecord,
         events: &[OutboxEvent],
     ) -> Result<Option<Box<RequestRecord>>, StoreError> {
-        let counters = session_op(&self.requests, &request, Outcome::Denied);
+        let outcome = if request.replaces_parked { Outcome::DeniedAfterParking } else { Outcome::Denied };
+        let counters = session_op(&self.requests, &request, outcome);
         self.record_with_events(backend, &request.request_id, self.request_op(&request), counters, events).await
     }
 
@@ -372,7 +381,11 @@ impl FeatureStore {
         if let Some(obj) = feature.as_object_mut() {
             obj.insert("last".into(), Value::Bool(last));
         }
-        Ok(Some(StoredFeature { urn: urn.to_string(), last, feature }))
+        let session = match (item.get_str("sessionOwner"), item.get_str("session")) {
+            (Some(o), Some(s)) => Some((o.to_owned(), s.to_owned())),
+            _ => None,
+        };
+        Ok(Some(StoredFeature { urn: urn.to_string(), last, feature, session }))
     }
 
     /// The outbox of these tables.

@@ -1,6 +1,7 @@
 //! Feature requests as recorded: one item per request id, written with its outcome and its events.
 
 use crate::StoreError;
+use granary_domain::urn::entity_uuid;
 use granary_domain::{FeatureRequestType, RequestState};
 use granary_ports::{Backend, Cond, Item, Key, Query, SortCond, TxOp, Update};
 use serde::Serialize;
@@ -36,6 +37,9 @@ pub struct RequestRecord {
     pub session: Option<String>,
     /// When registered (epoch ms).
     pub registered_at: i64,
+    /// The creation this request waits behind (a patch or deletion of a feature not created yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
     /// The SQS message that carried it, to tell a redelivery from a new message reusing the id.
     #[serde(skip)]
     pub message_id: String,
@@ -123,6 +127,7 @@ impl RequestRecord {
             ("sessionOwner", &self.session_owner),
             ("session", &self.session),
             ("action", &self.action),
+            ("waitingFor", &self.waiting_for),
         ] {
             if let Some(v) = v {
                 item = item.with(name, v.clone());
@@ -148,6 +153,7 @@ impl RequestRecord {
             session_owner: s("sessionOwner"),
             session: s("session"),
             registered_at: item.get_i64("registeredAt").unwrap_or_default(),
+            waiting_for: s("waitingFor"),
             message_id: s("messageId").unwrap_or_default(),
             replaces_parked: false,
         })
@@ -160,10 +166,14 @@ impl RequestRecord {
         TxOp::Put { table: table.to_owned(), item: self.to_item(), cond: Some(cond) }
     }
 
-    /// The item of this record parked until `parked.due_at`.
+    /// The item of this record parked until `parked.due_at`. A parked creation is also listed as
+    /// pending for the feature it will create, until its final record replaces this item.
     pub fn parked_item(&self, parked: &Parked) -> Item {
-        self.to_item()
-            .with("parked", true)
+        let mut item = self.to_item();
+        if let (FeatureRequestType::Creation, Some(provider_id)) = (self.request_type, &self.provider_id) {
+            item = item.with("pendingFeature", entity_uuid(provider_id).to_string());
+        }
+        item.with("parked", true)
             .with("dueShard", DUE_PARTITION)
             .with("dueAt", parked.due_at)
             .with("queue", parked.queue.clone())
@@ -190,6 +200,34 @@ pub async fn due_requests(backend: &Backend, table: &str, now_ms: i64, limit: us
             Ok((RequestRecord::from_item(item)?, parked))
         })
         .collect()
+}
+
+/// The index of parked creations by the uuid of the feature they will create.
+pub const PENDING_CREATION_INDEX: &str = "pendingCreation";
+
+/// A creation not processed yet, as a patch or deletion of its feature sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingCreation {
+    /// Its request id.
+    pub request_id: String,
+    /// When it is due.
+    pub due_at: i64,
+    /// Its session (the feature's, once created).
+    pub session: Option<(String, String)>,
+}
+
+/// The last-due creation still in flight for the feature of uuid `feature_uuid`, if any.
+pub async fn pending_creation(backend: &Backend, table: &str, feature_uuid: &str) -> Result<Option<PendingCreation>, StoreError> {
+    let q = Query::partition(table, feature_uuid).on_index(PENDING_CREATION_INDEX).descending().limit(1);
+    let page = backend.table.query(q).await?;
+    Ok(page.items.first().map(|item| PendingCreation {
+        request_id: item.get_str("requestId").unwrap_or_default().to_owned(),
+        due_at: item.get_i64("dueAt").unwrap_or_default(),
+        session: match (item.get_str("sessionOwner"), item.get_str("session")) {
+            (Some(o), Some(s)) => Some((o.to_owned(), s.to_owned())),
+            _ => None,
+        },
+    }))
 }
 
 /// Takes a released request out of the due index (it is back on its queue), if it is still parked.
