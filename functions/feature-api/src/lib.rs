@@ -20,8 +20,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use granary_domain::RequestState;
 use granary_domain::model::{ModelError, compile_model};
 use granary_domain::request::{
-    FeatureDeletionCollection, FeatureDeletionRequestEvent, FeatureUpdateCollection, FeatureUpdateRequestEvent, validate_creation,
-    validate_deletion, validate_patch,
+    FeatureDeletionCollection, FeatureDeletionRequestEvent, FeatureNotificationCollection, FeatureNotificationRequestEvent,
+    FeatureUpdateCollection, FeatureUpdateRequestEvent, validate_creation, validate_deletion, validate_notification, validate_patch,
 };
 use granary_domain::{FeatureCreationCollection, FeatureCreationRequestEvent, FeatureRequestType, Priority, Urn};
 use granary_lambda::http::{bad_request, body_text, forbidden, json, not_found, unauthorized, unavailable};
@@ -81,6 +81,7 @@ impl FeatureApi {
             ("POST", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Creation).await,
             ("PATCH", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Patch).await,
             ("DELETE", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Deletion).await,
+            ("POST", ["features", "notifications"]) => self.submit(&identity, &req, FeatureRequestType::Notification).await,
             ("GET", ["features", "requests"]) => self.list_requests(&identity, &req).await,
             ("GET", ["features", "sessions", owner]) => self.sessions(&identity, &percent_decode(owner), None).await,
             ("GET", ["features", "sessions", owner, session]) => {
@@ -132,7 +133,21 @@ impl FeatureApi {
                     .collect();
                 (c.request_owner, c.metadata.priority, entries)
             }
-            FeatureRequestType::Deletion | FeatureRequestType::Notification => {
+            FeatureRequestType::Notification => {
+                let c: FeatureNotificationCollection =
+                    serde_json::from_str(text).map_err(|e| malformed("FeatureNotificationCollection", e))?;
+                let entries = c
+                    .features_urns
+                    .into_iter()
+                    .map(|urn| {
+                        let event =
+                            FeatureNotificationRequestEvent { urn: urn.clone(), priority: c.priority, recipients: c.recipients.clone() };
+                        (Some(urn), validate_notification(&event, tenant).map(|_| serde_json::to_value(&event).unwrap_or_default()))
+                    })
+                    .collect();
+                (None, c.priority, entries)
+            }
+            FeatureRequestType::Deletion => {
                 let c: FeatureDeletionCollection = serde_json::from_str(text).map_err(|e| malformed("FeatureDeletionCollection", e))?;
                 let entries = c
                     .features_urns

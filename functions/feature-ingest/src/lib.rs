@@ -8,7 +8,8 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use granary_domain::model::Mode;
 use granary_domain::request::{
-    FeatureDeletionRequestEvent, FeatureUpdateRequestEvent, validate_creation, validate_deletion, validate_patch,
+    FeatureDeletionRequestEvent, FeatureNotificationRequestEvent, FeatureUpdateRequestEvent, validate_creation, validate_deletion,
+    validate_notification, validate_patch,
 };
 use granary_domain::{EntityType, Priority, Urn};
 use granary_domain::{FeatureCreationRequestEvent, FeatureRequestEvent, FeatureRequestType, RequestState};
@@ -358,10 +359,7 @@ impl FeatureIngest {
         match kind {
             FeatureRequestType::Creation => self.create(msg, env, body).await,
             FeatureRequestType::Patch | FeatureRequestType::Deletion => self.change(msg, env, kind, body).await,
-            FeatureRequestType::Notification => {
-                let errors = vec!["NOTIFICATION requests are not handled by this version of Granary yet (dissemination)".to_owned()];
-                self.deny(msg, env, kind, None, errors).await
-            }
+            FeatureRequestType::Notification => self.notify(msg, env, body).await,
         }
     }
 
@@ -412,6 +410,58 @@ impl FeatureIngest {
             return Ok(());
         }
         self.apply_change(msg, env, kind, &urn, patch.as_ref()).await
+    }
+
+    /// A notification of one feature version to recipients (action NOTIFIED).
+    async fn notify(&self, msg: &SqsMessage, env: &Envelope, body: Value) -> Result<(), StoreError> {
+        let kind = FeatureRequestType::Notification;
+        let parsed = serde_json::from_value::<FeatureNotificationRequestEvent>(body)
+            .map_err(|e| vec![format!("body: {e}")])
+            .and_then(|n| validate_notification(&n, &self.config.tenant).map(|urn| (urn, n)));
+        let (urn, event) = match parsed {
+            Ok(p) => p,
+            Err(errors) => return self.deny(msg, env, kind, None, errors).await,
+        };
+        let Some(stored) = self.store.get(&self.backend, &urn).await? else {
+            if let Some(pending) = pending_creation(&self.backend, &self.config.requests_table, &urn.uuid.to_string()).await? {
+                return self.wait_behind(msg, env, kind, event.priority, &urn, &pending).await;
+            }
+            return self.deny(msg, env, kind, None, vec![format!("urn: no feature {urn}")]).await;
+        };
+        if self.park_if_early(msg, env, kind, event.priority, None, stored.session.as_ref()).await? {
+            return Ok(());
+        }
+        let mut record = self.record(msg, env, kind, RequestState::Success, "DONE");
+        self.keep_parked_session(env, &mut record).await?;
+        let (session_owner, session) = stored.session.clone().unzip();
+        let mut notification = serde_json::json!({
+            "metadata": {
+                "action": "NOTIFIED",
+                "sessionOwner": session_owner,
+                "session": session,
+                "requestId": env.request_id,
+                "requestOwner": env.owner,
+            },
+            "payload": stored.feature,
+        });
+        if !event.recipients.is_empty() {
+            notification["recipients"] = serde_json::json!(event.recipients);
+        }
+        let mut events = self.done_events(kind, env, &stored.urn, None);
+        events.push(OutboxEvent {
+            event_id: format!("{}:NOTIFIED:{}", stored.urn, env.request_id),
+            queue: self.config.notification_queue.clone(),
+            body: notification.to_string(),
+        });
+        match self.store.notify(&self.backend, &stored, record, events).await? {
+            ChangeOutcome::Done { events, .. } => {
+                tracing::info!(request_id = %env.request_id, %urn, "feature notified");
+                env.defer(&events);
+                Ok(())
+            }
+            ChangeOutcome::UnknownUrn => self.deny(msg, env, kind, None, vec![format!("urn: no feature {urn}")]).await,
+            ChangeOutcome::AlreadyRecorded(existing) => self.on_known_request(msg, env, &existing).await,
+        }
     }
 
     /// Parks a patch or deletion of `urn` behind the creation `pending` of its feature, with GRANTED

@@ -24,6 +24,7 @@ fn config() -> Config {
         tenant: "granary".into(),
         feature_queues: ["feature-high".into(), "feature-normal".into(), "feature-low".into()],
         response_queue: "feature-response".into(),
+        notification_queue: "feature-notification".into(),
         features_table: "features".into(),
         requests_table: "requests".into(),
         groups_claim: "cognito:groups".into(),
@@ -679,4 +680,53 @@ async fn a_change_waiting_behind_a_failed_creation_is_denied() {
     let session = session.unwrap();
     assert_eq!((session["deleteRequests"].as_i64(), session["runningDeleteRequests"].as_i64()), (Some(1), Some(0)), "{session:?}");
     assert_eq!(session["runningReferencingRequests"], 0, "{session:?}");
+}
+
+#[tokio::test]
+async fn notification_requests_hand_the_feature_to_the_notification_queue_once() {
+    let f = fixture().await;
+    f.deliver(&[message("c1", &creation("product-0001").to_string(), &[])]).await;
+    f.responses().await;
+    let notify = |urn: &str, extra: Value| {
+        let mut body = json!({"urn": urn, "priority": "HIGH"});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body.to_string()
+    };
+    let typed = [("regards.request.type", "NOTIFICATION"), ("regards.request.owner", "operator")];
+    let n1 = message("n1", &notify(P1, json!({"recipients": ["catalog"]})), &typed);
+    assert!(f.deliver(std::slice::from_ref(&n1)).await.is_empty());
+    // The same message again: no second notification, no second event.
+    f.deliver(&[n1]).await;
+    let notifications = f.take("feature-notification").await;
+    assert_eq!(notifications.len(), 1, "{notifications:?}");
+    let n: Value = serde_json::from_str(&notifications[0].body).unwrap();
+    assert_eq!(
+        n["metadata"],
+        json!({"action": "NOTIFIED", "sessionOwner": "s2-ingest-chain", "session": "2026-11-23", "requestId": "n1", "requestOwner": "operator"})
+    );
+    assert_eq!((n["payload"]["urn"].as_str(), n["payload"]["id"].as_str()), (Some(P1), Some("product-0001")));
+    assert_eq!(n["recipients"], json!(["catalog"]));
+    assert_eq!(notifications[0].attributes.get("granary.event.id").map(String::as_str), Some(format!("{P1}:NOTIFIED:n1").as_str()));
+    let events = f.responses().await;
+    assert_eq!(states(&events, "n1"), vec!["GRANTED", "SUCCESS"]);
+    assert!(events.iter().all(|e| e["type"] == "NOTIFICATION"), "{events:?}");
+    assert_eq!(f.request("n1").await["action"], "NOTIFIED");
+
+    // Unknown URN, missing priority, bad recipient label: each denied with its errors, nothing sent.
+    f.deliver(&[
+        message("n2", &notify(&P1.replace(":V1", ":V2"), json!({})), &typed),
+        message("n3", &json!({"urn": P1}).to_string(), &typed),
+        message("n4", &notify("URN:nope", json!({"recipients": [""]})), &typed),
+    ])
+    .await;
+    let events = f.responses().await;
+    for (id, expected) in [("n2", "no feature"), ("n3", "missing field `priority`"), ("n4", "urn:")] {
+        let e = events.iter().find(|e| e["requestId"] == id).unwrap_or_else(|| panic!("no answer to {id}: {events:?}"));
+        assert_eq!(e["state"], "DENIED");
+        assert!(e["errors"][0].as_str().unwrap().contains(expected), "{id}: {e}");
+    }
+    assert_eq!(events.iter().find(|e| e["requestId"] == "n4").unwrap()["errors"].as_array().unwrap().len(), 2, "every error listed");
+    assert!(f.take("feature-notification").await.is_empty());
+    let session = granary_stores::sessions::SessionReader::new("requests").get(&f.backend, "s2-ingest-chain", "2026-11-23").await.unwrap();
+    assert_eq!(session.unwrap()["notifyRequests"], 1);
 }

@@ -34,6 +34,7 @@ pub const ROUTES: &[Route] = &[
     Route { method: "POST", template: "/features", target: Target::FeatureApi, authorized: true },
     Route { method: "PATCH", template: "/features", target: Target::FeatureApi, authorized: true },
     Route { method: "DELETE", template: "/features", target: Target::FeatureApi, authorized: true },
+    Route { method: "POST", template: "/features/notifications", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/features/requests", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/features/requests/{requestId}", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/features/sessions/{sessionOwner}", target: Target::FeatureApi, authorized: true },

@@ -162,7 +162,12 @@ async fn create_and_wait(c: &reqwest::Client, r: &Runner, token: &str, ids: &[&s
 /// Submits a collection with `method` on `/features` and waits until its first granted request is
 /// SUCCESS; returns the request.
 async fn submit_and_wait(c: &reqwest::Client, r: &Runner, token: &str, method: reqwest::Method, body: &Value) -> Value {
-    let res = c.request(method, r.url("/features")).bearer_auth(token).json(body).send().await.unwrap();
+    submit_to_and_wait(c, r, token, method, "/features", body).await
+}
+
+/// Submits a collection with `method` on `path` and waits until its first granted request is SUCCESS.
+async fn submit_to_and_wait(c: &reqwest::Client, r: &Runner, token: &str, method: reqwest::Method, path: &str, body: &Value) -> Value {
+    let res = c.request(method, r.url(path)).bearer_auth(token).json(body).send().await.unwrap();
     assert_eq!(res.status(), 202, "submission refused");
     let info: Value = res.json().await.unwrap();
     let url = r.url(&format!("/features/requests/{}", info["granted"][0]["requestId"].as_str().expect("a granted request")));
@@ -514,6 +519,18 @@ async fn http_patch_and_deletion_go_through_the_queue_to_ingest() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400, "a patch without a urn is refused at once");
+
+    let notify = json!({"featuresUrns": [v2], "priority": "HIGH", "recipients": ["catalog"]});
+    let done = submit_to_and_wait(&c, &r, &producer, reqwest::Method::POST, "/features/notifications", &notify).await;
+    assert_eq!((done["type"].as_str(), done["action"].as_str()), (Some("NOTIFICATION"), Some("NOTIFIED")));
+    let backend = open(dir.path());
+    let notified = backend.queue.receive("feature-notification", 10, None, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(notified.len(), 1, "one notification for recipients");
+    let n: Value = serde_json::from_str(&notified[0].body).unwrap();
+    assert_eq!((n["metadata"]["action"].as_str(), n["payload"]["urn"].as_str()), (Some("NOTIFIED"), v2.as_str().into()));
+    let bad =
+        c.post(r.url("/features/notifications")).bearer_auth(&producer).json(&json!({"featuresUrns": ["URN:x"]})).send().await.unwrap();
+    assert_eq!(bad.status(), 400, "an invalid URN is refused at once");
 
     let done = submit_and_wait(&c, &r, &producer, reqwest::Method::DELETE, &json!({"featuresUrns": [v2], "priority": "LOW"})).await;
     assert_eq!(done["action"], "DELETED");

@@ -169,6 +169,32 @@ pub struct FeatureDeletionRequestEvent {
     pub priority: Priority,
 }
 
+/// FeatureNotificationRequestEvent: tell recipients about one feature version again (action NOTIFIED).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureNotificationRequestEvent {
+    /// The URN to notify.
+    pub urn: String,
+    /// Priority (required, as in REGARDS).
+    pub priority: Priority,
+    /// Only these recipients (labels); every matching recipient when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+}
+
+/// The HTTP notification collection: `POST /features/notifications`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureNotificationCollection {
+    /// URNs to notify.
+    pub features_urns: Vec<String>,
+    /// Priority.
+    #[serde(default)]
+    pub priority: Priority,
+    /// Only these recipients (labels); every matching recipient when empty.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+}
+
 /// The HTTP update collection (REGARDS's FeatureUpdateCollection).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -344,17 +370,7 @@ pub fn validate_patch(event: &FeatureUpdateRequestEvent, tenant: &str) -> Result
             errors.push("feature.urn: required to patch a feature".into());
             None
         }
-        Some(u) => match u.parse::<crate::Urn>() {
-            Ok(urn) if urn.tenant == tenant => Some(urn),
-            Ok(urn) => {
-                errors.push(format!("feature.urn: tenant {:?} is not this deployment's ({tenant:?})", urn.tenant));
-                None
-            }
-            Err(e) => {
-                errors.push(format!("feature.urn: {e}"));
-                None
-            }
-        },
+        Some(u) => parse_own_urn(u, tenant, "feature.urn").map_err(|e| errors.push(e)).ok(),
     };
     if let Some(p) = f.get("properties")
         && !p.is_object()
@@ -383,10 +399,30 @@ fn check_location(f: &Value, errors: &mut Vec<String>) {
 
 /// Checks a deletion: a valid URN of `tenant`.
 pub fn validate_deletion(event: &FeatureDeletionRequestEvent, tenant: &str) -> Result<crate::Urn, Vec<String>> {
-    match event.urn.parse::<crate::Urn>() {
+    parse_own_urn(&event.urn, tenant, "urn").map_err(|e| vec![e])
+}
+
+/// Checks a notification request; returns the URN to notify, or every error.
+pub fn validate_notification(event: &FeatureNotificationRequestEvent, tenant: &str) -> Result<crate::Urn, Vec<String>> {
+    let mut errors = Vec::new();
+    let urn = parse_own_urn(&event.urn, tenant, "urn").map_err(|e| errors.push(e)).ok();
+    for (i, r) in event.recipients.iter().enumerate() {
+        if r.trim().is_empty() || r.chars().count() > 128 {
+            errors.push(format!("recipients[{i}]: a recipient label has 1 to 128 characters"));
+        }
+    }
+    match urn {
+        Some(urn) if errors.is_empty() => Ok(urn),
+        _ => Err(errors),
+    }
+}
+
+/// `text` as a URN of this deployment's `tenant`, or the error naming `path`.
+fn parse_own_urn(text: &str, tenant: &str, path: &str) -> Result<crate::Urn, String> {
+    match text.parse::<crate::Urn>() {
         Ok(urn) if urn.tenant == tenant => Ok(urn),
-        Ok(urn) => Err(vec![format!("urn: tenant {:?} is not this deployment's ({tenant:?})", urn.tenant)]),
-        Err(e) => Err(vec![format!("urn: {e}")]),
+        Ok(urn) => Err(format!("{path}: tenant {:?} is not this deployment's ({tenant:?})", urn.tenant)),
+        Err(e) => Err(format!("{path}: {e}")),
     }
 }
 
@@ -406,6 +442,15 @@ mod tests {
         let del = |urn: &str| FeatureDeletionRequestEvent { urn: urn.into(), priority: Priority::Normal };
         assert!(validate_deletion(&del(u), "granary").is_ok());
         assert!(validate_deletion(&del("URN:FEATURE:DATA:granary:x:V1"), "granary").unwrap_err()[0].starts_with("urn:"));
+        let notify = |urn: &str, recipients: &[&str]| FeatureNotificationRequestEvent {
+            urn: urn.into(),
+            priority: Priority::High,
+            recipients: recipients.iter().map(|r| (*r).to_owned()).collect(),
+        };
+        assert!(validate_notification(&notify(u, &["catalog"]), "granary").is_ok());
+        let e = validate_notification(&notify(u, &["", "x"]), "other").unwrap_err();
+        assert_eq!(e.len(), 2, "the tenant and the empty label: {e:?}");
+        assert!(e[0].starts_with("urn: tenant") && e[1].starts_with("recipients[0]"), "{e:?}");
     }
 
     fn event(feature: Value) -> FeatureCreationRequestEvent {

@@ -25,6 +25,8 @@ pub struct Config {
     pub feature_queues: [String; 3],
     /// Where FeatureRequestEvents go (`GRANARY_FEATURE_RESPONSE_QUEUE`).
     pub response_queue: String,
+    /// Where feature notifications for recipients go (`GRANARY_NOTIFICATION_QUEUE`).
+    pub notification_queue: String,
     /// Features table (`GRANARY_FEATURES_TABLE`).
     pub features_table: String,
     /// Requests table (`GRANARY_REQUESTS_TABLE`).
@@ -44,6 +46,7 @@ impl Config {
                 env_or("GRANARY_FEATURE_LOW_QUEUE", "feature-low"),
             ],
             response_queue: env_or("GRANARY_FEATURE_RESPONSE_QUEUE", "feature-response"),
+            notification_queue: env_or("GRANARY_NOTIFICATION_QUEUE", "feature-notification"),
             features_table: env_or("GRANARY_FEATURES_TABLE", "features"),
             requests_table: env_or("GRANARY_REQUESTS_TABLE", "requests"),
             groups_claim: env_or("GRANARY_GROUPS_CLAIM", "cognito:groups"),

@@ -334,6 +334,32 @@ impl FeatureStore {
         Err(StoreError::Contention(urn_text, MAX_ATTEMPTS))
     }
 
+    /// Notifies the feature version `stored` (action NOTIFIED): records the request and stages its
+    /// events (the response events and the notification for recipients) in one transaction.
+    pub async fn notify(
+        &self,
+        backend: &Backend,
+        stored: &StoredFeature,
+        mut request: RequestRecord,
+        events: Vec<OutboxEvent>,
+    ) -> Result<ChangeOutcome, StoreError> {
+        request.urn = Some(stored.urn.clone());
+        request.action = Some("NOTIFIED".into());
+        if let Some((owner, session)) = &stored.session {
+            request.session_owner = Some(owner.clone());
+            request.session = Some(session.clone());
+        }
+        let now = backend.clock.now_ms();
+        let mut ops = vec![self.request_op(&request)];
+        ops.extend(session_op(&self.requests, &request, Outcome::Done { released: request.replaces_parked, changed: true }));
+        ops.extend(events.iter().map(|e| self.outbox.stage(e, now)));
+        match self.commit(backend, &request.request_id, ops).await? {
+            Attempt::Committed => Ok(ChangeOutcome::Done { events, action: "NOTIFIED" }),
+            Attempt::Recorded(r) => Ok(ChangeOutcome::AlreadyRecorded(r)),
+            Attempt::Conflict => Err(StoreError::Contention(request.request_id, 1)),
+        }
+    }
+
     /// Records a request refused at registration, with its events, once.
     pub async fn record_denied(
         &self,
