@@ -118,6 +118,26 @@ fn every_local_route_is_declared_in_the_template() {
 }
 
 #[test]
+fn the_openapi_document_covers_every_route_and_only_those() {
+    let doc = feature_api::openapi::document();
+    let paths = doc["paths"].as_object().unwrap();
+    for route in granary_local::apigw::ROUTES {
+        let op = &paths.get(route.template).unwrap_or(&serde_json::Value::Null)[route.method.to_ascii_lowercase()];
+        assert!(op.is_object(), "route {} {} of granary-local is missing from the OpenAPI document", route.method, route.template);
+        assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{} {} has no responses", route.method, route.template);
+    }
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            let served = granary_local::apigw::ROUTES.iter().any(|r| r.template == path && r.method.eq_ignore_ascii_case(method));
+            assert!(served, "the OpenAPI document describes {method} {path}, which granary-local does not serve");
+        }
+    }
+    // The copy in docs/ is the generated one.
+    let committed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("docs/openapi.json")).unwrap()).unwrap();
+    assert!(committed == doc, "docs/openapi.json is stale: cargo run -q -p granary-local -- openapi > docs/openapi.json");
+}
+
+#[test]
 fn configuration_defaults_are_the_template_names() {
     // With no variable set, a function's default names must be those the local side provisions.
     let config = granary_lambda::Config::from_env();
@@ -125,7 +145,7 @@ fn configuration_defaults_are_the_template_names() {
     for table in [&config.features_table, &config.requests_table] {
         assert!(resources.table(table).is_some(), "table {table} (a Config default) is not declared in template.yaml");
     }
-    for queue in config.feature_queues.iter().chain([&config.response_queue]) {
+    for queue in config.feature_queues.iter().chain([&config.response_queue, &config.notification_queue]) {
         assert!(resources.queue(queue).is_some(), "queue {queue} (a Config default) is not declared in template.yaml");
     }
     // And every variable the template sets for a resource is one the README documents.

@@ -15,6 +15,13 @@
 //!   new, 200 when replaced, 400 with every problem of the definition.
 //! - `GET /models/{name}`: the model, its compiled schema and revision.
 
+pub mod answers;
+pub mod openapi;
+
+use answers::{
+    DeniedEntry, FeatureAnswer, GrantedRequest, Link, ModelAnswer, PageMetadata, RequestPageAnswer, SessionAnswer, SessionList,
+    SubmissionAnswer,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use granary_domain::RequestState;
@@ -34,7 +41,7 @@ use granary_stores::requests::{RequestFilter, RequestReader};
 use granary_stores::sessions::SessionReader;
 use lambda_http::RequestExt;
 use lambda_http::{Body, Request, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Most features accepted in one submission (REGARDS's bulk size).
 pub const MAX_FEATURES_PER_SUBMISSION: usize = 1000;
@@ -185,15 +192,15 @@ impl FeatureApi {
                     if message.size() > MAX_MESSAGE_BYTES {
                         let error = format!("feature: {} bytes, more than the {MAX_MESSAGE_BYTES} a queue message carries", message.size());
                         problems.push(format!("features[{i}].{}", error.trim_start_matches("feature.")));
-                        denied.push(json!({ "index": i, "id": id, "errors": [error] }));
+                        denied.push(DeniedEntry { index: i, id, errors: vec![error] });
                         continue;
                     }
                     outgoing.push(message);
-                    granted.push(json!({ "requestId": request_id, "id": id }));
+                    granted.push(GrantedRequest { request_id, id });
                 }
                 Err(errors) => {
                     problems.extend(errors.iter().map(|e| format!("features[{i}].{}", e.trim_start_matches("feature."))));
-                    denied.push(json!({ "index": i, "id": id, "errors": errors }));
+                    denied.push(DeniedEntry { index: i, id, errors });
                 }
             }
         }
@@ -203,7 +210,7 @@ impl FeatureApi {
         for batch in batches(outgoing) {
             self.backend.queue.send_batch(&queue, batch).await.map_err(unavailable_on)?;
         }
-        Ok(json(202, &json!({ "granted": granted, "denied": denied })))
+        Ok(json(202, &SubmissionAnswer { granted, denied }))
     }
 
     async fn put_model(&self, identity: &Identity, name: &str, req: &Request) -> RouteResult {
@@ -218,24 +225,29 @@ impl FeatureApi {
         let compiled = compile_model(name, &definition).map_err(|ModelError(errors)| bad_request("invalid data model", &errors))?;
         let revision = self.models.put(&self.backend, &definition, &compiled, &identity.user).await.map_err(unavailable_on)?;
         let status = if revision == 1 { 201 } else { 200 };
-        Ok(json(
-            status,
-            &json!({ "name": name, "revision": revision, "type": compiled.entity_type.map(|t| t.as_str()), "schema": compiled.creation_schema }),
-        ))
+        let answer = ModelAnswer {
+            name: name.to_owned(),
+            revision,
+            entity_type: compiled.entity_type.map(|t| t.as_str().to_owned()),
+            definition: None,
+            schema: compiled.creation_schema,
+            updated_by: None,
+        };
+        Ok(json(status, &answer))
     }
 
     async fn get_model(&self, name: &str) -> RouteResult {
         match self.models.get(&self.backend, name).await.map_err(unavailable_on)? {
             Some(m) => Ok(json(
                 200,
-                &json!({
-                    "name": name,
-                    "revision": m.revision,
-                    "type": m.compiled.entity_type.map(|t| t.as_str()),
-                    "definition": m.definition,
-                    "schema": m.compiled.creation_schema,
-                    "updatedBy": m.updated_by,
-                }),
+                &ModelAnswer {
+                    name: name.to_owned(),
+                    revision: m.revision,
+                    entity_type: m.compiled.entity_type.map(|t| t.as_str().to_owned()),
+                    definition: Some(m.definition),
+                    schema: m.compiled.creation_schema,
+                    updated_by: Some(m.updated_by),
+                },
             )),
             None => Err(not_found(&format!("no model {name}"))),
         }
@@ -310,10 +322,10 @@ impl FeatureApi {
             let mut query: Vec<String> =
                 params.iter().filter(|(k, _)| *k != "page").map(|(k, v)| format!("{k}={}", form_encode(v))).collect();
             query.push(format!("page={}", URL_SAFE_NO_PAD.encode(next)));
-            links.push(json!({ "rel": "next", "href": format!("/features/requests?{}", query.join("&")) }));
+            links.push(Link { rel: "next".into(), href: format!("/features/requests?{}", query.join("&")) });
         }
-        let n = page.content.len();
-        Ok(json(200, &json!({ "content": page.content, "metadata": { "size": size, "numberOfElements": n }, "links": links })))
+        let metadata = PageMetadata { size, number_of_elements: page.content.len() };
+        Ok(json(200, &RequestPageAnswer { content: page.content, metadata, links }))
     }
 
     /// The counters of one session, or of every session of an owner (producers and admins).
@@ -323,14 +335,16 @@ impl FeatureApi {
         }
         match session {
             Some(s) => match self.sessions.get(&self.backend, owner, s).await.map_err(unavailable_on)? {
-                Some(counters) => Ok(json(200, &json!({ "sessionOwner": owner, "session": s, "counters": counters }))),
+                Some(counters) => Ok(json(200, &SessionAnswer { session_owner: owner.to_owned(), session: s.to_owned(), counters })),
                 None => Err(not_found(&format!("no session {owner}/{s}"))),
             },
             None => {
                 let all = self.sessions.of_owner(&self.backend, owner).await.map_err(unavailable_on)?;
-                let content: Vec<Value> =
-                    all.into_iter().map(|(s, c)| json!({ "sessionOwner": owner, "session": s, "counters": c })).collect();
-                Ok(json(200, &json!({ "content": content })))
+                let content = all
+                    .into_iter()
+                    .map(|(session, counters)| SessionAnswer { session_owner: owner.to_owned(), session, counters })
+                    .collect();
+                Ok(json(200, &SessionList { content }))
             }
         }
     }
@@ -350,7 +364,7 @@ impl FeatureApi {
             return Err(not_found(&format!("no feature {urn}")));
         }
         match self.features.get(&self.backend, &urn).await.map_err(unavailable_on)? {
-            Some(f) => Ok(json(200, &json!({ "urn": f.urn, "last": f.last, "feature": f.feature }))),
+            Some(f) => Ok(json(200, &FeatureAnswer { urn: f.urn, last: f.last, feature: f.feature })),
             None => Err(not_found(&format!("no feature {urn}"))),
         }
     }

@@ -101,6 +101,8 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Print the OpenAPI document of the HTTP API (also served at /openapi.json).
+    Openapi,
 }
 
 /// Runs one command.
@@ -143,6 +145,10 @@ pub fn run(cli: Cli) -> Result<(), LocalError> {
             let issuer = auth::LocalIssuer::load_or_create(&data_dir, &config.groups_claim).map_err(LocalError::Key)?;
             let token = issuer.mint(&user, &groups, ttl, chrono::Utc::now().timestamp()).map_err(LocalError::Key)?;
             println!("{token}");
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", serde_json::to_string_pretty(&feature_api::openapi::document()).unwrap_or_default());
             Ok(())
         }
     }

@@ -142,6 +142,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
     let app = Router::new()
         .route("/health", get(health))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/openapi.json", get(openapi))
         .route("/blobs/{bucket}/{*key}", get(signed_blob))
         .fallback(api_gateway)
         // The API Gateway stand-in reads bodies itself, to answer 413 in problem+json.
@@ -188,6 +189,10 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, LocalError
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(json!({ "status": "UP", "backend": state.backend_name })).into_response()
+}
+
+async fn openapi() -> Response {
+    axum::Json(feature_api::openapi::document()).into_response()
 }
 
 async fn jwks(State(state): State<Arc<AppState>>) -> Response {

@@ -9,7 +9,7 @@ pub const MAX_PROVIDER_ID: usize = 100;
 pub const MAX_SESSION: usize = 128;
 
 /// The kind of a feature request (`regards.request.type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum FeatureRequestType {
     /// Create a feature (or its next version).
@@ -46,7 +46,7 @@ impl FeatureRequestType {
 }
 
 /// Processing priority; each has its own queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, PartialOrd, Ord, schemars::JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Priority {
     /// Served last.
@@ -59,7 +59,7 @@ pub enum Priority {
 }
 
 /// State reported by a [`FeatureRequestEvent`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum RequestState {
     /// Registered and accepted.
@@ -85,7 +85,7 @@ impl RequestState {
 }
 
 /// Where a file should be stored (REGARDS's StorageMetadata).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageMetadata {
     /// Storage location name.
@@ -99,7 +99,7 @@ pub struct StorageMetadata {
 }
 
 /// Session metadata of a creation (REGARDS's FeatureCreationSessionMetadata).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreationMetadata {
     /// Who produces the session.
@@ -126,7 +126,7 @@ pub struct CreationMetadata {
 }
 
 /// FeatureCreationRequestEvent: one feature to create.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FeatureCreationRequestEvent {
     /// Session metadata.
     pub metadata: CreationMetadata,
@@ -135,7 +135,7 @@ pub struct FeatureCreationRequestEvent {
 }
 
 /// Metadata of a patch (REGARDS's FeatureMetadata).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateMetadata {
     /// Storage targets for added files.
@@ -150,7 +150,7 @@ pub struct UpdateMetadata {
 }
 
 /// FeatureUpdateRequestEvent: a patch of one feature, named by its URN.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FeatureUpdateRequestEvent {
     /// Metadata.
     #[serde(default)]
@@ -160,7 +160,7 @@ pub struct FeatureUpdateRequestEvent {
 }
 
 /// FeatureDeletionRequestEvent: the deletion of one feature version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FeatureDeletionRequestEvent {
     /// The URN to delete.
     pub urn: String,
@@ -170,7 +170,7 @@ pub struct FeatureDeletionRequestEvent {
 }
 
 /// FeatureNotificationRequestEvent: tell recipients about one feature version again (action NOTIFIED).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FeatureNotificationRequestEvent {
     /// The URN to notify.
     pub urn: String,
@@ -182,7 +182,7 @@ pub struct FeatureNotificationRequestEvent {
 }
 
 /// The HTTP notification collection: `POST /features/notifications`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureNotificationCollection {
     /// URNs to notify.
@@ -196,7 +196,7 @@ pub struct FeatureNotificationCollection {
 }
 
 /// The HTTP update collection (REGARDS's FeatureUpdateCollection).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureUpdateCollection {
     /// Owner of the requests; the caller when absent.
@@ -210,7 +210,7 @@ pub struct FeatureUpdateCollection {
 }
 
 /// The HTTP deletion collection (REGARDS's FeatureDeletionCollection).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureDeletionCollection {
     /// URNs to delete.
@@ -221,7 +221,7 @@ pub struct FeatureDeletionCollection {
 }
 
 /// The HTTP creation collection (REGARDS's FeatureCreationCollection).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureCreationCollection {
     /// Owner of the requests; the caller when absent.
@@ -234,7 +234,7 @@ pub struct FeatureCreationCollection {
 }
 
 /// FeatureRequestEvent: the answer to a request, on the response queue.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureRequestEvent {
     /// Deterministic id: `<requestId>:<state>`, so a receiver can drop redeliveries.

@@ -13,17 +13,31 @@ pub fn json<T: Serialize>(status: u16, body: &T) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(Body::Empty))
 }
 
-/// A problem+json response: `title` says what kind of problem, `detail` what exactly, `errors` every
-/// individual error with its path.
+/// An RFC 9457 problem+json body: `title` says what kind of problem, `detail` what exactly, `errors`
+/// every individual error with its path.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Problem {
+    /// Always `about:blank`: the status and title say it all.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// The HTTP status's reason phrase.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What exactly is wrong.
+    pub detail: String,
+    /// Every error, each naming its path (absent when there is only the detail).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// A problem+json response (see [`Problem`]).
 pub fn problem(status: u16, title: &str, detail: &str, errors: &[String]) -> Response<Body> {
-    let mut body = serde_json::json!({ "type": "about:blank", "title": title, "status": status, "detail": detail });
-    if !errors.is_empty() {
-        body["errors"] = serde_json::json!(errors);
-    }
+    let body = Problem { problem_type: "about:blank".into(), title: title.into(), status, detail: detail.into(), errors: errors.to_vec() };
     Response::builder()
         .status(status)
         .header("content-type", "application/problem+json")
-        .body(Body::Text(body.to_string()))
+        .body(Body::Text(serde_json::to_string(&body).unwrap_or_default()))
         .unwrap_or_else(|_| Response::new(Body::Empty))
 }
 

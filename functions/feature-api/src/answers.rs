@@ -1,0 +1,117 @@
+//! The bodies feature-api answers with, typed so that the OpenAPI document is derived from them.
+
+use granary_stores::requests::RequestRecord;
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// A request a submission granted: it is on its priority's queue.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantedRequest {
+    /// The request id, to follow with `GET /features/requests/{requestId}`.
+    pub request_id: String,
+    /// What the entry named: the providerId of a creation, the URN of a change or notification.
+    pub id: Option<String>,
+}
+
+/// An entry a submission denied, with every error.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DeniedEntry {
+    /// Its position in the submitted list.
+    pub index: usize,
+    /// What the entry named, when it could be read.
+    pub id: Option<String>,
+    /// Every error, each naming its path.
+    pub errors: Vec<String>,
+}
+
+/// The answer to a submission (REGARDS's RequestInfo): 202 when at least one entry was granted.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SubmissionAnswer {
+    /// Granted entries.
+    pub granted: Vec<GrantedRequest>,
+    /// Denied entries.
+    pub denied: Vec<DeniedEntry>,
+}
+
+/// One feature version.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FeatureAnswer {
+    /// Its URN.
+    pub urn: String,
+    /// Whether it is the latest version of its providerId.
+    pub last: bool,
+    /// The GeoJSON feature.
+    pub feature: Value,
+}
+
+/// A data model as stored.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelAnswer {
+    /// Its name.
+    pub name: String,
+    /// How many times it was defined.
+    pub revision: i64,
+    /// The entity type it is for, when it says.
+    #[serde(rename = "type")]
+    pub entity_type: Option<String>,
+    /// The definition as given (`GET` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub definition: Option<Value>,
+    /// The JSON Schema creations are checked against.
+    pub schema: Value,
+    /// Who defined it last (`GET` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_by: Option<String>,
+}
+
+/// One session's counters.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAnswer {
+    /// The session owner.
+    pub session_owner: String,
+    /// The session.
+    pub session: String,
+    /// REGARDS's counters by name (`referencingRequests`, `runningUpdateRequests`, …).
+    pub counters: Map<String, Value>,
+}
+
+/// The sessions of an owner.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SessionList {
+    /// The sessions, by name.
+    pub content: Vec<SessionAnswer>,
+}
+
+/// A link of a paged body.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Link {
+    /// `next`.
+    pub rel: String,
+    /// The path and query of the linked page.
+    pub href: String,
+}
+
+/// The page metadata of a paged body.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PageMetadata {
+    /// The page size asked for.
+    pub size: usize,
+    /// How many elements this page holds.
+    pub number_of_elements: usize,
+}
+
+/// A page of requests, in REGARDS's paged shape.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RequestPageAnswer {
+    /// The requests, oldest first.
+    pub content: Vec<RequestRecord>,
+    /// Page metadata.
+    pub metadata: PageMetadata,
+    /// `next` when more may follow.
+    pub links: Vec<Link>,
+}
