@@ -9,6 +9,7 @@
 use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
 use granary_lambda::Config;
 use granary_ports::{Backend, OutgoingMessage};
+use granary_stores::recovery::Recovery;
 use granary_stores::requests::{due_requests, mark_released};
 use lambda_runtime::LambdaEvent;
 
@@ -21,12 +22,17 @@ const PAGE: usize = 100;
 pub struct DelayedRelease {
     backend: Backend,
     requests_table: String,
+    recovery: Recovery,
 }
 
 impl DelayedRelease {
     /// The handler over `backend`.
     pub fn new(backend: Backend, config: &Config) -> Self {
-        Self { backend, requests_table: config.requests_table.clone() }
+        Self {
+            backend,
+            requests_table: config.requests_table.clone(),
+            recovery: Recovery::new(&config.requests_table, &config.response_queue),
+        }
     }
 
     /// Releases every request due now; returns how many.
@@ -50,12 +56,32 @@ impl DelayedRelease {
         }
     }
 
+    /// Moves every request past its remote step's deadline to its error step; returns how many.
+    pub async fn expire_remote_steps(&self) -> Result<usize, granary_stores::StoreError> {
+        let mut expired = 0;
+        loop {
+            let events = self.recovery.expire_remote_steps(&self.backend, PAGE).await?;
+            if events.is_empty() {
+                return Ok(expired);
+            }
+            expired += events.len();
+            // Committed with the state: if sending fails the outbox relay sends them later.
+            if let Err(e) = self.recovery.outbox().flush(&self.backend, &events).await {
+                tracing::warn!(error = %e, "ERROR events left to the outbox relay");
+            }
+        }
+    }
+
     /// Handles one scheduled event.
     pub async fn handle(&self, _event: LambdaEvent<CloudWatchEvent>) -> Result<serde_json::Value, lambda_runtime::Error> {
         let released = self.release_due().await?;
         if released > 0 {
             tracing::info!(released, "released parked requests whose date has come");
         }
-        Ok(serde_json::json!({ "released": released }))
+        let expired = self.expire_remote_steps().await?;
+        if expired > 0 {
+            tracing::warn!(expired, "requests moved to their error step: no remote answer before the deadline");
+        }
+        Ok(serde_json::json!({ "released": released, "expired": expired }))
     }
 }

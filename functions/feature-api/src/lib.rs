@@ -6,6 +6,8 @@
 //! - `PATCH /features`: a FeatureUpdateCollection (each feature names its `urn`); the same answer.
 //! - `DELETE /features`: a FeatureDeletionCollection (`featuresUrns`); the same answer.
 //! - `GET /features/requests/{requestId}`: one request's state, step, URN and errors.
+//! - `POST /features/requests/{requestId}/retry` (admin): a request in ERROR runs again.
+//! - `DELETE /features/requests/{requestId}` (admin): a request in ERROR is forgotten.
 //! - `GET /features/requests?state=|sessionOwner=&session=[&type=&from=&to=&size=&page=]` (admin):
 //!   requests page by page, oldest first.
 //! - `GET /features/{urn}`: one feature version, `last` telling whether it is the latest.
@@ -31,12 +33,13 @@ use granary_domain::request::{
     FeatureUpdateCollection, FeatureUpdateRequestEvent, validate_creation, validate_deletion, validate_notification, validate_patch,
 };
 use granary_domain::{FeatureCreationCollection, FeatureCreationRequestEvent, FeatureRequestType, Priority, Urn};
-use granary_lambda::http::{bad_request, body_text, forbidden, json, not_found, unauthorized, unavailable};
+use granary_lambda::http::{bad_request, body_text, conflict, forbidden, json, not_found, unauthorized, unavailable};
 use granary_lambda::{Config, Identity};
 use granary_ports::queue::{MAX_MESSAGE_BYTES, batches};
 use granary_ports::{Backend, OutgoingMessage};
 use granary_stores::features::FeatureStore;
 use granary_stores::models::ModelStore;
+use granary_stores::recovery::{AdminOutcome, Recovery};
 use granary_stores::requests::{RequestFilter, RequestReader};
 use granary_stores::sessions::SessionReader;
 use lambda_http::RequestExt;
@@ -55,6 +58,7 @@ pub struct FeatureApi {
     requests: RequestReader,
     models: ModelStore,
     sessions: SessionReader,
+    recovery: Recovery,
 }
 
 /// The error of a route, answered as problem+json.
@@ -72,7 +76,8 @@ impl FeatureApi {
         let requests = RequestReader::new(&config.requests_table);
         let models = ModelStore::new(&config.features_table);
         let sessions = SessionReader::new(&config.requests_table);
-        Self { backend, config, features, requests, models, sessions }
+        let recovery = Recovery::new(&config.requests_table, &config.response_queue);
+        Self { backend, config, features, requests, models, sessions, recovery }
     }
 
     /// Answers one API Gateway (HTTP API) request.
@@ -95,6 +100,8 @@ impl FeatureApi {
                 self.sessions(&identity, &percent_decode(owner), Some(&percent_decode(session))).await
             }
             ("GET", ["features", "requests", id]) => self.get_request(&identity, id).await,
+            ("POST", ["features", "requests", id, "retry"]) => self.retry_request(&identity, id).await,
+            ("DELETE", ["features", "requests", id]) => self.delete_request(&identity, id).await,
             ("PUT", ["models", name]) => self.put_model(&identity, name, &req).await,
             ("GET", ["models", name]) => self.get_model(name).await,
             ("GET", ["features", urn]) => self.get_feature(&percent_decode(urn)).await,
@@ -355,6 +362,47 @@ impl FeatureApi {
             // Only the owner and admins learn that a request exists.
             Some(r) if identity.is_admin() || r.request_owner == identity.user => Ok(json(200, &r)),
             _ => Err(not_found(&format!("no request {request_id}"))),
+        }
+    }
+
+    /// `POST /features/requests/{requestId}/retry` (admin): a request in ERROR runs again; it is
+    /// parked due now and delayed-release sends its message back to its queue.
+    async fn retry_request(&self, identity: &Identity, request_id: &str) -> RouteResult {
+        if !identity.is_admin() {
+            return Err(forbidden("retrying requests needs the admin group"));
+        }
+        let (outcome, events) = self.recovery.retry(&self.backend, request_id).await.map_err(unavailable_on)?;
+        self.admin_outcome(request_id, outcome, "retried").map_err(|p| *p)?;
+        if let Err(e) = self.recovery.outbox().flush(&self.backend, &events).await {
+            tracing::warn!(error = %e, "GRANTED event left to the outbox relay");
+        }
+        match self.requests.get(&self.backend, request_id).await.map_err(unavailable_on)? {
+            Some(r) => Ok(json(202, &r)),
+            None => Err(not_found(&format!("no request {request_id}"))),
+        }
+    }
+
+    /// `DELETE /features/requests/{requestId}` (admin): forgets a request in ERROR.
+    async fn delete_request(&self, identity: &Identity, request_id: &str) -> RouteResult {
+        if !identity.is_admin() {
+            return Err(forbidden("deleting requests needs the admin group"));
+        }
+        let outcome = self.recovery.delete(&self.backend, request_id).await.map_err(unavailable_on)?;
+        self.admin_outcome(request_id, outcome, "deleted").map_err(|p| *p)?;
+        Ok(Response::builder().status(204).body(Body::Empty).unwrap_or_default())
+    }
+
+    fn admin_outcome(&self, request_id: &str, outcome: AdminOutcome, verb: &str) -> Result<(), Box<Response<Body>>> {
+        match outcome {
+            AdminOutcome::Done => Ok(()),
+            AdminOutcome::Unknown => Err(Box::new(not_found(&format!("no request {request_id}")))),
+            AdminOutcome::NotInError(state) => Err(Box::new(conflict(&format!(
+                "request {request_id} is {}, not ERROR: only requests in error are {verb}",
+                state.as_str()
+            )))),
+            AdminOutcome::NothingToRetry => Err(Box::new(conflict(&format!(
+                "request {request_id} is in error but its message was not kept: it cannot run again; delete it"
+            )))),
         }
     }
 

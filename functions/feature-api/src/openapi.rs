@@ -129,6 +129,26 @@ pub const OPERATIONS: &[Operation] = &[
         problems: &[404],
     },
     Operation {
+        method: "POST",
+        path: "/features/requests/{requestId}/retry",
+        summary: "Run a request in ERROR again: parked due now (GRANTED, LOCAL_DELAYED), its message goes back to its queue",
+        who: "admin",
+        query: &[],
+        body: None,
+        ok: (202, schema::<RequestRecord>),
+        problems: &[403, 404, 409],
+    },
+    Operation {
+        method: "DELETE",
+        path: "/features/requests/{requestId}",
+        summary: "Forget a request in ERROR (204)",
+        who: "admin",
+        query: &[],
+        body: None,
+        ok: (204, schema::<()>),
+        problems: &[403, 404, 409],
+    },
+    Operation {
         method: "GET",
         path: "/features/sessions/{sessionOwner}",
         summary: "The session counters of every session of an owner",
@@ -188,7 +208,9 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request: every error listed",
         401 => "Unauthorized: no valid bearer token",
         403 => "Forbidden: the caller's groups do not allow it",
+        204 => "No Content",
         404 => "Not Found",
+        409 => "Conflict: the request is not in ERROR",
         413 => "Content Too Large: over 10 MB",
         503 => "Service Unavailable: retry later",
         _ => "",
@@ -212,10 +234,11 @@ pub fn document() -> Value {
             op.query.iter().map(|q| json!({"name": q.name, "in": "query", "description": q.description, "schema": {"type": "string"}})),
         );
         let mut responses = Map::new();
-        responses.insert(
-            op.ok.0.to_string(),
-            json!({"description": reason(op.ok.0), "content": {"application/json": {"schema": (op.ok.1)(&mut g)}}}),
-        );
+        let ok = match op.ok.0 {
+            204 => json!({"description": reason(204)}),
+            status => json!({"description": reason(status), "content": {"application/json": {"schema": (op.ok.1)(&mut g)}}}),
+        };
+        responses.insert(op.ok.0.to_string(), ok);
         for status in op.problems.iter().chain(&[401, 503]) {
             responses.insert(
                 status.to_string(),

@@ -19,6 +19,7 @@ use granary_stores::StoreError;
 use granary_stores::features::{ChangeOutcome, CreationOutcome, FeatureStore, NewVersion};
 use granary_stores::models::{ModelCache, ModelStore};
 use granary_stores::outbox::OutboxEvent;
+use granary_stores::recovery::Recovery;
 use granary_stores::requests::{Parked, PendingCreation, RequestReader, RequestRecord, pending_creation};
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
@@ -47,6 +48,7 @@ pub struct FeatureIngest {
     config: Config,
     store: FeatureStore,
     requests: RequestReader,
+    recovery: Recovery,
     models: Arc<ModelCache>,
 }
 
@@ -141,7 +143,8 @@ impl FeatureIngest {
         });
         let models = Arc::new(ModelCache::new(ModelStore::new(&config.features_table), std::time::Duration::from_secs(ttl)));
         let requests = RequestReader::new(&config.requests_table);
-        Self { backend, config, store, requests, models }
+        let recovery = Recovery::new(&config.requests_table, &config.response_queue);
+        Self { backend, config, store, requests, recovery, models }
     }
 
     /// Handles one SQS batch; only messages that hit a transient failure are retried.
@@ -150,7 +153,8 @@ impl FeatureIngest {
         let mut events = Vec::new();
         for msg in &event.payload.records {
             let id = msg.message_id.clone().unwrap_or_default();
-            match self.process(msg).await {
+            let outcome = if self.is_dead_letter(msg) { self.record_dead_letter(msg).await } else { self.process(msg).await };
+            match outcome {
                 Ok(committed) => events.extend(committed),
                 Err(e) => {
                     tracing::warn!(message_id = %id, error = %e, transient = e.is_transient(), "feature request not processed; SQS will redeliver it");
@@ -164,6 +168,44 @@ impl FeatureIngest {
             tracing::warn!(error = %e, events = events.len(), "events left to the outbox relay");
         }
         Ok(sqs::batch_response(failed))
+    }
+
+    /// Whether `msg` comes from the feature dead-letter queue.
+    fn is_dead_letter(&self, msg: &SqsMessage) -> bool {
+        msg.event_source_arn.as_deref().and_then(|arn| arn.rsplit(':').next()) == Some(self.config.feature_dead_letter_queue.as_str())
+    }
+
+    /// Records the request of a message that kept failing as a request in ERROR (step LOCAL_ERROR),
+    /// its message kept so that an admin can retry it; nothing is lost, and the admin sees why.
+    async fn record_dead_letter(&self, msg: &SqsMessage) -> Result<Vec<OutboxEvent>, StoreError> {
+        let env = envelope(msg);
+        let kind = env.request_type.unwrap_or(FeatureRequestType::Creation);
+        let body = env.body.as_ref().ok();
+        let text = |pointer: &str| body.and_then(|b| b.pointer(pointer)).and_then(Value::as_str).map(str::to_owned);
+        let priority = body
+            .and_then(|b| b.pointer("/metadata/priority").or_else(|| b.get("priority")))
+            .and_then(|p| serde_json::from_value(p.clone()).ok())
+            .unwrap_or_default();
+        let mut record = self.record(msg, &env, kind, RequestState::Error, "LOCAL_ERROR");
+        record.provider_id = if kind == FeatureRequestType::Creation { text("/feature/id") } else { None };
+        record.urn = text("/feature/urn").or_else(|| text("/urn"));
+        record.errors = vec![format!(
+            "processing failed on every delivery and the message went to the dead-letter queue (see the logs of request {}); an admin may retry it (POST /features/requests/{{requestId}}/retry) or delete it",
+            env.request_id
+        )];
+        let message = Parked {
+            due_at: 0,
+            queue: self.config.feature_queue(priority).to_owned(),
+            body: msg.body.clone().unwrap_or_default(),
+            attributes: env.parked_attributes(),
+        };
+        let events = self.recovery.record_failed(&self.backend, &record, &message).await?;
+        if events.is_empty() {
+            tracing::info!(request_id = %env.request_id, "dead letter of a request processed meanwhile: dropped");
+        } else {
+            tracing::warn!(request_id = %env.request_id, "request recorded in error from the dead-letter queue");
+        }
+        Ok(events)
     }
 
     fn event(

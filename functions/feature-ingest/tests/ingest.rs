@@ -25,6 +25,7 @@ fn config() -> Config {
         feature_queues: ["feature-high".into(), "feature-normal".into(), "feature-low".into()],
         response_queue: "feature-response".into(),
         notification_queue: "feature-notification".into(),
+        feature_dead_letter_queue: "feature-dead-letter".into(),
         features_table: "features".into(),
         requests_table: "requests".into(),
         groups_claim: "cognito:groups".into(),
@@ -522,9 +523,10 @@ async fn session_counters_count_each_request_once_under_concurrent_handlers() {
         granary_stores::sessions::SessionReader::new("requests").get(&f.backend, "s2-ingest-chain", "2026-11-23").await.unwrap().unwrap();
     let expected = json!({
         "referencingRequests": 13, "referencedProducts": 12, "runningReferencingRequests": 1, "deniedReferencingRequests": 1,
-        "updateRequests": 1, "updatedProducts": 1, "runningUpdateRequests": 0, "deniedUpdateRequests": 0,
-        "deleteRequests": 1, "deletedProducts": 1, "runningDeleteRequests": 0, "deniedDeleteRequests": 0,
-        "notifyRequests": 0, "notifyProducts": 0, "runningNotifyRequests": 0, "deniedNotifyRequests": 0
+        "inErrorReferencingRequests": 0,
+        "updateRequests": 1, "updatedProducts": 1, "runningUpdateRequests": 0, "deniedUpdateRequests": 0, "inErrorUpdateRequests": 0,
+        "deleteRequests": 1, "deletedProducts": 1, "runningDeleteRequests": 0, "deniedDeleteRequests": 0, "inErrorDeleteRequests": 0,
+        "notifyRequests": 0, "notifyProducts": 0, "runningNotifyRequests": 0, "deniedNotifyRequests": 0, "inErrorNotifyRequests": 0
     });
     assert_eq!(Value::Object(counters), expected);
 }
@@ -729,4 +731,124 @@ async fn notification_requests_hand_the_feature_to_the_notification_queue_once()
     assert!(f.take("feature-notification").await.is_empty());
     let session = granary_stores::sessions::SessionReader::new("requests").get(&f.backend, "s2-ingest-chain", "2026-11-23").await.unwrap();
     assert_eq!(session.unwrap()["notifyRequests"], 1);
+}
+
+impl Fixture {
+    /// Delivers `messages` as the dead-letter queue's event source mapping does.
+    async fn deliver_dead_letters(&self, messages: &[ReceivedMessage]) -> Vec<String> {
+        let event = sqs_event("feature-dead-letter", messages).unwrap();
+        let response = self.ingest.handle(LambdaEvent::new(event, Context::default())).await.unwrap();
+        response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect()
+    }
+
+    async fn session(&self) -> serde_json::Map<String, Value> {
+        granary_stores::sessions::SessionReader::new("requests").get(&self.backend, "s2-ingest-chain", "2026-11-23").await.unwrap().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_become_requests_in_error_that_an_admin_retries() {
+    let f = fixture().await;
+    let recovery = granary_stores::recovery::Recovery::new("requests", "feature-response");
+    // A creation that failed on every delivery lands in the dead-letter queue.
+    let dead = message("m1", &creation("product-0001").to_string(), &[("regards.request.id", "r1"), ("regards.request.type", "CREATION")]);
+    assert!(f.deliver_dead_letters(std::slice::from_ref(&dead)).await.is_empty());
+    let r1 = f.request("r1").await;
+    assert_eq!(
+        (r1["state"].as_str(), r1["step"].as_str(), r1["providerId"].as_str()),
+        (Some("ERROR"), Some("LOCAL_ERROR"), Some("product-0001"))
+    );
+    assert!(r1["errors"][0].as_str().unwrap().contains("dead-letter queue"), "{r1}");
+    let events = f.responses().await;
+    assert_eq!(states(&events, "r1"), vec!["ERROR"]);
+    assert!(f.versions("product-0001").await.is_empty(), "nothing created");
+    assert_eq!(
+        (f.session().await["referencingRequests"].as_i64(), f.session().await["inErrorReferencingRequests"].as_i64()),
+        (Some(1), Some(1))
+    );
+
+    // The same dead letter again changes nothing.
+    f.deliver_dead_letters(&[dead]).await;
+    assert!(f.responses().await.is_empty());
+
+    // Retried: GRANTED again, released by the schedule, then processed as any request.
+    let (outcome, _) = recovery.retry(&f.backend, "r1").await.unwrap();
+    assert_eq!(outcome, granary_stores::recovery::AdminOutcome::Done);
+    assert_eq!(
+        recovery.retry(&f.backend, "r1").await.unwrap().0,
+        granary_stores::recovery::AdminOutcome::NotInError(granary_domain::RequestState::Granted),
+        "retried once"
+    );
+    assert_eq!(f.release_and_deliver().await, 1);
+    assert_eq!(f.request("r1").await["state"], "SUCCESS");
+    assert_eq!(f.versions("product-0001").await.len(), 1);
+    let session = f.session().await;
+    assert_eq!(
+        [
+            &session["referencingRequests"],
+            &session["inErrorReferencingRequests"],
+            &session["runningReferencingRequests"],
+            &session["referencedProducts"]
+        ],
+        [1, 0, 0, 1],
+        "{session:?}"
+    );
+
+    // A dead letter of a request processed meanwhile is dropped, and a success cannot be deleted.
+    let late = message("m2", &creation("product-0001").to_string(), &[("regards.request.id", "r1"), ("regards.request.type", "CREATION")]);
+    f.deliver_dead_letters(&[late]).await;
+    assert_eq!(f.request("r1").await["state"], "SUCCESS");
+    assert_eq!(
+        recovery.delete(&f.backend, "r1").await.unwrap(),
+        granary_stores::recovery::AdminOutcome::NotInError(granary_domain::RequestState::Success)
+    );
+    assert_eq!(recovery.delete(&f.backend, "nope").await.unwrap(), granary_stores::recovery::AdminOutcome::Unknown);
+}
+
+#[tokio::test]
+async fn a_remote_step_past_its_deadline_moves_to_its_error_step() {
+    use granary_ports::Clock;
+    use granary_stores::recovery::{AdminOutcome, Recovery, enter_remote_step};
+    let clock = Arc::new(granary_ports::ManualClock::starting_now());
+    let f = fixture_with_clock(clock.clone()).await;
+    let recovery = Recovery::new("requests", "feature-response");
+    let release = delayed_release::DelayedRelease::new(f.backend.clone(), &f.config);
+    // A creation dated ahead is parked (GRANTED, counted as running); then, as file storage will do,
+    // it waits on the storage service for at most ten minutes.
+    let in_1h = (clock.now() + chrono::Duration::hours(1)).to_rfc3339();
+    f.deliver(&[message("c1", &creation("product-0001").to_string(), &[("regards.request.id", "c1"), ("regards.request.date", &in_1h)])])
+        .await;
+    f.responses().await;
+    let now = clock.now_ms();
+    let parked = granary_stores::requests::Parked {
+        due_at: 0,
+        queue: "feature-high".into(),
+        body: creation("product-0001").to_string(),
+        attributes: [("regards.request.id".to_owned(), "c1".to_owned())].into(),
+    };
+    let key = granary_ports::Key::new("R#c1", "R");
+    f.backend
+        .table
+        .update("requests", &key, enter_remote_step("REMOTE_STORAGE_REQUESTED", now, now + 600_000, &parked), None)
+        .await
+        .unwrap();
+
+    clock.advance(chrono::Duration::minutes(9));
+    assert_eq!(release.expire_remote_steps().await.unwrap(), 0, "not before the deadline");
+    assert_eq!(f.request("c1").await["step"], "REMOTE_STORAGE_REQUESTED");
+    clock.advance(chrono::Duration::minutes(2));
+    assert_eq!(release.expire_remote_steps().await.unwrap(), 1);
+    assert_eq!(release.expire_remote_steps().await.unwrap(), 0, "once");
+    let c1 = f.request("c1").await;
+    assert_eq!((c1["state"].as_str(), c1["step"].as_str()), (Some("ERROR"), Some("REMOTE_STORAGE_ERROR")));
+    assert!(c1["errors"][0].as_str().unwrap().contains("no answer before the deadline (660 s"), "{c1}");
+    let events = f.responses().await;
+    assert_eq!(states(&events, "c1"), vec!["ERROR"]);
+    let session = f.session().await;
+    assert_eq!((session["runningReferencingRequests"].as_i64(), session["inErrorReferencingRequests"].as_i64()), (Some(0), Some(1)));
+
+    // Deleted by an admin: gone, no longer counted in error.
+    assert_eq!(recovery.delete(&f.backend, "c1").await.unwrap(), AdminOutcome::Done);
+    assert!(f.backend.table.get("requests", &key).await.unwrap().is_none());
+    assert_eq!(f.session().await["inErrorReferencingRequests"], 0);
 }

@@ -37,6 +37,8 @@ pub const ROUTES: &[Route] = &[
     Route { method: "POST", template: "/features/notifications", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/features/requests", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/features/requests/{requestId}", target: Target::FeatureApi, authorized: true },
+    Route { method: "POST", template: "/features/requests/{requestId}/retry", target: Target::FeatureApi, authorized: true },
+    Route { method: "DELETE", template: "/features/requests/{requestId}", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/features/sessions/{sessionOwner}", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/features/sessions/{sessionOwner}/{session}", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/features/{urn}", target: Target::FeatureApi, authorized: true },

@@ -111,6 +111,15 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
             stop_rx.clone(),
         ));
     }
+    // The dead-letter queue has its own event source mapping: its messages become requests in error.
+    workers.spawn(run_sqs_source(
+        backend.clone(),
+        "feature-ingest",
+        vec![config.feature_dead_letter_queue.clone()],
+        10,
+        ingest_handler.clone(),
+        stop_rx.clone(),
+    ));
     let relay = Arc::new(OutboxRelay::new(backend.clone(), &config).map_err(LocalError::Config)?);
     let relay_handler = Arc::new(move |e| {
         let f = relay.clone();

@@ -603,3 +603,60 @@ async fn admins_list_requests_by_state_and_session_page_by_page() {
     let forged = c.get(r.url("/features/requests?state=SUCCESS&page=bm90LWEtY3Vyc29y")).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(forged.status(), 400, "a cursor the API did not hand out is refused");
 }
+
+#[tokio::test]
+async fn admins_retry_and_delete_requests_in_error_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Runner::start_with(dir.path(), &["--release-every-secs", "1"], &[]);
+    let c = client();
+    let admin = token(dir.path(), "root@example.org", &["--admin"]);
+    let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
+    define_model(&c, &r, dir.path(), "M", &model_m()).await;
+    // Two creations that failed on every delivery reach the dead-letter queue.
+    let backend = open(dir.path());
+    let body = |id: &str| {
+        json!({"metadata": {"sessionOwner": "e2e", "session": "s1", "priority": "HIGH"},
+               "feature": {"type": "Feature", "id": id, "entityType": "DATA", "model": "M", "geometry": null, "properties": {"n": 1}}})
+        .to_string()
+    };
+    let dead = |id: &str, request: &str| {
+        OutgoingMessage::new(body(id))
+            .attribute("regards.request.type", "CREATION")
+            .attribute("regards.request.id", request)
+            .attribute("regards.request.owner", "ann@example.org")
+    };
+    backend.queue.send_batch("feature-dead-letter", vec![dead("product-dlq-1", "dlq-1"), dead("product-dlq-2", "dlq-2")]).await.unwrap();
+    let get = |id: &'static str| {
+        let (c, url, admin) = (c.clone(), r.url(&format!("/features/requests/{id}")), admin.clone());
+        async move { c.get(url).bearer_auth(admin).send().await.ok()?.json::<Value>().await.ok() }
+    };
+    for id in ["dlq-1", "dlq-2"] {
+        let rec = wait_for("the dead letter to be recorded in error", Duration::from_secs(20), || async {
+            get(id).await.filter(|v| v["state"] == "ERROR")
+        })
+        .await;
+        assert_eq!(rec["step"], "LOCAL_ERROR");
+    }
+
+    // Only admins retry; a retried request runs again and succeeds.
+    let url = r.url("/features/requests/dlq-1/retry");
+    assert_eq!(c.post(&url).bearer_auth(&producer).send().await.unwrap().status(), 403);
+    let res = c.post(&url).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let retried: Value = res.json().await.unwrap();
+    assert_eq!((retried["state"].as_str(), retried["step"].as_str()), (Some("GRANTED"), Some("LOCAL_DELAYED")));
+    let done = wait_for("the retried request to succeed", Duration::from_secs(30), || async {
+        get("dlq-1").await.filter(|v| v["state"] == "SUCCESS")
+    })
+    .await;
+    assert_eq!(done["action"], "CREATED");
+    let again = c.post(&url).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(again.status(), 409, "a request no longer in error is not retried");
+    assert_eq!(again.headers()["content-type"], "application/problem+json");
+
+    // The other is deleted; deleting it again is 404, deleting a success is 409.
+    let del = |id: &str| c.delete(r.url(&format!("/features/requests/{id}"))).bearer_auth(&admin).send();
+    assert_eq!(del("dlq-2").await.unwrap().status(), 204);
+    assert_eq!(del("dlq-2").await.unwrap().status(), 404);
+    assert_eq!(del("dlq-1").await.unwrap().status(), 409);
+}

@@ -12,6 +12,17 @@ pub enum Outcome {
     Parked,
     /// Refused when it came back from parking (its creation failed, say): no longer running.
     DeniedAfterParking,
+    /// Went into error (its message kept failing, or a remote step timed out). `was_running`: it had
+    /// been counted as a running request (parked, or waiting on the remote step); otherwise it is
+    /// counted as a request now.
+    Failed {
+        /// It had been counted as running.
+        was_running: bool,
+    },
+    /// An admin retried it: out of error, running again.
+    Retried,
+    /// An admin deleted it while in error.
+    DeletedInError,
     /// Done. `released`: it had been parked (and counted as running). `changed`: a product was
     /// created, updated or deleted (a deletion of an absent feature changes none).
     Done {
@@ -22,21 +33,31 @@ pub enum Outcome {
     },
 }
 
-/// The counter names of a kind: (requests, products, running, denied).
-fn names(kind: FeatureRequestType) -> [&'static str; 4] {
+/// The counter names of a kind: (requests, products, running, denied, in error).
+fn names(kind: FeatureRequestType) -> [&'static str; 5] {
     match kind {
-        FeatureRequestType::Creation => {
-            ["referencingRequests", "referencedProducts", "runningReferencingRequests", "deniedReferencingRequests"]
+        FeatureRequestType::Creation => [
+            "referencingRequests",
+            "referencedProducts",
+            "runningReferencingRequests",
+            "deniedReferencingRequests",
+            "inErrorReferencingRequests",
+        ],
+        FeatureRequestType::Patch => {
+            ["updateRequests", "updatedProducts", "runningUpdateRequests", "deniedUpdateRequests", "inErrorUpdateRequests"]
         }
-        FeatureRequestType::Patch => ["updateRequests", "updatedProducts", "runningUpdateRequests", "deniedUpdateRequests"],
-        FeatureRequestType::Deletion => ["deleteRequests", "deletedProducts", "runningDeleteRequests", "deniedDeleteRequests"],
-        FeatureRequestType::Notification => ["notifyRequests", "notifyProducts", "runningNotifyRequests", "deniedNotifyRequests"],
+        FeatureRequestType::Deletion => {
+            ["deleteRequests", "deletedProducts", "runningDeleteRequests", "deniedDeleteRequests", "inErrorDeleteRequests"]
+        }
+        FeatureRequestType::Notification => {
+            ["notifyRequests", "notifyProducts", "runningNotifyRequests", "deniedNotifyRequests", "inErrorNotifyRequests"]
+        }
     }
 }
 
 /// The increments an outcome makes.
 pub fn increments(kind: FeatureRequestType, outcome: Outcome) -> Vec<(&'static str, i64)> {
-    let [requests, products, running, denied] = names(kind);
+    let [requests, products, running, denied, in_error] = names(kind);
     let mut out = Vec::new();
     match outcome {
         Outcome::Denied => out.push((denied, 1)),
@@ -44,6 +65,15 @@ pub fn increments(kind: FeatureRequestType, outcome: Outcome) -> Vec<(&'static s
             out.push((running, -1));
             out.push((denied, 1));
         }
+        Outcome::Failed { was_running } => {
+            out.push(if was_running { (running, -1) } else { (requests, 1) });
+            out.push((in_error, 1));
+        }
+        Outcome::Retried => {
+            out.push((in_error, -1));
+            out.push((running, 1));
+        }
+        Outcome::DeletedInError => out.push((in_error, -1)),
         Outcome::Parked => {
             out.push((requests, 1));
             out.push((running, 1));
@@ -92,9 +122,22 @@ mod tests {
         );
         assert_eq!(increments(FeatureRequestType::Patch, Outcome::Denied), vec![("deniedUpdateRequests", 1)]);
         assert_eq!(
+            increments(FeatureRequestType::Creation, Outcome::Failed { was_running: false }),
+            vec![("referencingRequests", 1), ("inErrorReferencingRequests", 1)]
+        );
+        assert_eq!(
+            increments(FeatureRequestType::Deletion, Outcome::Failed { was_running: true }),
+            vec![("runningDeleteRequests", -1), ("inErrorDeleteRequests", 1)]
+        );
+        assert_eq!(
+            increments(FeatureRequestType::Notification, Outcome::Retried),
+            vec![("inErrorNotifyRequests", -1), ("runningNotifyRequests", 1)]
+        );
+        assert_eq!(increments(FeatureRequestType::Patch, Outcome::DeletedInError), vec![("inErrorUpdateRequests", -1)]);
+        assert_eq!(
             increments(FeatureRequestType::Patch, Outcome::DeniedAfterParking),
             vec![("runningUpdateRequests", -1), ("deniedUpdateRequests", 1)]
         );
-        assert_eq!(all_counters().len(), 16);
+        assert_eq!(all_counters().len(), 20, "five counters for each of the four kinds");
     }
 }

@@ -25,6 +25,9 @@ pub struct Config {
     pub feature_queues: [String; 3],
     /// Where FeatureRequestEvents go (`GRANARY_FEATURE_RESPONSE_QUEUE`).
     pub response_queue: String,
+    /// Where feature requests that kept failing go (`GRANARY_FEATURE_DEAD_LETTER_QUEUE`); ingest
+    /// records them as requests in error.
+    pub feature_dead_letter_queue: String,
     /// Where feature notifications for recipients go (`GRANARY_NOTIFICATION_QUEUE`).
     pub notification_queue: String,
     /// Features table (`GRANARY_FEATURES_TABLE`).
@@ -46,6 +49,7 @@ impl Config {
                 env_or("GRANARY_FEATURE_LOW_QUEUE", "feature-low"),
             ],
             response_queue: env_or("GRANARY_FEATURE_RESPONSE_QUEUE", "feature-response"),
+            feature_dead_letter_queue: env_or("GRANARY_FEATURE_DEAD_LETTER_QUEUE", "feature-dead-letter"),
             notification_queue: env_or("GRANARY_NOTIFICATION_QUEUE", "feature-notification"),
             features_table: env_or("GRANARY_FEATURES_TABLE", "features"),
             requests_table: env_or("GRANARY_REQUESTS_TABLE", "requests"),

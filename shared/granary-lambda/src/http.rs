@@ -61,6 +61,11 @@ pub fn not_found(detail: &str) -> Response<Body> {
     problem(404, "Not Found", detail, &[])
 }
 
+/// 409: the target is not in a state that allows the change.
+pub fn conflict(detail: &str) -> Response<Body> {
+    problem(409, "Conflict", detail, &[])
+}
+
 /// 503: a dependency is temporarily unavailable; the client may retry.
 pub fn unavailable(detail: &str) -> Response<Body> {
     problem(503, "Service Unavailable", detail, &[])

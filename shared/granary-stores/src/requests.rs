@@ -52,7 +52,7 @@ pub struct RequestRecord {
 pub const DUE_INDEX: &str = "due";
 /// The one partition of [`DUE_INDEX`]: at most a few thousand requests are parked at once, and each is
 /// written twice (park, release), well within one partition's throughput.
-const DUE_PARTITION: &str = "due";
+pub(crate) const DUE_PARTITION: &str = "due";
 
 /// Where a parked request goes back to when it is due, and what it carried.
 #[derive(Debug, Clone, PartialEq)]
