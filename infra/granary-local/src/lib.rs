@@ -5,12 +5,18 @@
 
 pub mod apigw;
 pub mod auth;
+pub mod cli;
 pub mod resources;
 pub mod serve;
 pub mod sources;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use granary_aws::{Aws, AwsOptions};
+use granary_embedded::{Embedded, EmbeddedOptions};
+use granary_ports::{Backend, Resources};
+pub use serve::BackendChoice;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -35,6 +41,35 @@ pub enum LocalError {
         "--backend aws is not available in this build yet: the AWS implementation of the ports is the next foundation slice; use --backend embedded"
     )]
     AwsBackendUnavailable,
+}
+
+/// Opens the backend of `choice` over `resources`: the embedded one in `data_dir` (with `tune` applied
+/// to its options), or AWS from the usual variables (`AWS_ENDPOINT_URL` for an emulator), creating the
+/// resources first when `provision` is set.
+pub async fn open_backend(
+    choice: BackendChoice,
+    data_dir: &Path,
+    resources: Resources,
+    provision: bool,
+    tune: impl FnOnce(&mut EmbeddedOptions),
+) -> Result<(Backend, Option<Embedded>), LocalError> {
+    match choice {
+        BackendChoice::Embedded => {
+            let mut options = EmbeddedOptions::new(data_dir, resources);
+            tune(&mut options);
+            let embedded = Embedded::open(options).map_err(|e| LocalError::Backend(e.to_string()))?;
+            Ok((embedded.backend(), Some(embedded)))
+        }
+        BackendChoice::Aws => {
+            let options =
+                AwsOptions { name_prefix: granary_lambda::config::env_or("GRANARY_AWS_NAME_PREFIX", ""), ..AwsOptions::default() };
+            let aws = Aws::connect(&resources, options).await;
+            if provision {
+                granary_aws::provision::provision(&aws, &resources).await.map_err(|e| LocalError::Backend(e.to_string()))?;
+            }
+            Ok((aws.backend(), None))
+        }
+    }
 }
 
 /// The command line.

@@ -11,10 +11,8 @@ use axum::routing::get;
 use delayed_release::DelayedRelease;
 use feature_api::FeatureApi;
 use feature_ingest::FeatureIngest;
-use granary_aws::{Aws, AwsOptions};
-use granary_embedded::{Embedded, EmbeddedOptions, SignedUrlError};
+use granary_embedded::{Embedded, SignedUrlError};
 use granary_lambda::Config;
-use granary_lambda::config::env_or;
 use granary_ports::BlobStore;
 use http::{HeaderMap, Method, StatusCode, Uri};
 use outbox_relay::OutboxRelay;
@@ -75,23 +73,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         tokio::net::TcpListener::bind(opts.listen).await.map_err(|e| LocalError::Listen(opts.listen.to_string(), e.to_string()))?;
     let addr = listener.local_addr().map_err(|e| LocalError::Listen(opts.listen.to_string(), e.to_string()))?;
     let resources = resources::load(opts.template.as_deref()).map_err(LocalError::Config)?;
-    let (backend, embedded) = match opts.backend {
-        BackendChoice::Embedded => {
-            let mut eopts = EmbeddedOptions::new(&opts.data_dir, resources);
-            eopts.restore_delay = opts.restore_delay;
-            eopts.public_base_url = format!("http://{addr}");
-            let embedded = Embedded::open(eopts).map_err(|e| LocalError::Backend(e.to_string()))?;
-            (embedded.backend(), Some(embedded))
-        }
-        BackendChoice::Aws => {
-            let options = AwsOptions { name_prefix: env_or("GRANARY_AWS_NAME_PREFIX", ""), ..AwsOptions::default() };
-            let aws = Aws::connect(&resources, options).await;
-            if opts.provision {
-                granary_aws::provision::provision(&aws, &resources).await.map_err(|e| LocalError::Backend(e.to_string()))?;
-            }
-            (aws.backend(), None)
-        }
-    };
+    let (backend, embedded) = crate::open_backend(opts.backend, &opts.data_dir, resources, opts.provision, |eopts| {
+        eopts.restore_delay = opts.restore_delay;
+        eopts.public_base_url = format!("http://{addr}");
+    })
+    .await?;
     let issuer = LocalIssuer::load_or_create(&opts.data_dir, &config.groups_claim).map_err(LocalError::Key)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = tokio::task::JoinSet::new();

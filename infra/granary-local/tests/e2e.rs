@@ -660,3 +660,128 @@ async fn admins_retry_and_delete_requests_in_error_over_http() {
     assert_eq!(del("dlq-2").await.unwrap().status(), 404);
     assert_eq!(del("dlq-1").await.unwrap().status(), 409);
 }
+
+const CLI: &str = env!("CARGO_BIN_EXE_granary");
+
+/// Runs `granary` with `args`; returns its exit code and its stdout parsed as JSON.
+fn granary_cli(args: &[&str]) -> (i32, Value) {
+    let out = Command::new(CLI).args(args).arg("--json").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("granary {args:?} printed no JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), json)
+}
+
+fn feature(id: &str, n: Value) -> Value {
+    json!({"type": "Feature", "id": id, "entityType": "DATA", "model": "M", "geometry": {"type": "Point", "coordinates": [1.0, 2.0]}, "properties": {"n": n}})
+}
+
+#[tokio::test]
+async fn the_cli_submits_a_directory_over_http_and_follows_it_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Runner::start(dir.path(), &[]);
+    let c = client();
+    define_model(&c, &r, dir.path(), "M", &model_m()).await;
+    let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
+    let input = tempfile::tempdir().unwrap();
+    let write = |name: &str, v: &str| std::fs::write(input.path().join(name), v).unwrap();
+    write("a.geojson", &feature("product-cli-1", json!(1)).to_string());
+    write(
+        "b.json",
+        &json!({"type": "FeatureCollection", "features": [feature("product-cli-2", json!(2)), feature(&"x".repeat(101), json!(3))]})
+            .to_string(),
+    );
+    write("c.json", "{ not json");
+    write("d.geojson", &feature("product-cli-3", json!("not an integer")).to_string());
+    write("notes.txt", "ignored: not a .json or .geojson file");
+
+    let dir_arg = input.path().to_str().unwrap();
+    let (code, summary) = granary_cli(&[
+        "submit",
+        dir_arg,
+        "--url",
+        &r.base,
+        "--token",
+        &producer,
+        "--session",
+        "cli",
+        "--batch",
+        "2",
+        "--follow",
+        "--timeout-secs",
+        "60",
+    ]);
+    assert_eq!(code, 1, "something was denied: {summary}");
+    assert_eq!((summary["granted"].as_u64(), summary["denied"].as_u64()), (Some(3), Some(2)), "{summary}");
+    let denied: Vec<&str> = summary["deniedEntries"].as_array().unwrap().iter().map(|d| d[0].as_str().unwrap()).collect();
+    assert_eq!(denied, vec!["c.json", "b.json#1"], "{summary}");
+    assert!(summary["deniedEntries"].to_string().contains("100"), "the providerId length is the reason: {summary}");
+    let followed = &summary["followed"];
+    assert_eq!(followed["states"], json!({"SUCCESS": 2, "DENIED": 1}), "{summary}");
+    assert!(followed["failures"][0][2][0].as_str().unwrap().contains("properties.n"), "ingest's reason: {summary}");
+    // The created features are there.
+    let urn = "URN:FEATURE:DATA:granary:".to_owned() + &granary_domain::entity_uuid("product-cli-1").to_string() + ":V1";
+    assert_eq!(c.get(r.url(&format!("/features/{urn}"))).bearer_auth(&producer).send().await.unwrap().status(), 200);
+
+    // Without a token: a clear refusal, exit code 2.
+    let out = Command::new(CLI).args(["submit", dir_arg, "--url", &r.base]).env_remove("GRANARY_TOKEN").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("granary-local token"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn the_cli_submits_ndjson_onto_the_queue_then_lists_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Runner::start(dir.path(), &[]);
+    let c = client();
+    define_model(&c, &r, dir.path(), "M", &model_m()).await;
+    let admin = token(dir.path(), "root@example.org", &["--admin"]);
+    let input = tempfile::tempdir().unwrap();
+    let ndjson = input.path().join("batch.ndjson");
+    let lines = [
+        feature("product-q-1", json!(1)).to_string(),
+        feature("product-q-2", json!(2)).to_string(),
+        "{ broken".to_owned(),
+        String::new(),
+        feature("product-q-3", json!("three")).to_string(),
+    ];
+    std::fs::write(&ndjson, lines.join("\n")).unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (code, summary) = granary_cli(&[
+        "submit",
+        ndjson.to_str().unwrap(),
+        "--via",
+        "queue",
+        "--data-dir",
+        data,
+        "--priority",
+        "high",
+        "--follow",
+        "--timeout-secs",
+        "60",
+    ]);
+    assert_eq!(code, 1, "{summary}");
+    assert_eq!((summary["granted"].as_u64(), summary["denied"].as_u64()), (Some(3), Some(1)), "{summary}");
+    assert_eq!(summary["deniedEntries"][0][0], "batch.ndjson:3");
+    assert_eq!(summary["followed"]["states"], json!({"SUCCESS": 2, "DENIED": 1}), "{summary}");
+
+    // Operators list by state, over HTTP (admin) or from the tables.
+    let (code, denied) = granary_cli(&["requests", "--state", "DENIED", "--url", &r.base, "--token", &admin]);
+    assert_eq!(code, 0);
+    assert_eq!(denied.as_array().unwrap().len(), 1, "{denied}");
+    assert_eq!(denied[0]["providerId"], "product-q-3");
+    let (_, succeeded) = granary_cli(&["requests", "--state", "SUCCESS", "--type", "CREATION", "--via", "queue", "--data-dir", data]);
+    assert_eq!(succeeded.as_array().unwrap().len(), 2, "{succeeded}");
+
+    // Deletions from an NDJSON file of URNs, over HTTP.
+    let urns: Vec<String> = succeeded.as_array().unwrap().iter().map(|r| r["urn"].as_str().unwrap().to_owned()).collect();
+    let deletions = input.path().join("deletions.ndjson");
+    std::fs::write(&deletions, format!("{}\n{{\"urn\": \"{}\"}}\n", urns[0], urns[1])).unwrap();
+    let (code, summary) =
+        granary_cli(&["submit", deletions.to_str().unwrap(), "--kind", "deletion", "--url", &r.base, "--token", &admin, "--follow"]);
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["followed"]["states"], json!({"SUCCESS": 2}));
+    for urn in &urns {
+        assert_eq!(c.get(r.url(&format!("/features/{urn}"))).bearer_auth(&admin).send().await.unwrap().status(), 404, "{urn} deleted");
+    }
+}
