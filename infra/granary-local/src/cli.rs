@@ -59,7 +59,7 @@ pub struct Cli {
 #[derive(Args)]
 struct Target {
     /// Through the HTTP API, or straight onto the feature queues (and the requests table to follow).
-    #[arg(long, value_enum, env = "GRANARY_VIA", default_value = "http", global = true)]
+    #[arg(long, value_enum, env = "GRANARY_CLI_VIA", default_value = "http", global = true)]
     via: Via,
     /// The HTTP API's base URL.
     #[arg(long, env = "GRANARY_URL", default_value = "http://127.0.0.1:8080", global = true)]
@@ -68,7 +68,7 @@ struct Target {
     #[arg(long, env = "GRANARY_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
     /// With --via queue: a granary-local data directory (embedded) or AWS (the AWS variables).
-    #[arg(long, value_enum, env = "GRANARY_BACKEND", default_value = "embedded", global = true)]
+    #[arg(long, value_enum, env = "GRANARY_CLI_BACKEND", default_value = "embedded", global = true)]
     backend: BackendKind,
     /// With --via queue --backend embedded: the data directory.
     #[arg(long, env = "GRANARY_LOCAL_DATA_DIR", default_value = ".granary", global = true)]
