@@ -6,6 +6,8 @@
 //! - `ingest`: the release granary-local on the embedded backend, fed creation requests through its
 //!   NORMAL queue (a model with ten attributes, two referenced files per feature) until every one is
 //!   SUCCESS: features per second, time from dequeue to SUCCESS, peak memory of the runner.
+//! - `mixed`: the same runner with LOW creations queued, then HIGH ones while it works through the
+//!   LOW: when the last HIGH and the last LOW finished, and how many LOW were done by the last HIGH.
 
 use clap::{Parser, Subcommand};
 use granary_embedded::{Embedded, EmbeddedOptions};
@@ -40,6 +42,24 @@ enum Command {
         /// Creation requests.
         #[arg(long, default_value_t = 1000)]
         features: usize,
+    },
+    /// LOW creations queued, then HIGH ones while the runner works: is HIGH served first?
+    Mixed {
+        /// LOW creation requests queued before the runner starts.
+        #[arg(long, default_value_t = 50_000)]
+        low: usize,
+        /// HIGH creation requests queued once the runner has done `--high-after` LOW ones.
+        #[arg(long, default_value_t = 2_000)]
+        high: usize,
+        /// LOW requests done before the HIGH ones are queued.
+        #[arg(long, default_value_t = 1_000)]
+        high_after: usize,
+        /// Concurrent feature-ingest invocations in the runner.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// The granary-local binary (the release build beside this one by default).
+        #[arg(long)]
+        runner: Option<PathBuf>,
     },
     /// Creation requests through the release granary-local's queues.
     Ingest {
@@ -145,7 +165,7 @@ fn model() -> serde_json::Value {
     serde_json::json!({"name": "BENCH", "type": "DATA", "attributes": attrs})
 }
 
-fn creation(i: usize) -> String {
+fn creation_of(provider_id: &str, i: usize) -> String {
     let mut props = serde_json::Map::new();
     for k in 0..10 {
         let (name, value) = match k % 3 {
@@ -163,7 +183,7 @@ fn creation(i: usize) -> String {
     };
     serde_json::json!({
         "metadata": {"sessionOwner": "bench", "session": "ingest"},
-        "feature": {"type": "Feature", "id": format!("bench-{i:07}"), "entityType": "DATA", "model": "BENCH",
+        "feature": {"type": "Feature", "id": provider_id, "entityType": "DATA", "model": "BENCH",
                     "geometry": {"type": "Point", "coordinates": [1.0, 43.0]}, "properties": props, "files": [file(1), file(2)]}
     })
     .to_string()
@@ -178,20 +198,102 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 
 /// Defines the benchmark's model and queues `features` creation requests on the NORMAL queue.
 async fn prepare(b: &granary_ports::Backend, features: usize) {
+    define_model(b).await;
+    queue_creations(b, "feature-normal", "bench", features).await;
+}
+
+async fn define_model(b: &granary_ports::Backend) {
     let def = model();
     let compiled = granary_domain::model::compile_model("BENCH", &def).expect("model");
     granary_stores::models::ModelStore::new("features").put(b, &def, &compiled, "bench").await.expect("model stored");
-    for chunk in (0..features).collect::<Vec<_>>().chunks(10) {
+}
+
+/// Queues `n` creations of providerIds `<prefix>-<i>` on `queue`, request ids `<prefix>-r<i>`.
+async fn queue_creations(b: &granary_ports::Backend, queue: &str, prefix: &str, n: usize) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10) {
         let batch = chunk
             .iter()
             .map(|i| {
-                OutgoingMessage::new(creation(*i))
+                let provider_id = if prefix == "bench" { format!("bench-{i:07}") } else { format!("{prefix}-{i:07}") };
+                let request_id = if prefix == "bench" { format!("r{i}") } else { format!("{prefix}-r{i}") };
+                OutgoingMessage::new(creation_of(&provider_id, *i))
                     .attribute("regards.request.type", "CREATION")
-                    .attribute("regards.request.id", format!("r{i}"))
+                    .attribute("regards.request.id", request_id)
             })
             .collect();
-        b.queue.send_batch("feature-normal", batch).await.expect("send");
+        b.queue.send_batch(queue, batch).await.expect("send");
     }
+}
+
+/// Starts the release runner on `dir` with `workers` ingest workers.
+fn spawn_runner(runner: &std::path::Path, dir: &std::path::Path, workers: usize) -> std::process::Child {
+    std::process::Command::new(runner)
+        .args(["serve", "--listen", "127.0.0.1:0", "--ingest-workers", &workers.to_string(), "--data-dir"])
+        .arg(dir)
+        .env("GRANARY_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e} (cargo build --release -p granary-local)", runner.display()))
+}
+
+/// When each request of providerIds `<prefix>-<i>` was created (epoch ms), from its feature version.
+async fn created_at(b: &granary_ports::Backend, prefix: &str, n: usize) -> Vec<i64> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = granary_ports::Key::new(format!("F#{}", granary_domain::entity_uuid(&format!("{prefix}-{i:07}"))), "V001");
+        let item = b.table.get("features", &key).await.expect("get").unwrap_or_else(|| panic!("{prefix}-{i} was not created"));
+        out.push(item.get_i64("createdAt").expect("createdAt"));
+    }
+    out
+}
+
+async fn mixed(low: usize, high: usize, high_after: usize, workers: usize, runner: PathBuf) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let resources = granary_resources::from_template(granary_resources::TEMPLATE, |_| None).expect("template");
+    let b = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).expect("open").backend();
+    define_model(&b).await;
+    queue_creations(&b, "feature-low", "low", low).await;
+    let mut child = spawn_runner(&runner, dir.path(), workers);
+    let started = Instant::now();
+    let responses = |n: usize| {
+        let b = b.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(3600);
+            while (b.queue.depth("feature-response").await.expect("depth").total() as usize) < n {
+                assert!(Instant::now() < deadline, "not done within an hour");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // Each request answers GRANTED and SUCCESS.
+    responses(2 * high_after.min(low)).await;
+    let high_queued_at = started.elapsed();
+    queue_creations(&b, "feature-high", "high", high).await;
+    let high_in = started.elapsed();
+    responses(2 * (low + high)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let epoch = now_ms - started.elapsed().as_millis() as i64;
+    let lows = created_at(&b, "low", low).await;
+    let highs = created_at(&b, "high", high).await;
+    let last_high = *highs.iter().max().expect("high");
+    let last_low = *lows.iter().max().expect("low");
+    let low_before = lows.iter().filter(|t| **t <= last_high).count();
+    let secs = |t: i64| (t - epoch) as f64 / 1000.0;
+    println!("mixed priority benchmark: {low} LOW queued, then {high} HIGH once {high_after} LOW were done; {workers} ingest workers");
+    println!(
+        "  HIGH queued from {:.1} s to {:.1} s; last HIGH done at {:.1} s ({:.1} s after the first was queued)",
+        high_queued_at.as_secs_f64(),
+        high_in.as_secs_f64(),
+        secs(last_high),
+        secs(last_high) - high_queued_at.as_secs_f64()
+    );
+    println!(
+        "  LOW done when the last HIGH finished: {low_before} of {low} ({:.1} %; goal under 10 %)",
+        low_before as f64 * 100.0 / low as f64
+    );
+    println!("  last LOW done at {:.1} s", secs(last_low));
 }
 
 async fn ingest(features: usize, workers: usize, runner: PathBuf) {
@@ -203,13 +305,7 @@ async fn ingest(features: usize, workers: usize, runner: PathBuf) {
     prepare(&b, features).await;
     println!("queued {features} creation requests in {:.1} s", start.elapsed().as_secs_f64());
 
-    let mut child = std::process::Command::new(&runner)
-        .args(["serve", "--listen", "127.0.0.1:0", "--ingest-workers", &workers.to_string(), "--data-dir"])
-        .arg(dir.path())
-        .env("GRANARY_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e} (cargo build --release -p granary-local)", runner.display()));
+    let mut child = spawn_runner(&runner, dir.path(), workers);
     let started = Instant::now();
     let pid = child.id();
     let mut peak_kib = 0u64;
@@ -312,6 +408,10 @@ async fn aws_ingest(features: usize) {
 async fn main() {
     match Cli::parse().command {
         Command::AwsIngest { features } => aws_ingest(features).await,
+        Command::Mixed { low, high, high_after, workers, runner } => {
+            let runner = runner.unwrap_or_else(|| std::env::current_exe().expect("exe").with_file_name("granary-local"));
+            mixed(low, high, high_after, workers, runner).await;
+        }
         Command::Ingest { features, workers, runner } => {
             let runner = runner.unwrap_or_else(|| std::env::current_exe().expect("exe").with_file_name("granary-local"));
             ingest(features, workers, runner).await;

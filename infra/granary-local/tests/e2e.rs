@@ -785,3 +785,39 @@ async fn the_cli_submits_ndjson_onto_the_queue_then_lists_and_deletes() {
         assert_eq!(c.get(r.url(&format!("/features/{urn}"))).bearer_auth(&admin).send().await.unwrap().status(), 404, "{urn} deleted");
     }
 }
+
+#[tokio::test]
+async fn one_worker_serves_every_high_request_before_any_low_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // Queued before the runner starts: 30 LOW first, then 20 HIGH.
+    let backend = open(dir.path());
+    let def = model_m();
+    let compiled = granary_domain::model::compile_model("M", &def).unwrap();
+    granary_stores::models::ModelStore::new("features").put(&backend, &def, &compiled, "test").await.unwrap();
+    let creation = |id: String| {
+        OutgoingMessage::new(json!({"metadata": {"sessionOwner": "e2e", "session": "prio"}, "feature": feature(&id, json!(1))}).to_string())
+            .attribute("regards.request.type", "CREATION")
+    };
+    for (queue, prefix, n) in [("feature-low", "low", 30), ("feature-high", "high", 20)] {
+        let messages: Vec<_> = (0..n).map(|i| creation(format!("{prefix}-{i}"))).collect();
+        for chunk in messages.chunks(10) {
+            backend.queue.send_batch(queue, chunk.to_vec()).await.unwrap();
+        }
+    }
+    let _r = Runner::start_with(dir.path(), &["--ingest-workers", "1"], &[]);
+    let created = |prefix: &'static str, n: usize| {
+        let backend = backend.clone();
+        async move {
+            let mut times = Vec::new();
+            for i in 0..n {
+                let key = Key::new(format!("F#{}", granary_domain::entity_uuid(&format!("{prefix}-{i}"))), "V001");
+                times.push(backend.table.get("features", &key).await.unwrap()?.get_i64("createdAt")?);
+            }
+            Some(times)
+        }
+    };
+    let lows = wait_for("every LOW creation", Duration::from_secs(30), || created("low", 30)).await;
+    let highs = created("high", 20).await.expect("every HIGH creation");
+    let (last_high, first_low) = (highs.iter().max().unwrap(), lows.iter().min().unwrap());
+    assert!(last_high <= first_low, "a LOW request ran at {first_low} before the last HIGH one at {last_high}");
+}
