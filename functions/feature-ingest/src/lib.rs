@@ -6,13 +6,11 @@
 //! as batch item failures.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use granary_domain::body::{parse_creation, parse_deletion, parse_notification, parse_patch};
 use granary_domain::model::Mode;
-use granary_domain::request::{
-    FeatureDeletionRequestEvent, FeatureNotificationRequestEvent, FeatureUpdateRequestEvent, validate_creation, validate_deletion,
-    validate_notification, validate_patch,
-};
+use granary_domain::request::{validate_deletion, validate_notification, validate_patch};
 use granary_domain::{EntityType, Priority, Urn};
-use granary_domain::{FeatureCreationRequestEvent, FeatureRequestEvent, FeatureRequestType, RequestState};
+use granary_domain::{FeatureRequestEvent, FeatureRequestType, RequestState};
 use granary_lambda::{Config, sqs};
 use granary_ports::Backend;
 use granary_stores::StoreError;
@@ -394,6 +392,12 @@ impl FeatureIngest {
         if let Some(Err(e)) = &env.date {
             return self.deny(msg, env, kind, None, vec![e.clone()]).await;
         }
+        let size = msg.body.as_ref().map_or(0, String::len);
+        if size > granary_ports::queue::MAX_MESSAGE_BYTES {
+            // SQS never delivers one; a direct invocation might.
+            let error = format!("body: {size} bytes, more than the {} a queue message carries", granary_ports::queue::MAX_MESSAGE_BYTES);
+            return self.deny(msg, env, kind, None, vec![error]).await;
+        }
         let body = match &env.body {
             Ok(b) => b.clone(),
             Err(e) => return self.deny(msg, env, kind, None, vec![e.clone()]).await,
@@ -409,13 +413,9 @@ impl FeatureIngest {
     async fn change(&self, msg: &SqsMessage, env: &Envelope, kind: FeatureRequestType, body: Value) -> Result<(), StoreError> {
         let tenant = &self.config.tenant;
         let parsed = if kind == FeatureRequestType::Patch {
-            serde_json::from_value::<FeatureUpdateRequestEvent>(body.clone())
-                .map_err(|e| vec![format!("body: {e}")])
-                .and_then(|p| validate_patch(&p, tenant).map(|urn| (urn, Some(p.feature))))
+            parse_patch(&body).and_then(|p| validate_patch(&p, tenant).map(|urn| (urn, Some(p.feature))))
         } else {
-            serde_json::from_value::<FeatureDeletionRequestEvent>(body.clone())
-                .map_err(|e| vec![format!("body: {e}")])
-                .and_then(|d| validate_deletion(&d, tenant).map(|urn| (urn, None)))
+            parse_deletion(&body).and_then(|d| validate_deletion(&d, tenant).map(|urn| (urn, None)))
         };
         let (urn, patch) = match parsed {
             Ok(p) => p,
@@ -457,9 +457,7 @@ impl FeatureIngest {
     /// A notification of one feature version to recipients (action NOTIFIED).
     async fn notify(&self, msg: &SqsMessage, env: &Envelope, body: Value) -> Result<(), StoreError> {
         let kind = FeatureRequestType::Notification;
-        let parsed = serde_json::from_value::<FeatureNotificationRequestEvent>(body)
-            .map_err(|e| vec![format!("body: {e}")])
-            .and_then(|n| validate_notification(&n, &self.config.tenant).map(|urn| (urn, n)));
+        let parsed = parse_notification(&body).and_then(|n| validate_notification(&n, &self.config.tenant).map(|urn| (urn, n)));
         let (urn, event) = match parsed {
             Ok(p) => p,
             Err(errors) => return self.deny(msg, env, kind, None, errors).await,
@@ -579,24 +577,11 @@ impl FeatureIngest {
     /// A creation of the next version of a providerId.
     async fn create(&self, msg: &SqsMessage, env: &Envelope, body: Value) -> Result<(), StoreError> {
         let kind = FeatureRequestType::Creation;
-        let event: FeatureCreationRequestEvent = match serde_json::from_value(body.clone()) {
-            Ok(e) => e,
-            Err(e) => {
-                return self
-                    .deny(
-                        msg,
-                        env,
-                        kind,
-                        body.pointer("/feature/id").and_then(Value::as_str).map(str::to_owned),
-                        vec![format!("body: {e}")],
-                    )
-                    .await;
-            }
-        };
-        let valid = match validate_creation(&event) {
-            Ok(v) => v,
+        let (event, valid) = match parse_creation(&body) {
+            Ok(parsed) => parsed,
             Err(errors) => {
-                return self.deny(msg, env, kind, event.feature.get("id").and_then(Value::as_str).map(str::to_owned), errors).await;
+                let provider_id = body.pointer("/feature/id").and_then(Value::as_str).map(str::to_owned);
+                return self.deny(msg, env, kind, provider_id, errors).await;
             }
         };
         let mut record = self.record(msg, env, kind, RequestState::Success, "DONE");

@@ -852,3 +852,69 @@ async fn a_remote_step_past_its_deadline_moves_to_its_error_step() {
     assert!(f.backend.table.get("requests", &key).await.unwrap().is_none());
     assert_eq!(f.session().await["inErrorReferencingRequests"], 0);
 }
+
+#[tokio::test]
+async fn every_kind_of_bad_input_is_denied_with_all_its_errors() {
+    let f = fixture().await;
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut c = creation("bad-input");
+        edit(&mut c);
+        c.to_string()
+    };
+    let typed = |kind: &'static str| vec![("regards.request.type", kind)];
+    let big = with(&|c| c["feature"]["properties"]["blob"] = json!("x".repeat(3 * 1024 * 1024)));
+    // (message, body, attributes, every error expected, each by a piece of its text)
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        ("malformed", "{\"metadata\": ".into(), typed("CREATION"), vec!["not valid JSON"]),
+        (
+            "missing-model",
+            with(&|c| {
+                c["feature"].as_object_mut().unwrap().remove("model");
+            }),
+            typed("CREATION"),
+            vec!["feature.model: required"],
+        ),
+        (
+            "wrong-types",
+            with(&|c| {
+                c["feature"]["properties"] = json!(5);
+                c["metadata"]["override"] = json!("yes");
+            }),
+            typed("CREATION"),
+            vec!["metadata.override:", "feature.properties: must be an object"],
+        ),
+        ("unknown-model", with(&|c| c["feature"]["model"] = json!("NOPE")), typed("CREATION"), vec!["unknown model \"NOPE\""]),
+        ("long-id", with(&|c| c["feature"]["id"] = json!("p".repeat(101))), typed("CREATION"), vec!["feature.id: longer than 100"]),
+        ("bad-urn", patch("URN:FEATURE:DATA:granary:not-a-uuid:V1", json!({}), Value::Null), typed("PATCH"), vec!["feature.urn:"]),
+        ("version-1000", with(&|c| c["feature"]["urn"] = json!(P1.replace(":V1", ":V1000"))), typed("CREATION"), vec!["feature.urn:"]),
+        (
+            "priority-and-type",
+            with(&|c| {
+                c["metadata"]["priority"] = json!("URGENT");
+                c["feature"]["entityType"] = json!("THING");
+            }),
+            typed("CREATION"),
+            vec!["metadata.priority: \"URGENT\" is not LOW, NORMAL or HIGH", "feature.entityType:"],
+        ),
+        ("deletion-priority", json!({"urn": P1, "priority": "SOON"}).to_string(), typed("DELETION"), vec!["priority: \"SOON\""]),
+        ("several-mb", big, typed("CREATION"), vec!["more than the 262144"]),
+    ];
+    let messages: Vec<ReceivedMessage> = cases.iter().map(|(id, body, attrs, _)| message(id, body, attrs)).collect();
+    let mut batch = messages.clone();
+    batch.push(message("good", &creation("good").to_string(), &[]));
+    for chunk in batch.chunks(10) {
+        assert!(f.deliver(chunk).await.is_empty(), "bad input is answered, not retried");
+    }
+    let events = f.responses().await;
+    for (id, _, _, expected) in &cases {
+        let e = events.iter().find(|e| e["requestId"] == *id).unwrap_or_else(|| panic!("no answer to {id}"));
+        assert_eq!(e["state"], "DENIED", "{id}: {e}");
+        let errors: Vec<&str> = e["errors"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+        assert_eq!(errors.len(), expected.len(), "{id}: every error and only those: {errors:?}");
+        for piece in expected {
+            assert!(errors.iter().any(|x| x.contains(piece)), "{id}: no error with {piece:?} in {errors:?}");
+        }
+    }
+    assert_eq!(states(&events, "good"), vec!["GRANTED", "SUCCESS"], "the rest of the batch goes on");
+}
