@@ -83,6 +83,17 @@ impl Envelope {
     }
 }
 
+/// A valid creation with nothing that needs the one-by-one path, ready to join a batch's transaction.
+struct PlainCreation<'m> {
+    msg: &'m SqsMessage,
+    env: Envelope,
+    record: RequestRecord,
+    provider_id: String,
+    entity_type: EntityType,
+    feature: Value,
+    override_previous: bool,
+}
+
 fn envelope(msg: &SqsMessage) -> Envelope {
     let message_id = msg.message_id.clone().unwrap_or_default();
     let body = msg
@@ -146,26 +157,126 @@ impl FeatureIngest {
     }
 
     /// Handles one SQS batch; only messages that hit a transient failure are retried.
+    ///
+    /// Runs of consecutive plain creations (no date, no URN, distinct providerIds and request ids,
+    /// valid) are committed in one transaction; the rest, and a run that does not commit as one, go
+    /// one message at a time. The batch's order is kept either way.
     pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
         let mut failed = Vec::new();
         let mut events = Vec::new();
+        let mut run: Vec<PlainCreation<'_>> = Vec::new();
         for msg in &event.payload.records {
-            let id = msg.message_id.clone().unwrap_or_default();
-            let outcome = if self.is_dead_letter(msg) { self.record_dead_letter(msg).await } else { self.process(msg).await };
-            match outcome {
-                Ok(committed) => events.extend(committed),
-                Err(e) => {
-                    tracing::warn!(message_id = %id, error = %e, transient = e.is_transient(), "feature request not processed; SQS will redeliver it");
-                    failed.push(id);
+            if !self.is_dead_letter(msg) {
+                match self.plain_creation(msg, &run).await {
+                    Ok(Some(creation)) => {
+                        run.push(creation);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "creation not prepared for a batch; processed alone"),
                 }
             }
+            self.create_run(std::mem::take(&mut run), &mut events, &mut failed).await;
+            self.process_alone(msg, &mut events, &mut failed).await;
         }
+        self.create_run(run, &mut events, &mut failed).await;
         // The batch's events go out together. They are committed already: if sending fails, the
         // outbox relay sends them later, so the messages are not failed for it.
         if let Err(e) = self.store.outbox().flush(&self.backend, &events).await {
             tracing::warn!(error = %e, events = events.len(), "events left to the outbox relay");
         }
         Ok(sqs::batch_response(failed))
+    }
+
+    /// Processes one message on its own, collecting its events or its failure.
+    async fn process_alone(&self, msg: &SqsMessage, events: &mut Vec<OutboxEvent>, failed: &mut Vec<String>) {
+        let outcome = if self.is_dead_letter(msg) { self.record_dead_letter(msg).await } else { self.process(msg).await };
+        match outcome {
+            Ok(committed) => events.extend(committed),
+            Err(e) => {
+                let id = msg.message_id.clone().unwrap_or_default();
+                tracing::warn!(message_id = %id, error = %e, transient = e.is_transient(), "feature request not processed; SQS will redeliver it");
+                failed.push(id);
+            }
+        }
+    }
+
+    /// `msg` as a creation that can join `run` in one transaction, or `None` when it needs the one-by-one
+    /// path (another kind, a date, a URN, an error to report, a providerId or request id already in the run).
+    async fn plain_creation<'m>(&self, msg: &'m SqsMessage, run: &[PlainCreation<'_>]) -> Result<Option<PlainCreation<'m>>, StoreError> {
+        let env = envelope(msg);
+        if env.request_type != Some(FeatureRequestType::Creation)
+            || env.date.is_some()
+            || env.released
+            || msg.body.as_ref().is_none_or(|b| b.len() > granary_ports::queue::MAX_MESSAGE_BYTES)
+        {
+            return Ok(None);
+        }
+        let Ok(body) = &env.body else { return Ok(None) };
+        let Ok((event, valid)) = parse_creation(body) else { return Ok(None) };
+        if event.feature.get("urn").is_some()
+            || run.iter().any(|c| c.provider_id == valid.provider_id || c.env.request_id == env.request_id)
+        {
+            return Ok(None);
+        }
+        let properties = event.feature.get("properties").cloned().unwrap_or(Value::Null);
+        if !self.model_errors(&valid.model, Some(valid.entity_type), &properties, Mode::Creation).await?.is_empty() {
+            return Ok(None);
+        }
+        let mut record = self.record(msg, &env, FeatureRequestType::Creation, RequestState::Success, "DONE");
+        record.provider_id = Some(valid.provider_id.clone());
+        record.action = Some("CREATED".into());
+        Ok(Some(PlainCreation {
+            msg,
+            env,
+            record,
+            provider_id: valid.provider_id,
+            entity_type: valid.entity_type,
+            feature: event.feature,
+            override_previous: event.metadata.override_previous,
+        }))
+    }
+
+    /// Commits a run of plain creations in one transaction, or, when it does not commit as one (or
+    /// holds a single creation), processes each on its own.
+    async fn create_run(&self, run: Vec<PlainCreation<'_>>, events: &mut Vec<OutboxEvent>, failed: &mut Vec<String>) {
+        if run.is_empty() {
+            return;
+        }
+        if run.len() > 1 {
+            let kind = FeatureRequestType::Creation;
+            let makers: Vec<_> = run.iter().map(|c| move |urn: &str| self.done_events(kind, &c.env, urn, Some(&c.provider_id))).collect();
+            let news: Vec<NewVersion<'_>> = run
+                .iter()
+                .zip(&makers)
+                .map(|(c, make_events)| NewVersion {
+                    tenant: &self.config.tenant,
+                    provider_id: &c.provider_id,
+                    entity_type: c.entity_type,
+                    feature: &c.feature,
+                    request: c.record.clone(),
+                    events: make_events,
+                    version: None,
+                    override_previous: c.override_previous,
+                })
+                .collect();
+            match self.store.create_batch(&self.backend, &news).await {
+                Ok(Some(outcomes)) => {
+                    for (c, outcome) in run.iter().zip(outcomes) {
+                        if let CreationOutcome::Created { urn, events: committed } = outcome {
+                            tracing::info!(request_id = %c.env.request_id, %urn, "feature created");
+                            events.extend(committed);
+                        }
+                    }
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "batch of creations not prepared; creating one by one"),
+            }
+        }
+        for c in run {
+            self.process_alone(c.msg, events, failed).await;
+        }
     }
 
     /// Whether `msg` comes from the feature dead-letter queue.

@@ -918,3 +918,112 @@ async fn every_kind_of_bad_input_is_denied_with_all_its_errors() {
     }
     assert_eq!(states(&events, "good"), vec!["GRANTED", "SUCCESS"], "the rest of the batch goes on");
 }
+
+/// The table of a backend, counting the transactions committed through it.
+struct CountingTable {
+    inner: Arc<dyn granary_ports::Table>,
+    transactions: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl granary_ports::Table for CountingTable {
+    async fn get(&self, table: &str, key: &granary_ports::Key) -> granary_ports::PortResult<Option<granary_ports::Item>> {
+        self.inner.get(table, key).await
+    }
+    async fn put(&self, table: &str, item: granary_ports::Item, cond: Option<granary_ports::Cond>) -> granary_ports::PortResult<()> {
+        self.inner.put(table, item, cond).await
+    }
+    async fn update(
+        &self,
+        table: &str,
+        key: &granary_ports::Key,
+        updates: Vec<granary_ports::Update>,
+        cond: Option<granary_ports::Cond>,
+    ) -> granary_ports::PortResult<granary_ports::Item> {
+        self.inner.update(table, key, updates, cond).await
+    }
+    async fn delete(
+        &self,
+        table: &str,
+        key: &granary_ports::Key,
+        cond: Option<granary_ports::Cond>,
+    ) -> granary_ports::PortResult<Option<granary_ports::Item>> {
+        self.inner.delete(table, key, cond).await
+    }
+    async fn transact(&self, ops: Vec<granary_ports::TxOp>) -> granary_ports::PortResult<()> {
+        let result = self.inner.transact(ops).await;
+        if result.is_ok() {
+            self.transactions.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        result
+    }
+    async fn query(&self, query: Query) -> granary_ports::PortResult<granary_ports::Page> {
+        self.inner.query(query).await
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_creations_commits_in_one_transaction_and_one_by_one_when_it_cannot() {
+    let f = fixture().await;
+    let counting = Arc::new(CountingTable { inner: f.backend.table.clone(), transactions: Default::default() });
+    let mut backend = f.backend.clone();
+    backend.table = counting.clone();
+    let ingest = FeatureIngest::new(backend, f.config.clone());
+    let deliver = |messages: Vec<ReceivedMessage>| {
+        let ingest = ingest.clone();
+        async move {
+            let event = sqs_event("feature-high", &messages).unwrap();
+            ingest.handle(LambdaEvent::new(event, Context::default())).await.unwrap().batch_item_failures
+        }
+    };
+    let creations = |from: usize, to: usize| -> Vec<ReceivedMessage> {
+        (from..to)
+            .map(|i| message(&format!("m{i}"), &creation(&format!("p{i}")).to_string(), &[("regards.request.id", &format!("r{i}"))]))
+            .collect()
+    };
+    let committed = || counting.transactions.load(std::sync::atomic::Ordering::SeqCst);
+
+    // Ten new creations: the ten features, their records, events and session counters in one
+    // transaction (a second one deletes the sent events from the outbox).
+    assert!(deliver(creations(0, 10)).await.is_empty());
+    assert_eq!(committed(), 2, "one transaction for the creations, one for the outbox rows");
+    let events = f.responses().await;
+    for i in 0..10 {
+        assert_eq!(states(&events, &format!("r{i}")), vec!["GRANTED", "SUCCESS"], "request r{i}");
+        assert_eq!(f.versions(&format!("p{i}")).await.len(), 1);
+    }
+    let sessions = granary_stores::sessions::SessionReader::new("requests");
+    let counters = sessions.get(&f.backend, "s2-ingest-chain", "2026-11-23").await.unwrap().unwrap();
+    assert_eq!((counters["referencingRequests"].clone(), counters["referencedProducts"].clone()), (json!(10), json!(10)));
+
+    // A batch holding a redelivered message: the whole transaction is refused, and each message then
+    // goes alone, so the new ones are created and the redelivered one changes nothing.
+    let mut mixed = creations(10, 15);
+    mixed.insert(2, creations(3, 4).remove(0));
+    assert!(deliver(mixed).await.is_empty());
+    let events = f.responses().await;
+    assert!(states(&events, "r3").is_empty(), "nothing more for a redelivery: {events:?}");
+    for i in 10..15 {
+        assert_eq!(states(&events, &format!("r{i}")), vec!["GRANTED", "SUCCESS"], "request r{i}");
+    }
+    assert_eq!(f.versions("p3").await.len(), 1, "no second version of a redelivered creation");
+    let counters = sessions.get(&f.backend, "s2-ingest-chain", "2026-11-23").await.unwrap().unwrap();
+    assert_eq!(counters["referencingRequests"], json!(15), "each request counted once");
+
+    // Order is kept around what cannot join a batch: a creation, a patch of it, a creation.
+    let before = committed();
+    let urn = f.versions("p0").await[0].0.clone();
+    let batch = vec![
+        creations(20, 21).remove(0),
+        message("patch", &patch(&urn, json!({"k": 1}), Value::Null), &[("regards.request.type", "PATCH"), ("regards.request.id", "rp")]),
+        creations(21, 22).remove(0),
+        creations(22, 23).remove(0),
+    ];
+    assert!(deliver(batch).await.is_empty());
+    let events = f.responses().await;
+    for id in ["r20", "rp", "r21", "r22"] {
+        assert_eq!(states(&events, id), vec!["GRANTED", "SUCCESS"], "request {id}");
+    }
+    // r20 alone, the patch, then r21 and r22 together, then the outbox: four transactions.
+    assert_eq!(committed() - before, 4);
+}

@@ -178,7 +178,7 @@ impl EmbeddedBlobs {
     async fn record(&self, bucket: &str, key: &str, class: StorageClass, size: u64, etag: &str) -> PortResult<()> {
         let (b, k, c, e) = (bucket.to_owned(), key.to_owned(), class.as_str(), etag.to_owned());
         self.db
-            .run(move |conn| {
+            .write(move |conn| {
                 conn.prepare_cached(
                     "INSERT INTO blobs (bucket, key, class, size, etag) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (bucket, key) DO UPDATE SET class = excluded.class, size = excluded.size, etag = excluded.etag,
@@ -232,7 +232,7 @@ impl BlobStore for EmbeddedBlobs {
         let path = self.object_path(bucket, key)?;
         let (b, k) = (bucket.to_owned(), key.to_owned());
         self.db
-            .run(move |conn| conn.execute("DELETE FROM blobs WHERE bucket = ?1 AND key = ?2", [&b, &k]).map_err(map_sql).map(drop))
+            .write(move |conn| conn.execute("DELETE FROM blobs WHERE bucket = ?1 AND key = ?2", [&b, &k]).map_err(map_sql).map(drop))
             .await?;
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
@@ -249,7 +249,7 @@ impl BlobStore for EmbeddedBlobs {
         let (b, k) = (bucket.to_owned(), key.to_owned());
         // Starts a restore only where none is running or valid: the guard is in the statement.
         self.db
-            .run(move |conn| {
+            .write(move |conn| {
                 conn.prepare_cached(
                     "UPDATE blobs SET restore_ready_at = ?3, restore_until = ?4, restore_announced = 0
                      WHERE bucket = ?1 AND key = ?2 AND class = 'NEARLINE'
@@ -321,7 +321,7 @@ pub(crate) async fn announce_completed_restores(blobs: &EmbeddedBlobs, queue: &d
         let marks: Vec<(String, String, i64)> = chunk.iter().map(|(b, k, _, _, ready, _)| (b.clone(), k.clone(), *ready)).collect();
         blobs
             .db
-            .run(move |conn| {
+            .write(move |conn| {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
                 for (b, k, ready) in &marks {
                     tx.execute(

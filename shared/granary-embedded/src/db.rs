@@ -11,11 +11,15 @@ use std::time::Duration;
 pub(crate) struct Db {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Held by every write of this process. SQLite lets one writer in at a time and makes the others
+    /// sleep in its busy handler (1 ms, then 2, 5, 10 … 100 ms); queueing writers on a mutex instead
+    /// hands the lock over at once. Writers in other processes still meet the busy timeout.
+    writer: Mutex<()>,
 }
 
 impl Db {
     pub(crate) fn open(path: &Path) -> PortResult<Self> {
-        let db = Self { path: path.to_owned(), idle: Mutex::new(Vec::new()) };
+        let db = Self { path: path.to_owned(), idle: Mutex::new(Vec::new()), writer: Mutex::new(()) };
         let conn = db.connect()?;
         db.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
         Ok(db)
@@ -37,14 +41,32 @@ impl Db {
         Ok(conn)
     }
 
-    /// Runs `f` with a connection on a blocking thread.
+    /// Runs `f`, which only reads, with a connection on a blocking thread.
     pub(crate) async fn run<T, F>(self: &std::sync::Arc<Self>, f: F) -> PortResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> PortResult<T> + Send + 'static,
+    {
+        self.on_connection(false, f).await
+    }
+
+    /// Runs `f`, which writes, with a connection on a blocking thread, one writer of this process at a time.
+    pub(crate) async fn write<T, F>(self: &std::sync::Arc<Self>, f: F) -> PortResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> PortResult<T> + Send + 'static,
+    {
+        self.on_connection(true, f).await
+    }
+
+    async fn on_connection<T, F>(self: &std::sync::Arc<Self>, writes: bool, f: F) -> PortResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> PortResult<T> + Send + 'static,
     {
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
+            let _writing = writes.then(|| db.writer.lock().unwrap_or_else(|p| p.into_inner()));
             let mut conn = match db.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
                 Some(c) => c,
                 None => db.connect()?,

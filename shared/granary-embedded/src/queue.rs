@@ -55,7 +55,7 @@ impl EmbeddedQueue {
         let hidden_until = now.saturating_add(ms(visibility));
         let (moved, mut got) = self
             .db
-            .run(move |conn| {
+            .write(move |conn| {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
                 // Messages already received max_receive_count times go to the dead-letter queue instead
                 // of being delivered again, as SQS's redrive policy does.
@@ -138,7 +138,7 @@ impl Queue for EmbeddedQueue {
         let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
         let queue_name = queue.to_owned();
         self.db
-            .run(move |conn| {
+            .write(move |conn| {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
                 {
                     let mut stmt = tx
@@ -185,7 +185,7 @@ impl Queue for EmbeddedQueue {
         let parsed = receipt_handles.iter().map(|h| parse_receipt(h)).collect::<PortResult<Vec<_>>>()?;
         let queue = queue.to_owned();
         self.db
-            .run(move |conn| {
+            .write(move |conn| {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
                 {
                     let mut stmt = tx
@@ -207,7 +207,7 @@ impl Queue for EmbeddedQueue {
         let (queue, handle) = (queue.to_owned(), receipt_handle.to_owned());
         let changed = self
             .db
-            .run(move |conn| {
+            .write(move |conn| {
                 conn.prepare_cached("UPDATE queue_messages SET visible_at = ?1 WHERE seq = ?2 AND receive_count = ?3 AND queue = ?4")
                     .map_err(map_sql)?
                     .execute(rusqlite::params![visible_at, seq, count, queue])

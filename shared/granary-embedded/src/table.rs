@@ -257,20 +257,20 @@ impl Table for EmbeddedTable {
     async fn put(&self, table: &str, item: Item, cond: Option<Cond>) -> PortResult<()> {
         self.check_table(table)?;
         let table = table.to_owned();
-        self.db.run(move |conn| put_on(conn, &table, &item, cond.as_ref())).await
+        self.db.write(move |conn| put_on(conn, &table, &item, cond.as_ref())).await
     }
 
     async fn update(&self, table: &str, key: &Key, updates: Vec<Update>, cond: Option<Cond>) -> PortResult<Item> {
         self.check_table(table)?;
         let (table, key) = (table.to_owned(), key.clone());
-        self.db.run(move |conn| update_on(conn, &table, &key, &updates, cond.as_ref())).await
+        self.db.write(move |conn| update_on(conn, &table, &key, &updates, cond.as_ref())).await
     }
 
     async fn delete(&self, table: &str, key: &Key, cond: Option<Cond>) -> PortResult<Option<Item>> {
         self.check_table(table)?;
         let (table, key) = (table.to_owned(), key.clone());
         self.db
-            .run(move |conn| {
+            .write(move |conn| {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
                 let out = delete_on(&tx, &table, &key, cond.as_ref())?;
                 tx.commit().map_err(map_sql)?;
@@ -285,7 +285,7 @@ impl Table for EmbeddedTable {
             self.check_table(op.target().0)?;
         }
         self.db
-            .run(move |conn| {
+            .write(move |conn| {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
                 for (index, op) in ops.iter().enumerate() {
                     let result = match op {

@@ -4,7 +4,7 @@
 use crate::StoreError;
 use crate::outbox::{Outbox, OutboxEvent};
 use crate::requests::{Parked, RequestRecord, request_key};
-use crate::sessions::session_op;
+use crate::sessions::{merge_session_ops, session_op};
 use granary_domain::session::Outcome;
 use granary_domain::urn::{EntityType, MAX_VERSION, Urn, entity_uuid};
 use granary_ports::{Backend, Cond, Item, Key, PortError, Query, TxOp, Update};
@@ -72,6 +72,16 @@ enum Attempt {
     Conflict,
 }
 
+/// A version ready to commit.
+struct StagedVersion {
+    urn: String,
+    /// Request record first, then the feature, the previous version, the outbox rows.
+    ops: Vec<TxOp>,
+    /// The session counters' update, kept apart so that a batch updates each session once.
+    session: Option<TxOp>,
+    events: Vec<OutboxEvent>,
+}
+
 /// A creation to record.
 #[derive(Clone)]
 pub struct NewVersion<'a> {
@@ -120,59 +130,11 @@ impl FeatureStore {
         let now = backend.clock.now_ms();
         for _ in 0..MAX_ATTEMPTS {
             let latest = self.latest_version(backend, new.provider_id).await?;
-            let version = match new.version {
-                Some(v) if v <= latest => {
-                    return Err(StoreError::VersionNotAfterLatest { provider_id: new.provider_id.to_owned(), supplied: v, latest });
-                }
-                Some(v) => v,
-                None => latest + 1,
-            };
-            if version > MAX_VERSION {
-                return Err(StoreError::VersionsExhausted(new.provider_id.to_owned()));
-            }
-            let urn = Urn::new(new.entity_type, new.tenant, new.provider_id, version)
-                .map_err(|e| StoreError::Malformed(new.provider_id.to_owned(), e.to_string()))?
-                .to_string();
-            let mut feature = new.feature.clone();
-            if let Some(obj) = feature.as_object_mut() {
-                obj.insert("urn".into(), Value::from(urn.clone()));
-                obj.insert("last".into(), Value::Bool(true));
-            }
-            let item = Item::new(version_key(new.provider_id, version))
-                .with("urn", urn.clone())
-                .with("providerId", new.provider_id)
-                .with("version", version)
-                .with("last", true)
-                .with("feature", feature)
-                .with("createdAt", now)
-                .with("requestId", new.request.request_id.clone());
-            let item = match (&new.request.session_owner, &new.request.session) {
-                (Some(o), Some(s)) => item.with("sessionOwner", o.clone()).with("session", s.clone()),
-                _ => item,
-            };
-            let mut record = new.request.clone();
-            record.urn = Some(urn.clone());
-            let events = (new.events)(&urn);
-            let mut ops =
-                vec![record.write_op(&self.requests), TxOp::Put { table: self.features.clone(), item, cond: Some(Cond::ItemAbsent) }];
-            if latest > 0 && new.override_previous {
-                ops.push(TxOp::Delete {
-                    table: self.features.clone(),
-                    key: version_key(new.provider_id, latest),
-                    cond: Some(Cond::ItemExists),
-                });
-            } else if latest > 0 {
-                ops.push(TxOp::Update {
-                    table: self.features.clone(),
-                    key: version_key(new.provider_id, latest),
-                    updates: vec![Update::set("last", false)],
-                    cond: Some(Cond::ItemExists),
-                });
-            }
-            ops.extend(session_op(&self.requests, &record, Outcome::Done { released: record.replaces_parked, changed: true }));
-            ops.extend(events.iter().map(|e| self.outbox.stage(e, now)));
+            let staged = self.version_ops(&new, latest, now)?;
+            let mut ops = staged.ops;
+            ops.extend(staged.session);
             match backend.table.transact(ops).await {
-                Ok(()) => return Ok(CreationOutcome::Created { urn, events }),
+                Ok(()) => return Ok(CreationOutcome::Created { urn: staged.urn, events: staged.events }),
                 Err(PortError::TransactionCanceled { index: 0, .. }) => {
                     let existing = backend.table.get(&self.requests, &request_key(&new.request.request_id)).await?;
                     if let Some(item) = existing {
@@ -186,6 +148,94 @@ impl FeatureStore {
             }
         }
         Err(StoreError::Contention(new.provider_id.to_owned(), MAX_ATTEMPTS))
+    }
+
+    /// Creates the next versions of several providerIds in one transaction (the creations of one SQS
+    /// batch), or nothing: `Ok(None)` when the transaction did not commit as a whole (a request id
+    /// already recorded, a version taken meanwhile, a limit of the table), and the caller then creates
+    /// them one by one, which sorts out each case. Every providerId and request id must be distinct and
+    /// no creation may supply its version.
+    pub async fn create_batch(&self, backend: &Backend, news: &[NewVersion<'_>]) -> Result<Option<Vec<CreationOutcome>>, StoreError> {
+        let now = backend.clock.now_ms();
+        let latest = futures::future::try_join_all(news.iter().map(|n| self.latest_version(backend, n.provider_id))).await?;
+        let mut ops = Vec::new();
+        let mut sessions = Vec::new();
+        let mut outcomes = Vec::with_capacity(news.len());
+        for (new, latest) in news.iter().zip(latest) {
+            if new.version.is_some() {
+                return Ok(None);
+            }
+            let Ok(staged) = self.version_ops(new, latest, now) else { return Ok(None) };
+            ops.extend(staged.ops);
+            sessions.extend(staged.session);
+            outcomes.push(CreationOutcome::Created { urn: staged.urn, events: staged.events });
+        }
+        ops.extend(merge_session_ops(sessions));
+        if ops.len() > granary_ports::table::MAX_TRANSACTION_OPS {
+            return Ok(None);
+        }
+        match backend.table.transact(ops).await {
+            Ok(()) => Ok(Some(outcomes)),
+            Err(e) => {
+                tracing::debug!(error = %e, creations = news.len(), "batch not committed as one; creating one by one");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The operations that create the version after `latest` (session counters apart), its URN and events.
+    fn version_ops(&self, new: &NewVersion<'_>, latest: u32, now: i64) -> Result<StagedVersion, StoreError> {
+        let version = match new.version {
+            Some(v) if v <= latest => {
+                return Err(StoreError::VersionNotAfterLatest { provider_id: new.provider_id.to_owned(), supplied: v, latest });
+            }
+            Some(v) => v,
+            None => latest + 1,
+        };
+        if version > MAX_VERSION {
+            return Err(StoreError::VersionsExhausted(new.provider_id.to_owned()));
+        }
+        let urn = Urn::new(new.entity_type, new.tenant, new.provider_id, version)
+            .map_err(|e| StoreError::Malformed(new.provider_id.to_owned(), e.to_string()))?
+            .to_string();
+        let mut feature = new.feature.clone();
+        if let Some(obj) = feature.as_object_mut() {
+            obj.insert("urn".into(), Value::from(urn.clone()));
+            obj.insert("last".into(), Value::Bool(true));
+        }
+        let item = Item::new(version_key(new.provider_id, version))
+            .with("urn", urn.clone())
+            .with("providerId", new.provider_id)
+            .with("version", version)
+            .with("last", true)
+            .with("feature", feature)
+            .with("createdAt", now)
+            .with("requestId", new.request.request_id.clone());
+        let item = match (&new.request.session_owner, &new.request.session) {
+            (Some(o), Some(s)) => item.with("sessionOwner", o.clone()).with("session", s.clone()),
+            _ => item,
+        };
+        let mut record = new.request.clone();
+        record.urn = Some(urn.clone());
+        let events = (new.events)(&urn);
+        let mut ops = vec![record.write_op(&self.requests), TxOp::Put { table: self.features.clone(), item, cond: Some(Cond::ItemAbsent) }];
+        if latest > 0 && new.override_previous {
+            ops.push(TxOp::Delete {
+                table: self.features.clone(),
+                key: version_key(new.provider_id, latest),
+                cond: Some(Cond::ItemExists),
+            });
+        } else if latest > 0 {
+            ops.push(TxOp::Update {
+                table: self.features.clone(),
+                key: version_key(new.provider_id, latest),
+                updates: vec![Update::set("last", false)],
+                cond: Some(Cond::ItemExists),
+            });
+        }
+        ops.extend(events.iter().map(|e| self.outbox.stage(e, now)));
+        let session = session_op(&self.requests, &record, Outcome::Done { released: record.replaces_parked, changed: true });
+        Ok(StagedVersion { urn, ops, session, events })
     }
 
     /// Commits `ops`, whose first operation puts the request record if absent.

@@ -24,6 +24,35 @@ pub fn session_op(table: &str, record: &RequestRecord, outcome: Outcome) -> Opti
     Some(TxOp::Update { table: table.to_owned(), key: key(owner, session), updates, cond: None })
 }
 
+/// `ops` (session counter updates) with the updates of each session merged into one operation: a
+/// transaction may touch an item once, and one update costs less than many.
+pub fn merge_session_ops(ops: Vec<TxOp>) -> Vec<TxOp> {
+    let mut merged: Vec<TxOp> = Vec::new();
+    for op in ops {
+        let TxOp::Update { table, key, updates, cond: None } = op else {
+            merged.push(op);
+            continue;
+        };
+        let same = merged.iter_mut().find_map(|m| match m {
+            TxOp::Update { table: t, key: k, updates: u, cond: None } if *t == table && *k == key => Some(u),
+            _ => None,
+        });
+        let Some(into) = same else {
+            merged.push(TxOp::Update { table, key, updates, cond: None });
+            continue;
+        };
+        for update in updates {
+            let existing = into.iter_mut().find(|u| u.attribute_name() == update.attribute_name());
+            match (existing, update) {
+                (Some(Update::Add(_, total)), Update::Add(_, by)) => *total += by,
+                (Some(slot), other) => *slot = other,
+                (None, other) => into.push(other),
+            }
+        }
+    }
+    merged
+}
+
 /// One session's counters, every counter present (0 when never counted).
 pub fn counters_of(item_attrs: &Map<String, Value>) -> Map<String, Value> {
     let mut out = Map::new();
@@ -54,5 +83,35 @@ impl SessionReader {
     pub async fn of_owner(&self, backend: &Backend, owner: &str) -> Result<Vec<(String, Map<String, Value>)>, StoreError> {
         let page = backend.table.query(Query::partition(&self.table, format!("S#{owner}")).limit(1000)).await?;
         Ok(page.items.into_iter().map(|i| (i.key.sk.clone(), counters_of(&i.attrs))).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_of_one_session_merge_into_one_operation_and_others_stay_apart() {
+        let add = |owner: &str, session: &str, updates: Vec<Update>| TxOp::Update {
+            table: "requests".into(),
+            key: key(owner, session),
+            updates,
+            cond: None,
+        };
+        let merged = merge_session_ops(vec![
+            add("o", "s1", vec![Update::add("referencingRequests", 1), Update::set("session", "s1")]),
+            add("o", "s2", vec![Update::add("referencingRequests", 1)]),
+            add("o", "s1", vec![Update::add("referencingRequests", 1), Update::add("referencedProducts", 1)]),
+            add("o", "s1", vec![Update::add("referencingRequests", -3)]),
+        ]);
+        assert_eq!(merged.len(), 2, "one operation per session: {merged:?}");
+        let TxOp::Update { key: k, updates, .. } = &merged[0] else { panic!("an update") };
+        assert_eq!(*k, key("o", "s1"));
+        assert_eq!(
+            *updates,
+            vec![Update::add("referencingRequests", -1), Update::set("session", "s1"), Update::add("referencedProducts", 1)]
+        );
+        let TxOp::Update { key: k, updates, .. } = &merged[1] else { panic!("an update") };
+        assert_eq!((k.clone(), updates.clone()), (key("o", "s2"), vec![Update::add("referencingRequests", 1)]));
     }
 }
