@@ -899,6 +899,24 @@ async fn every_kind_of_bad_input_is_denied_with_all_its_errors() {
         ),
         ("deletion-priority", json!({"urn": P1, "priority": "SOON"}).to_string(), typed("DELETION"), vec!["priority: \"SOON\""]),
         ("several-mb", big, typed("CREATION"), vec!["more than the 262144"]),
+        (
+            "bad-files",
+            with(&|c| {
+                c["feature"]["files"] = json!([
+                    {"locations": [], "attributes": {"dataType": "RAWDATA", "mimeType": "application/zip", "filename": "a.zip",
+                                                     "filesize": 10, "algorithm": "MD5", "checksum": "5d41402abc4b2a76b9719d911017c592"}},
+                    {"locations": [{"url": "s3://b/k"}], "attributes": {"dataType": "RAW", "mimeType": "application/zip",
+                                                     "filename": "b.zip", "algorithm": "SHA-256", "checksum": "abc"}}
+                ]);
+            }),
+            typed("CREATION"),
+            vec![
+                "feature.files[0].locations: at least one location",
+                "feature.files[1].attributes.dataType: \"RAW\"",
+                "feature.files[1].attributes.filesize: required",
+                "feature.files[1].attributes.checksum: \"abc\" is not a \"SHA-256\" checksum",
+            ],
+        ),
     ];
     let messages: Vec<ReceivedMessage> = cases.iter().map(|(id, body, attrs, _)| message(id, body, attrs)).collect();
     let mut batch = messages.clone();

@@ -178,7 +178,7 @@ fn creation_of(provider_id: &str, i: usize) -> String {
     let file = |n: usize| {
         serde_json::json!({
             "locations": [{"url": format!("https://data.example.invalid/p{i}/f{n}.zip")}],
-            "attributes": {"dataType": "RAWDATA", "mimeType": "application/zip", "filename": format!("f{n}.zip"), "filesize": 1024, "algorithm": "MD5", "checksum": "5d41402abc4b2a76b9719d911017c592"}
+            "attributes": {"dataType": "RAWDATA", "mimeType": "application/zip", "filename": format!("f{n}.zip"), "filesize": 1024, "algorithm": "MD5", "checksum": format!("{:032x}", i * 2 + n)}
         })
     };
     serde_json::json!({

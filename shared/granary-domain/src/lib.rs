@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod feature;
+pub mod file;
 pub mod geometry;
 pub mod model;
 pub mod request;

@@ -70,6 +70,7 @@ impl Embedded {
             .map_err(|e| granary_ports::PortError::Backend(format!("cannot create data directory {}: {e}", options.data_dir.display())))?;
         let db = Arc::new(db::Db::open(&options.data_dir.join("granary.sqlite3"))?);
         db.provision(&options.resources)?;
+        db::Db::checkpoint_in_background(&db)?;
         let table = Arc::new(EmbeddedTable::new(db.clone(), &options.resources));
         let queue = Arc::new(EmbeddedQueue::new(db.clone(), &options.resources, options.clock.clone(), options.ids.clone()));
         let blobs = Arc::new(EmbeddedBlobs::open(

@@ -53,6 +53,20 @@ impl EmbeddedQueue {
         let queue = spec.name.clone();
         let redrive = spec.dead_letter_queue.clone().filter(|_| spec.max_receive_count > 0).map(|d| (d, spec.max_receive_count));
         let hidden_until = now.saturating_add(ms(visibility));
+        // Most polls of a quiet queue find nothing: a read says so without taking the write lock.
+        let name = queue.clone();
+        let ready: bool = self
+            .db
+            .run(move |conn| {
+                conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM queue_messages WHERE queue = ?1 AND visible_at <= ?2)")
+                    .map_err(map_sql)?
+                    .query_row(rusqlite::params![name, now], |r| r.get(0))
+                    .map_err(map_sql)
+            })
+            .await?;
+        if !ready {
+            return Ok(Vec::new());
+        }
         let (moved, mut got) = self
             .db
             .write(move |conn| {

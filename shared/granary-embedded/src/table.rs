@@ -50,23 +50,24 @@ fn put_on(conn: &Connection, table: &str, item: &Item, cond: Option<&Cond>) -> P
     let mut f = Fragment::default();
     let changed = match cond {
         None => conn
-            .execute(
-                &format!("INSERT INTO {ident} (pk, sk, doc) VALUES (?1, ?2, ?3) ON CONFLICT (pk, sk) DO UPDATE SET doc = excluded.doc"),
-                rusqlite::params![item.key.pk, item.key.sk, doc],
-            )
+            .prepare_cached(&format!(
+                "INSERT INTO {ident} (pk, sk, doc) VALUES (?1, ?2, ?3) ON CONFLICT (pk, sk) DO UPDATE SET doc = excluded.doc"
+            ))
+            .map_err(map_sql)?
+            .execute(rusqlite::params![item.key.pk, item.key.sk, doc])
             .map_err(map_sql)?,
         Some(c) if c.holds_on_absent_item() => {
             f.params = vec![item.key.pk.clone().into(), item.key.sk.clone().into(), doc.into()];
             f.sql =
                 format!("INSERT INTO {ident} (pk, sk, doc) VALUES (?, ?, ?) ON CONFLICT (pk, sk) DO UPDATE SET doc = excluded.doc WHERE ");
             sql::cond(c, &mut f)?;
-            conn.execute(&f.sql, params_from_iter(f.params.iter())).map_err(map_sql)?
+            conn.prepare_cached(&f.sql).map_err(map_sql)?.execute(params_from_iter(f.params.iter())).map_err(map_sql)?
         }
         Some(c) => {
             f.params = vec![doc.into(), item.key.pk.clone().into(), item.key.sk.clone().into()];
             f.sql = format!("UPDATE {ident} SET doc = ? WHERE pk = ? AND sk = ? AND ");
             sql::cond(c, &mut f)?;
-            conn.execute(&f.sql, params_from_iter(f.params.iter())).map_err(map_sql)?
+            conn.prepare_cached(&f.sql).map_err(map_sql)?.execute(params_from_iter(f.params.iter())).map_err(map_sql)?
         }
     };
     if changed == 1 { Ok(()) } else { Err(condition_failed(table, &item.key)) }
@@ -152,8 +153,11 @@ fn check_on(conn: &Connection, table: &str, key: &Key, cond: &Cond) -> PortResul
     };
     sql::cond(cond, &mut f)?;
     f.sql.push(')');
-    let (exists, holds): (bool, bool) =
-        conn.query_row(&f.sql, params_from_iter(f.params.iter()), |r| Ok((r.get(0)?, r.get(1)?))).map_err(map_sql)?;
+    let (exists, holds): (bool, bool) = conn
+        .prepare_cached(&f.sql)
+        .map_err(map_sql)?
+        .query_row(params_from_iter(f.params.iter()), |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(map_sql)?;
     let ok = if exists { holds } else { cond.holds_on_absent_item() };
     if ok { Ok(()) } else { Err(condition_failed(table, key)) }
 }
