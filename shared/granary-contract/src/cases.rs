@@ -182,6 +182,39 @@ pub async fn query_partition_sorted_and_paged(h: &dyn Harness) {
     assert_eq!(gt.items.len(), 4);
 }
 
+/// Several queries at once answer what each would alone, in the order asked, an unknown index failing
+/// the whole call.
+pub async fn query_all_answers_each_query_in_order(h: &dyn Harness) {
+    let b = h.connect().await;
+    for (p, n) in [("all#A", 3), ("all#B", 1)] {
+        for i in 0..n {
+            b.table.put(TABLE, Item::new(key(p, &format!("V{i:03}"))).with("status", "RUNNING").with("createdAt", i), None).await.unwrap();
+        }
+    }
+    let queries = vec![
+        Query::partition(TABLE, "all#A").descending().limit(1),
+        Query::partition(TABLE, "all#none"),
+        Query::partition(TABLE, "all#B"),
+        Query::partition(TABLE, "all#A").limit(2),
+        Query::partition(TABLE, "RUNNING").on_index(BY_STATUS).limit(100),
+    ];
+    let pages = b.table.query_all(queries.clone()).await.unwrap();
+    assert_eq!(pages.len(), queries.len());
+    for (q, page) in queries.into_iter().zip(&pages) {
+        let alone = b.table.query(q).await.unwrap();
+        assert_eq!(page.items, alone.items, "the same items as the query alone");
+        assert_eq!(page.next.is_some(), alone.next.is_some());
+    }
+    let sks = |i: usize| pages[i].items.iter().map(|i| i.key.sk.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        (sks(0), sks(1), sks(2), sks(3)),
+        (vec!["V002".to_owned()], vec![], vec!["V000".to_owned()], vec!["V000".to_owned(), "V001".to_owned()])
+    );
+    assert!(pages[3].next.is_some(), "a page cut by its limit says there is more");
+    let unknown = b.table.query_all(vec![Query::partition(TABLE, "all#A"), Query::partition(TABLE, "x").on_index("nope")]).await;
+    assert!(unknown.is_err(), "an unknown index fails the call");
+}
+
 /// An index holds only items carrying its partition attribute, sorted by its sort attribute, and pages
 /// through ties in the sort attribute without losing or repeating items.
 pub async fn query_sparse_index_paged(h: &dyn Harness) {

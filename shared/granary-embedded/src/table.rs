@@ -25,6 +25,14 @@ impl EmbeddedTable {
         Self { db, indexes }
     }
 
+    /// The (partition, sort) attributes of the index `query` reads, `None` for the table itself.
+    fn index_of(&self, query: &Query) -> PortResult<Option<(String, Option<String>)>> {
+        self.check_table(&query.table)?;
+        let Some(name) = &query.index else { return Ok(None) };
+        let keys = self.indexes[&query.table].get(name).cloned();
+        keys.map(Some).ok_or_else(|| PortError::NotFound(format!("index {name} of table {}", query.table)))
+    }
+
     fn check_table(&self, table: &str) -> PortResult<()> {
         if self.indexes.contains_key(table) { Ok(()) } else { Err(PortError::NotFound(format!("table {table} is not declared"))) }
     }
@@ -312,16 +320,18 @@ impl Table for EmbeddedTable {
     }
 
     async fn query(&self, query: Query) -> PortResult<Page> {
-        self.check_table(&query.table)?;
-        let index = match &query.index {
-            None => None,
-            Some(name) => Some(
-                self.indexes[&query.table]
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| PortError::NotFound(format!("index {name} of table {}", query.table)))?,
-            ),
-        };
+        let index = self.index_of(&query)?;
         self.db.run(move |conn| query_on(conn, &query, index.as_ref())).await
+    }
+
+    /// Every query on one connection in one trip to the blocking pool: a batch's lookups would
+    /// otherwise wake as many threads as it has queries.
+    async fn query_all(&self, queries: Vec<Query>) -> PortResult<Vec<Page>> {
+        let mut planned = Vec::with_capacity(queries.len());
+        for query in queries {
+            let index = self.index_of(&query)?;
+            planned.push((query, index));
+        }
+        self.db.run(move |conn| planned.iter().map(|(query, index)| query_on(conn, query, index.as_ref())).collect()).await
     }
 }

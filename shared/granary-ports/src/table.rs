@@ -428,4 +428,10 @@ pub trait Table: Send + Sync {
 
     /// One page of a partition, in sort-key order.
     async fn query(&self, query: Query) -> PortResult<Page>;
+
+    /// The first page of each query, in the order given. DynamoDB has no batch query, so by default
+    /// they run concurrently; a backend that can answer them together does.
+    async fn query_all(&self, queries: Vec<Query>) -> PortResult<Vec<Page>> {
+        futures::future::try_join_all(queries.into_iter().map(|q| self.query(q))).await
+    }
 }

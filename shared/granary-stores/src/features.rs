@@ -21,6 +21,11 @@ fn version_key(provider_id: &str, version: u32) -> Key {
     Key::new(partition(provider_id), format!("V{version:03}"))
 }
 
+/// The version number of the first item of `page` (a [`FeatureStore::latest_query`]), 0 when none.
+fn latest_of(page: &granary_ports::Page) -> u32 {
+    page.items.first().and_then(|i| i.key.sk.strip_prefix('V')?.parse().ok()).unwrap_or(0)
+}
+
 /// A stored feature version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredFeature {
@@ -119,8 +124,12 @@ impl FeatureStore {
 
     /// The latest version number of `provider_id`, 0 when none.
     pub async fn latest_version(&self, backend: &Backend, provider_id: &str) -> Result<u32, StoreError> {
-        let page = backend.table.query(Query::partition(&self.features, partition(provider_id)).descending().limit(1)).await?;
-        Ok(page.items.first().and_then(|i| i.key.sk.strip_prefix('V')?.parse().ok()).unwrap_or(0))
+        Ok(latest_of(&backend.table.query(self.latest_query(provider_id)).await?))
+    }
+
+    /// The query whose first item is the latest version of `provider_id`.
+    fn latest_query(&self, provider_id: &str) -> Query {
+        Query::partition(&self.features, partition(provider_id)).descending().limit(1)
     }
 
     /// Creates the next version of the providerId, records the request and stages its events, all in one
@@ -157,7 +166,8 @@ impl FeatureStore {
     /// no creation may supply its version.
     pub async fn create_batch(&self, backend: &Backend, news: &[NewVersion<'_>]) -> Result<Option<Vec<CreationOutcome>>, StoreError> {
         let now = backend.clock.now_ms();
-        let latest = futures::future::try_join_all(news.iter().map(|n| self.latest_version(backend, n.provider_id))).await?;
+        let queries = news.iter().map(|n| self.latest_query(n.provider_id)).collect();
+        let latest: Vec<u32> = backend.table.query_all(queries).await?.iter().map(latest_of).collect();
         let mut ops = Vec::new();
         let mut sessions = Vec::new();
         let mut outcomes = Vec::with_capacity(news.len());
