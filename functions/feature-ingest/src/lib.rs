@@ -14,7 +14,7 @@ use granary_domain::{FeatureRequestEvent, FeatureRequestType, RequestState};
 use granary_lambda::{Config, sqs};
 use granary_ports::Backend;
 use granary_stores::StoreError;
-use granary_stores::features::{ChangeOutcome, CreationOutcome, FeatureStore, NewVersion};
+use granary_stores::features::{ChangeOutcome, CreationOutcome, FeatureStore, NewVersion, StoredFeature};
 use granary_stores::models::{ModelCache, ModelStore};
 use granary_stores::outbox::OutboxEvent;
 use granary_stores::recovery::Recovery;
@@ -549,7 +549,7 @@ impl FeatureIngest {
             if self.park_if_early(msg, env, kind, priority, None, None).await? {
                 return Ok(());
             }
-            return self.apply_change(msg, env, kind, &urn, None).await;
+            return self.apply_change(msg, env, kind, &urn, None, None).await;
         };
         if let Some(p) = &patch {
             let model = stored.feature.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -562,7 +562,7 @@ impl FeatureIngest {
         if self.park_if_early(msg, env, kind, priority, None, stored.session.as_ref()).await? {
             return Ok(());
         }
-        self.apply_change(msg, env, kind, &urn, patch.as_ref()).await
+        self.apply_change(msg, env, kind, &urn, patch.as_ref(), Some(&stored)).await
     }
 
     /// A notification of one feature version to recipients (action NOTIFIED).
@@ -658,7 +658,7 @@ impl FeatureIngest {
         }
     }
 
-    /// Applies a validated patch (or, without one, the deletion) of `urn`.
+    /// Applies a validated patch (or, without one, the deletion) of `urn`, `stored` as read by the caller.
     async fn apply_change(
         &self,
         msg: &SqsMessage,
@@ -666,12 +666,13 @@ impl FeatureIngest {
         kind: FeatureRequestType,
         urn: &Urn,
         patch: Option<&Value>,
+        stored: Option<&StoredFeature>,
     ) -> Result<(), StoreError> {
         let mut record = self.record(msg, env, kind, RequestState::Success, "DONE");
         self.keep_parked_session(env, &mut record).await?;
         let make_events = |urn: &str| self.done_events(kind, env, urn, None);
         let outcome = match patch {
-            Some(p) => self.store.patch(&self.backend, urn, p, record, &make_events).await?,
+            Some(p) => self.store.patch(&self.backend, urn, p, record, &make_events, stored).await?,
             None => self.store.delete(&self.backend, urn, record, &make_events).await?,
         };
         match outcome {

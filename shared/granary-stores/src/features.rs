@@ -37,6 +37,8 @@ pub struct StoredFeature {
     pub feature: Value,
     /// The session that created it (`sessionOwner`, `session`).
     pub session: Option<(String, String)>,
+    /// How many patches it has had: a patch of what was read is guarded by it.
+    pub revision: i64,
 }
 
 /// What a creation came to.
@@ -289,7 +291,8 @@ impl FeatureStore {
 
     /// Patches the feature version `urn` with `patch` (see [`granary_domain::feature::apply_patch`]),
     /// keeping its version, recording the request and staging its events in one transaction. Concurrent
-    /// patches of one feature each apply once: the write is guarded by the revision it read.
+    /// patches of one feature each apply once: the write is guarded by the revision it read. `known`,
+    /// the version as the caller read it, saves the first read; a conflict reads it again.
     pub async fn patch(
         &self,
         backend: &Backend,
@@ -297,20 +300,24 @@ impl FeatureStore {
         patch: &Value,
         mut request: RequestRecord,
         events: &(dyn Fn(&str) -> Vec<OutboxEvent> + Send + Sync),
+        known: Option<&StoredFeature>,
     ) -> Result<ChangeOutcome, StoreError> {
         let key = Key::new(format!("F#{}", urn.uuid), format!("V{:03}", urn.version));
         let urn_text = urn.to_string();
         request.urn = Some(urn_text.clone());
         request.action = Some("UPDATED".into());
         let now = backend.clock.now_ms();
+        let mut known = known.filter(|k| k.urn == urn_text).cloned();
         for _ in 0..MAX_ATTEMPTS {
-            let Some(item) = backend.table.get(&self.features, &key).await?.filter(|i| i.get_str("urn") == Some(urn_text.as_str())) else {
-                return Ok(ChangeOutcome::UnknownUrn);
+            let read = match known.take() {
+                Some(k) => k,
+                None => match self.get(backend, urn).await? {
+                    Some(k) => k,
+                    None => return Ok(ChangeOutcome::UnknownUrn),
+                },
             };
-            request.session_owner = item.get_str("sessionOwner").map(str::to_owned);
-            request.session = item.get_str("session").map(str::to_owned);
-            let revision = item.get_i64("revision").unwrap_or(0);
-            let stored = item.get("feature").cloned().unwrap_or(Value::Null);
+            (request.session_owner, request.session) = read.session.clone().unzip();
+            let (revision, stored) = (read.revision, read.feature);
             let patched = granary_domain::feature::apply_patch(&stored, patch, &request.request_owner);
             let guard = if revision == 0 { Cond::absent("revision") } else { Cond::eq("revision", revision) };
             let staged = events(&urn_text);
@@ -471,7 +478,8 @@ impl FeatureStore {
             (Some(o), Some(s)) => Some((o.to_owned(), s.to_owned())),
             _ => None,
         };
-        Ok(Some(StoredFeature { urn: urn.to_string(), last, feature, session }))
+        let revision = item.get_i64("revision").unwrap_or(0);
+        Ok(Some(StoredFeature { urn: urn.to_string(), last, feature, session, revision }))
     }
 
     /// The outbox of these tables.
