@@ -79,12 +79,49 @@ const METADATA: &[(&str, Shape)] = &[
 
 fn check_metadata(obj: &mut Map<String, Value>, errors: &mut Vec<String>) {
     match obj.get_mut("metadata") {
-        Some(Value::Object(m)) => check_fields(m, "metadata.", METADATA, errors),
+        Some(Value::Object(m)) => {
+            check_fields(m, "metadata.", METADATA, errors);
+            check_storages(m, errors);
+        }
         Some(_) => {
             errors.push("metadata: must be an object".into());
             obj.insert("metadata".into(), Value::Object(Map::new()));
         }
         None => {}
+    }
+}
+
+/// `metadata.storages` (REGARDS's StorageMetadata): each names its location (`pluginBusinessId`, not
+/// blank) and may give a `storePath` and the `targetTypes` (data types) that go there. A wrong list is
+/// reported and dropped, so that deserialising does not report it again.
+fn check_storages(metadata: &mut Map<String, Value>, errors: &mut Vec<String>) {
+    let Some(Value::Array(storages)) = metadata.get("storages") else { return };
+    let before = errors.len();
+    for (i, storage) in storages.iter().enumerate() {
+        let at = format!("metadata.storages[{i}]");
+        match storage.get("pluginBusinessId") {
+            Some(Value::String(id)) if !id.trim().is_empty() => {}
+            Some(Value::String(_)) => errors.push(format!("{at}.pluginBusinessId: must not be blank")),
+            None | Some(Value::Null) => errors.push(format!("{at}.pluginBusinessId: required (the storage location's name)")),
+            Some(_) => errors.push(format!("{at}.pluginBusinessId: must be a string")),
+        }
+        if let Some(path) = storage.get("storePath").filter(|p| !p.is_null() && !p.is_string()) {
+            errors.push(format!("{at}.storePath: {path} is not a string"));
+        }
+        match storage.get("targetTypes") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(types)) => {
+                for t in types {
+                    if !t.as_str().is_some_and(|t| crate::file::DATA_TYPES.contains(&t)) {
+                        errors.push(format!("{at}.targetTypes: {t} is not one of {}", crate::file::DATA_TYPES.join(", ")));
+                    }
+                }
+            }
+            Some(other) => errors.push(format!("{at}.targetTypes: {other} is not a list of data types")),
+        }
+    }
+    if errors.len() > before {
+        metadata.remove("storages");
     }
 }
 
@@ -158,6 +195,31 @@ mod tests {
             assert!(errors.iter().any(|e| e.starts_with(expected)), "{expected} missing from {errors:?}");
         }
         assert_eq!(errors.len(), 4, "{errors:?}");
+    }
+
+    #[test]
+    fn every_wrong_storage_is_named_and_good_ones_pass() {
+        let body = |storages: Value| {
+            json!({"metadata": {"sessionOwner": "o", "session": "s", "storages": storages},
+                   "feature": {"type": "Feature", "id": "p", "entityType": "DATA", "model": "M", "geometry": null}})
+        };
+        let good = json!([{"pluginBusinessId": "disk", "storePath": "a/b", "targetTypes": ["RAWDATA", "QUICKLOOK_SD"]}, {"pluginBusinessId": "s3"}]);
+        let (event, _) = parse_creation(&body(good)).unwrap();
+        assert_eq!(event.metadata.storages.len(), 2);
+        assert_eq!(event.metadata.storages[0].target_types, vec!["RAWDATA".to_owned(), "QUICKLOOK_SD".to_owned()]);
+        let bad = json!([{"storePath": 5}, {"pluginBusinessId": " ", "targetTypes": ["RAWDATA", "PICTURE"]}, {"pluginBusinessId": "x", "targetTypes": "RAWDATA"}]);
+        let errors = parse_creation(&body(bad)).unwrap_err();
+        let expected = [
+            "metadata.storages[0].pluginBusinessId: required",
+            "metadata.storages[0].storePath: 5 is not a string",
+            "metadata.storages[1].pluginBusinessId: must not be blank",
+            "metadata.storages[1].targetTypes: \"PICTURE\" is not one of",
+            "metadata.storages[2].targetTypes: \"RAWDATA\" is not a list",
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:?}");
+        for (e, x) in errors.iter().zip(expected) {
+            assert!(e.starts_with(x), "{e:?} should start with {x:?}");
+        }
     }
 
     #[test]
