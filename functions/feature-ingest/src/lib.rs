@@ -87,6 +87,11 @@ impl Envelope {
 struct PlainCreation<'m> {
     msg: &'m SqsMessage,
     env: Envelope,
+    prepared: Prepared,
+}
+
+/// What a plain creation will record.
+struct Prepared {
     record: RequestRecord,
     provider_id: String,
     entity_type: EntityType,
@@ -166,10 +171,12 @@ impl FeatureIngest {
         let mut events = Vec::new();
         let mut run: Vec<PlainCreation<'_>> = Vec::new();
         for msg in &event.payload.records {
+            // The body is read once here, whichever path the message then takes.
+            let env = envelope(msg);
             if !self.is_dead_letter(msg) {
-                match self.plain_creation(msg, &run).await {
-                    Ok(Some(creation)) => {
-                        run.push(creation);
+                match self.plain_creation(msg, &env, &run).await {
+                    Ok(Some(prepared)) => {
+                        run.push(PlainCreation { msg, env, prepared });
                         continue;
                     }
                     Ok(None) => {}
@@ -177,7 +184,7 @@ impl FeatureIngest {
                 }
             }
             self.create_run(std::mem::take(&mut run), &mut events, &mut failed).await;
-            self.process_alone(msg, &mut events, &mut failed).await;
+            self.process_alone(msg, env, &mut events, &mut failed).await;
         }
         self.create_run(run, &mut events, &mut failed).await;
         // The batch's events go out together. They are committed already: if sending fails, the
@@ -189,8 +196,8 @@ impl FeatureIngest {
     }
 
     /// Processes one message on its own, collecting its events or its failure.
-    async fn process_alone(&self, msg: &SqsMessage, events: &mut Vec<OutboxEvent>, failed: &mut Vec<String>) {
-        let outcome = if self.is_dead_letter(msg) { self.record_dead_letter(msg).await } else { self.process(msg).await };
+    async fn process_alone(&self, msg: &SqsMessage, env: Envelope, events: &mut Vec<OutboxEvent>, failed: &mut Vec<String>) {
+        let outcome = if self.is_dead_letter(msg) { self.record_dead_letter(msg, &env).await } else { self.process(msg, env).await };
         match outcome {
             Ok(committed) => events.extend(committed),
             Err(e) => {
@@ -203,8 +210,7 @@ impl FeatureIngest {
 
     /// `msg` as a creation that can join `run` in one transaction, or `None` when it needs the one-by-one
     /// path (another kind, a date, a URN, an error to report, a providerId or request id already in the run).
-    async fn plain_creation<'m>(&self, msg: &'m SqsMessage, run: &[PlainCreation<'_>]) -> Result<Option<PlainCreation<'m>>, StoreError> {
-        let env = envelope(msg);
+    async fn plain_creation(&self, msg: &SqsMessage, env: &Envelope, run: &[PlainCreation<'_>]) -> Result<Option<Prepared>, StoreError> {
         if env.request_type != Some(FeatureRequestType::Creation)
             || env.date.is_some()
             || env.released
@@ -215,7 +221,7 @@ impl FeatureIngest {
         let Ok(body) = &env.body else { return Ok(None) };
         let Ok((event, valid)) = parse_creation(body) else { return Ok(None) };
         if event.feature.get("urn").is_some()
-            || run.iter().any(|c| c.provider_id == valid.provider_id || c.env.request_id == env.request_id)
+            || run.iter().any(|c| c.prepared.provider_id == valid.provider_id || c.env.request_id == env.request_id)
         {
             return Ok(None);
         }
@@ -223,12 +229,10 @@ impl FeatureIngest {
         if !self.model_errors(&valid.model, Some(valid.entity_type), &properties, Mode::Creation).await?.is_empty() {
             return Ok(None);
         }
-        let mut record = self.record(msg, &env, FeatureRequestType::Creation, RequestState::Success, "DONE");
+        let mut record = self.record(msg, env, FeatureRequestType::Creation, RequestState::Success, "DONE");
         record.provider_id = Some(valid.provider_id.clone());
         record.action = Some("CREATED".into());
-        Ok(Some(PlainCreation {
-            msg,
-            env,
+        Ok(Some(Prepared {
             record,
             provider_id: valid.provider_id,
             entity_type: valid.entity_type,
@@ -245,19 +249,20 @@ impl FeatureIngest {
         }
         if run.len() > 1 {
             let kind = FeatureRequestType::Creation;
-            let makers: Vec<_> = run.iter().map(|c| move |urn: &str| self.done_events(kind, &c.env, urn, Some(&c.provider_id))).collect();
+            let makers: Vec<_> =
+                run.iter().map(|c| move |urn: &str| self.done_events(kind, &c.env, urn, Some(&c.prepared.provider_id))).collect();
             let news: Vec<NewVersion<'_>> = run
                 .iter()
                 .zip(&makers)
                 .map(|(c, make_events)| NewVersion {
                     tenant: &self.config.tenant,
-                    provider_id: &c.provider_id,
-                    entity_type: c.entity_type,
-                    feature: &c.feature,
-                    request: c.record.clone(),
+                    provider_id: &c.prepared.provider_id,
+                    entity_type: c.prepared.entity_type,
+                    feature: &c.prepared.feature,
+                    request: c.prepared.record.clone(),
                     events: make_events,
                     version: None,
-                    override_previous: c.override_previous,
+                    override_previous: c.prepared.override_previous,
                 })
                 .collect();
             match self.store.create_batch(&self.backend, &news).await {
@@ -275,7 +280,7 @@ impl FeatureIngest {
             }
         }
         for c in run {
-            self.process_alone(c.msg, events, failed).await;
+            self.process_alone(c.msg, c.env, events, failed).await;
         }
     }
 
@@ -286,8 +291,7 @@ impl FeatureIngest {
 
     /// Records the request of a message that kept failing as a request in ERROR (step LOCAL_ERROR),
     /// its message kept so that an admin can retry it; nothing is lost, and the admin sees why.
-    async fn record_dead_letter(&self, msg: &SqsMessage) -> Result<Vec<OutboxEvent>, StoreError> {
-        let env = envelope(msg);
+    async fn record_dead_letter(&self, msg: &SqsMessage, env: &Envelope) -> Result<Vec<OutboxEvent>, StoreError> {
         let kind = env.request_type.unwrap_or(FeatureRequestType::Creation);
         let body = env.body.as_ref().ok();
         let text = |pointer: &str| body.and_then(|b| b.pointer(pointer)).and_then(Value::as_str).map(str::to_owned);
@@ -295,7 +299,7 @@ impl FeatureIngest {
             .and_then(|b| b.pointer("/metadata/priority").or_else(|| b.get("priority")))
             .and_then(|p| serde_json::from_value(p.clone()).ok())
             .unwrap_or_default();
-        let mut record = self.record(msg, &env, kind, RequestState::Error, "LOCAL_ERROR");
+        let mut record = self.record(msg, env, kind, RequestState::Error, "LOCAL_ERROR");
         record.provider_id = if kind == FeatureRequestType::Creation { text("/feature/id") } else { None };
         record.urn = text("/feature/urn").or_else(|| text("/urn"));
         record.errors = vec![format!(
@@ -486,8 +490,7 @@ impl FeatureIngest {
     }
 
     /// Processes one message; returns the events its transaction committed, to send.
-    async fn process(&self, msg: &SqsMessage) -> Result<Vec<OutboxEvent>, StoreError> {
-        let env = envelope(msg);
+    async fn process(&self, msg: &SqsMessage, env: Envelope) -> Result<Vec<OutboxEvent>, StoreError> {
         self.process_envelope(msg, &env).await?;
         Ok(env.pending.into_inner().unwrap_or_else(|p| p.into_inner()))
     }

@@ -327,11 +327,7 @@ impl Table for EmbeddedTable {
     /// Every query on one connection in one trip to the blocking pool: a batch's lookups would
     /// otherwise wake as many threads as it has queries.
     async fn query_all(&self, queries: Vec<Query>) -> PortResult<Vec<Page>> {
-        let mut planned = Vec::with_capacity(queries.len());
-        for query in queries {
-            let index = self.index_of(&query)?;
-            planned.push((query, index));
-        }
-        self.db.run(move |conn| planned.iter().map(|(query, index)| query_on(conn, query, index.as_ref())).collect()).await
+        let planned = queries.into_iter().map(|q| Ok((self.index_of(&q)?, q))).collect::<PortResult<Vec<_>>>()?;
+        self.db.run(move |conn| planned.iter().map(|(index, query)| query_on(conn, query, index.as_ref())).collect()).await
     }
 }

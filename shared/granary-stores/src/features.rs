@@ -167,6 +167,9 @@ impl FeatureStore {
     /// them one by one, which sorts out each case. Every providerId and request id must be distinct and
     /// no creation may supply its version.
     pub async fn create_batch(&self, backend: &Backend, news: &[NewVersion<'_>]) -> Result<Option<Vec<CreationOutcome>>, StoreError> {
+        if news.iter().any(|n| n.version.is_some()) {
+            return Ok(None);
+        }
         let now = backend.clock.now_ms();
         let queries = news.iter().map(|n| self.latest_query(n.provider_id)).collect();
         let latest: Vec<u32> = backend.table.query_all(queries).await?.iter().map(latest_of).collect();
@@ -174,9 +177,6 @@ impl FeatureStore {
         let mut sessions = Vec::new();
         let mut outcomes = Vec::with_capacity(news.len());
         for (new, latest) in news.iter().zip(latest) {
-            if new.version.is_some() {
-                return Ok(None);
-            }
             let Ok(staged) = self.version_ops(new, latest, now) else { return Ok(None) };
             ops.extend(staged.ops);
             sessions.extend(staged.session);
