@@ -9,6 +9,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use granary_domain::body::{parse_creation, parse_deletion, parse_notification, parse_patch};
 use granary_domain::model::Mode;
 use granary_domain::request::{validate_deletion, validate_notification, validate_patch};
+use granary_domain::storage::{Locations, plan_storage};
 use granary_domain::{EntityType, Priority, Urn};
 use granary_domain::{FeatureRequestEvent, FeatureRequestType, RequestState};
 use granary_lambda::{Config, sqs};
@@ -19,6 +20,7 @@ use granary_stores::models::{ModelCache, ModelStore};
 use granary_stores::outbox::OutboxEvent;
 use granary_stores::recovery::Recovery;
 use granary_stores::requests::{Parked, PendingCreation, RequestReader, RequestRecord, pending_creation};
+use granary_stores::storage::{PendingStorage, STORAGE_STEP};
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -48,6 +50,7 @@ pub struct FeatureIngest {
     requests: RequestReader,
     recovery: Recovery,
     models: Arc<ModelCache>,
+    locations: Locations,
 }
 
 /// A message's request as far as it could be read.
@@ -158,7 +161,8 @@ impl FeatureIngest {
         let models = Arc::new(ModelCache::new(ModelStore::new(&config.features_table), std::time::Duration::from_secs(ttl)));
         let requests = RequestReader::new(&config.requests_table);
         let recovery = Recovery::new(&config.requests_table, &config.response_queue);
-        Self { backend, config, store, requests, recovery, models }
+        let locations = config.locations();
+        Self { backend, config, store, requests, recovery, models, locations }
     }
 
     /// Handles one SQS batch; only messages that hit a transient failure are retried.
@@ -221,6 +225,7 @@ impl FeatureIngest {
         let Ok(body) = &env.body else { return Ok(None) };
         let Ok((event, valid)) = parse_creation(body) else { return Ok(None) };
         if event.feature.get("urn").is_some()
+            || !event.metadata.storages.is_empty()
             || run.iter().any(|c| c.prepared.provider_id == valid.provider_id || c.env.request_id == env.request_id)
         {
             return Ok(None);
@@ -263,6 +268,7 @@ impl FeatureIngest {
                     events: make_events,
                     version: None,
                     override_previous: c.prepared.override_previous,
+                    storage: None,
                 })
                 .collect();
             match self.store.create_batch(&self.backend, &news).await {
@@ -736,10 +742,31 @@ impl FeatureIngest {
                 }
             },
         };
+        let to_store = match plan_storage(&event.feature, &event.metadata.storages, &self.locations) {
+            Ok(files) => files,
+            Err(errors) => return self.deny(msg, env, kind, Some(valid.provider_id.clone()), errors).await,
+        };
         if self.park_if_early(msg, env, kind, event.metadata.priority, Some(&valid.provider_id), None).await? {
             return Ok(());
         }
-        let make_events = |urn: &str| self.done_events(kind, env, urn, Some(&valid.provider_id));
+        let storage = (!to_store.is_empty()).then(|| PendingStorage {
+            files: to_store,
+            timeout_ms: i64::try_from(self.config.storage_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            jobs_queue: self.config.storage_jobs_queue.clone(),
+        });
+        if storage.is_some() {
+            // Not done until storage has confirmed every file: GRANTED now, SUCCESS from storage-ready.
+            record.state = RequestState::Granted;
+            record.step = STORAGE_STEP.into();
+        }
+        let waits_for_storage = storage.is_some();
+        let make_events = |urn: &str| {
+            let mut events = self.done_events(kind, env, urn, Some(&valid.provider_id));
+            if waits_for_storage {
+                events.retain(|e| !e.event_id.ends_with(":SUCCESS"));
+            }
+            events
+        };
         let outcome = self
             .store
             .create_next_version(
@@ -753,6 +780,7 @@ impl FeatureIngest {
                     events: &make_events,
                     version: supplied.as_ref().map(|u| u.version),
                     override_previous: event.metadata.override_previous,
+                    storage,
                 },
             )
             .await;

@@ -20,16 +20,7 @@ struct Fixture {
 }
 
 fn config() -> Config {
-    Config {
-        tenant: "granary".into(),
-        feature_queues: ["feature-high".into(), "feature-normal".into(), "feature-low".into()],
-        response_queue: "feature-response".into(),
-        notification_queue: "feature-notification".into(),
-        feature_dead_letter_queue: "feature-dead-letter".into(),
-        features_table: "features".into(),
-        requests_table: "requests".into(),
-        groups_claim: "cognito:groups".into(),
-    }
+    Config::defaults()
 }
 
 async fn fixture() -> Fixture {

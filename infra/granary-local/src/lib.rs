@@ -108,6 +108,9 @@ enum Command {
         /// Concurrent feature-ingest invocations.
         #[arg(long, env = "GRANARY_LOCAL_INGEST_WORKERS", default_value_t = 2)]
         ingest_workers: usize,
+        /// Concurrent storage-worker invocations (each copies one request's files).
+        #[arg(long, env = "GRANARY_LOCAL_STORAGE_WORKERS", default_value_t = 2)]
+        storage_workers: usize,
         /// Seconds a nearline restore takes on the embedded backend.
         #[arg(long, env = "GRANARY_LOCAL_RESTORE_DELAY_SECS", default_value_t = 60)]
         restore_delay_secs: u64,
@@ -150,6 +153,7 @@ pub fn run(cli: Cli) -> Result<(), LocalError> {
             template,
             provision,
             ingest_workers,
+            storage_workers,
             restore_delay_secs,
             relay_every_secs,
             release_every_secs,
@@ -167,6 +171,7 @@ pub fn run(cli: Cli) -> Result<(), LocalError> {
                 provision,
                 listen,
                 ingest_workers,
+                storage_workers,
                 restore_delay: Duration::from_secs(restore_delay_secs),
                 relay_every: Duration::from_secs(relay_every_secs.max(1)),
                 release_every: Duration::from_secs(release_every_secs.max(1)),

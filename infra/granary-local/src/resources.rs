@@ -12,8 +12,3 @@ pub fn load(template: Option<&Path>) -> Result<Resources, String> {
     };
     granary_resources::from_template(&text, |var| std::env::var(var).ok()).map_err(|e| e.to_string())
 }
-
-/// The queue of storage events (`GRANARY_STORAGE_READY_QUEUE`).
-pub fn storage_ready_queue() -> String {
-    granary_lambda::config::env_or("GRANARY_STORAGE_READY_QUEUE", "storage-ready")
-}

@@ -22,6 +22,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use storage_ready::StorageReady;
+use storage_worker::StorageWorker;
 use tokio::sync::watch;
 
 /// API Gateway's payload limit; larger bodies get 413.
@@ -50,6 +52,8 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// Concurrent feature-ingest invocations.
     pub ingest_workers: usize,
+    /// Concurrent storage-worker invocations (each copies one request's files).
+    pub storage_workers: usize,
     /// How long a nearline restore takes.
     pub restore_delay: Duration,
     /// How often the outbox relay runs.
@@ -69,6 +73,7 @@ struct AppState {
 /// Serves until Ctrl-C or SIGTERM, then stops taking work, lets running invocations finish, and returns.
 pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
     let config = Config::from_env();
+    config.check().map_err(LocalError::Config)?;
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.map_err(|e| LocalError::Listen(opts.listen.to_string(), e.to_string()))?;
     let addr = listener.local_addr().map_err(|e| LocalError::Listen(opts.listen.to_string(), e.to_string()))?;
@@ -106,6 +111,36 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         ingest_handler.clone(),
         stop_rx.clone(),
     ));
+    // Storage: the worker copies files (a few jobs at once, each streaming), storage-ready applies the
+    // outcomes.
+    let worker = Arc::new(StorageWorker::new(backend.clone(), config.clone()).map_err(LocalError::Config)?);
+    let worker_handler = Arc::new(move |e| {
+        let f = worker.clone();
+        async move { f.handle(e).await }
+    });
+    for _ in 0..opts.storage_workers.max(1) {
+        workers.spawn(run_sqs_source(
+            backend.clone(),
+            "storage-worker",
+            vec![config.storage_jobs_queue.clone()],
+            1,
+            worker_handler.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    let ready = Arc::new(StorageReady::new(backend.clone(), config.clone()));
+    let ready_handler = Arc::new(move |e| {
+        let f = ready.clone();
+        async move { f.handle(e).await }
+    });
+    workers.spawn(run_sqs_source(
+        backend.clone(),
+        "storage-ready",
+        vec![config.storage_ready_queue.clone()],
+        10,
+        ready_handler,
+        stop_rx.clone(),
+    ));
     let relay = Arc::new(OutboxRelay::new(backend.clone(), &config).map_err(LocalError::Config)?);
     let relay_handler = Arc::new(move |e| {
         let f = relay.clone();
@@ -121,7 +156,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
     // S3 announces completed restores through EventBridge; the embedded blob store needs this pump.
     if let Some(embedded) = embedded.clone() {
         let mut stop = stop_rx.clone();
-        let queue = resources::storage_ready_queue();
+        let queue = config.storage_ready_queue.clone();
         workers.spawn(async move {
             while !*stop.borrow() {
                 if let Err(e) = embedded.announce_completed_restores(&queue).await {

@@ -290,7 +290,9 @@ async fn http_creation_goes_through_the_queue_to_ingest() {
 #[tokio::test]
 async fn producer_message_on_sqs_is_answered_on_the_response_queue() {
     let dir = tempfile::tempdir().unwrap();
-    let r = Runner::start(dir.path(), &[]);
+    // The example stores its RAWDATA file in the location "nearline-archive".
+    let locations = r#"{"nearline-archive": {"bucket": "storage", "prefix": "archive", "class": "NEARLINE"}}"#;
+    let r = Runner::start(dir.path(), &[("GRANARY_STORAGE_LOCATIONS", locations)]);
     let model: Value = serde_json::from_str(include_str!("fixtures/model-s2-l1c.json")).unwrap();
     define_model(&client(), &r, dir.path(), "S2_L1C", &model).await;
     let backend = open(dir.path());
@@ -305,7 +307,7 @@ async fn producer_message_on_sqs_is_answered_on_the_response_queue() {
     let mut states = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while states.len() < 2 {
-        assert!(Instant::now() < deadline, "timed out waiting for GRANTED and SUCCESS on the response queue: {states:?}");
+        assert!(Instant::now() < deadline, "timed out waiting for GRANTED and ERROR on the response queue: {states:?}");
         for m in backend.queue.receive(&config.response_queue, 10, None, Duration::from_millis(200)).await.unwrap() {
             let e: Value = serde_json::from_str(&m.body).unwrap();
             if e["requestId"] == request_id {
@@ -314,10 +316,18 @@ async fn producer_message_on_sqs_is_answered_on_the_response_queue() {
                     "the URN the brief's example names"
                 );
                 states.insert(e["state"].as_str().unwrap().to_owned());
+                if e["state"] == "ERROR" {
+                    // Its source bucket does not exist here: the storage error names the file and why.
+                    let error = e["errors"][0].as_str().unwrap();
+                    assert!(
+                        error.contains("S2A_MSIL1C_20261123T101531_N0511_R065_T31TCJ.zip") && error.contains("no such object"),
+                        "{error}"
+                    );
+                }
             }
         }
     }
-    assert_eq!(states, BTreeSet::from(["GRANTED".to_owned(), "SUCCESS".to_owned()]));
+    assert_eq!(states, BTreeSet::from(["GRANTED".to_owned(), "ERROR".to_owned()]));
 }
 
 #[tokio::test]
@@ -820,4 +830,106 @@ async fn one_worker_serves_every_high_request_before_any_low_one() {
     let highs = created("high", 20).await.expect("every HIGH creation");
     let (last_high, first_low) = (highs.iter().max().unwrap(), lows.iter().min().unwrap());
     assert!(last_high <= first_low, "a LOW request ran at {first_low} before the last HIGH one at {last_high}");
+}
+
+/// A source server on a free loopback port: `/ok` serves `body`, `/short` serves half of it (with a
+/// Content-Length saying so), anything else 404. Stops with the test's runtime.
+async fn source_server(body: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                let n = socket.read(&mut request).await.unwrap_or(0);
+                let line = String::from_utf8_lossy(&request[..n]).lines().next().unwrap_or_default().to_owned();
+                let (status, payload) = if line.starts_with("GET /ok ") {
+                    ("200 OK", body.as_slice())
+                } else if line.starts_with("GET /short ") {
+                    ("200 OK", &body[..body.len() / 2])
+                } else {
+                    ("404 Not Found", &b""[..])
+                };
+                let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", payload.len());
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(payload).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn files_are_stored_from_http_and_file_sources_and_bad_sources_end_in_storage_errors() {
+    use md5::{Digest, Md5};
+    let dir = tempfile::tempdir().unwrap();
+    let sources = tempfile::tempdir().unwrap();
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let checksum = hex::encode(Md5::digest(&content));
+    std::fs::write(sources.path().join("local.bin"), &content).unwrap();
+    let server = source_server(content.clone()).await;
+    let roots = sources.path().to_str().unwrap().to_owned();
+    let r = Runner::start(dir.path(), &[("GRANARY_STORAGE_FILE_ROOTS", &roots)]);
+    let c = client();
+    let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
+    define_model(&c, &r, dir.path(), "M", &model_m()).await;
+
+    // The failing sources declare other bytes: a file already stored under its checksum is not copied again.
+    let other = hex::encode(Md5::digest(b"other bytes"));
+    let file = |url: String, checksum: &str| {
+        json!([{"locations": [{"url": url}], "attributes": {"dataType": "RAWDATA", "mimeType": "application/octet-stream",
+            "filename": "product.bin", "filesize": content.len(), "algorithm": "MD5", "checksum": checksum}}])
+    };
+    let local_url = url::Url::from_file_path(sources.path().join("local.bin")).unwrap().to_string();
+    let mut body = creation_collection(&["from-http", "from-file", "missing", "short"]);
+    body["metadata"]["storages"] = json!([{"pluginBusinessId": "online", "storePath": "e2e"}]);
+    let cases = [
+        (format!("{server}/ok"), &checksum),
+        (local_url, &checksum),
+        (format!("{server}/missing"), &other),
+        (format!("{server}/short"), &other),
+    ];
+    for (i, (url, sum)) in cases.into_iter().enumerate() {
+        body["features"][i]["files"] = file(url, sum);
+    }
+    let res = c.post(r.url("/features")).bearer_auth(&producer).json(&body).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let info: Value = res.json().await.unwrap();
+    let ids: Vec<String> = info["granted"].as_array().unwrap().iter().map(|g| g["requestId"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 4, "{info}");
+    let mut finals = Vec::new();
+    for id in &ids {
+        let url = r.url(&format!("/features/requests/{id}"));
+        finals.push(
+            wait_for("the request to finish", Duration::from_secs(30), || async {
+                let v: Value = c.get(&url).bearer_auth(&producer).send().await.ok()?.json().await.ok()?;
+                (v["state"] == "SUCCESS" || v["state"] == "ERROR").then_some(v)
+            })
+            .await,
+        );
+    }
+    let steps: Vec<(&str, &str)> = finals.iter().map(|v| (v["state"].as_str().unwrap(), v["step"].as_str().unwrap())).collect();
+    assert_eq!(steps, vec![("SUCCESS", "DONE"), ("SUCCESS", "DONE"), ("ERROR", "REMOTE_STORAGE_ERROR"), ("ERROR", "REMOTE_STORAGE_ERROR")]);
+    assert!(finals[2]["errors"][0].as_str().unwrap().contains("404"), "{}", finals[2]);
+    assert!(finals[3]["errors"][0].as_str().unwrap().contains("ended after 100000 of the declared 200000 bytes"), "{}", finals[3]);
+
+    // The stored file is one object, named by its checksum, listed among the feature's locations.
+    let feature: Value = c
+        .get(r.url(&format!("/features/{}", finals[0]["urn"].as_str().unwrap())))
+        .bearer_auth(&producer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stored = format!("s3://storage/online/e2e/{checksum}");
+    let locations = feature["feature"]["files"][0]["locations"].as_array().unwrap();
+    assert!(locations.iter().any(|l| l["storage"] == "online" && l["url"] == stored.as_str()), "{locations:?}");
+    let backend = open(dir.path());
+    let meta = backend.blobs.head("storage", &format!("online/e2e/{checksum}")).await.unwrap().expect("the stored object");
+    assert_eq!((meta.size, meta.etag), (content.len() as u64, checksum.clone()));
 }

@@ -8,6 +8,7 @@ pub mod geometry;
 pub mod model;
 pub mod request;
 pub mod session;
+pub mod storage;
 pub mod urn;
 
 pub use request::{

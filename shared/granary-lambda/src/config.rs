@@ -2,6 +2,7 @@
 //! (granary-local runs them all in one process), a default for one machine, and a row in the README.
 
 use granary_domain::Priority;
+use granary_domain::storage::{LocationClass, Locations, StorageLocation, parse_locations};
 
 /// Reads `name`, or `default` when unset or empty.
 pub fn env_or(name: &str, default: &str) -> String {
@@ -36,11 +37,46 @@ pub struct Config {
     pub requests_table: String,
     /// The JWT claim holding groups (`GRANARY_GROUPS_CLAIM`).
     pub groups_claim: String,
+    /// The storage worker's queue of storage jobs (`GRANARY_STORAGE_JOBS_QUEUE`).
+    pub storage_jobs_queue: String,
+    /// The queue of storage events that storage-ready consumes (`GRANARY_STORAGE_READY_QUEUE`).
+    pub storage_ready_queue: String,
+    /// Where storage events that cannot be applied go, with their reason
+    /// (`GRANARY_STORAGE_READY_DEAD_LETTER_QUEUE`).
+    pub storage_ready_dead_letter_queue: String,
+    /// Storage locations by name (`GRANARY_STORAGE_LOCATIONS`, a JSON object
+    /// `{"<name>": {"bucket", "prefix", "class": "ONLINE"|"NEARLINE"}}`; by default `online` and
+    /// `nearline` in the storage bucket `GRANARY_STORAGE_BUCKET`). A wrong value fails the cold start.
+    pub storage_locations: Result<Locations, String>,
+    /// How long a request may wait for its files to be stored before it times out
+    /// (`GRANARY_STORAGE_TIMEOUT_SECS`, default 4 hours).
+    pub storage_timeout_secs: u64,
+}
+
+/// The locations used when `GRANARY_STORAGE_LOCATIONS` is unset: `online` and `nearline`, two prefixes
+/// of the deployment's storage bucket.
+pub fn default_locations(bucket: &str) -> Locations {
+    let location = |prefix: &str, class| StorageLocation { bucket: bucket.to_owned(), prefix: prefix.to_owned(), class };
+    Locations::from([
+        ("online".to_owned(), location("online", LocationClass::Online)),
+        ("nearline".to_owned(), location("nearline", LocationClass::Nearline)),
+    ])
 }
 
 impl Config {
     /// Reads the configuration from the environment.
     pub fn from_env() -> Self {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// The configuration with every variable unset: the names one machine and the tests use.
+    pub fn defaults() -> Self {
+        Self::from_lookup(|_| None)
+    }
+
+    /// The configuration from `lookup`, which gives a variable's value.
+    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let env_or = |name: &str, default: &str| lookup(name).filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned());
         Self {
             tenant: env_or("GRANARY_TENANT", "granary"),
             feature_queues: [
@@ -54,7 +90,28 @@ impl Config {
             features_table: env_or("GRANARY_FEATURES_TABLE", "features"),
             requests_table: env_or("GRANARY_REQUESTS_TABLE", "requests"),
             groups_claim: env_or("GRANARY_GROUPS_CLAIM", "cognito:groups"),
+            storage_jobs_queue: env_or("GRANARY_STORAGE_JOBS_QUEUE", "storage-jobs"),
+            storage_ready_queue: env_or("GRANARY_STORAGE_READY_QUEUE", "storage-ready"),
+            storage_ready_dead_letter_queue: env_or("GRANARY_STORAGE_READY_DEAD_LETTER_QUEUE", "storage-ready-dead-letter"),
+            storage_locations: match lookup("GRANARY_STORAGE_LOCATIONS") {
+                Some(text) if !text.trim().is_empty() => {
+                    parse_locations(&text).map_err(|e| format!("environment variable GRANARY_STORAGE_LOCATIONS: {e}"))
+                }
+                _ => Ok(default_locations(&env_or("GRANARY_STORAGE_BUCKET", "storage"))),
+            },
+            storage_timeout_secs: lookup("GRANARY_STORAGE_TIMEOUT_SECS").and_then(|v| v.parse().ok()).unwrap_or(4 * 3600),
         }
+    }
+
+    /// Fails when a setting is wrong, naming it: a function refuses to start rather than run half-configured.
+    pub fn check(&self) -> Result<(), String> {
+        self.storage_locations.as_ref().map(drop).map_err(Clone::clone)?;
+        env_number::<u64>("GRANARY_STORAGE_TIMEOUT_SECS", 0).map(drop)
+    }
+
+    /// The storage locations (none when misconfigured: [`Config::check`] refuses to start then).
+    pub fn locations(&self) -> Locations {
+        self.storage_locations.clone().unwrap_or_default()
     }
 
     /// The feature queue serving `priority`.

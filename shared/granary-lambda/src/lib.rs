@@ -17,6 +17,7 @@ pub use identity::Identity;
 pub async fn cold_start() -> Result<(Config, granary_ports::Backend), Box<dyn std::error::Error + Send + Sync>> {
     init_logging();
     let config = Config::from_env();
+    config.check()?;
     let resources = granary_resources::deployed()?;
     let aws = granary_aws::Aws::connect(&resources, granary_aws::AwsOptions::default()).await;
     Ok((config, aws.backend()))

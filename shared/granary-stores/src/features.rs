@@ -108,6 +108,9 @@ pub struct NewVersion<'a> {
     pub version: Option<u32>,
     /// Delete the previous latest version in the same transaction (REGARDS's `override`).
     pub override_previous: bool,
+    /// Files to store: the request then waits in REMOTE_STORAGE_REQUESTED (its record's state and step
+    /// say so) and the storage job is staged with it.
+    pub storage: Option<crate::storage::PendingStorage>,
 }
 
 /// Writes and reads features.
@@ -229,8 +232,24 @@ impl FeatureStore {
         };
         let mut record = new.request.clone();
         record.urn = Some(urn.clone());
-        let events = (new.events)(&urn);
-        let mut ops = vec![record.write_op(&self.requests), TxOp::Put { table: self.features.clone(), item, cond: Some(Cond::ItemAbsent) }];
+        let mut events = (new.events)(&urn);
+        let (request_op, tasks, session) = match &new.storage {
+            None => {
+                let done = Outcome::Done { released: record.replaces_parked, changed: true };
+                (record.write_op(&self.requests), vec![], session_op(&self.requests, &record, done))
+            }
+            Some(pending) => {
+                let staged = crate::storage::stage(&self.requests, &record, &urn, pending, now);
+                events.push(staged.job);
+                let TxOp::Put { cond, .. } = record.write_op(&self.requests) else { unreachable!("write_op is a put") };
+                let put = TxOp::Put { table: self.requests.clone(), item: staged.request_item, cond };
+                // Running until storage answers; a released request was counted running when parked.
+                let session = if record.replaces_parked { None } else { session_op(&self.requests, &record, Outcome::Parked) };
+                (put, staged.tasks, session)
+            }
+        };
+        let mut ops = vec![request_op, TxOp::Put { table: self.features.clone(), item, cond: Some(Cond::ItemAbsent) }];
+        ops.extend(tasks);
         if latest > 0 && new.override_previous {
             ops.push(TxOp::Delete {
                 table: self.features.clone(),
@@ -246,7 +265,6 @@ impl FeatureStore {
             });
         }
         ops.extend(events.iter().map(|e| self.outbox.stage(e, now)));
-        let session = session_op(&self.requests, &record, Outcome::Done { released: record.replaces_parked, changed: true });
         Ok(StagedVersion { urn, ops, session, events })
     }
 

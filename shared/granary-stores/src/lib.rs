@@ -8,6 +8,7 @@ pub mod outbox;
 pub mod recovery;
 pub mod requests;
 pub mod sessions;
+pub mod storage;
 
 use granary_ports::PortError;
 use thiserror::Error;

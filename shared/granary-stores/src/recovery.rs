@@ -17,7 +17,7 @@ use serde_json::Value;
 /// The sparse index of requests waiting on a remote answer, by deadline.
 pub const TIMEOUT_INDEX: &str = "timeouts";
 /// The one partition of [`TIMEOUT_INDEX`].
-const TIMEOUT_PARTITION: &str = "timeout";
+pub(crate) const TIMEOUT_PARTITION: &str = "timeout";
 
 /// The error step a remote step times out into (REGARDS's FeatureRequestStep).
 pub fn error_step_of(step: &str) -> Option<&'static str> {
@@ -176,6 +176,10 @@ impl Recovery {
         let record = RequestRecord::from_item(&item)?;
         if record.state != RequestState::Error {
             return Ok((AdminOutcome::NotInError(record.state), vec![]));
+        }
+        // Files that could not be stored are stored again; the feature itself is not created again.
+        if let Some(events) = crate::storage::retry(backend, &self.table, &self.response_queue, &item).await? {
+            return Ok((AdminOutcome::Done, events));
         }
         if item.get_str("message").is_none() {
             return Ok((AdminOutcome::NothingToRetry, vec![]));

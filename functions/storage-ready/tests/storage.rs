@@ -1,0 +1,349 @@
+//! Files to store, end to end on the embedded backend: feature-ingest stages the job, storage-worker
+//! copies the files (checksums verified while streaming), storage-ready finishes the request. Faults:
+//! wrong checksums, short and missing sources, duplicate and late events, events for nothing waiting,
+//! a timeout and an admin's retry.
+
+use feature_ingest::FeatureIngest;
+use granary_embedded::{Embedded, EmbeddedOptions};
+use granary_lambda::Config;
+use granary_lambda::sqs::sqs_event;
+use granary_ports::{Backend, Key, ReceivedMessage};
+use lambda_runtime::{Context, LambdaEvent};
+use md5::{Digest, Md5};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use storage_ready::StorageReady;
+use storage_worker::StorageWorker;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    backend: Backend,
+    clock: Arc<granary_ports::ManualClock>,
+    ingest: FeatureIngest,
+    worker: StorageWorker,
+    ready: StorageReady,
+}
+
+fn config() -> Config {
+    let mut config = Config::defaults();
+    config.storage_timeout_secs = 600;
+    config
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let resources = granary_resources::from_template(granary_resources::TEMPLATE, |_| None).unwrap();
+    let clock = Arc::new(granary_ports::ManualClock::starting_now());
+    let mut options = EmbeddedOptions::new(dir.path().join("data"), resources);
+    options.clock = clock.clone();
+    let backend = Embedded::open(options).unwrap().backend();
+    let model = json!({"type": "object", "x-granary-type": "DATA"});
+    let compiled = granary_domain::model::compile_model("S2_L1C", &model).unwrap();
+    granary_stores::models::ModelStore::new("features").put(&backend, &model, &compiled, "admin").await.unwrap();
+    let sources = dir.path().join("sources");
+    std::fs::create_dir_all(&sources).unwrap();
+    let worker = StorageWorker::with_settings(backend.clone(), config(), vec![sources], Duration::from_secs(5)).unwrap();
+    Fixture {
+        ingest: FeatureIngest::new(backend.clone(), config()),
+        ready: StorageReady::new(backend.clone(), config()),
+        worker,
+        backend,
+        clock,
+        dir,
+    }
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    hex::encode(Md5::digest(data))
+}
+
+fn file_entry(url: &str, data_type: &str, size: usize, checksum: &str) -> Value {
+    json!({"locations": [{"url": url}],
+           "attributes": {"dataType": data_type, "mimeType": "application/octet-stream", "filename": "product.bin",
+                          "filesize": size, "algorithm": "MD5", "checksum": checksum}})
+}
+
+fn creation(provider_id: &str, files: Vec<Value>, storages: Value) -> String {
+    json!({
+        "metadata": {"sessionOwner": "owner", "session": "s1", "storages": storages},
+        "feature": {"type": "Feature", "id": provider_id, "entityType": "DATA", "model": "S2_L1C",
+                    "geometry": null, "properties": {}, "files": files}
+    })
+    .to_string()
+}
+
+fn message(id: &str, body: &str, attrs: &[(&str, &str)]) -> ReceivedMessage {
+    ReceivedMessage {
+        message_id: id.into(),
+        receipt_handle: format!("{id}.1"),
+        body: body.into(),
+        attributes: attrs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>(),
+        receive_count: 1,
+        sent_at_ms: 0,
+    }
+}
+
+impl Fixture {
+    fn source(&self, name: &str, data: &[u8]) -> (PathBuf, String) {
+        let path = self.dir.path().join("sources").join(name);
+        std::fs::write(&path, data).unwrap();
+        let url = url::Url::from_file_path(&path).unwrap().to_string();
+        (path, url)
+    }
+
+    async fn submit(&self, request_id: &str, body: &str) {
+        let event = sqs_event("feature-high", &[message(request_id, body, &[("regards.request.id", request_id)])]).unwrap();
+        let r = self.ingest.handle(LambdaEvent::new(event, Context::default())).await.unwrap();
+        assert!(r.batch_item_failures.is_empty());
+    }
+
+    /// Takes every message of `queue`, deleting them.
+    async fn drain(&self, queue: &str) -> Vec<ReceivedMessage> {
+        let mut out = Vec::new();
+        loop {
+            let got = self.backend.queue.receive(queue, 10, None, Duration::ZERO).await.unwrap();
+            if got.is_empty() {
+                return out;
+            }
+            self.backend.queue.delete_batch(queue, got.iter().map(|m| m.receipt_handle.clone()).collect()).await.unwrap();
+            out.extend(got);
+        }
+    }
+
+    /// Runs the storage worker on every job queued; returns the storage events it sent.
+    async fn run_worker(&self) -> Vec<ReceivedMessage> {
+        let jobs = self.drain("storage-jobs").await;
+        for job in &jobs {
+            let event = sqs_event("storage-jobs", std::slice::from_ref(job)).unwrap();
+            let r = self.worker.handle(LambdaEvent::new(event, Context::default())).await.unwrap();
+            assert!(r.batch_item_failures.is_empty(), "the worker failed a job");
+        }
+        self.drain("storage-ready").await
+    }
+
+    async fn deliver_events(&self, events: &[ReceivedMessage]) {
+        let event = sqs_event("storage-ready", events).unwrap();
+        let r = self.ready.handle(LambdaEvent::new(event, Context::default())).await.unwrap();
+        assert!(r.batch_item_failures.is_empty());
+    }
+
+    async fn request(&self, id: &str) -> Value {
+        let item = self.backend.table.get("requests", &Key::new(format!("R#{id}"), "R")).await.unwrap().expect("request recorded");
+        Value::Object(item.attrs.clone())
+    }
+
+    async fn responses(&self, request_id: &str) -> Vec<String> {
+        self.drain("feature-response")
+            .await
+            .iter()
+            .map(|m| serde_json::from_str::<Value>(&m.body).unwrap())
+            .filter(|e| e["requestId"] == request_id)
+            .map(|e| e["state"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn feature_files(&self, provider_id: &str) -> Vec<Value> {
+        let key = Key::new(format!("F#{}", granary_domain::entity_uuid(provider_id)), "V001");
+        let item = self.backend.table.get("features", &key).await.unwrap().expect("feature created");
+        item.get("feature").unwrap()["files"].as_array().unwrap().clone()
+    }
+}
+
+fn state(r: &Value) -> (String, String) {
+    (r["state"].as_str().unwrap_or_default().to_owned(), r["step"].as_str().unwrap_or_default().to_owned())
+}
+
+fn pair(s: &str, t: &str) -> (String, String) {
+    (s.to_owned(), t.to_owned())
+}
+
+#[tokio::test]
+async fn stored_files_succeed_the_request_once_every_file_is_confirmed() {
+    let f = fixture().await;
+    let raw = vec![7u8; 300_000];
+    let quicklook = b"a small picture".to_vec();
+    let (_, raw_url) = f.source("raw.bin", &raw);
+    let (_, ql_url) = f.source("ql.png", &quicklook);
+    let files = vec![
+        file_entry(&raw_url, "RAWDATA", raw.len(), &md5_hex(&raw).to_uppercase()),
+        file_entry(&ql_url, "QUICKLOOK_SD", quicklook.len(), &md5_hex(&quicklook)),
+    ];
+    // RAWDATA to both locations, the quicklook to the online one only.
+    let storages =
+        json!([{"pluginBusinessId": "online", "storePath": "s2/l1c"}, {"pluginBusinessId": "nearline", "targetTypes": ["RAWDATA"]}]);
+    f.submit("r1", &creation("p1", files, storages)).await;
+
+    let r1 = f.request("r1").await;
+    assert_eq!(state(&r1), pair("GRANTED", "REMOTE_STORAGE_REQUESTED"));
+    assert_eq!(r1["storageRemaining"], 3);
+    assert_eq!(f.responses("r1").await, vec!["GRANTED"], "no SUCCESS before storage confirms");
+    assert_eq!(f.feature_files("p1").await[0]["locations"].as_array().unwrap().len(), 1);
+
+    let events = f.run_worker().await;
+    assert_eq!(events.len(), 3);
+    // Two of three confirmations: still waiting.
+    f.deliver_events(&events[..2]).await;
+    assert_eq!(state(&f.request("r1").await), pair("GRANTED", "REMOTE_STORAGE_REQUESTED"));
+    f.deliver_events(&events[2..]).await;
+    assert_eq!(state(&f.request("r1").await), pair("SUCCESS", "DONE"));
+    assert_eq!(f.responses("r1").await, vec!["SUCCESS"]);
+
+    // The objects are there, named by checksum under the location's prefix and the store path.
+    let raw_md5 = md5_hex(&raw);
+    let (meta, _) = f.backend.blobs.get("storage", &format!("online/s2/l1c/{raw_md5}")).await.unwrap();
+    assert_eq!((meta.size, meta.etag.as_str()), (raw.len() as u64, raw_md5.as_str()));
+    let nearline = f.backend.blobs.head("storage", &format!("nearline/{raw_md5}")).await.unwrap().unwrap();
+    assert_eq!(nearline.class, granary_ports::StorageClass::Nearline);
+    assert!(f.backend.blobs.head("storage", &format!("nearline/{}", md5_hex(&quicklook))).await.unwrap().is_none());
+
+    // The feature's files now list where they are stored, besides where they came from.
+    let files = f.feature_files("p1").await;
+    let mut raw_locations: Vec<(&str, &str)> = files[0]["locations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["storage"].as_str().unwrap_or("source"), l["url"].as_str().unwrap()))
+        .collect();
+    raw_locations.sort();
+    let (online, nearline) = (format!("s3://storage/online/s2/l1c/{raw_md5}"), format!("s3://storage/nearline/{raw_md5}"));
+    assert_eq!(raw_locations, vec![("nearline", nearline.as_str()), ("online", online.as_str()), ("source", raw_url.as_str())]);
+    assert_eq!(files[1]["locations"].as_array().unwrap().len(), 2);
+
+    // Every event delivered again: nothing changes, nothing is sent again.
+    f.deliver_events(&events).await;
+    assert_eq!(state(&f.request("r1").await), pair("SUCCESS", "DONE"));
+    assert!(f.responses("r1").await.is_empty());
+    assert_eq!(f.feature_files("p1").await, files);
+    let session = granary_stores::sessions::SessionReader::new("requests").get(&f.backend, "owner", "s1").await.unwrap().unwrap();
+    assert_eq!((session["referencingRequests"].as_i64(), session["runningReferencingRequests"].as_i64()), (Some(1), Some(0)));
+    assert_eq!(session["referencedProducts"], 1);
+}
+
+#[tokio::test]
+async fn a_wrong_checksum_or_a_missing_source_is_a_storage_error_and_leaves_nothing() {
+    let f = fixture().await;
+    let good = b"good content".to_vec();
+    let (path, url) = f.source("bad.bin", b"tampered content");
+    let files = vec![
+        file_entry(&url, "RAWDATA", 16, &md5_hex(&good)),
+        file_entry("file:///nonexistent/x.bin", "RAWDATA", 5, &md5_hex(b"12345")),
+        file_entry(&format!("file://{}/../../etc/passwd", f.dir.path().join("sources").display()), "RAWDATA", 4, &md5_hex(b"root")),
+    ];
+    f.submit("r2", &creation("p2", files, json!([{"pluginBusinessId": "online"}]))).await;
+    let events = f.run_worker().await;
+    f.deliver_events(&events).await;
+    let r2 = f.request("r2").await;
+    assert_eq!(state(&r2), pair("ERROR", "REMOTE_STORAGE_ERROR"));
+    let errors: Vec<&str> = r2["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("checksum mismatch") || e.contains("declared 16")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("cannot be read")), "{errors:?}");
+    assert_eq!(f.responses("r2").await, vec!["GRANTED", "ERROR"]);
+    // Nothing half-written: no object under the declared checksum.
+    assert!(f.backend.blobs.head("storage", &format!("online/{}", md5_hex(&good))).await.unwrap().is_none());
+    let blobs_dir = f.dir.path().join("data").join("blobs").join(".tmp");
+    assert_eq!(std::fs::read_dir(&blobs_dir).unwrap().count(), 0, "no temporary file left behind");
+
+    // The producer fixes its files; an admin retries: only the failed files are copied again.
+    std::fs::write(&path, &good).unwrap();
+    let recovery = granary_stores::recovery::Recovery::new("requests", "feature-response");
+    let (outcome, sent) = recovery.retry(&f.backend, "r2").await.unwrap();
+    assert_eq!(outcome, granary_stores::recovery::AdminOutcome::Done);
+    recovery.outbox().flush(&f.backend, &sent).await.unwrap();
+    assert_eq!(state(&f.request("r2").await), pair("GRANTED", "REMOTE_STORAGE_REQUESTED"));
+    let jobs = f.drain("storage-jobs").await;
+    let r2_job = jobs.iter().map(|m| serde_json::from_str::<Value>(&m.body).unwrap()).find(|j| j["requestId"] == "r2").unwrap();
+    assert_eq!(r2_job["files"].as_array().unwrap().len(), 3, "the three failed files, again");
+}
+
+#[tokio::test]
+async fn a_retried_storage_error_succeeds_when_the_source_is_fixed() {
+    let f = fixture().await;
+    let good = b"the real bytes".to_vec();
+    let (path, url) = f.source("late.bin", b"not yet there!");
+    f.submit(
+        "r4",
+        &creation("p4", vec![file_entry(&url, "RAWDATA", good.len(), &md5_hex(&good))], json!([{"pluginBusinessId": "online"}])),
+    )
+    .await;
+    let events = f.run_worker().await;
+    f.deliver_events(&events).await;
+    assert_eq!(state(&f.request("r4").await), pair("ERROR", "REMOTE_STORAGE_ERROR"));
+    std::fs::write(&path, &good).unwrap();
+    let recovery = granary_stores::recovery::Recovery::new("requests", "feature-response");
+    let (_, sent) = recovery.retry(&f.backend, "r4").await.unwrap();
+    recovery.outbox().flush(&f.backend, &sent).await.unwrap();
+    let events = f.run_worker().await;
+    f.deliver_events(&events).await;
+    assert_eq!(state(&f.request("r4").await), pair("SUCCESS", "DONE"));
+    assert_eq!(f.responses("r4").await, vec!["GRANTED", "ERROR", "GRANTED", "SUCCESS"]);
+    let session = granary_stores::sessions::SessionReader::new("requests").get(&f.backend, "owner", "s1").await.unwrap().unwrap();
+    assert_eq!((session["runningReferencingRequests"].as_i64(), session["inErrorReferencingRequests"].as_i64()), (Some(0), Some(0)));
+}
+
+#[tokio::test]
+async fn a_timed_out_request_is_finished_by_a_late_confirmation() {
+    let f = fixture().await;
+    let data = b"slow storage".to_vec();
+    let (_, url) = f.source("slow.bin", &data);
+    f.submit(
+        "r5",
+        &creation("p5", vec![file_entry(&url, "RAWDATA", data.len(), &md5_hex(&data))], json!([{"pluginBusinessId": "online"}])),
+    )
+    .await;
+    let release = delayed_release::DelayedRelease::new(f.backend.clone(), &config());
+    f.clock.advance(chrono::Duration::minutes(11));
+    assert_eq!(release.expire_remote_steps().await.unwrap(), 1);
+    assert_eq!(state(&f.request("r5").await), pair("ERROR", "REMOTE_STORAGE_ERROR"));
+    let events = f.run_worker().await;
+    f.deliver_events(&events).await;
+    assert_eq!(state(&f.request("r5").await), pair("SUCCESS", "DONE"));
+    let session = granary_stores::sessions::SessionReader::new("requests").get(&f.backend, "owner", "s1").await.unwrap().unwrap();
+    assert_eq!((session["runningReferencingRequests"].as_i64(), session["inErrorReferencingRequests"].as_i64()), (Some(0), Some(0)));
+}
+
+#[tokio::test]
+async fn external_storage_events_in_regards_shapes_are_applied_and_strays_dead_lettered() {
+    let f = fixture().await;
+    let a = md5_hex(b"a");
+    let b = md5_hex(b"b");
+    let files = vec![file_entry("https://archive.invalid/a", "RAWDATA", 1, &a), file_entry("https://archive.invalid/b", "RAWDATA", 1, &b)];
+    f.submit("r6", &creation("p6", files, json!([{"pluginBusinessId": "online"}]))).await;
+    f.drain("storage-jobs").await;
+    let group = json!({"groupId": "r6", "type": "STORAGE", "state": "SUCCESS",
+        "success": [{"groupId": "r6", "requestChecksum": a, "requestStorage": "online",
+                     "resultFile": {"location": {"storage": "online", "url": "s3://elsewhere/a"}}}]});
+    let stray_group =
+        json!({"type": "STORED", "checksum": a, "location": {"storage": "online", "url": "s3://x/a"}, "groupIds": ["nobody"]});
+    let stray_file =
+        json!({"type": "STORED", "checksum": "ffff", "location": {"storage": "online", "url": "s3://x/f"}, "groupIds": ["r6"]});
+    let reference =
+        json!({"type": "STORED", "checksum": b, "location": {"storage": "online", "url": "s3://elsewhere/b"}, "groupIds": ["r6"]});
+    let msgs: Vec<ReceivedMessage> = [group, stray_group, stray_file, json!("not an event"), reference]
+        .iter()
+        .enumerate()
+        .map(|(i, body)| message(&format!("e{i}"), &body.to_string(), &[]))
+        .collect();
+    f.deliver_events(&msgs).await;
+    assert_eq!(state(&f.request("r6").await), pair("SUCCESS", "DONE"));
+    let dead = f.drain("storage-ready-dead-letter").await;
+    let reasons: Vec<&str> = dead.iter().map(|m| m.attributes[storage_ready::ATTR_REASON].as_str()).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].contains("no request or order waits on group \"nobody\""), "{reasons:?}");
+    assert!(reasons[1].contains("waits on no file of checksum ffff"), "{reasons:?}");
+    assert!(reasons[2].contains("not a storage event"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn unknown_locations_are_denied_at_registration() {
+    let f = fixture().await;
+    let files = vec![file_entry("https://archive.invalid/a", "RAWDATA", 1, &md5_hex(b"a"))];
+    f.submit("r7", &creation("p7", files, json!([{"pluginBusinessId": "tape"}]))).await;
+    let r7 = f.request("r7").await;
+    assert_eq!(r7["state"], "DENIED");
+    assert!(r7["errors"][0].as_str().unwrap().contains("no storage location is named \"tape\" (configured: nearline, online)"), "{r7}");
+    assert!(f.drain("storage-jobs").await.is_empty());
+}
