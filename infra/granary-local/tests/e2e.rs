@@ -500,6 +500,27 @@ async fn aws_backend_on_moto_serves_creation_end_to_end() {
     let feature: Value = c.get(r.url(&format!("/features/{urn}"))).bearer_auth(&producer).send().await.unwrap().json().await.unwrap();
     assert_eq!(feature["last"], true);
     assert_eq!(feature["feature"]["id"], "on-moto");
+
+    // A file stored into S3: over 8 MiB, so it goes up in a multipart upload, checksum verified.
+    use md5::{Digest, Md5};
+    let content: Vec<u8> = (0..9 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let checksum = hex::encode(Md5::digest(&content));
+    let server = source_server(content.clone()).await;
+    let mut body = creation_collection(&["stored-on-moto"]);
+    body["metadata"]["storages"] = json!([{"pluginBusinessId": "online"}]);
+    body["features"][0]["files"] = json!([{"locations": [{"url": format!("{server}/ok")}], "attributes": {"dataType": "RAWDATA",
+        "mimeType": "application/octet-stream", "filename": "big.bin", "filesize": content.len(), "algorithm": "MD5", "checksum": checksum}}]);
+    let record = submit_and_wait(&c, &r, &producer, reqwest::Method::POST, &body).await;
+    let feature: Value = c
+        .get(r.url(&format!("/features/{}", record["urn"].as_str().unwrap())))
+        .bearer_auth(&producer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(feature["feature"]["files"][0]["locations"][1]["url"], format!("s3://storage/online/{checksum}"));
 }
 
 #[tokio::test]
