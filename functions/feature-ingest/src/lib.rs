@@ -153,7 +153,8 @@ fn envelope(msg: &SqsMessage) -> Envelope {
 impl FeatureIngest {
     /// The handler over `backend`, configured by `config`.
     pub fn new(backend: Backend, config: Config) -> Self {
-        let store = FeatureStore::new(&config.features_table, &config.requests_table);
+        let store = FeatureStore::new(&config.features_table, &config.requests_table)
+            .releasing_files(config.locations(), &config.storage_jobs_queue);
         let ttl = granary_lambda::config::env_number("GRANARY_MODEL_CACHE_SECS", 30u64).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "using the default model cache time of 30 s");
             30

@@ -124,6 +124,15 @@ impl Fixture {
         self.drain("storage-ready").await
     }
 
+    /// Deletes version 1 of `provider_id` through feature-ingest.
+    async fn delete(&self, request_id: &str, provider_id: &str) {
+        let urn = format!("URN:FEATURE:DATA:granary:{}:V1", granary_domain::entity_uuid(provider_id));
+        let body = json!({"urn": urn, "priority": "NORMAL"}).to_string();
+        let attrs = [("regards.request.id", request_id), ("regards.request.type", "DELETION")];
+        let event = sqs_event("feature-high", &[message(request_id, &body, &attrs)]).unwrap();
+        assert!(self.ingest.handle(LambdaEvent::new(event, Context::default())).await.unwrap().batch_item_failures.is_empty());
+    }
+
     async fn deliver_events(&self, events: &[ReceivedMessage]) {
         let event = sqs_event("storage-ready", events).unwrap();
         let r = self.ready.handle(LambdaEvent::new(event, Context::default())).await.unwrap();
@@ -346,4 +355,82 @@ async fn unknown_locations_are_denied_at_registration() {
     assert_eq!(r7["state"], "DENIED");
     assert!(r7["errors"][0].as_str().unwrap().contains("no storage location is named \"tape\" (configured: nearline, online)"), "{r7}");
     assert!(f.drain("storage-jobs").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_deleted_feature_lets_its_files_go_and_a_shared_file_is_kept_until_its_last_owner_goes() {
+    let f = fixture().await;
+    let shared = b"shared by two products".to_vec();
+    let own = b"only the first one's".to_vec();
+    let (_, shared_url) = f.source("shared.bin", &shared);
+    let (_, own_url) = f.source("own.bin", &own);
+    let online = json!([{"pluginBusinessId": "online"}]);
+    let shared_file = file_entry(&shared_url, "RAWDATA", shared.len(), &md5_hex(&shared));
+    f.submit(
+        "c1",
+        &creation("first", vec![shared_file.clone(), file_entry(&own_url, "QUICKLOOK_SD", own.len(), &md5_hex(&own))], online.clone()),
+    )
+    .await;
+    f.submit("c2", &creation("second", vec![shared_file], online)).await;
+    let events = f.run_worker().await;
+    f.deliver_events(&events).await;
+    assert_eq!(state(&f.request("c1").await), pair("SUCCESS", "DONE"));
+    assert_eq!(state(&f.request("c2").await), pair("SUCCESS", "DONE"));
+    let owners = granary_stores::owners::FileOwners::new("features");
+    let shared_object = granary_domain::storage::StoredObject { storage: "online".into(), checksum: md5_hex(&shared) };
+    assert_eq!(owners.owners(&f.backend, &shared_object).await.unwrap(), 2);
+    let object_exists = |checksum: String| {
+        let blobs = f.backend.blobs.clone();
+        async move { blobs.head("storage", &format!("online/{checksum}")).await.unwrap().is_some() }
+    };
+
+    f.delete("d1", "first").await;
+    assert_eq!(state(&f.request("d1").await), pair("SUCCESS", "DONE"));
+    f.run_worker().await;
+    assert!(!object_exists(md5_hex(&own)).await, "the first product's own file is deleted with it");
+    assert!(object_exists(md5_hex(&shared)).await, "the shared file is kept: the second product holds it");
+    assert_eq!(owners.owners(&f.backend, &shared_object).await.unwrap(), 1);
+
+    f.delete("d2", "second").await;
+    f.run_worker().await;
+    assert!(!object_exists(md5_hex(&shared)).await, "its last owner gone, the shared file is deleted");
+    assert_eq!(owners.owners(&f.backend, &shared_object).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn an_override_lets_the_previous_versions_files_go_once_the_new_ones_are_stored() {
+    let f = fixture().await;
+    let kept = b"in both versions".to_vec();
+    let old = b"only in version 1".to_vec();
+    let new = b"only in version 2".to_vec();
+    let (_, kept_url) = f.source("kept.bin", &kept);
+    let (_, old_url) = f.source("old.bin", &old);
+    let (_, new_url) = f.source("new.bin", &new);
+    let online = json!([{"pluginBusinessId": "online"}]);
+    let kept_file = file_entry(&kept_url, "RAWDATA", kept.len(), &md5_hex(&kept));
+    f.submit("v1", &creation("product", vec![kept_file.clone(), file_entry(&old_url, "OTHER", old.len(), &md5_hex(&old))], online.clone()))
+        .await;
+    let events = f.run_worker().await;
+    f.deliver_events(&events).await;
+    let object_exists = |data: &[u8]| {
+        let (blobs, key) = (f.backend.blobs.clone(), format!("online/{}", md5_hex(data)));
+        async move { blobs.head("storage", &key).await.unwrap().is_some() }
+    };
+    assert!(object_exists(&old).await);
+
+    let mut v2: Value =
+        serde_json::from_str(&creation("product", vec![kept_file, file_entry(&new_url, "OTHER", new.len(), &md5_hex(&new))], online))
+            .unwrap();
+    v2["metadata"]["override"] = json!(true);
+    f.submit("v2", &v2.to_string()).await;
+    // Version 1 is gone, but its files stay until version 2's are stored.
+    assert!(object_exists(&old).await);
+    let events = f.run_worker().await;
+    assert!(object_exists(&old).await, "nothing released before version 2 is stored");
+    f.deliver_events(&events).await;
+    assert_eq!(state(&f.request("v2").await), pair("SUCCESS", "DONE"));
+    f.run_worker().await;
+    assert!(!object_exists(&old).await, "version 1's own file is let go");
+    assert!(object_exists(&kept).await, "the file both versions hold is kept");
+    assert!(object_exists(&new).await);
 }

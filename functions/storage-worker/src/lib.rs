@@ -11,9 +11,12 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use digest::DynDigest;
 use granary_domain::file::ChecksumAlgorithm;
-use granary_domain::storage::{FileToStore, LocationClass, Locations, StorageJob, file_reference_event};
+use granary_domain::storage::{
+    FileToStore, LocationClass, Locations, ReleaseJob, StorageJob, StoredObject, WorkerJob, file_reference_event,
+};
 use granary_lambda::{Config, sqs};
 use granary_ports::{Backend, BlobReader, OutgoingMessage, PortError, StorageClass};
+use granary_stores::owners::{Claim, FileOwners};
 use lambda_runtime::LambdaEvent;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -30,6 +33,7 @@ pub struct StorageWorker {
     locations: Locations,
     file_roots: Vec<PathBuf>,
     http: reqwest::Client,
+    owners: FileOwners,
 }
 
 impl std::fmt::Debug for StorageWorker {
@@ -67,7 +71,7 @@ impl StorageWorker {
             .read_timeout(source_timeout)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Self { locations: config.locations(), backend, config, file_roots, http })
+        Ok(Self { locations: config.locations(), owners: FileOwners::new(&config.features_table), backend, config, file_roots, http })
     }
 
     /// Runs a batch of storage jobs concurrently; a job whose files could not all be copied or
@@ -86,21 +90,54 @@ impl StorageWorker {
     }
 
     async fn run_message(&self, msg: &SqsMessage) -> bool {
-        let job: StorageJob = match serde_json::from_str(msg.body.as_deref().unwrap_or_default()) {
+        let job: WorkerJob = match serde_json::from_str(msg.body.as_deref().unwrap_or_default()) {
             Ok(job) => job,
             Err(e) => {
-                // Only feature-ingest writes this queue: a body it cannot have written goes to the DLQ.
+                // Only Granary writes this queue: a body it cannot have written goes to the DLQ.
                 tracing::error!(message_id = ?msg.message_id, error = %e, "not a storage job; left to the dead-letter queue");
                 return false;
             }
         };
-        match self.run(&job).await {
+        let outcome = match &job {
+            WorkerJob::Store(job) => self.run(job).await,
+            WorkerJob::Release(job) => self.release(job).await,
+        };
+        match outcome {
             Ok(()) => true,
             Err(Transient(e)) => {
-                tracing::warn!(request_id = %job.request_id, error = %e, "storage job not finished; SQS will redeliver it");
+                tracing::warn!(message_id = ?msg.message_id, error = %e, "storage job not finished; SQS will redeliver it");
                 false
             }
         }
+    }
+
+    /// Drops `job.owner`'s ownership of its objects and deletes those no one owns any more.
+    async fn release(&self, job: &ReleaseJob) -> Result<(), Transient> {
+        let transient = |e: granary_stores::StoreError| Transient(e.to_string());
+        let orphans = self.owners.release(&self.backend, &job.owner, &job.objects).await.map_err(transient)?;
+        for orphan in orphans {
+            if !self.owners.begin_delete(&self.backend, &orphan).await.map_err(transient)? {
+                continue;
+            }
+            self.backend.blobs.delete(&orphan.bucket, &orphan.key).await.map_err(|e| Transient(e.to_string()))?;
+            self.owners.end_delete(&self.backend, &orphan).await.map_err(transient)?;
+            tracing::info!(owner = %job.owner, bucket = %orphan.bucket, key = %orphan.key, "stored object deleted: no owner left");
+        }
+        Ok(())
+    }
+
+    /// Makes the job's feature an owner of `file`'s object before it is copied, so that no release
+    /// deletes it meanwhile; waits a little for a deletion in progress to finish.
+    async fn claim(&self, job: &StorageJob, file: &FileToStore, bucket: &str) -> Result<(), Transient> {
+        let object = StoredObject { storage: file.storage.clone(), checksum: file.checksum.clone() };
+        for _ in 0..20 {
+            match self.owners.claim(&self.backend, &object, bucket, &file.key, &job.urn).await {
+                Ok(Claim::Held) => return Ok(()),
+                Ok(Claim::BeingDeleted) => tokio::time::sleep(Duration::from_millis(250)).await,
+                Err(e) => return Err(Transient(e.to_string())),
+            }
+        }
+        Err(Transient(format!("{} in {} is still being deleted", file.checksum, file.storage)))
     }
 
     /// Stores every file of `job` and reports each on the storage-ready queue.
@@ -111,6 +148,9 @@ impl StorageWorker {
     async fn run(&self, job: &StorageJob) -> Result<(), Transient> {
         let mut reports = Vec::with_capacity(job.files.len());
         for file in &job.files {
+            if let Some(location) = self.locations.get(&file.storage) {
+                self.claim(job, file, &location.bucket).await?;
+            }
             let result = self.store(file).await?;
             match &result {
                 Ok(url) => tracing::info!(request_id = %job.request_id, checksum = %file.checksum, %url, "file stored"),

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 /// At most this many files to store per request: the request, its file tasks and its events are one
 /// transaction (DynamoDB takes 100 operations).
-pub const MAX_FILES_TO_STORE: usize = 80;
+pub const MAX_FILES_TO_STORE: usize = 40;
 
 /// How a location's objects are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +108,51 @@ pub struct StorageJob {
     pub urn: String,
     /// The files.
     pub files: Vec<FileToStore>,
+}
+
+/// A stored object, as its owners know it: its location and checksum (its key follows from them).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredObject {
+    /// The location's name.
+    pub storage: String,
+    /// The file's checksum, lower case.
+    pub checksum: String,
+}
+
+/// What the storage worker is asked to do when an owner lets its files go (its feature deleted, or
+/// replaced by an override): drop its ownership of each object, and delete the objects no one owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseJob {
+    /// The owner letting go (a feature's URN).
+    pub owner: String,
+    /// The objects it may hold.
+    pub objects: Vec<StoredObject>,
+}
+
+/// A message of the storage worker's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WorkerJob {
+    /// Copy files in.
+    Store(StorageJob),
+    /// Let files go.
+    Release(ReleaseJob),
+}
+
+/// The objects `feature`'s files may be stored as: each checksum in each location (an owner holds
+/// only those it claimed; the others are skipped when released).
+pub fn objects_of(feature: &Value, locations: &Locations) -> Vec<StoredObject> {
+    let files = feature.get("files").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let mut out: Vec<StoredObject> = files
+        .iter()
+        .filter_map(|f| f.pointer("/attributes/checksum").and_then(Value::as_str))
+        .flat_map(|c| locations.keys().map(move |s| StoredObject { storage: s.clone(), checksum: c.to_ascii_lowercase() }))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Which of `feature`'s files go to which location, by `storages` (REGARDS's StorageMetadata: a
@@ -372,7 +417,22 @@ mod tests {
     fn too_many_files_to_store_are_refused() {
         let files: Vec<Value> = (0..=MAX_FILES_TO_STORE).map(|i| file("RAWDATA", &format!("{i:032x}"))).collect();
         let errors = plan_storage(&json!({ "files": files }), &[storage("online", None, &[])], &locations()).unwrap_err();
-        assert!(errors[0].contains("at most 80"), "{errors:?}");
+        assert!(errors[0].contains("at most 40"), "{errors:?}");
+    }
+
+    #[test]
+    fn worker_jobs_read_back_as_what_they_are() {
+        let release = WorkerJob::Release(ReleaseJob {
+            owner: "URN:X".into(),
+            objects: vec![StoredObject { storage: "online".into(), checksum: "ab".into() }],
+        });
+        let text = serde_json::to_string(&release).unwrap();
+        assert_eq!(serde_json::from_str::<WorkerJob>(&text).unwrap(), release);
+        let store = WorkerJob::Store(StorageJob { request_id: "r".into(), urn: "URN:X".into(), files: vec![] });
+        assert_eq!(serde_json::from_str::<WorkerJob>(&serde_json::to_string(&store).unwrap()).unwrap(), store);
+        let feature = json!({"files": [file("RAWDATA", "AA"), file("OTHER", "aa"), file("OTHER", "bb")]});
+        let objects: Vec<String> = objects_of(&feature, &locations()).iter().map(|o| format!("{}/{}", o.storage, o.checksum)).collect();
+        assert_eq!(objects, vec!["archive/aa", "archive/bb", "online/aa", "online/bb"]);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::outbox::{Outbox, OutboxEvent};
 use crate::requests::{Parked, RequestRecord, request_key};
 use crate::sessions::{merge_session_ops, session_op};
 use granary_domain::session::Outcome;
+use granary_domain::storage::{Locations, ReleaseJob, WorkerJob, objects_of};
 use granary_domain::urn::{EntityType, MAX_VERSION, Urn, entity_uuid};
 use granary_ports::{Backend, Cond, Item, Key, PortError, Query, TxOp, Update};
 use serde_json::Value;
@@ -119,12 +120,38 @@ pub struct FeatureStore {
     features: String,
     requests: String,
     outbox: Outbox,
+    /// Where stored files are let go when their feature is deleted: the locations they may be in and
+    /// the storage worker's queue.
+    release: Option<(Locations, String)>,
 }
 
 impl FeatureStore {
     /// Features in `features`, requests and outbox in `requests`.
     pub fn new(features: &str, requests: &str) -> Self {
-        Self { features: features.to_owned(), requests: requests.to_owned(), outbox: Outbox::new(requests) }
+        Self { features: features.to_owned(), requests: requests.to_owned(), outbox: Outbox::new(requests), release: None }
+    }
+
+    /// The same store, letting the stored files of a deleted feature go (a release job on `jobs_queue`
+    /// for the storage worker, staged with the deletion).
+    pub fn releasing_files(mut self, locations: Locations, jobs_queue: &str) -> Self {
+        self.release = Some((locations, jobs_queue.to_owned()));
+        self
+    }
+
+    /// The release job of the feature version stored in `item`, if it has files that may be stored.
+    fn release_event(&self, item: &Item) -> Option<OutboxEvent> {
+        let (locations, queue) = self.release.as_ref()?;
+        let urn = item.get_str("urn")?;
+        let objects = objects_of(item.get("feature")?, locations);
+        if objects.is_empty() {
+            return None;
+        }
+        let job = WorkerJob::Release(ReleaseJob { owner: urn.to_owned(), objects });
+        Some(OutboxEvent {
+            event_id: format!("{urn}:RELEASE"),
+            queue: queue.clone(),
+            body: serde_json::to_string(&job).unwrap_or_default(),
+        })
     }
 
     /// The latest version number of `provider_id`, 0 when none.
@@ -143,8 +170,8 @@ impl FeatureStore {
     pub async fn create_next_version(&self, backend: &Backend, new: NewVersion<'_>) -> Result<CreationOutcome, StoreError> {
         let now = backend.clock.now_ms();
         for _ in 0..MAX_ATTEMPTS {
-            let latest = self.latest_version(backend, new.provider_id).await?;
-            let staged = self.version_ops(&new, latest, now)?;
+            let page = backend.table.query(self.latest_query(new.provider_id)).await?;
+            let staged = self.version_ops(&new, &page, now)?;
             let mut ops = staged.ops;
             ops.extend(staged.session);
             match backend.table.transact(ops).await {
@@ -175,11 +202,11 @@ impl FeatureStore {
         }
         let now = backend.clock.now_ms();
         let queries = news.iter().map(|n| self.latest_query(n.provider_id)).collect();
-        let latest: Vec<u32> = backend.table.query_all(queries).await?.iter().map(latest_of).collect();
+        let latest = backend.table.query_all(queries).await?;
         let mut ops = Vec::new();
         let mut sessions = Vec::new();
         let mut outcomes = Vec::with_capacity(news.len());
-        for (new, latest) in news.iter().zip(latest) {
+        for (new, latest) in news.iter().zip(&latest) {
             let Ok(staged) = self.version_ops(new, latest, now) else { return Ok(None) };
             ops.extend(staged.ops);
             sessions.extend(staged.session);
@@ -198,8 +225,10 @@ impl FeatureStore {
         }
     }
 
-    /// The operations that create the version after `latest` (session counters apart), its URN and events.
-    fn version_ops(&self, new: &NewVersion<'_>, latest: u32, now: i64) -> Result<StagedVersion, StoreError> {
+    /// The operations that create the version after the latest (the first item of `latest_page`; session
+    /// counters apart), its URN and events.
+    fn version_ops(&self, new: &NewVersion<'_>, latest_page: &granary_ports::Page, now: i64) -> Result<StagedVersion, StoreError> {
+        let latest = latest_of(latest_page);
         let version = match new.version {
             Some(v) if v <= latest => {
                 return Err(StoreError::VersionNotAfterLatest { provider_id: new.provider_id.to_owned(), supplied: v, latest });
@@ -233,13 +262,26 @@ impl FeatureStore {
         let mut record = new.request.clone();
         record.urn = Some(urn.clone());
         let mut events = (new.events)(&urn);
+        // The previous version's stored files, let go when it is deleted by this override: at once, or,
+        // when this version has files to store, once they are (so that a file both share is kept).
+        let release = match (new.override_previous, latest_page.items.first()) {
+            (true, Some(previous)) => self.release_event(previous),
+            _ => None,
+        };
         let (request_op, tasks, session) = match &new.storage {
             None => {
+                events.extend(release);
                 let done = Outcome::Done { released: record.replaces_parked, changed: true };
                 (record.write_op(&self.requests), vec![], session_op(&self.requests, &record, done))
             }
             Some(pending) => {
-                let staged = crate::storage::stage(&self.requests, &record, &urn, pending, now);
+                let mut staged = crate::storage::stage(&self.requests, &record, &urn, pending, now);
+                if let Some(release) = release {
+                    staged.request_item = staged.request_item.with(
+                        "releaseAfter",
+                        serde_json::json!({ "eventId": release.event_id, "queue": release.queue, "body": release.body }),
+                    );
+                }
                 events.push(staged.job);
                 let TxOp::Put { cond, .. } = record.write_op(&self.requests) else { unreachable!("write_op is a put") };
                 let put = TxOp::Put { table: self.requests.clone(), item: staged.request_item, cond };
@@ -382,7 +424,8 @@ impl FeatureStore {
                 request.session_owner = item.get_str("sessionOwner").map(str::to_owned);
                 request.session = item.get_str("session").map(str::to_owned);
             }
-            let staged = events(&urn_text);
+            let mut staged = events(&urn_text);
+            staged.extend(existing.as_ref().and_then(|item| self.release_event(item)));
             let mut ops = vec![self.request_op(&request)];
             if let Some(item) = &existing {
                 ops.push(TxOp::Delete { table: self.features.clone(), key: key.clone(), cond: Some(Cond::ItemExists) });

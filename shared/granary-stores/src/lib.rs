@@ -5,6 +5,7 @@
 pub mod features;
 pub mod models;
 pub mod outbox;
+pub mod owners;
 pub mod recovery;
 pub mod requests;
 pub mod sessions;

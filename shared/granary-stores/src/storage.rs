@@ -257,7 +257,14 @@ impl StorageTracker {
                 vec![Outcome::Retried, Outcome::Done { released: true, changed: true }]
             };
             ops.extend(merge_session_ops(outcomes.into_iter().filter_map(|o| session_op(&self.requests, &record, o)).collect()));
-            let events = vec![self.event(&record, state, errors)];
+            let mut events = vec![self.event(&record, state, errors)];
+            // The files of the version this one overrides, let go now that this one's are stored.
+            if let Some(release) = item.get("releaseAfter") {
+                let text = |name: &str| release.get(name).and_then(Value::as_str).map(str::to_owned);
+                if let (Some(event_id), Some(queue), Some(body)) = (text("eventId"), text("queue"), text("body")) {
+                    events.push(OutboxEvent { event_id, queue, body });
+                }
+            }
             ops.extend(events.iter().map(|e| self.outbox.stage(e, now)));
             match backend.table.transact(ops).await {
                 Ok(()) => {
