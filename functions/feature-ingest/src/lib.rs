@@ -7,15 +7,16 @@
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use granary_domain::body::{parse_creation, parse_deletion, parse_notification, parse_patch};
+use granary_domain::feature::FileUpdateMode;
 use granary_domain::model::Mode;
 use granary_domain::request::{validate_deletion, validate_notification, validate_patch};
-use granary_domain::storage::{Locations, plan_storage};
+use granary_domain::storage::{FileToStore, Locations, plan_storage};
 use granary_domain::{EntityType, Priority, Urn};
 use granary_domain::{FeatureRequestEvent, FeatureRequestType, RequestState};
 use granary_lambda::{Config, sqs};
 use granary_ports::Backend;
 use granary_stores::StoreError;
-use granary_stores::features::{ChangeOutcome, CreationOutcome, FeatureStore, NewVersion, StoredFeature};
+use granary_stores::features::{ChangeOutcome, CreationOutcome, FeatureStore, NewVersion, PatchChange};
 use granary_stores::models::{ModelCache, ModelStore};
 use granary_stores::outbox::OutboxEvent;
 use granary_stores::recovery::Recovery;
@@ -34,6 +35,8 @@ pub const ATTR_ID: &str = "regards.request.id";
 pub const ATTR_OWNER: &str = "regards.request.owner";
 /// Message attribute carrying the request date.
 pub const ATTR_DATE: &str = "regards.request.date";
+/// Message attribute carrying how a patch's files change the stored ones (APPEND, the default, or REPLACE).
+pub const ATTR_FILE_UPDATE_MODE: &str = "regards.request.file_update_mode";
 /// Message attribute delayed-release puts on a request it sends back to its queue.
 pub use granary_lambda::sqs::ATTR_RELEASED;
 
@@ -534,13 +537,24 @@ impl FeatureIngest {
     async fn change(&self, msg: &SqsMessage, env: &Envelope, kind: FeatureRequestType, body: Value) -> Result<(), StoreError> {
         let tenant = &self.config.tenant;
         let parsed = if kind == FeatureRequestType::Patch {
-            parse_patch(&body).and_then(|p| validate_patch(&p, tenant).map(|urn| (urn, Some(p.feature))))
+            parse_patch(&body).and_then(|p| validate_patch(&p, tenant).map(|urn| (urn, Some((p.feature, p.metadata.storages)))))
         } else {
             parse_deletion(&body).and_then(|d| validate_deletion(&d, tenant).map(|urn| (urn, None)))
         };
         let (urn, patch) = match parsed {
             Ok(p) => p,
             Err(errors) => return self.deny(msg, env, kind, None, errors).await,
+        };
+        let mode = match FileUpdateMode::parse(env.attributes.get(ATTR_FILE_UPDATE_MODE).map(String::as_str)) {
+            Ok(mode) => mode,
+            Err(error) => return self.deny(msg, env, kind, None, vec![error]).await,
+        };
+        let (patch, to_store) = match patch {
+            None => (None, vec![]),
+            Some((feature, storages)) => match plan_storage(&feature, &storages, &self.locations) {
+                Ok(files) => (Some(feature), files),
+                Err(errors) => return self.deny(msg, env, kind, None, errors).await,
+            },
         };
         let priority = match &patch {
             Some(_) => body.pointer("/metadata/priority").and_then(|p| serde_json::from_value(p.clone()).ok()).unwrap_or_default(),
@@ -559,7 +573,7 @@ impl FeatureIngest {
             if self.park_if_early(msg, env, kind, priority, None, None).await? {
                 return Ok(());
             }
-            return self.apply_change(msg, env, kind, &urn, None, None).await;
+            return self.apply_change(msg, env, kind, &urn, None).await;
         };
         if let Some(p) = &patch {
             let model = stored.feature.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -572,7 +586,8 @@ impl FeatureIngest {
         if self.park_if_early(msg, env, kind, priority, None, stored.session.as_ref()).await? {
             return Ok(());
         }
-        self.apply_change(msg, env, kind, &urn, patch.as_ref(), Some(&stored)).await
+        let change = patch.as_ref().map(|p| PatchChange { patch: p, known: Some(&stored), mode, storage: self.pending_storage(to_store) });
+        self.apply_change(msg, env, kind, &urn, change).await
     }
 
     /// A notification of one feature version to recipients (action NOTIFIED).
@@ -668,21 +683,32 @@ impl FeatureIngest {
         }
     }
 
-    /// Applies a validated patch (or, without one, the deletion) of `urn`, `stored` as read by the caller.
+    /// Applies a validated patch (or, without one, the deletion) of `urn`.
     async fn apply_change(
         &self,
         msg: &SqsMessage,
         env: &Envelope,
         kind: FeatureRequestType,
         urn: &Urn,
-        patch: Option<&Value>,
-        stored: Option<&StoredFeature>,
+        patch: Option<PatchChange<'_>>,
     ) -> Result<(), StoreError> {
         let mut record = self.record(msg, env, kind, RequestState::Success, "DONE");
         self.keep_parked_session(env, &mut record).await?;
-        let make_events = |urn: &str| self.done_events(kind, env, urn, None);
+        let waits_for_storage = patch.as_ref().is_some_and(|p| p.storage.is_some());
+        if waits_for_storage {
+            // Not done until storage has confirmed every file: GRANTED now, SUCCESS from storage-ready.
+            record.state = RequestState::Granted;
+            record.step = STORAGE_STEP.into();
+        }
+        let make_events = |urn: &str| {
+            let mut events = self.done_events(kind, env, urn, None);
+            if waits_for_storage {
+                events.retain(|e| !e.event_id.ends_with(":SUCCESS"));
+            }
+            events
+        };
         let outcome = match patch {
-            Some(p) => self.store.patch(&self.backend, urn, p, record, &make_events, stored).await?,
+            Some(p) => self.store.patch(&self.backend, urn, p, record, &make_events).await?,
             None => self.store.delete(&self.backend, urn, record, &make_events).await?,
         };
         match outcome {
@@ -694,6 +720,15 @@ impl FeatureIngest {
             ChangeOutcome::UnknownUrn => self.deny(msg, env, kind, None, vec![format!("feature.urn: no feature {urn}")]).await,
             ChangeOutcome::AlreadyRecorded(existing) => self.on_known_request(msg, env, &existing).await,
         }
+    }
+
+    /// The storage step of a request with `files` to store, none without.
+    fn pending_storage(&self, files: Vec<FileToStore>) -> Option<PendingStorage> {
+        (!files.is_empty()).then(|| PendingStorage {
+            files,
+            timeout_ms: i64::try_from(self.config.storage_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            jobs_queue: self.config.storage_jobs_queue.clone(),
+        })
     }
 
     /// A creation of the next version of a providerId.
@@ -750,11 +785,7 @@ impl FeatureIngest {
         if self.park_if_early(msg, env, kind, event.metadata.priority, Some(&valid.provider_id), None).await? {
             return Ok(());
         }
-        let storage = (!to_store.is_empty()).then(|| PendingStorage {
-            files: to_store,
-            timeout_ms: i64::try_from(self.config.storage_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
-            jobs_queue: self.config.storage_jobs_queue.clone(),
-        });
+        let storage = self.pending_storage(to_store);
         if storage.is_some() {
             // Not done until storage has confirmed every file: GRANTED now, SUCCESS from storage-ready.
             record.state = RequestState::Granted;

@@ -124,6 +124,13 @@ impl Fixture {
         self.drain("storage-ready").await
     }
 
+    /// Delivers one message (`id`, body, attributes) to feature-ingest.
+    async fn send(&self, (id, body, attrs): (String, String, Vec<(String, String)>)) {
+        let attrs: Vec<(&str, &str)> = attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let event = sqs_event("feature-high", &[message(&id, &body, &attrs)]).unwrap();
+        assert!(self.ingest.handle(LambdaEvent::new(event, Context::default())).await.unwrap().batch_item_failures.is_empty());
+    }
+
     /// Deletes version 1 of `provider_id` through feature-ingest.
     async fn delete(&self, request_id: &str, provider_id: &str) {
         let urn = format!("URN:FEATURE:DATA:granary:{}:V1", granary_domain::entity_uuid(provider_id));
@@ -433,4 +440,61 @@ async fn an_override_lets_the_previous_versions_files_go_once_the_new_ones_are_s
     assert!(!object_exists(&old).await, "version 1's own file is let go");
     assert!(object_exists(&kept).await, "the file both versions hold is kept");
     assert!(object_exists(&new).await);
+}
+
+#[tokio::test]
+async fn a_patch_stores_its_files_and_replace_lets_the_files_not_sent_go() {
+    let f = fixture().await;
+    let first = b"first file".to_vec();
+    let second = b"second file".to_vec();
+    let third = b"third file".to_vec();
+    let (_, first_url) = f.source("first.bin", &first);
+    let (_, second_url) = f.source("second.bin", &second);
+    let (_, third_url) = f.source("third.bin", &third);
+    let online = json!([{"pluginBusinessId": "online"}]);
+    f.submit("c", &creation("patched", vec![file_entry(&first_url, "RAWDATA", first.len(), &md5_hex(&first))], online.clone())).await;
+    let events = f.run_worker().await;
+    f.deliver_events(&events).await;
+    let urn = format!("URN:FEATURE:DATA:granary:{}:V1", granary_domain::entity_uuid("patched"));
+    let exists = |data: &[u8]| {
+        let (blobs, key) = (f.backend.blobs.clone(), format!("online/{}", md5_hex(data)));
+        async move { blobs.head("storage", &key).await.unwrap().is_some() }
+    };
+    let patch = |id: &str, file: Value, mode: &str| {
+        let body = json!({"metadata": {"storages": online}, "feature": {"type": "Feature", "urn": urn, "files": [file]}}).to_string();
+        let attrs = vec![
+            ("regards.request.id".to_owned(), id.to_owned()),
+            ("regards.request.type".to_owned(), "PATCH".to_owned()),
+            ("regards.request.file_update_mode".to_owned(), mode.to_owned()),
+        ];
+        (id.to_owned(), body, attrs)
+    };
+    // APPEND (REGARDS's default): the second file is stored and added.
+    f.send(patch("p1", file_entry(&second_url, "RAWDATA", second.len(), &md5_hex(&second)), "APPEND")).await;
+    assert_eq!(state(&f.request("p1").await), pair("GRANTED", "REMOTE_STORAGE_REQUESTED"));
+    let events = f.run_worker().await;
+    f.deliver_events(&events).await;
+    assert_eq!(state(&f.request("p1").await), pair("SUCCESS", "DONE"));
+    assert_eq!(f.responses("p1").await, vec!["GRANTED", "SUCCESS"]);
+    let files = f.feature_files("patched").await;
+    assert_eq!(files.len(), 2);
+    assert_eq!(files[1]["locations"][1]["url"], format!("s3://storage/online/{}", md5_hex(&second)));
+    assert!(exists(&first).await && exists(&second).await);
+
+    // REPLACE: the third file is the only one wanted; the other two are deleted from storage.
+    f.send(patch("p2", file_entry(&third_url, "RAWDATA", third.len(), &md5_hex(&third)), "REPLACE")).await;
+    let events = f.run_worker().await;
+    f.deliver_events(&events).await;
+    assert_eq!(state(&f.request("p2").await), pair("SUCCESS", "DONE"));
+    let files = f.feature_files("patched").await;
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0]["attributes"]["checksum"], md5_hex(&third));
+    assert!(!exists(&first).await && !exists(&second).await, "the files no longer wanted are deleted");
+    assert!(exists(&third).await);
+
+    // A mode that is neither is denied, naming the attribute.
+    f.send(patch("p3", file_entry(&third_url, "RAWDATA", third.len(), &md5_hex(&third)), "MERGE")).await;
+    let p3 = f.request("p3").await;
+    assert_eq!(p3["state"], "DENIED");
+    assert!(p3["errors"][0].as_str().unwrap().contains("regards.request.file_update_mode"), "{p3}");
 }

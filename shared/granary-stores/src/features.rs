@@ -5,6 +5,7 @@ use crate::StoreError;
 use crate::outbox::{Outbox, OutboxEvent};
 use crate::requests::{Parked, RequestRecord, request_key};
 use crate::sessions::{merge_session_ops, session_op};
+use granary_domain::feature::FileUpdateMode;
 use granary_domain::session::Outcome;
 use granary_domain::storage::{Locations, ReleaseJob, WorkerJob, objects_of};
 use granary_domain::urn::{EntityType, MAX_VERSION, Urn, entity_uuid};
@@ -114,6 +115,20 @@ pub struct NewVersion<'a> {
     pub storage: Option<crate::storage::PendingStorage>,
 }
 
+/// A patch as [`FeatureStore::patch`] applies it.
+#[derive(Clone)]
+pub struct PatchChange<'a> {
+    /// The patch feature.
+    pub patch: &'a Value,
+    /// The version as the caller read it (saves the first read; a conflict reads it again).
+    pub known: Option<&'a StoredFeature>,
+    /// How the patch's files change the stored ones.
+    pub mode: FileUpdateMode,
+    /// The patch's files to store: the request then waits in REMOTE_STORAGE_REQUESTED (its record says
+    /// so) and the storage job is staged with it.
+    pub storage: Option<crate::storage::PendingStorage>,
+}
+
 /// Writes and reads features.
 #[derive(Debug, Clone)]
 pub struct FeatureStore {
@@ -140,18 +155,19 @@ impl FeatureStore {
 
     /// The release job of the feature version stored in `item`, if it has files that may be stored.
     fn release_event(&self, item: &Item) -> Option<OutboxEvent> {
-        let (locations, queue) = self.release.as_ref()?;
         let urn = item.get_str("urn")?;
-        let objects = objects_of(item.get("feature")?, locations);
+        self.release_event_of(urn, item.get("feature")?, &format!("{urn}:RELEASE"))
+    }
+
+    /// The release job letting `owner` go of the stored objects of `feature`'s files, if any may be stored.
+    fn release_event_of(&self, owner: &str, feature: &Value, event_id: &str) -> Option<OutboxEvent> {
+        let (locations, queue) = self.release.as_ref()?;
+        let objects = objects_of(feature, locations);
         if objects.is_empty() {
             return None;
         }
-        let job = WorkerJob::Release(ReleaseJob { owner: urn.to_owned(), objects });
-        Some(OutboxEvent {
-            event_id: format!("{urn}:RELEASE"),
-            queue: queue.clone(),
-            body: serde_json::to_string(&job).unwrap_or_default(),
-        })
+        let job = WorkerJob::Release(ReleaseJob { owner: owner.to_owned(), objects });
+        Some(OutboxEvent { event_id: event_id.to_owned(), queue: queue.clone(), body: serde_json::to_string(&job).unwrap_or_default() })
     }
 
     /// The latest version number of `provider_id`, 0 when none.
@@ -357,11 +373,11 @@ impl FeatureStore {
         &self,
         backend: &Backend,
         urn: &Urn,
-        patch: &Value,
+        change: PatchChange<'_>,
         mut request: RequestRecord,
         events: &(dyn Fn(&str) -> Vec<OutboxEvent> + Send + Sync),
-        known: Option<&StoredFeature>,
     ) -> Result<ChangeOutcome, StoreError> {
+        let PatchChange { patch, known, mode, storage } = change;
         let key = Key::new(format!("F#{}", urn.uuid), format!("V{:03}", urn.version));
         let urn_text = urn.to_string();
         request.urn = Some(urn_text.clone());
@@ -378,11 +394,24 @@ impl FeatureStore {
             };
             (request.session_owner, request.session) = read.session.clone().unzip();
             let (revision, stored) = (read.revision, read.feature);
-            let patched = granary_domain::feature::apply_patch(&stored, patch, &request.request_owner);
+            let (patched, removed) = granary_domain::feature::apply_patch(&stored, patch, &request.request_owner, mode);
             let guard = if revision == 0 { Cond::absent("revision") } else { Cond::eq("revision", revision) };
-            let staged = events(&urn_text);
+            let mut staged = events(&urn_text);
+            // Files a REPLACE no longer wants are let go at once.
+            let removed = serde_json::json!({ "files": removed });
+            staged.extend(self.release_event_of(&urn_text, &removed, &format!("{urn_text}:RELEASE:{}", request.request_id)));
+            let (request_op, tasks, outcome) = match &storage {
+                None => (self.request_op(&request), vec![], Some(Outcome::Done { released: request.replaces_parked, changed: true })),
+                Some(pending) => {
+                    let stored_files = crate::storage::stage(&self.requests, &request, &urn_text, pending, now);
+                    staged.push(stored_files.job);
+                    let TxOp::Put { cond, .. } = self.request_op(&request) else { unreachable!("write_op is a put") };
+                    let put = TxOp::Put { table: self.requests.clone(), item: stored_files.request_item, cond };
+                    (put, stored_files.tasks, (!request.replaces_parked).then_some(Outcome::Parked))
+                }
+            };
             let mut ops = vec![
-                self.request_op(&request),
+                request_op,
                 TxOp::Update {
                     table: self.features.clone(),
                     key: key.clone(),
@@ -390,7 +419,8 @@ impl FeatureStore {
                     cond: Some(Cond::And(vec![Cond::ItemExists, guard])),
                 },
             ];
-            ops.extend(session_op(&self.requests, &request, Outcome::Done { released: request.replaces_parked, changed: true }));
+            ops.extend(tasks);
+            ops.extend(outcome.and_then(|o| session_op(&self.requests, &request, o)));
             ops.extend(staged.iter().map(|e| self.outbox.stage(e, now)));
             match self.commit(backend, &request.request_id, ops).await? {
                 Attempt::Committed => return Ok(ChangeOutcome::Done { events: staged, action: "UPDATED" }),
