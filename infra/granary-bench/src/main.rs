@@ -8,6 +8,13 @@
 //!   SUCCESS: features per second, time from dequeue to SUCCESS, peak memory of the runner.
 //! - `mixed`: the same runner with LOW creations queued, then HIGH ones while it works through the
 //!   LOW: when the last HIGH and the last LOW finished, and how many LOW were done by the last HIGH.
+//! - `storage`: the release granary-local storing files served by a local HTTP server (generated on
+//!   the fly, nothing read from disk) into its online location: MiB/s for small and large files, and
+//!   the runner's peak memory, which must not grow with the file size.
+//! - `aws-storage`: the same files through feature-ingest, storage-worker and storage-ready in this
+//!   process on the AWS backend against moto, counting every AWS request per file.
+
+mod storage;
 
 use clap::{Parser, Subcommand};
 use granary_embedded::{Embedded, EmbeddedOptions};
@@ -61,6 +68,37 @@ enum Command {
         #[arg(long)]
         runner: Option<PathBuf>,
     },
+    /// Files stored by the release granary-local from a local HTTP server into its online location.
+    Storage {
+        /// Files of 1 MiB.
+        #[arg(long, default_value_t = 2000)]
+        small: usize,
+        /// Large files.
+        #[arg(long, default_value_t = 20)]
+        large: usize,
+        /// Size of a large file in MiB.
+        #[arg(long, default_value_t = 200)]
+        large_mib: u64,
+        /// Concurrent storage-worker invocations in the runner.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// The granary-local binary (the release build beside this one by default).
+        #[arg(long)]
+        runner: Option<PathBuf>,
+    },
+    /// The same files through ingest, the storage worker and storage-ready in process, on moto,
+    /// counting every AWS request.
+    AwsStorage {
+        /// Files of 1 MiB.
+        #[arg(long, default_value_t = 200)]
+        small: usize,
+        /// Large files.
+        #[arg(long, default_value_t = 2)]
+        large: usize,
+        /// Size of a large file in MiB.
+        #[arg(long, default_value_t = 200)]
+        large_mib: u64,
+    },
     /// Creation requests through the release granary-local's queues.
     Ingest {
         /// Creation requests.
@@ -75,7 +113,7 @@ enum Command {
     },
 }
 
-fn per_second(n: usize, d: Duration) -> f64 {
+pub(crate) fn per_second(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
@@ -165,7 +203,7 @@ fn model() -> serde_json::Value {
     serde_json::json!({"name": "BENCH", "type": "DATA", "attributes": attrs})
 }
 
-fn creation_of(provider_id: &str, i: usize) -> String {
+pub(crate) fn creation_of(provider_id: &str, i: usize) -> String {
     let mut props = serde_json::Map::new();
     for k in 0..10 {
         let (name, value) = match k % 3 {
@@ -202,7 +240,7 @@ async fn prepare(b: &granary_ports::Backend, features: usize) {
     queue_creations(b, "feature-normal", "bench", features).await;
 }
 
-async fn define_model(b: &granary_ports::Backend) {
+pub(crate) async fn define_model(b: &granary_ports::Backend) {
     let def = model();
     let compiled = granary_domain::model::compile_model("BENCH", &def).expect("model");
     granary_stores::models::ModelStore::new("features").put(b, &def, &compiled, "bench").await.expect("model stored");
@@ -416,6 +454,11 @@ async fn main() {
             let runner = runner.unwrap_or_else(|| std::env::current_exe().expect("exe").with_file_name("granary-local"));
             ingest(features, workers, runner).await;
         }
+        Command::Storage { small, large, large_mib, workers, runner } => {
+            let runner = runner.unwrap_or_else(|| std::env::current_exe().expect("exe").with_file_name("granary-local"));
+            storage::run(small, large, large_mib, workers, runner).await;
+        }
+        Command::AwsStorage { small, large, large_mib } => storage::aws(small, large, large_mib).await,
         Command::Ports { messages, writes, data_dir } => {
             let tmp = tempfile::tempdir().expect("temporary directory");
             let dir = data_dir.unwrap_or_else(|| tmp.path().to_owned());

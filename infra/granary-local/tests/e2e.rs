@@ -78,13 +78,19 @@ fn open(dir: &Path) -> Backend {
 
 /// A copy of the template in `dir` with the visibility timeout of the feature queues set to `secs`.
 fn template_with_feature_visibility(dir: &Path, secs: u32) -> std::path::PathBuf {
+    template_with_visibility(dir, "Feature", secs)
+}
+
+/// A copy of the template in `dir` with the visibility timeout of the queues whose logical id starts
+/// with `prefix` set to `secs`.
+fn template_with_visibility(dir: &Path, prefix: &str, secs: u32) -> std::path::PathBuf {
     let text = granary_resources::TEMPLATE;
     let mut out = String::new();
     let mut in_feature_queue = false;
     for line in text.lines() {
         if !line.starts_with("    ") && line.starts_with("  ") && line.trim_end().ends_with(':') {
             let id = line.trim().trim_end_matches(':');
-            in_feature_queue = id.starts_with("Feature") && id.ends_with("Queue");
+            in_feature_queue = id.starts_with(prefix) && id.ends_with("Queue");
         }
         if in_feature_queue && line.trim_start().starts_with("VisibilityTimeout:") {
             out.push_str(&format!("      VisibilityTimeout: {secs}\n"));
@@ -93,7 +99,7 @@ fn template_with_feature_visibility(dir: &Path, secs: u32) -> std::path::PathBuf
             out.push('\n');
         }
     }
-    assert_ne!(out, format!("{text}\n"), "the template has feature queues with a visibility timeout");
+    assert_ne!(out, format!("{text}\n"), "the template has {prefix} queues with a visibility timeout");
     let path = dir.join("template.yaml");
     std::fs::write(&path, out).unwrap();
     path
@@ -854,7 +860,8 @@ async fn one_worker_serves_every_high_request_before_any_low_one() {
 }
 
 /// A source server on a free loopback port: `/ok` serves `body`, `/short` serves half of it (with a
-/// Content-Length saying so), anything else 404. Stops with the test's runtime.
+/// Content-Length saying so), `/stall` half of it then nothing, anything else 404. Stops with the
+/// test's runtime.
 async fn source_server(body: Vec<u8>) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -871,6 +878,13 @@ async fn source_server(body: Vec<u8>) -> String {
                     ("200 OK", body.as_slice())
                 } else if line.starts_with("GET /short ") {
                     ("200 OK", &body[..body.len() / 2])
+                } else if line.starts_with("GET /stall ") {
+                    // Promises the whole body, sends half, then goes silent.
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(&body[..body.len() / 2]).await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    return;
                 } else {
                     ("404 Not Found", &b""[..])
                 };
@@ -893,7 +907,7 @@ async fn files_are_stored_from_http_and_file_sources_and_bad_sources_end_in_stor
     std::fs::write(sources.path().join("local.bin"), &content).unwrap();
     let server = source_server(content.clone()).await;
     let roots = sources.path().to_str().unwrap().to_owned();
-    let r = Runner::start(dir.path(), &[("GRANARY_STORAGE_FILE_ROOTS", &roots)]);
+    let r = Runner::start(dir.path(), &[("GRANARY_STORAGE_FILE_ROOTS", &roots), ("GRANARY_STORAGE_SOURCE_TIMEOUT_SECS", "1")]);
     let c = client();
     let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
     define_model(&c, &r, dir.path(), "M", &model_m()).await;
@@ -905,13 +919,14 @@ async fn files_are_stored_from_http_and_file_sources_and_bad_sources_end_in_stor
             "filename": "product.bin", "filesize": content.len(), "algorithm": "MD5", "checksum": checksum}}])
     };
     let local_url = url::Url::from_file_path(sources.path().join("local.bin")).unwrap().to_string();
-    let mut body = creation_collection(&["from-http", "from-file", "missing", "short"]);
+    let mut body = creation_collection(&["from-http", "from-file", "missing", "short", "stalled"]);
     body["metadata"]["storages"] = json!([{"pluginBusinessId": "online", "storePath": "e2e"}]);
     let cases = [
         (format!("{server}/ok"), &checksum),
         (local_url, &checksum),
         (format!("{server}/missing"), &other),
         (format!("{server}/short"), &other),
+        (format!("{server}/stall"), &other),
     ];
     for (i, (url, sum)) in cases.into_iter().enumerate() {
         body["features"][i]["files"] = file(url, sum);
@@ -920,7 +935,7 @@ async fn files_are_stored_from_http_and_file_sources_and_bad_sources_end_in_stor
     assert_eq!(res.status(), 202);
     let info: Value = res.json().await.unwrap();
     let ids: Vec<String> = info["granted"].as_array().unwrap().iter().map(|g| g["requestId"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(ids.len(), 4, "{info}");
+    assert_eq!(ids.len(), 5, "{info}");
     let mut finals = Vec::new();
     for id in &ids {
         let url = r.url(&format!("/features/requests/{id}"));
@@ -933,7 +948,9 @@ async fn files_are_stored_from_http_and_file_sources_and_bad_sources_end_in_stor
         );
     }
     let steps: Vec<(&str, &str)> = finals.iter().map(|v| (v["state"].as_str().unwrap(), v["step"].as_str().unwrap())).collect();
-    assert_eq!(steps, vec![("SUCCESS", "DONE"), ("SUCCESS", "DONE"), ("ERROR", "REMOTE_STORAGE_ERROR"), ("ERROR", "REMOTE_STORAGE_ERROR")]);
+    let error = ("ERROR", "REMOTE_STORAGE_ERROR");
+    assert_eq!(steps, vec![("SUCCESS", "DONE"), ("SUCCESS", "DONE"), error, error, error]);
+    assert!(finals[4]["errors"][0].as_str().unwrap().contains("reading the source failed"), "{}", finals[4]);
     assert!(finals[2]["errors"][0].as_str().unwrap().contains("404"), "{}", finals[2]);
     assert!(finals[3]["errors"][0].as_str().unwrap().contains("ended after 100000 of the declared 200000 bytes"), "{}", finals[3]);
 
@@ -953,4 +970,73 @@ async fn files_are_stored_from_http_and_file_sources_and_bad_sources_end_in_stor
     let backend = open(dir.path());
     let meta = backend.blobs.head("storage", &format!("online/e2e/{checksum}")).await.unwrap().expect("the stored object");
     assert_eq!((meta.size, meta.etag), (content.len() as u64, checksum.clone()));
+}
+
+#[tokio::test]
+async fn a_storage_worker_killed_mid_copy_copies_again_after_a_restart_into_one_object() {
+    use md5::{Digest, Md5};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    // The storage job comes back 2 s after the runner holding it dies.
+    let template = template_with_visibility(scratch.path(), "StorageJobs", 2);
+    let template = template.to_str().unwrap().to_owned();
+    let content: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 241) as u8).collect();
+    let checksum = hex::encode(Md5::digest(&content));
+    // A slow source: 64 KiB every 10 ms, counting what it sent.
+    let sent = Arc::new(AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    let (body, counter) = (content.clone(), sent.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (body, counter) = (body.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = socket.write_all(head.as_bytes()).await;
+                for chunk in body.chunks(64 * 1024) {
+                    if socket.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+        }
+    });
+    let env = [("GRANARY_LOCAL_TEMPLATE", template.as_str())];
+    let r = Runner::start(dir.path(), &env);
+    let c = client();
+    let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
+    define_model(&c, &r, dir.path(), "M", &model_m()).await;
+    let mut body = creation_collection(&["killed-mid-copy"]);
+    body["metadata"]["storages"] = json!([{"pluginBusinessId": "online"}]);
+    body["features"][0]["files"] = json!([{"locations": [{"url": format!("{server}/slow")}], "attributes": {"dataType": "RAWDATA",
+        "mimeType": "application/octet-stream", "filename": "slow.bin", "filesize": content.len(), "algorithm": "MD5", "checksum": checksum}}]);
+    let res = c.post(r.url("/features")).bearer_auth(&producer).json(&body).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let info: Value = res.json().await.unwrap();
+    let request_id = info["granted"][0]["requestId"].as_str().unwrap().to_owned();
+    wait_for("the copy to be under way", Duration::from_secs(20), || async { (sent.load(Ordering::SeqCst) > 1024 * 1024).then_some(()) })
+        .await;
+    r.kill9();
+
+    let r = Runner::start(dir.path(), &env);
+    let url = r.url(&format!("/features/requests/{request_id}"));
+    let done: Value = wait_for("the request to finish after the restart", Duration::from_secs(60), || async {
+        let v: Value = c.get(&url).bearer_auth(&producer).send().await.ok()?.json().await.ok()?;
+        (v["state"] == "SUCCESS" || v["state"] == "ERROR").then_some(v)
+    })
+    .await;
+    assert_eq!(done["state"], "SUCCESS", "{done}");
+    assert!(sent.load(Ordering::SeqCst) > content.len() as u64, "the file was sent again from the start");
+    let backend = open(dir.path());
+    let meta = backend.blobs.head("storage", &format!("online/{checksum}")).await.unwrap().expect("one object");
+    assert_eq!((meta.size, meta.etag), (content.len() as u64, checksum.clone()));
+    let object = granary_domain::storage::StoredObject { storage: "online".into(), checksum };
+    assert_eq!(granary_stores::owners::FileOwners::new("features").owners(&backend, &object).await.unwrap(), 1, "claimed once");
 }

@@ -74,6 +74,23 @@ fn load_or_create_key(path: &Path) -> PortResult<Vec<u8>> {
     std::fs::read(path).map_err(|e| io_err("cannot read", path, e))
 }
 
+/// How long an upload's temporary file may go unwritten before it counts as abandoned (its writer was
+/// killed): a live upload writes it continuously.
+const ABANDONED_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// Removes the temporary files of uploads whose writer died (another process may share the data
+/// directory, so only files untouched for [`ABANDONED_AFTER`]).
+fn remove_abandoned_uploads(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for entry in entries.flatten() {
+        let stale =
+            entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > ABANDONED_AFTER);
+        if stale && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(path = %entry.path().display(), "removed an abandoned upload");
+        }
+    }
+}
+
 type Row = (String, i64, String, Option<i64>, Option<i64>);
 
 impl EmbeddedBlobs {
@@ -87,6 +104,7 @@ impl EmbeddedBlobs {
     ) -> PortResult<Self> {
         let root = data_dir.join("blobs");
         std::fs::create_dir_all(root.join(".tmp")).map_err(|e| io_err("cannot create", &root, e))?;
+        remove_abandoned_uploads(&root.join(".tmp"));
         let signing_key = load_or_create_key(&data_dir.join("keys").join("blob-url.key"))?;
         Ok(Self { db, root, clock, ids, restore_delay, base_url: base_url.trim_end_matches('/').to_owned(), signing_key })
     }
