@@ -115,3 +115,11 @@ pub struct RequestPageAnswer {
     /// `next` when more may follow.
     pub links: Vec<Link>,
 }
+
+/// The storage locations in force: those of the deployment's configuration, replaced or completed by
+/// those admins defined.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct LocationList {
+    /// Locations by name (REGARDS's `pluginBusinessId`, what `metadata.storages[].pluginBusinessId` names).
+    pub locations: granary_domain::storage::Locations,
+}

@@ -16,13 +16,16 @@
 //! - `PUT /models/{name}` (admin): a data model, in REGARDS's vocabulary or as a JSON Schema; 201 when
 //!   new, 200 when replaced, 400 with every problem of the definition.
 //! - `GET /models/{name}`: the model, its compiled schema and revision.
+//! - `PUT /storage-locations/{name}` (admin): a storage location `{bucket, prefix, class}`; 201 when
+//!   new, 200 when replaced.
+//! - `GET /storage-locations`: the locations in force (configured and defined).
 
 pub mod answers;
 pub mod openapi;
 
 use answers::{
-    DeniedEntry, FeatureAnswer, GrantedRequest, Link, ModelAnswer, PageMetadata, RequestPageAnswer, SessionAnswer, SessionList,
-    SubmissionAnswer,
+    DeniedEntry, FeatureAnswer, GrantedRequest, Link, LocationList, ModelAnswer, PageMetadata, RequestPageAnswer, SessionAnswer,
+    SessionList, SubmissionAnswer,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -38,6 +41,7 @@ use granary_lambda::{Config, Identity};
 use granary_ports::queue::{MAX_MESSAGE_BYTES, batches};
 use granary_ports::{Backend, OutgoingMessage};
 use granary_stores::features::FeatureStore;
+use granary_stores::locations::LocationStore;
 use granary_stores::models::ModelStore;
 use granary_stores::recovery::{AdminOutcome, Recovery};
 use granary_stores::requests::{RequestFilter, RequestReader};
@@ -59,6 +63,7 @@ pub struct FeatureApi {
     models: ModelStore,
     sessions: SessionReader,
     recovery: Recovery,
+    locations: LocationStore,
 }
 
 /// The error of a route, answered as problem+json.
@@ -77,7 +82,8 @@ impl FeatureApi {
         let models = ModelStore::new(&config.features_table);
         let sessions = SessionReader::new(&config.requests_table);
         let recovery = Recovery::new(&config.requests_table, &config.response_queue);
-        Self { backend, config, features, requests, models, sessions, recovery }
+        let locations = LocationStore::new(&config.features_table);
+        Self { backend, config, features, requests, models, sessions, recovery, locations }
     }
 
     /// Answers one API Gateway (HTTP API) request.
@@ -104,6 +110,8 @@ impl FeatureApi {
             ("DELETE", ["features", "requests", id]) => self.delete_request(&identity, id).await,
             ("PUT", ["models", name]) => self.put_model(&identity, name, &req).await,
             ("GET", ["models", name]) => self.get_model(name).await,
+            ("PUT", ["storage-locations", name]) => self.put_location(&identity, name, &req).await,
+            ("GET", ["storage-locations"]) => self.list_locations().await,
             ("GET", ["features", urn]) => self.get_feature(&percent_decode(urn)).await,
             (method, _) => Err(not_found(&format!("no route {method} {path}"))),
         }
@@ -241,6 +249,31 @@ impl FeatureApi {
             updated_by: None,
         };
         Ok(json(status, &answer))
+    }
+
+    async fn put_location(&self, identity: &Identity, name: &str, req: &Request) -> RouteResult {
+        if !identity.is_admin() {
+            return Err(forbidden("defining storage locations needs the admin group"));
+        }
+        if name.is_empty() || name.len() > 128 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(bad_request("invalid location name", &[format!("name: {name:?} must be 1 to 128 letters, digits, '_' or '-'")]));
+        }
+        let text = body_text(req.body()).map_err(|e| bad_request(&e, &[]))?;
+        let body: Value = serde_json::from_str(text).map_err(|e| bad_request("the body is not JSON", &[format!("body: {e}")]))?;
+        // The same checks as the deployment's configuration, and S3's rules for the bucket.
+        let locations = granary_domain::storage::parse_locations(&serde_json::json!({ name: body }).to_string())
+            .map_err(|e| bad_request("invalid storage location", &[e]))?;
+        let location = locations.get(name).cloned().ok_or_else(|| bad_request("invalid storage location", &[]))?;
+        granary_ports::blob::validate_bucket(&location.bucket)
+            .map_err(|e| bad_request("invalid storage location", &[format!("bucket: {e}")]))?;
+        let created = self.locations.put(&self.backend, name, &location, &identity.user).await.map_err(unavailable_on)?;
+        Ok(json(if created { 201 } else { 200 }, &LocationList { locations }))
+    }
+
+    async fn list_locations(&self) -> RouteResult {
+        let mut locations = self.config.locations();
+        locations.extend(self.locations.list(&self.backend).await.map_err(unavailable_on)?);
+        Ok(json(200, &LocationList { locations }))
     }
 
     async fn get_model(&self, name: &str) -> RouteResult {

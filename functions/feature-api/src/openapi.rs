@@ -2,7 +2,7 @@
 //! from the handlers' own body types, so that it changes when they do. A workspace test fails when a
 //! route of granary-local (or of the template) is missing from it.
 
-use crate::answers::{FeatureAnswer, ModelAnswer, RequestPageAnswer, SessionAnswer, SessionList, SubmissionAnswer};
+use crate::answers::{FeatureAnswer, LocationList, ModelAnswer, RequestPageAnswer, SessionAnswer, SessionList, SubmissionAnswer};
 use granary_domain::FeatureCreationCollection;
 use granary_domain::request::{FeatureDeletionCollection, FeatureNotificationCollection, FeatureUpdateCollection};
 use granary_lambda::http::Problem;
@@ -197,6 +197,26 @@ pub const OPERATIONS: &[Operation] = &[
         body: None,
         ok: (200, schema::<ModelAnswer>),
         problems: &[404],
+    },
+    Operation {
+        method: "PUT",
+        path: "/storage-locations/{name}",
+        summary: "Define or replace a storage location (201 when new, 200 when replaced); answers the location",
+        who: "admin",
+        query: &[],
+        body: Some(schema::<granary_domain::storage::StorageLocation>),
+        ok: (201, schema::<LocationList>),
+        problems: &[400, 403],
+    },
+    Operation {
+        method: "GET",
+        path: "/storage-locations",
+        summary: "The storage locations in force: the deployment's configured ones, replaced or completed by those admins defined",
+        who: "any authenticated user",
+        query: &[],
+        body: None,
+        ok: (200, schema::<LocationList>),
+        problems: &[],
     },
 ];
 

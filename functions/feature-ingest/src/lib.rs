@@ -9,14 +9,16 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use granary_domain::body::{parse_creation, parse_deletion, parse_notification, parse_patch};
 use granary_domain::feature::FileUpdateMode;
 use granary_domain::model::Mode;
+use granary_domain::request::StorageMetadata;
 use granary_domain::request::{validate_deletion, validate_notification, validate_patch};
-use granary_domain::storage::{FileToStore, Locations, plan_storage};
+use granary_domain::storage::{FileToStore, plan_storage};
 use granary_domain::{EntityType, Priority, Urn};
 use granary_domain::{FeatureRequestEvent, FeatureRequestType, RequestState};
 use granary_lambda::{Config, sqs};
 use granary_ports::Backend;
 use granary_stores::StoreError;
 use granary_stores::features::{ChangeOutcome, CreationOutcome, FeatureStore, NewVersion, PatchChange};
+use granary_stores::locations::{LocationCache, LocationStore};
 use granary_stores::models::{ModelCache, ModelStore};
 use granary_stores::outbox::OutboxEvent;
 use granary_stores::recovery::Recovery;
@@ -53,7 +55,7 @@ pub struct FeatureIngest {
     requests: RequestReader,
     recovery: Recovery,
     models: Arc<ModelCache>,
-    locations: Locations,
+    locations: Arc<LocationCache>,
 }
 
 /// A message's request as far as it could be read.
@@ -165,7 +167,11 @@ impl FeatureIngest {
         let models = Arc::new(ModelCache::new(ModelStore::new(&config.features_table), std::time::Duration::from_secs(ttl)));
         let requests = RequestReader::new(&config.requests_table);
         let recovery = Recovery::new(&config.requests_table, &config.response_queue);
-        let locations = config.locations();
+        let locations = Arc::new(LocationCache::new(
+            LocationStore::new(&config.features_table),
+            config.locations(),
+            std::time::Duration::from_secs(ttl),
+        ));
         Self { backend, config, store, requests, recovery, models, locations }
     }
 
@@ -551,7 +557,7 @@ impl FeatureIngest {
         };
         let (patch, to_store) = match patch {
             None => (None, vec![]),
-            Some((feature, storages)) => match plan_storage(&feature, &storages, &self.locations) {
+            Some((feature, storages)) => match self.plan(&feature, &storages).await? {
                 Ok(files) => (Some(feature), files),
                 Err(errors) => return self.deny(msg, env, kind, None, errors).await,
             },
@@ -722,6 +728,16 @@ impl FeatureIngest {
         }
     }
 
+    /// Which of `feature`'s files go to which of the locations in force, or what is wrong with `storages`.
+    async fn plan(&self, feature: &Value, storages: &[StorageMetadata]) -> Result<Result<Vec<FileToStore>, Vec<String>>, StoreError> {
+        if storages.is_empty() {
+            return Ok(Ok(vec![]));
+        }
+        let names: Vec<&str> = storages.iter().map(|s| s.plugin_business_id.as_str()).collect();
+        let locations = self.locations.get(&self.backend, &names).await?;
+        Ok(plan_storage(feature, storages, &locations))
+    }
+
     /// The storage step of a request with `files` to store, none without.
     fn pending_storage(&self, files: Vec<FileToStore>) -> Option<PendingStorage> {
         (!files.is_empty()).then(|| PendingStorage {
@@ -778,7 +794,7 @@ impl FeatureIngest {
                 }
             },
         };
-        let to_store = match plan_storage(&event.feature, &event.metadata.storages, &self.locations) {
+        let to_store = match self.plan(&event.feature, &event.metadata.storages).await? {
             Ok(files) => files,
             Err(errors) => return self.deny(msg, env, kind, Some(valid.provider_id.clone()), errors).await,
         };

@@ -11,11 +11,10 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use digest::DynDigest;
 use granary_domain::file::ChecksumAlgorithm;
-use granary_domain::storage::{
-    FileToStore, LocationClass, Locations, ReleaseJob, StorageJob, StoredObject, WorkerJob, file_reference_event,
-};
+use granary_domain::storage::{FileToStore, LocationClass, ReleaseJob, StorageJob, StoredObject, WorkerJob, file_reference_event};
 use granary_lambda::{Config, sqs};
 use granary_ports::{Backend, BlobReader, OutgoingMessage, PortError, StorageClass};
+use granary_stores::locations::{LocationCache, LocationStore};
 use granary_stores::owners::{Claim, FileOwners};
 use lambda_runtime::LambdaEvent;
 use std::path::PathBuf;
@@ -30,7 +29,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 pub struct StorageWorker {
     backend: Backend,
     config: Config,
-    locations: Locations,
+    locations: Arc<LocationCache>,
     file_roots: Vec<PathBuf>,
     http: reqwest::Client,
     owners: FileOwners,
@@ -71,7 +70,9 @@ impl StorageWorker {
             .read_timeout(source_timeout)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Self { locations: config.locations(), owners: FileOwners::new(&config.features_table), backend, config, file_roots, http })
+        let ttl = granary_lambda::config::env_number("GRANARY_MODEL_CACHE_SECS", 30u64)?;
+        let locations = LocationCache::new(LocationStore::new(&config.features_table), config.locations(), Duration::from_secs(ttl));
+        Ok(Self { locations: Arc::new(locations), owners: FileOwners::new(&config.features_table), backend, config, file_roots, http })
     }
 
     /// Runs a batch of storage jobs concurrently; a job whose files could not all be copied or
@@ -148,7 +149,8 @@ impl StorageWorker {
     async fn run(&self, job: &StorageJob) -> Result<(), Transient> {
         let mut reports = Vec::with_capacity(job.files.len());
         for file in &job.files {
-            if let Some(location) = self.locations.get(&file.storage) {
+            let locations = self.locations.get(&self.backend, &[file.storage.as_str()]).await.map_err(|e| Transient(e.to_string()))?;
+            if let Some(location) = locations.get(&file.storage) {
                 self.claim(job, file, &location.bucket).await?;
             }
             let result = self.store(file).await?;
@@ -170,7 +172,8 @@ impl StorageWorker {
     /// Copies one file: `Ok(Ok(url))` stored, `Ok(Err(cause))` the file cannot be stored (its source or
     /// its declaration is wrong), `Err` the destination failed and a retry may work.
     async fn store(&self, file: &FileToStore) -> Result<Result<String, String>, Transient> {
-        let Some(location) = self.locations.get(&file.storage) else {
+        let locations = self.locations.get(&self.backend, &[file.storage.as_str()]).await.map_err(|e| Transient(e.to_string()))?;
+        let Some(location) = locations.get(&file.storage) else {
             return Ok(Err(format!("no storage location is named {:?}", file.storage)));
         };
         let class = match location.class {

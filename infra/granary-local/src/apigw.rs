@@ -44,6 +44,8 @@ pub const ROUTES: &[Route] = &[
     Route { method: "GET", template: "/features/{urn}", target: Target::FeatureApi, authorized: true },
     Route { method: "PUT", template: "/models/{name}", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/models/{name}", target: Target::FeatureApi, authorized: true },
+    Route { method: "PUT", template: "/storage-locations/{name}", target: Target::FeatureApi, authorized: true },
+    Route { method: "GET", template: "/storage-locations", target: Target::FeatureApi, authorized: true },
 ];
 
 /// The route serving `method` and `path`, with its path parameters.

@@ -970,6 +970,25 @@ async fn files_are_stored_from_http_and_file_sources_and_bad_sources_end_in_stor
     let backend = open(dir.path());
     let meta = backend.blobs.head("storage", &format!("online/e2e/{checksum}")).await.unwrap().expect("the stored object");
     assert_eq!((meta.size, meta.etag), (content.len() as u64, checksum.clone()));
+
+    // An admin defines a location; producers store into it at once.
+    let admin = token(dir.path(), "root@example.org", &["--admin"]);
+    let location = json!({"bucket": "archive", "prefix": "mission-b", "class": "ONLINE"});
+    let put = |t: &str, body: &Value| c.put(r.url("/storage-locations/mission-b")).bearer_auth(t).json(body).send();
+    assert_eq!(put(&producer, &location).await.unwrap().status(), 403);
+    let bad = put(&admin, &json!({"bucket": "Not_A_Bucket", "class": "TAPE"})).await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("TAPE"));
+    assert_eq!(put(&admin, &location).await.unwrap().status(), 201);
+    assert_eq!(put(&admin, &location).await.unwrap().status(), 200, "replaced");
+    let listed: Value = c.get(r.url("/storage-locations")).bearer_auth(&producer).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["locations"]["mission-b"], location);
+    assert_eq!(listed["locations"]["online"]["class"], "ONLINE", "the configured ones too");
+    let mut body = creation_collection(&["into-mission-b"]);
+    body["metadata"]["storages"] = json!([{"pluginBusinessId": "mission-b"}]);
+    body["features"][0]["files"] = file(format!("{server}/ok"), &checksum);
+    submit_and_wait(&c, &r, &producer, reqwest::Method::POST, &body).await;
+    assert!(backend.blobs.head("archive", &format!("mission-b/{checksum}")).await.unwrap().is_some());
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 pub const MAX_FILES_TO_STORE: usize = 40;
 
 /// How a location's objects are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum LocationClass {
     /// Readable at once (S3 Standard; a plain directory on one machine).
@@ -23,8 +23,8 @@ pub enum LocationClass {
 }
 
 /// A storage location, named as REGARDS names it (`pluginBusinessId`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StorageLocation {
     /// The bucket (a directory under the data directory on one machine).
     pub bucket: String,

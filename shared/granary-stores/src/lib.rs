@@ -3,6 +3,7 @@
 //! uses, which maps one-to-one onto its IAM policy.
 
 pub mod features;
+pub mod locations;
 pub mod models;
 pub mod outbox;
 pub mod owners;
