@@ -498,3 +498,32 @@ async fn a_patch_stores_its_files_and_replace_lets_the_files_not_sent_go() {
     assert_eq!(p3["state"], "DENIED");
     assert!(p3["errors"][0].as_str().unwrap().contains("regards.request.file_update_mode"), "{p3}");
 }
+
+#[tokio::test]
+async fn a_confirmation_after_an_error_finishes_the_request_and_an_error_after_a_confirmation_changes_nothing() {
+    let f = fixture().await;
+    let a = md5_hex(b"a");
+    let b = md5_hex(b"b");
+    let files = vec![file_entry("https://archive.invalid/a", "RAWDATA", 1, &a), file_entry("https://archive.invalid/b", "RAWDATA", 1, &b)];
+    f.submit("r8", &creation("p8", files, json!([{"pluginBusinessId": "online"}]))).await;
+    f.drain("storage-jobs").await;
+    let event = |kind: &str, checksum: &str, i: usize| {
+        let body = json!({"type": kind, "checksum": checksum, "message": "tape drive offline",
+                          "location": {"storage": "online", "url": format!("s3://elsewhere/{checksum}")}, "groupIds": ["r8"]});
+        message(&format!("e{i}"), &body.to_string(), &[])
+    };
+    f.deliver_events(&[event("STORED", &a, 1), event("STORE_ERROR", &b, 2)]).await;
+    let r8 = f.request("r8").await;
+    assert_eq!(state(&r8), pair("ERROR", "REMOTE_STORAGE_ERROR"));
+    assert!(r8["errors"][0].as_str().unwrap().contains("tape drive offline"), "{r8}");
+    // The file was stored after all: the request succeeds.
+    f.deliver_events(&[event("STORED", &b, 3)]).await;
+    assert_eq!(state(&f.request("r8").await), pair("SUCCESS", "DONE"));
+    // A late error for a stored file, and the same confirmation again: nothing changes.
+    f.deliver_events(&[event("STORE_ERROR", &a, 4), event("STORED", &b, 5)]).await;
+    assert_eq!(state(&f.request("r8").await), pair("SUCCESS", "DONE"));
+    assert_eq!(f.responses("r8").await, vec!["GRANTED", "ERROR", "SUCCESS"]);
+    let session = granary_stores::sessions::SessionReader::new("requests").get(&f.backend, "owner", "s1").await.unwrap().unwrap();
+    assert_eq!((session["runningReferencingRequests"].as_i64(), session["inErrorReferencingRequests"].as_i64()), (Some(0), Some(0)));
+    assert!(f.drain("storage-ready-dead-letter").await.is_empty());
+}
