@@ -17,7 +17,8 @@ use granary_domain::{FeatureRequestEvent, FeatureRequestType, RequestState};
 use granary_lambda::{Config, sqs};
 use granary_ports::Backend;
 use granary_stores::StoreError;
-use granary_stores::features::{ChangeOutcome, CreationOutcome, FeatureStore, NewVersion, PatchChange};
+use granary_stores::dissemination::{RecipientCache, RecipientStore};
+use granary_stores::features::{ChangeOutcome, CreationOutcome, FeatureStore, NewVersion, Notifier, PatchChange};
 use granary_stores::locations::{LocationCache, LocationStore};
 use granary_stores::models::{ModelCache, ModelStore};
 use granary_stores::outbox::OutboxEvent;
@@ -28,6 +29,7 @@ use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Message attribute naming the request kind.
 pub const ATTR_TYPE: &str = "regards.request.type";
@@ -56,6 +58,8 @@ pub struct FeatureIngest {
     recovery: Recovery,
     models: Arc<ModelCache>,
     locations: Arc<LocationCache>,
+    recipients: Arc<RecipientCache>,
+    notifying: Arc<AtomicBool>,
 }
 
 /// A message's request as far as it could be read.
@@ -158,8 +162,10 @@ fn envelope(msg: &SqsMessage) -> Envelope {
 impl FeatureIngest {
     /// The handler over `backend`, configured by `config`.
     pub fn new(backend: Backend, config: Config) -> Self {
+        let notifying = Arc::new(AtomicBool::new(false));
         let store = FeatureStore::new(&config.features_table, &config.requests_table)
-            .releasing_files(config.locations(), &config.storage_jobs_queue);
+            .releasing_files(config.locations(), &config.storage_jobs_queue)
+            .notifying(Notifier { queue: config.notification_queue.clone(), enabled: notifying.clone() });
         let ttl = granary_lambda::config::env_number("GRANARY_MODEL_CACHE_SECS", 30u64).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "using the default model cache time of 30 s");
             30
@@ -172,7 +178,8 @@ impl FeatureIngest {
             config.locations(),
             std::time::Duration::from_secs(ttl),
         ));
-        Self { backend, config, store, requests, recovery, models, locations }
+        let recipients = Arc::new(RecipientCache::new(RecipientStore::new(&config.features_table), std::time::Duration::from_secs(ttl)));
+        Self { backend, config, store, requests, recovery, models, locations, recipients, notifying }
     }
 
     /// Handles one SQS batch; only messages that hit a transient failure are retried.
@@ -181,6 +188,11 @@ impl FeatureIngest {
     /// valid) are committed in one transaction; the rest, and a run that does not commit as one, go
     /// one message at a time. The batch's order is kept either way.
     pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+        // Changed features are notified while automatic notification is on and someone may receive them.
+        match self.recipients.get(&self.backend).await {
+            Ok(r) => self.notifying.store(r.active && !r.all.is_empty(), Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "recipients not read; notifying as before"),
+        }
         let mut failed = Vec::new();
         let mut events = Vec::new();
         let mut run: Vec<PlainCreation<'_>> = Vec::new();

@@ -1036,3 +1036,51 @@ async fn a_batch_of_creations_commits_in_one_transaction_and_one_by_one_when_it_
     // r20 alone, the patch, then r21 and r22 together, then the outbox: four transactions.
     assert_eq!(committed() - before, 4);
 }
+
+#[tokio::test]
+async fn changed_features_are_notified_only_while_notification_is_on_and_someone_may_receive() {
+    use granary_domain::dissemination::{Recipient, RecipientFilter, Target};
+    use granary_stores::dissemination::RecipientStore;
+    let f = fixture().await;
+    let notifications = |f: &Fixture| {
+        let backend = f.backend.clone();
+        async move {
+            let got = backend.queue.receive("feature-notification", 10, None, Duration::ZERO).await.unwrap();
+            got.iter()
+                .map(|m| (m.attributes["granary.event.id"].clone(), serde_json::from_str::<Value>(&m.body).unwrap()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let create =
+        |id: &str, p: &str| message(id, &creation(p).to_string(), &[("regards.request.id", id), ("regards.request.type", "CREATION")]);
+    f.deliver(&[create("n1", "quiet")]).await;
+    assert!(notifications(&f).await.is_empty(), "no recipient: nothing to notify");
+
+    let store = RecipientStore::new("features");
+    let recipient = Recipient {
+        target: Target::Queue { queue: "mirror".into() },
+        ack_required: true,
+        blocking: false,
+        filter: RecipientFilter::default(),
+        secret: None,
+    };
+    store.put(&f.backend, "mirror", &recipient, "admin").await.unwrap();
+    // A new runner reads the recipients at once (the cache is per process and starts empty).
+    let ingest = FeatureIngest::new(f.backend.clone(), f.config.clone());
+    let event = sqs_event("feature-high", &[create("n2", "loud")]).unwrap();
+    ingest.handle(LambdaEvent::new(event, Context::default())).await.unwrap();
+    let got = notifications(&f).await;
+    assert_eq!(got.len(), 1);
+    let urn = format!("URN:FEATURE:DATA:granary:{}:V1", granary_domain::entity_uuid("loud"));
+    assert_eq!(got[0].0, format!("{urn}:CREATED:n2"), "deterministic id: URN, action, request");
+    assert_eq!(got[0].1["metadata"]["action"], "CREATED");
+    assert_eq!(got[0].1["metadata"]["sessionOwner"], "s2-ingest-chain");
+    assert_eq!(got[0].1["payload"]["urn"], urn.as_str());
+
+    // Turned off by an admin: nothing more.
+    store.set_active(&f.backend, false, "admin").await.unwrap();
+    let ingest = FeatureIngest::new(f.backend.clone(), f.config.clone());
+    let event = sqs_event("feature-high", &[create("n3", "silenced")]).unwrap();
+    ingest.handle(LambdaEvent::new(event, Context::default())).await.unwrap();
+    assert!(notifications(&f).await.is_empty());
+}

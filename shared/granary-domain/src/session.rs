@@ -19,6 +19,8 @@ pub enum Outcome {
         /// It had been counted as running.
         was_running: bool,
     },
+    /// Done, then in error after all (its notification kept failing): counted in error as well.
+    FailedAfterDone,
     /// An admin retried it: out of error, running again.
     Retried,
     /// An admin deleted it while in error.
@@ -69,6 +71,7 @@ pub fn increments(kind: FeatureRequestType, outcome: Outcome) -> Vec<(&'static s
             out.push(if was_running { (running, -1) } else { (requests, 1) });
             out.push((in_error, 1));
         }
+        Outcome::FailedAfterDone => out.push((in_error, 1)),
         Outcome::Retried => {
             out.push((in_error, -1));
             out.push((running, 1));

@@ -138,12 +138,24 @@ pub struct FeatureStore {
     /// Where stored files are let go when their feature is deleted: the locations they may be in and
     /// the storage worker's queue.
     release: Option<(Locations, String)>,
+    /// Where notifications of changed features go, while automatic notification is on and someone
+    /// may receive them.
+    notifier: Option<Notifier>,
+}
+
+/// Notifications of changed features: the queue dissemination reads, and whether to send them.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    /// The notification queue.
+    pub queue: String,
+    /// Whether automatic notification is on (and there is a recipient); the caller keeps it current.
+    pub enabled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FeatureStore {
     /// Features in `features`, requests and outbox in `requests`.
     pub fn new(features: &str, requests: &str) -> Self {
-        Self { features: features.to_owned(), requests: requests.to_owned(), outbox: Outbox::new(requests), release: None }
+        Self { features: features.to_owned(), requests: requests.to_owned(), outbox: Outbox::new(requests), release: None, notifier: None }
     }
 
     /// The same store, letting the stored files of a deleted feature go (a release job on `jobs_queue`
@@ -151,6 +163,34 @@ impl FeatureStore {
     pub fn releasing_files(mut self, locations: Locations, jobs_queue: &str) -> Self {
         self.release = Some((locations, jobs_queue.to_owned()));
         self
+    }
+
+    /// The same store, staging a notification of each created, updated or deleted feature with it
+    /// while `notifier.enabled` holds.
+    pub fn notifying(mut self, notifier: Notifier) -> Self {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    /// The notification of `feature` for `action` by `request`, when automatic notification is on.
+    fn notification(&self, action: &str, feature: &Value, request: &RequestRecord) -> Option<OutboxEvent> {
+        let notifier = self.notifier.as_ref().filter(|n| n.enabled.load(std::sync::atomic::Ordering::Relaxed))?;
+        let urn = feature.get("urn").and_then(Value::as_str).or(request.urn.as_deref()).unwrap_or_default();
+        let body = serde_json::json!({
+            "metadata": {
+                "action": action,
+                "sessionOwner": request.session_owner,
+                "session": request.session,
+                "requestId": request.request_id,
+                "requestOwner": request.request_owner,
+            },
+            "payload": feature,
+        });
+        Some(OutboxEvent {
+            event_id: granary_domain::dissemination::notification_id(urn, action, &request.request_id),
+            queue: notifier.queue.clone(),
+            body: body.to_string(),
+        })
     }
 
     /// The release job of the feature version stored in `item`, if it has files that may be stored.
@@ -263,6 +303,7 @@ impl FeatureStore {
             obj.insert("urn".into(), Value::from(urn.clone()));
             obj.insert("last".into(), Value::Bool(true));
         }
+        let notice = self.notification("CREATED", &feature, &new.request);
         let item = Item::new(version_key(new.provider_id, version))
             .with("urn", urn.clone())
             .with("providerId", new.provider_id)
@@ -278,6 +319,7 @@ impl FeatureStore {
         let mut record = new.request.clone();
         record.urn = Some(urn.clone());
         let mut events = (new.events)(&urn);
+        events.extend(notice);
         // The previous version's stored files, let go when it is deleted by this override: at once, or,
         // when this version has files to store, once they are (so that a file both share is kept).
         let release = match (new.override_previous, latest_page.items.first()) {
@@ -397,6 +439,7 @@ impl FeatureStore {
             let (patched, removed) = granary_domain::feature::apply_patch(&stored, patch, &request.request_owner, mode);
             let guard = if revision == 0 { Cond::absent("revision") } else { Cond::eq("revision", revision) };
             let mut staged = events(&urn_text);
+            staged.extend(self.notification("UPDATED", &patched, &request));
             // Files a REPLACE no longer wants are let go at once.
             let removed = serde_json::json!({ "files": removed });
             staged.extend(self.release_event_of(&urn_text, &removed, &format!("{urn_text}:RELEASE:{}", request.request_id)));
@@ -456,6 +499,9 @@ impl FeatureStore {
             }
             let mut staged = events(&urn_text);
             staged.extend(existing.as_ref().and_then(|item| self.release_event(item)));
+            let deleted =
+                existing.as_ref().and_then(|i| i.get("feature").cloned()).unwrap_or_else(|| serde_json::json!({ "urn": urn_text }));
+            staged.extend(self.notification(action, &deleted, &request));
             let mut ops = vec![self.request_op(&request)];
             if let Some(item) = &existing {
                 ops.push(TxOp::Delete { table: self.features.clone(), key: key.clone(), cond: Some(Cond::ItemExists) });

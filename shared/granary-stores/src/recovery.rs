@@ -121,6 +121,78 @@ impl Recovery {
         }
     }
 
+    /// Puts request `request_id`, done, in ERROR / REMOTE_NOTIFICATION_ERROR: its notification kept
+    /// failing. The notification is kept as its message, so that an admin's retry sends it again (to
+    /// the recipients that did not get it). Returns the events to send; none when the request is
+    /// unknown or already in error.
+    pub async fn record_notification_failed(
+        &self,
+        backend: &Backend,
+        request_id: &str,
+        errors: Vec<String>,
+        message: &Parked,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let Some(item) = backend.table.get(&self.table, &request_key(request_id)).await? else { return Ok(vec![]) };
+        let record = RequestRecord::from_item(&item)?;
+        if record.state == RequestState::Error {
+            return Ok(vec![]);
+        }
+        let now = backend.clock.now_ms();
+        let events = vec![self.event(&record, RequestState::Error, errors.clone())];
+        let mut ops = vec![TxOp::Update {
+            table: self.table.clone(),
+            key: item.key.clone(),
+            updates: vec![
+                Update::set("state", RequestState::Error.as_str()),
+                Update::set("step", "REMOTE_NOTIFICATION_ERROR"),
+                Update::set("errors", Value::from(errors)),
+                Update::set("queue", message.queue.clone()),
+                Update::set("message", message.body.clone()),
+                Update::set("messageAttributes", serde_json::to_value(&message.attributes).unwrap_or_default()),
+            ],
+            cond: Some(Cond::eq("state", record.state.as_str())),
+        }];
+        ops.extend(session_op(&self.table, &record, Outcome::FailedAfterDone));
+        ops.extend(events.iter().map(|e| self.outbox.stage(e, now)));
+        match backend.table.transact(ops).await {
+            Ok(()) => Ok(events),
+            Err(PortError::TransactionCanceled { .. }) => Err(StoreError::Contention(request_id.to_owned(), 1)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A retried notification reached its recipients: the request, released by an admin's retry, is
+    /// SUCCESS again. Returns the events to send; none when it was not waiting on that.
+    pub async fn notification_delivered(&self, backend: &Backend, request_id: &str) -> Result<Vec<OutboxEvent>, StoreError> {
+        let Some(item) = backend.table.get(&self.table, &request_key(request_id)).await? else { return Ok(vec![]) };
+        let record = RequestRecord::from_item(&item)?;
+        if record.state != RequestState::Granted || !matches!(record.step.as_str(), "LOCAL_SCHEDULED" | "LOCAL_DELAYED") {
+            return Ok(vec![]);
+        }
+        let now = backend.clock.now_ms();
+        let events = vec![self.event(&record, RequestState::Success, vec![])];
+        let mut ops = vec![TxOp::Update {
+            table: self.table.clone(),
+            key: item.key.clone(),
+            updates: vec![
+                Update::set("state", RequestState::Success.as_str()),
+                Update::set("step", "DONE"),
+                Update::remove("parked"),
+                Update::remove("dueShard"),
+                Update::remove("dueAt"),
+                Update::remove("pendingFeature"),
+            ],
+            cond: Some(Cond::And(vec![Cond::eq("state", RequestState::Granted.as_str()), Cond::eq("step", record.step.clone())])),
+        }];
+        ops.extend(session_op(&self.table, &record, Outcome::Done { released: true, changed: false }));
+        ops.extend(events.iter().map(|e| self.outbox.stage(e, now)));
+        match backend.table.transact(ops).await {
+            Ok(()) => Ok(events),
+            Err(PortError::TransactionCanceled { .. }) => Ok(vec![]),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Moves up to `limit` requests whose remote step is past its deadline to the step's error step,
     /// with their ERROR events; returns the events to send.
     pub async fn expire_remote_steps(&self, backend: &Backend, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
