@@ -527,3 +527,31 @@ async fn a_confirmation_after_an_error_finishes_the_request_and_an_error_after_a
     assert_eq!((session["runningReferencingRequests"].as_i64(), session["inErrorReferencingRequests"].as_i64()), (Some(0), Some(0)));
     assert!(f.drain("storage-ready-dead-letter").await.is_empty());
 }
+
+#[tokio::test]
+async fn s3_sources_are_copied_in_place_when_the_etag_is_the_md5_and_streamed_otherwise() {
+    use sha2::Digest as _;
+    let f = fixture().await;
+    let data = b"an object already in a bucket".to_vec();
+    let reader: granary_ports::BlobReader = Box::pin(std::io::Cursor::new(data.clone()));
+    f.backend.blobs.put("incoming", "products/raw.bin", reader, granary_ports::StorageClass::Online).await.unwrap();
+    let sha256 = hex::encode(sha2::Sha256::digest(&data));
+    let mut by_sha = file_entry("s3://incoming/products/raw.bin", "RAWDATA", data.len(), &sha256);
+    by_sha["attributes"]["algorithm"] = json!("SHA-256");
+    let files = vec![file_entry("s3://incoming/products/raw.bin", "RAWDATA", data.len(), &md5_hex(&data))];
+    f.submit("s1", &creation("by-md5", files, json!([{"pluginBusinessId": "online"}]))).await;
+    f.submit("s2", &creation("by-sha", vec![by_sha], json!([{"pluginBusinessId": "nearline"}]))).await;
+    let missing = vec![file_entry("s3://incoming/products/none.bin", "RAWDATA", 3, &md5_hex(b"abc"))];
+    f.submit("s3", &creation("missing", missing, json!([{"pluginBusinessId": "online"}]))).await;
+    let events = f.run_worker().await;
+    f.deliver_events(&events).await;
+    assert_eq!(state(&f.request("s1").await), pair("SUCCESS", "DONE"));
+    assert_eq!(state(&f.request("s2").await), pair("SUCCESS", "DONE"));
+    let s3 = f.request("s3").await;
+    assert_eq!(state(&s3), pair("ERROR", "REMOTE_STORAGE_ERROR"));
+    assert!(s3["errors"][0].as_str().unwrap().contains("no such object"), "{s3}");
+    let copied = f.backend.blobs.head("storage", &format!("online/{}", md5_hex(&data))).await.unwrap().unwrap();
+    assert_eq!(copied.size, data.len() as u64);
+    let streamed = f.backend.blobs.head("storage", &format!("nearline/{sha256}")).await.unwrap().unwrap();
+    assert_eq!((streamed.size, streamed.class), (data.len() as u64, granary_ports::StorageClass::Nearline));
+}
