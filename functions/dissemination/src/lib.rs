@@ -1,0 +1,229 @@
+//! `dissemination`: delivers each notification (`{metadata: {action, sessionOwner, session, requestId,
+//! requestOwner}, payload: feature, recipients?}`) to each recipient that wants it: an SQS queue, or a
+//! webhook POSTed the body signed with the recipient's secret. Every delivery carries the
+//! notification's deterministic id (`<urn>:<action>:<requestId>`) so a receiver drops a redelivery,
+//! and is recorded once per feature and recipient.
+//!
+//! Recipients fail alone: the ones a delivery failed for get a copy of the notification of their own,
+//! delayed with exponential backoff (attributes `granary.recipients`, `granary.attempt`), while the
+//! others are done. After `GRANARY_NOTIFICATION_ATTEMPTS` attempts the copy goes to the notification
+//! dead-letter queue with its reason, and the request to ERROR / REMOTE_NOTIFICATION_ERROR with the
+//! notification kept, so that an admin's retry sends it again.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use granary_domain::dissemination::{EVENT_ID_HEADER, NotificationFacts, Recipient, SIGNATURE_HEADER, Target, notification_id, sign};
+use granary_lambda::{Config, sqs};
+use granary_ports::{Backend, OutgoingMessage};
+use granary_stores::StoreError;
+use granary_stores::dissemination::{DisseminationLog, RecipientCache, RecipientStore};
+use granary_stores::outbox::{Outbox, OutboxEvent};
+use granary_stores::recovery::Recovery;
+use granary_stores::requests::Parked;
+use lambda_runtime::LambdaEvent;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The attribute naming the recipients a retried copy is for (comma-separated labels).
+pub const ATTR_RECIPIENTS: &str = "granary.recipients";
+/// The attribute counting a copy's attempts.
+pub const ATTR_ATTEMPT: &str = "granary.attempt";
+/// The attribute naming why a notification was dead-lettered.
+pub const ATTR_REASON: &str = "granary.dead-letter.reason";
+
+/// The handler and what it needs, built once per cold start.
+#[derive(Debug)]
+pub struct Dissemination {
+    backend: Backend,
+    config: Config,
+    recipients: RecipientCache,
+    log: DisseminationLog,
+    recovery: Recovery,
+    http: reqwest::Client,
+    attempts: u32,
+    first_delay: Duration,
+    dead_letter_queue: String,
+}
+
+/// What became of one notification.
+enum Fate {
+    Done(Vec<OutboxEvent>),
+    Retry(String),
+}
+
+impl Dissemination {
+    /// The handler over `backend`: recipients read again every `GRANARY_MODEL_CACHE_SECS`, at most
+    /// `GRANARY_NOTIFICATION_ATTEMPTS` (default 6) attempts per recipient, the first retry after
+    /// `GRANARY_NOTIFICATION_RETRY_SECS` (default 5) and each next one twice later (at most 15 minutes).
+    pub fn new(backend: Backend, config: Config) -> Result<Self, String> {
+        use granary_lambda::config::{env_number, env_or};
+        let ttl = env_number("GRANARY_MODEL_CACHE_SECS", 30u64)?;
+        let attempts = env_number("GRANARY_NOTIFICATION_ATTEMPTS", 6u32)?.max(1);
+        let first_delay = Duration::from_secs(env_number("GRANARY_NOTIFICATION_RETRY_SECS", 5u64)?);
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            recipients: RecipientCache::new(RecipientStore::new(&config.features_table), Duration::from_secs(ttl)),
+            log: DisseminationLog::new(&config.features_table),
+            recovery: Recovery::new(&config.requests_table, &config.response_queue),
+            dead_letter_queue: env_or("GRANARY_NOTIFICATION_DEAD_LETTER_QUEUE", "feature-notification-dead-letter"),
+            backend,
+            config,
+            http,
+            attempts,
+            first_delay,
+        })
+    }
+
+    /// Handles one SQS batch; only notifications that hit a failure of Granary's own storage are retried
+    /// by SQS (a recipient's failure is retried by a delayed copy).
+    pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+        let mut failed = Vec::new();
+        let mut events = Vec::new();
+        for msg in &event.payload.records {
+            match self.disseminate(msg).await {
+                Fate::Done(e) => events.extend(e),
+                Fate::Retry(error) => {
+                    tracing::warn!(message_id = ?msg.message_id, %error, "notification not handled; SQS will redeliver it");
+                    failed.push(msg.message_id.clone().unwrap_or_default());
+                }
+            }
+        }
+        if let Err(e) = Outbox::new(&self.config.requests_table).flush(&self.backend, &events).await {
+            tracing::warn!(error = %e, "events left to the outbox relay");
+        }
+        Ok(sqs::batch_response(failed))
+    }
+
+    async fn disseminate(&self, msg: &SqsMessage) -> Fate {
+        let text = msg.body.as_deref().unwrap_or_default();
+        let body: Value = match serde_json::from_str::<Value>(text) {
+            Ok(b) if b.get("payload").is_some() && b.get("metadata").is_some() => b,
+            Ok(_) => return self.dead_letter(msg, "not a notification: it needs metadata and payload".into()).await,
+            Err(e) => return self.dead_letter(msg, format!("body is not JSON: {e}")).await,
+        };
+        let field = |p: &str| body.pointer(p).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let urn = field("/payload/urn");
+        let request_id = field("/metadata/requestId");
+        let event_id = sqs::attribute(msg, "granary.event.id")
+            .map(str::to_owned)
+            .unwrap_or_else(|| notification_id(&urn, &field("/metadata/action"), &request_id));
+        let attempt: u32 = sqs::attribute(msg, ATTR_ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(0);
+        let recipients = match self.recipients.get(&self.backend).await {
+            Ok(r) => r,
+            Err(e) => return Fate::Retry(e.to_string()),
+        };
+        let facts = NotificationFacts::of(&body);
+        let named: Option<Vec<String>> =
+            sqs::attribute(msg, ATTR_RECIPIENTS).map(|r| r.split(',').map(str::to_owned).collect()).or_else(|| {
+                body.get("recipients").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            });
+        let targets: Vec<&(String, Recipient)> = recipients
+            .all
+            .iter()
+            .filter(|(label, r)| match &named {
+                Some(labels) => labels.contains(label),
+                None => r.filter.accepts(&facts),
+            })
+            .collect();
+        let mut failures = Vec::new();
+        for (label, recipient) in targets {
+            match self.deliver(recipient, text, &event_id).await {
+                Ok(()) => {
+                    if let Err(e) = self.log.delivered(&self.backend, &urn, label, recipient, &event_id).await {
+                        return Fate::Retry(e.to_string());
+                    }
+                    tracing::info!(%label, %event_id, "notification delivered");
+                }
+                Err(e) => failures.push((label.clone(), e)),
+            }
+        }
+        let mut events = Vec::new();
+        if failures.is_empty() {
+            if sqs::attribute(msg, sqs::ATTR_RELEASED).is_some() && !request_id.is_empty() {
+                // An admin's retry of a request whose notification had failed: done now.
+                match self.recovery.notification_delivered(&self.backend, &request_id).await {
+                    Ok(e) => events.extend(e),
+                    Err(e) => return Fate::Retry(e.to_string()),
+                }
+            }
+            return Fate::Done(events);
+        }
+        let labels: Vec<String> = failures.iter().map(|(l, _)| l.clone()).collect();
+        let reasons: Vec<String> = failures.iter().map(|(l, e)| format!("recipient {l}: {e}")).collect();
+        for r in &reasons {
+            tracing::warn!(%event_id, attempt = attempt + 1, reason = %r, "notification not delivered");
+        }
+        let mut copy =
+            OutgoingMessage::new(text).attribute("granary.event.id", event_id.clone()).attribute(ATTR_RECIPIENTS, labels.join(","));
+        if attempt + 1 < self.attempts {
+            // Each next attempt twice later, at most SQS's 15 minutes.
+            let delay = self.first_delay.saturating_mul(1 << attempt.min(16)).min(Duration::from_secs(900));
+            copy = copy.attribute(ATTR_ATTEMPT, (attempt + 1).to_string()).delayed(delay);
+            return match self.backend.queue.send_batch(&self.config.notification_queue, vec![copy]).await {
+                Ok(_) => Fate::Done(events),
+                Err(e) => Fate::Retry(e.to_string()),
+            };
+        }
+        let reason = format!("not delivered after {} attempts: {}", attempt + 1, reasons.join("; "));
+        if !request_id.is_empty() {
+            let mut attributes = BTreeMap::new();
+            attributes.insert("granary.event.id".to_owned(), event_id.clone());
+            attributes.insert(ATTR_RECIPIENTS.to_owned(), labels.join(","));
+            let kept = Parked { due_at: 0, queue: self.config.notification_queue.clone(), body: text.to_owned(), attributes };
+            match self.recovery.record_notification_failed(&self.backend, &request_id, vec![reason.clone()], &kept).await {
+                Ok(e) => events.extend(e),
+                Err(e) if e.is_transient() => return Fate::Retry(e.to_string()),
+                Err(e) => tracing::error!(%request_id, error = %e, "request not marked in error"),
+            }
+        }
+        match self.dead_letter_copy(copy, reason).await {
+            Ok(()) => Fate::Done(events),
+            Err(e) => Fate::Retry(e.to_string()),
+        }
+    }
+
+    async fn deliver(&self, recipient: &Recipient, body: &str, event_id: &str) -> Result<(), String> {
+        match &recipient.target {
+            Target::Queue { queue } => {
+                // A queue URL names its queue last.
+                let name = queue.rsplit('/').next().unwrap_or(queue);
+                let message = OutgoingMessage::new(body).attribute("granary.event.id", event_id);
+                self.backend.queue.send_batch(name, vec![message]).await.map(drop).map_err(|e| e.to_string())
+            }
+            Target::Webhook { url } => {
+                let signature = sign(recipient.secret.as_deref().unwrap_or_default(), body.as_bytes());
+                let response = self
+                    .http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .header(SIGNATURE_HEADER, signature)
+                    .header(EVENT_ID_HEADER, event_id)
+                    .body(body.to_owned())
+                    .send()
+                    .await
+                    .map_err(|e| format!("cannot reach {url}: {e}"))?;
+                if response.status().is_success() { Ok(()) } else { Err(format!("{url} answered {}", response.status())) }
+            }
+            Target::Sns { .. } => Err("SNS topics are not available yet".into()),
+        }
+    }
+
+    async fn dead_letter(&self, msg: &SqsMessage, reason: String) -> Fate {
+        tracing::warn!(message_id = ?msg.message_id, %reason, "notification dropped to the dead-letter queue");
+        match self.dead_letter_copy(OutgoingMessage::new(msg.body.clone().unwrap_or_default()), reason).await {
+            Ok(()) => Fate::Done(vec![]),
+            Err(e) => Fate::Retry(e.to_string()),
+        }
+    }
+
+    async fn dead_letter_copy(&self, message: OutgoingMessage, reason: String) -> Result<(), StoreError> {
+        let mut message = message.attribute(ATTR_REASON, reason);
+        message.delay = None;
+        self.backend.queue.send_batch(&self.dead_letter_queue, vec![message]).await?;
+        Ok(())
+    }
+}
