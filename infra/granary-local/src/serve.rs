@@ -15,6 +15,8 @@ use granary_embedded::{Embedded, SignedUrlError};
 use granary_lambda::Config;
 use granary_ports::BlobStore;
 use http::{HeaderMap, Method, StatusCode, Uri};
+use acknowledgement::Acknowledgement;
+use dissemination::Dissemination;
 use outbox_relay::OutboxRelay;
 use serde_json::json;
 use std::collections::HashMap;
@@ -141,6 +143,27 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         ready_handler,
         stop_rx.clone(),
     ));
+    // Dissemination: notifications to recipients, and their acknowledgements.
+    let dissemination = Arc::new(Dissemination::new(backend.clone(), config.clone()).map_err(LocalError::Config)?);
+    let dissemination_handler = Arc::new(move |e| {
+        let f = dissemination.clone();
+        async move { f.handle(e).await }
+    });
+    workers.spawn(run_sqs_source(
+        backend.clone(),
+        "dissemination",
+        vec![config.notification_queue.clone()],
+        10,
+        dissemination_handler,
+        stop_rx.clone(),
+    ));
+    let acks = Arc::new(Acknowledgement::new(backend.clone(), config.clone()));
+    let ack_handler = Arc::new(move |e| {
+        let f = acks.clone();
+        async move { f.handle(e).await }
+    });
+    let ack_queue = granary_lambda::config::env_or("GRANARY_ACK_QUEUE", "feature-ack");
+    workers.spawn(run_sqs_source(backend.clone(), "acknowledgement", vec![ack_queue], 10, ack_handler, stop_rx.clone()));
     let relay = Arc::new(OutboxRelay::new(backend.clone(), &config).map_err(LocalError::Config)?);
     let relay_handler = Arc::new(move |e| {
         let f = relay.clone();
