@@ -56,20 +56,27 @@ impl Dissemination {
     /// `GRANARY_NOTIFICATION_ATTEMPTS` (default 6) attempts per recipient, the first retry after
     /// `GRANARY_NOTIFICATION_RETRY_SECS` (default 5) and each next one twice later (at most 15 minutes).
     pub fn new(backend: Backend, config: Config) -> Result<Self, String> {
-        use granary_lambda::config::{env_number, env_or};
+        use granary_lambda::config::env_number;
         let ttl = env_number("GRANARY_MODEL_CACHE_SECS", 30u64)?;
-        let attempts = env_number("GRANARY_NOTIFICATION_ATTEMPTS", 6u32)?.max(1);
+        let attempts = env_number("GRANARY_NOTIFICATION_ATTEMPTS", 6u32)?;
         let first_delay = Duration::from_secs(env_number("GRANARY_NOTIFICATION_RETRY_SECS", 5u64)?);
+        Self::with_settings(backend, config, Duration::from_secs(ttl), attempts, first_delay)
+    }
+
+    /// The handler reading recipients again every `ttl`, trying each at most `attempts` times, the
+    /// first retry after `first_delay`.
+    pub fn with_settings(backend: Backend, config: Config, ttl: Duration, attempts: u32, first_delay: Duration) -> Result<Self, String> {
+        let attempts = attempts.max(1);
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(15))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
-            recipients: RecipientCache::new(RecipientStore::new(&config.features_table), Duration::from_secs(ttl)),
+            recipients: RecipientCache::new(RecipientStore::new(&config.features_table), ttl),
             log: DisseminationLog::new(&config.features_table),
             recovery: Recovery::new(&config.requests_table, &config.response_queue),
-            dead_letter_queue: env_or("GRANARY_NOTIFICATION_DEAD_LETTER_QUEUE", "feature-notification-dead-letter"),
+            dead_letter_queue: granary_lambda::config::env_or("GRANARY_NOTIFICATION_DEAD_LETTER_QUEUE", "feature-notification-dead-letter"),
             backend,
             config,
             http,
