@@ -532,7 +532,25 @@ async fn aws_backend_on_moto_serves_creation_end_to_end() {
 #[tokio::test]
 async fn http_patch_and_deletion_go_through_the_queue_to_ingest() {
     let dir = tempfile::tempdir().unwrap();
-    let r = Runner::start(dir.path(), &[]);
+    // A recipient "catalog" reading a local queue, for explicit notifications only.
+    let scratch = tempfile::tempdir().unwrap();
+    let template = granary_resources::TEMPLATE.replacen("Resources:\n", "Resources:\n  CatalogQueue:\n    Type: AWS::SQS::Queue\n\n", 1);
+    let template_path = scratch.path().join("template.yaml");
+    std::fs::write(&template_path, template).unwrap();
+    let template_path = template_path.to_str().unwrap().to_owned();
+    {
+        let resources = granary_local::resources::load(Some(Path::new(&template_path))).unwrap();
+        let backend = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).unwrap().backend();
+        let catalog = granary_domain::dissemination::Recipient {
+            target: granary_domain::dissemination::Target::Queue { queue: "catalog".into() },
+            ack_required: false,
+            blocking: false,
+            filter: granary_domain::dissemination::RecipientFilter { actions: vec!["NOTIFIED".into()], ..Default::default() },
+            secret: None,
+        };
+        granary_stores::dissemination::RecipientStore::new("features").put(&backend, "catalog", &catalog, "admin").await.unwrap();
+    }
+    let r = Runner::start(dir.path(), &[("GRANARY_LOCAL_TEMPLATE", &template_path)]);
     let c = client();
     let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
     define_model(&c, &r, dir.path(), "M", &model_m()).await;
@@ -560,9 +578,15 @@ async fn http_patch_and_deletion_go_through_the_queue_to_ingest() {
     let notify = json!({"featuresUrns": [v2], "priority": "HIGH", "recipients": ["catalog"]});
     let done = submit_to_and_wait(&c, &r, &producer, reqwest::Method::POST, "/features/notifications", &notify).await;
     assert_eq!((done["type"].as_str(), done["action"].as_str()), (Some("NOTIFICATION"), Some("NOTIFIED")));
-    let backend = open(dir.path());
-    let notified = backend.queue.receive("feature-notification", 10, None, Duration::from_secs(1)).await.unwrap();
-    assert_eq!(notified.len(), 1, "one notification for recipients");
+    let resources = granary_local::resources::load(Some(Path::new(&template_path))).unwrap();
+    let backend = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).unwrap().backend();
+    let notified = wait_for("the notification to reach the catalog recipient", Duration::from_secs(20), || async {
+        let got = backend.queue.receive("catalog", 10, None, Duration::from_millis(100)).await.ok()?;
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(notified.len(), 1, "one notification, for the recipient named (the automatic ones are filtered out)");
+    assert_eq!(notified[0].attributes["granary.event.id"], format!("{v2}:NOTIFIED:{}", done["requestId"].as_str().unwrap()));
     let n: Value = serde_json::from_str(&notified[0].body).unwrap();
     assert_eq!((n["metadata"]["action"].as_str(), n["payload"]["urn"].as_str()), (Some("NOTIFIED"), v2.as_str().into()));
     let bad =
