@@ -37,6 +37,7 @@ pub struct SubmissionAnswer {
 
 /// One feature version.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct FeatureAnswer {
     /// Its URN.
     pub urn: String,
@@ -44,6 +45,8 @@ pub struct FeatureAnswer {
     pub last: bool,
     /// The GeoJSON feature.
     pub feature: Value,
+    /// What was disseminated of it, per recipient (REGARDS's FeatureDisseminationInfo).
+    pub dissemination_info: Vec<granary_stores::dissemination::DisseminationInfo>,
 }
 
 /// A data model as stored.
@@ -122,4 +125,21 @@ pub struct RequestPageAnswer {
 pub struct LocationList {
     /// Locations by name (REGARDS's `pluginBusinessId`, what `metadata.storages[].pluginBusinessId` names).
     pub locations: granary_domain::storage::Locations,
+}
+
+/// The recipients, and whether features are notified automatically.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RecipientList {
+    /// Whether created, updated and deleted features are notified automatically.
+    pub active: bool,
+    /// Recipients by label (secrets are never shown).
+    pub recipients: std::collections::BTreeMap<String, granary_domain::dissemination::Recipient>,
+}
+
+/// The automatic-notification switch.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, JsonSchema)]
+pub struct NotificationSettings {
+    /// Whether created, updated and deleted features are notified automatically (REGARDS's "active
+    /// notification"; on by default).
+    pub active: bool,
 }

@@ -19,13 +19,15 @@
 //! - `PUT /storage-locations/{name}` (admin): a storage location `{bucket, prefix, class}`; 201 when
 //!   new, 200 when replaced.
 //! - `GET /storage-locations`: the locations in force (configured and defined).
+//! - `PUT /recipients/{label}`, `DELETE /recipients/{label}`, `GET /recipients` (admin): the recipients
+//!   of notifications; `PUT /notification-settings` (admin): the automatic-notification switch.
 
 pub mod answers;
 pub mod openapi;
 
 use answers::{
-    DeniedEntry, FeatureAnswer, GrantedRequest, Link, LocationList, ModelAnswer, PageMetadata, RequestPageAnswer, SessionAnswer,
-    SessionList, SubmissionAnswer,
+    DeniedEntry, FeatureAnswer, GrantedRequest, Link, LocationList, ModelAnswer, NotificationSettings, PageMetadata, RecipientList,
+    RequestPageAnswer, SessionAnswer, SessionList, SubmissionAnswer,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -40,6 +42,7 @@ use granary_lambda::http::{bad_request, body_text, conflict, forbidden, json, no
 use granary_lambda::{Config, Identity};
 use granary_ports::queue::{MAX_MESSAGE_BYTES, batches};
 use granary_ports::{Backend, OutgoingMessage};
+use granary_stores::dissemination::{DisseminationLog, RecipientStore};
 use granary_stores::features::FeatureStore;
 use granary_stores::locations::LocationStore;
 use granary_stores::models::ModelStore;
@@ -64,6 +67,8 @@ pub struct FeatureApi {
     sessions: SessionReader,
     recovery: Recovery,
     locations: LocationStore,
+    recipients: RecipientStore,
+    disseminated: DisseminationLog,
 }
 
 /// The error of a route, answered as problem+json.
@@ -83,7 +88,9 @@ impl FeatureApi {
         let sessions = SessionReader::new(&config.requests_table);
         let recovery = Recovery::new(&config.requests_table, &config.response_queue);
         let locations = LocationStore::new(&config.features_table);
-        Self { backend, config, features, requests, models, sessions, recovery, locations }
+        let recipients = RecipientStore::new(&config.features_table);
+        let disseminated = DisseminationLog::new(&config.features_table);
+        Self { backend, config, features, requests, models, sessions, recovery, locations, recipients, disseminated }
     }
 
     /// Answers one API Gateway (HTTP API) request.
@@ -112,6 +119,10 @@ impl FeatureApi {
             ("GET", ["models", name]) => self.get_model(name).await,
             ("PUT", ["storage-locations", name]) => self.put_location(&identity, name, &req).await,
             ("GET", ["storage-locations"]) => self.list_locations().await,
+            ("PUT", ["recipients", label]) => self.put_recipient(&identity, &percent_decode(label), &req).await,
+            ("DELETE", ["recipients", label]) => self.delete_recipient(&identity, &percent_decode(label)).await,
+            ("GET", ["recipients"]) => self.list_recipients(&identity).await,
+            ("PUT", ["notification-settings"]) => self.put_settings(&identity, &req).await,
             ("GET", ["features", urn]) => self.get_feature(&percent_decode(urn)).await,
             (method, _) => Err(not_found(&format!("no route {method} {path}"))),
         }
@@ -274,6 +285,67 @@ impl FeatureApi {
         let mut locations = self.config.locations();
         locations.extend(self.locations.list(&self.backend).await.map_err(unavailable_on)?);
         Ok(json(200, &LocationList { locations }))
+    }
+
+    async fn put_recipient(&self, identity: &Identity, label: &str, req: &Request) -> RouteResult {
+        if !identity.is_admin() {
+            return Err(forbidden("defining recipients needs the admin group"));
+        }
+        let text = body_text(req.body()).map_err(|e| bad_request(&e, &[]))?;
+        let recipient: granary_domain::dissemination::Recipient =
+            serde_json::from_str(text).map_err(|e| bad_request("the body is not a recipient", &[format!("body: {e}")]))?;
+        let errors = granary_domain::dissemination::check_recipient(label, &recipient);
+        if !errors.is_empty() {
+            return Err(bad_request("invalid recipient", &errors));
+        }
+        let created = self.recipients.put(&self.backend, label, &recipient, &identity.user).await.map_err(unavailable_on)?;
+        let mut shown = recipient;
+        shown.secret = None;
+        let answer = RecipientList {
+            active: self.recipients.active(&self.backend).await.map_err(unavailable_on)?,
+            recipients: [(label.to_owned(), shown)].into(),
+        };
+        Ok(json(if created { 201 } else { 200 }, &answer))
+    }
+
+    async fn delete_recipient(&self, identity: &Identity, label: &str) -> RouteResult {
+        if !identity.is_admin() {
+            return Err(forbidden("removing recipients needs the admin group"));
+        }
+        if self.recipients.delete(&self.backend, label).await.map_err(unavailable_on)? {
+            Ok(Response::builder().status(204).body(Body::Empty).unwrap_or_default())
+        } else {
+            Err(not_found(&format!("no recipient {label}")))
+        }
+    }
+
+    async fn list_recipients(&self, identity: &Identity) -> RouteResult {
+        if !identity.is_admin() {
+            return Err(forbidden("listing recipients needs the admin group"));
+        }
+        let recipients = self
+            .recipients
+            .list(&self.backend)
+            .await
+            .map_err(unavailable_on)?
+            .into_iter()
+            .map(|(label, mut r)| {
+                r.secret = None;
+                (label, r)
+            })
+            .collect();
+        Ok(json(200, &RecipientList { active: self.recipients.active(&self.backend).await.map_err(unavailable_on)?, recipients }))
+    }
+
+    async fn put_settings(&self, identity: &Identity, req: &Request) -> RouteResult {
+        if !identity.is_admin() {
+            return Err(forbidden("changing notification settings needs the admin group"));
+        }
+        let text = body_text(req.body()).map_err(|e| bad_request(&e, &[]))?;
+        let settings: NotificationSettings =
+            serde_json::from_str(text).map_err(|e| bad_request("the body is not {active: true|false}", &[format!("body: {e}")]))?;
+        self.recipients.set_active(&self.backend, settings.active, &identity.user).await.map_err(unavailable_on)?;
+        Ok(json(200, &settings))
     }
 
     async fn get_model(&self, name: &str) -> RouteResult {
@@ -445,7 +517,10 @@ impl FeatureApi {
             return Err(not_found(&format!("no feature {urn}")));
         }
         match self.features.get(&self.backend, &urn).await.map_err(unavailable_on)? {
-            Some(f) => Ok(json(200, &FeatureAnswer { urn: f.urn, last: f.last, feature: f.feature })),
+            Some(f) => {
+                let dissemination_info = self.disseminated.of(&self.backend, &f.urn).await.map_err(unavailable_on)?;
+                Ok(json(200, &FeatureAnswer { urn: f.urn, last: f.last, feature: f.feature, dissemination_info }))
+            }
             None => Err(not_found(&format!("no feature {urn}"))),
         }
     }

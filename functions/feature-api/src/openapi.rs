@@ -2,7 +2,10 @@
 //! from the handlers' own body types, so that it changes when they do. A workspace test fails when a
 //! route of granary-local (or of the template) is missing from it.
 
-use crate::answers::{FeatureAnswer, LocationList, ModelAnswer, RequestPageAnswer, SessionAnswer, SessionList, SubmissionAnswer};
+use crate::answers::{
+    FeatureAnswer, LocationList, ModelAnswer, NotificationSettings, RecipientList, RequestPageAnswer, SessionAnswer, SessionList,
+    SubmissionAnswer,
+};
 use granary_domain::FeatureCreationCollection;
 use granary_domain::request::{FeatureDeletionCollection, FeatureNotificationCollection, FeatureUpdateCollection};
 use granary_lambda::http::Problem;
@@ -206,6 +209,46 @@ pub const OPERATIONS: &[Operation] = &[
         query: &[],
         body: Some(schema::<granary_domain::storage::StorageLocation>),
         ok: (201, schema::<LocationList>),
+        problems: &[400, 403],
+    },
+    Operation {
+        method: "PUT",
+        path: "/recipients/{label}",
+        summary: "Define or replace a recipient of notifications (201 when new, 200 when replaced); its secret is never shown back",
+        who: "admin",
+        query: &[],
+        body: Some(schema::<granary_domain::dissemination::Recipient>),
+        ok: (201, schema::<RecipientList>),
+        problems: &[400, 403],
+    },
+    Operation {
+        method: "DELETE",
+        path: "/recipients/{label}",
+        summary: "Remove a recipient",
+        who: "admin",
+        query: &[],
+        body: None,
+        ok: (204, schema::<()>),
+        problems: &[403, 404],
+    },
+    Operation {
+        method: "GET",
+        path: "/recipients",
+        summary: "The recipients and the automatic-notification switch",
+        who: "admin",
+        query: &[],
+        body: None,
+        ok: (200, schema::<RecipientList>),
+        problems: &[403],
+    },
+    Operation {
+        method: "PUT",
+        path: "/notification-settings",
+        summary: "Turn the automatic notification of created, updated and deleted features on or off",
+        who: "admin",
+        query: &[],
+        body: Some(schema::<NotificationSettings>),
+        ok: (200, schema::<NotificationSettings>),
         problems: &[400, 403],
     },
     Operation {

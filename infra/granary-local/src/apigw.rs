@@ -46,6 +46,10 @@ pub const ROUTES: &[Route] = &[
     Route { method: "GET", template: "/models/{name}", target: Target::FeatureApi, authorized: true },
     Route { method: "PUT", template: "/storage-locations/{name}", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/storage-locations", target: Target::FeatureApi, authorized: true },
+    Route { method: "PUT", template: "/recipients/{label}", target: Target::FeatureApi, authorized: true },
+    Route { method: "DELETE", template: "/recipients/{label}", target: Target::FeatureApi, authorized: true },
+    Route { method: "GET", template: "/recipients", target: Target::FeatureApi, authorized: true },
+    Route { method: "PUT", template: "/notification-settings", target: Target::FeatureApi, authorized: true },
 ];
 
 /// The route serving `method` and `path`, with its path parameters.

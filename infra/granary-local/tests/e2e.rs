@@ -1083,3 +1083,135 @@ async fn a_storage_worker_killed_mid_copy_copies_again_after_a_restart_into_one_
     let object = granary_domain::storage::StoredObject { storage: "online".into(), checksum };
     assert_eq!(granary_stores::owners::FileOwners::new("features").owners(&backend, &object).await.unwrap(), 1, "claimed once");
 }
+
+#[tokio::test]
+async fn recipients_defined_over_http_get_each_notification_once_and_acknowledge() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SECRET: &str = "e2e webhook secret, long enough";
+    // A webhook on 127.0.0.1 that fails its first two calls, then accepts what is correctly signed.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let accepted: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (keep, count) = (accepted.clone(), calls.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (keep, count) = (keep.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                let (head, body) = loop {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    data.extend_from_slice(&buf[..n]);
+                    if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&data[..i]).to_string();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                            .unwrap_or(0);
+                        while data.len() < i + 4 + length {
+                            let n = socket.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            data.extend_from_slice(&buf[..n]);
+                        }
+                        break (head, data[i + 4..].to_vec());
+                    }
+                };
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned()))
+                };
+                let signed = header("X-Granary-Signature").is_some_and(|s| granary_domain::dissemination::verify(SECRET, &body, &s));
+                let status = if count.fetch_add(1, Ordering::SeqCst) < 2 {
+                    "503 Service Unavailable"
+                } else if signed {
+                    keep.lock().unwrap().push(header("X-Granary-Event-Id").unwrap_or_default());
+                    "200 OK"
+                } else {
+                    "401 Unauthorized"
+                };
+                let _ = socket.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let template = granary_resources::TEMPLATE.replacen("Resources:\n", "Resources:\n  MirrorQueue:\n    Type: AWS::SQS::Queue\n\n", 1);
+    let template_path = scratch.path().join("template.yaml");
+    std::fs::write(&template_path, template).unwrap();
+    let template_path = template_path.to_str().unwrap().to_owned();
+    let env =
+        [("GRANARY_LOCAL_TEMPLATE", template_path.as_str()), ("GRANARY_NOTIFICATION_RETRY_SECS", "1"), ("GRANARY_MODEL_CACHE_SECS", "0")];
+    let r = Runner::start(dir.path(), &env);
+    let c = client();
+    let admin = token(dir.path(), "root@example.org", &["--admin"]);
+    let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
+    define_model(&c, &r, dir.path(), "M", &model_m()).await;
+
+    let put = |label: &str, t: &str, body: Value| c.put(r.url(&format!("/recipients/{label}"))).bearer_auth(t).json(&body).send();
+    let mirror = json!({"target": {"type": "queue", "queue": "mirror"}, "ackRequired": true});
+    assert_eq!(put("mirror", &producer, mirror.clone()).await.unwrap().status(), 403);
+    let bad = put("hook", &admin, json!({"target": {"type": "webhook", "url": "http://example.org/x"}, "blocking": true})).await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let problem: Value = bad.json().await.unwrap();
+    assert_eq!(problem["errors"].as_array().unwrap().len(), 3, "https, secret, blocking without ack: {problem}");
+    assert_eq!(put("mirror", &admin, mirror).await.unwrap().status(), 201);
+    let hook = json!({"target": {"type": "webhook", "url": hook_url}, "secret": SECRET, "filter": {"actions": ["CREATED"]}});
+    let created: Value = put("hook", &admin, hook).await.unwrap().json().await.unwrap();
+    assert!(created["recipients"]["hook"].get("secret").is_none(), "the secret is never shown back");
+
+    let record = create_and_wait(&c, &r, &producer, &["disseminated"]).await;
+    let urn = record["urn"].as_str().unwrap().to_owned();
+    let id = format!("{urn}:CREATED:{}", record["requestId"].as_str().unwrap());
+    let url = r.url(&format!("/features/{urn}"));
+    let feature: Value = wait_for("both recipients to have it", Duration::from_secs(30), || async {
+        let v: Value = c.get(&url).bearer_auth(&producer).send().await.ok()?.json().await.ok()?;
+        (v["disseminationInfo"].as_array()?.len() == 2).then_some(v)
+    })
+    .await;
+    let info = feature["disseminationInfo"].as_array().unwrap();
+    let by = |label: &str| info.iter().find(|i| i["label"] == label).unwrap().clone();
+    assert!(by("mirror")["ackDate"].is_null(), "the mirror acknowledges itself");
+    assert_eq!(by("hook")["ackDate"], by("hook")["disseminationDate"], "no acknowledgement needed");
+    assert_eq!(*accepted.lock().unwrap(), vec![id.clone()], "the webhook got it once, after two failures");
+    assert!(calls.load(Ordering::SeqCst) >= 3);
+    let resources = granary_local::resources::load(Some(Path::new(&template_path))).unwrap();
+    let backend = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).unwrap().backend();
+    let got = backend.queue.receive("mirror", 10, None, Duration::from_millis(200)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].attributes["granary.event.id"], id);
+
+    // The mirror acknowledges on the ack queue.
+    let ack = OutgoingMessage::new(json!({"urn": urn, "recipientLabel": "mirror"}).to_string());
+    backend.queue.send_batch("feature-ack", vec![ack]).await.unwrap();
+    wait_for("the acknowledgement", Duration::from_secs(20), || async {
+        let v: Value = c.get(&url).bearer_auth(&producer).send().await.ok()?.json().await.ok()?;
+        v["disseminationInfo"].as_array()?.iter().any(|i| i["label"] == "mirror" && i["ackDate"].is_number()).then_some(())
+    })
+    .await;
+    // Switched off: a new feature reaches no one.
+    let off = c.put(r.url("/notification-settings")).bearer_auth(&admin).json(&json!({"active": false})).send().await.unwrap();
+    assert_eq!(off.status(), 200);
+    let quiet = create_and_wait(&c, &r, &producer, &["not-disseminated"]).await;
+    let listed: Value = c.get(r.url("/recipients")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!((listed["active"].as_bool(), listed["recipients"].as_object().unwrap().len()), (Some(false), 2));
+    let quiet: Value = c
+        .get(r.url(&format!("/features/{}", quiet["urn"].as_str().unwrap())))
+        .bearer_auth(&producer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(quiet["disseminationInfo"].as_array().unwrap().is_empty());
+    assert_eq!(c.delete(r.url("/recipients/hook")).bearer_auth(&admin).send().await.unwrap().status(), 204);
+    assert_eq!(c.delete(r.url("/recipients/hook")).bearer_auth(&admin).send().await.unwrap().status(), 404);
+}
