@@ -11,7 +11,9 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use digest::DynDigest;
 use granary_domain::file::ChecksumAlgorithm;
-use granary_domain::storage::{FileToStore, LocationClass, ReleaseJob, StorageJob, StoredObject, WorkerJob, file_reference_event};
+use granary_domain::storage::{
+    FileToStore, LocationClass, ReleaseJob, StorageJob, StorageLocation, StoredObject, WorkerJob, file_reference_event,
+};
 use granary_lambda::{Config, sqs};
 use granary_ports::{Backend, BlobReader, OutgoingMessage, PortError, StorageClass};
 use granary_stores::locations::{LocationCache, LocationStore};
@@ -142,18 +144,17 @@ impl StorageWorker {
     }
 
     /// Stores every file of `job` and reports each on the storage-ready queue.
-    pub async fn run_job(&self, job: &StorageJob) -> Result<(), String> {
-        self.run(job).await.map_err(|Transient(e)| e)
-    }
-
     async fn run(&self, job: &StorageJob) -> Result<(), Transient> {
         let mut reports = Vec::with_capacity(job.files.len());
         for file in &job.files {
             let locations = self.locations.get(&self.backend, &[file.storage.as_str()]).await.map_err(|e| Transient(e.to_string()))?;
-            if let Some(location) = locations.get(&file.storage) {
-                self.claim(job, file, &location.bucket).await?;
-            }
-            let result = self.store(file).await?;
+            let result = match locations.get(&file.storage) {
+                Some(location) => {
+                    self.claim(job, file, &location.bucket).await?;
+                    self.store(file, location).await?
+                }
+                None => Err(format!("no storage location is named {:?}", file.storage)),
+            };
             match &result {
                 Ok(url) => tracing::info!(request_id = %job.request_id, checksum = %file.checksum, %url, "file stored"),
                 Err(cause) => tracing::warn!(request_id = %job.request_id, checksum = %file.checksum, %cause, "file not stored"),
@@ -171,11 +172,7 @@ impl StorageWorker {
 
     /// Copies one file: `Ok(Ok(url))` stored, `Ok(Err(cause))` the file cannot be stored (its source or
     /// its declaration is wrong), `Err` the destination failed and a retry may work.
-    async fn store(&self, file: &FileToStore) -> Result<Result<String, String>, Transient> {
-        let locations = self.locations.get(&self.backend, &[file.storage.as_str()]).await.map_err(|e| Transient(e.to_string()))?;
-        let Some(location) = locations.get(&file.storage) else {
-            return Ok(Err(format!("no storage location is named {:?}", file.storage)));
-        };
+    async fn store(&self, file: &FileToStore, location: &StorageLocation) -> Result<Result<String, String>, Transient> {
         let class = match location.class {
             LocationClass::Online => StorageClass::Online,
             LocationClass::Nearline => StorageClass::Nearline,

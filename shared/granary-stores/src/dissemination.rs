@@ -51,22 +51,17 @@ impl RecipientStore {
 
     /// Every recipient, by label.
     pub async fn list(&self, backend: &Backend) -> Result<Vec<(String, Recipient)>, StoreError> {
-        let mut q = Query::partition(&self.table, RECIPIENTS);
-        let mut out = Vec::new();
-        loop {
-            let page = backend.table.query(q.clone()).await?;
-            for item in &page.items {
+        crate::all_items(backend, Query::partition(&self.table, RECIPIENTS))
+            .await?
+            .into_iter()
+            .map(|item| {
                 let r = item
                     .get("recipient")
                     .and_then(|r| serde_json::from_value(r.clone()).ok())
                     .ok_or_else(|| StoreError::Malformed(format!("{RECIPIENTS}/{}", item.key.sk), "recipient".into()))?;
-                out.push((item.key.sk.clone(), r));
-            }
-            match page.next {
-                Some(c) => q.after = Some(c),
-                None => return Ok(out),
-            }
-        }
+                Ok((item.key.sk, r))
+            })
+            .collect()
     }
 
     /// Whether features are notified automatically (on by default, as in REGARDS).

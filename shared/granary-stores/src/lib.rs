@@ -13,7 +13,7 @@ pub mod requests;
 pub mod sessions;
 pub mod storage;
 
-use granary_ports::PortError;
+use granary_ports::{Backend, Item, PortError, Query};
 use thiserror::Error;
 
 /// What a store operation can fail with.
@@ -50,6 +50,19 @@ impl StoreError {
             StoreError::Contention(..) => true,
             StoreError::Port(e) => e.is_transient(),
             _ => false,
+        }
+    }
+}
+
+/// Every item `query` matches, reading page after page.
+pub(crate) async fn all_items(backend: &Backend, mut query: Query) -> Result<Vec<Item>, StoreError> {
+    let mut items = Vec::new();
+    loop {
+        let page = backend.table.query(query.clone()).await?;
+        items.extend(page.items);
+        match page.next {
+            Some(c) => query.after = Some(c),
+            None => return Ok(items),
         }
     }
 }

@@ -36,22 +36,17 @@ impl LocationStore {
 
     /// Every admin-defined location.
     pub async fn list(&self, backend: &Backend) -> Result<Locations, StoreError> {
-        let mut q = Query::partition(&self.table, PARTITION);
-        let mut out = Locations::new();
-        loop {
-            let page = backend.table.query(q.clone()).await?;
-            for item in &page.items {
+        crate::all_items(backend, Query::partition(&self.table, PARTITION))
+            .await?
+            .into_iter()
+            .map(|item| {
                 let location = item
                     .get("location")
                     .and_then(|l| serde_json::from_value(l.clone()).ok())
                     .ok_or_else(|| StoreError::Malformed(format!("{PARTITION}/{}", item.key.sk), "location".into()))?;
-                out.insert(item.key.sk.clone(), location);
-            }
-            match page.next {
-                Some(c) => q.after = Some(c),
-                None => return Ok(out),
-            }
-        }
+                Ok((item.key.sk, location))
+            })
+            .collect()
     }
 }
 

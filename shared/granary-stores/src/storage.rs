@@ -330,16 +330,7 @@ fn request_event(record: &RequestRecord, state: RequestState, errors: Vec<String
 }
 
 async fn all_tasks(backend: &Backend, requests: &str, request_id: &str) -> Result<Vec<Item>, StoreError> {
-    let mut q = Query::partition(requests, format!("R#{request_id}")).sorted(SortCond::BeginsWith("S#".into()));
-    let mut items = Vec::new();
-    loop {
-        let page = backend.table.query(q.clone()).await?;
-        items.extend(page.items);
-        match page.next {
-            Some(c) => q.after = Some(c),
-            None => return Ok(items),
-        }
-    }
+    crate::all_items(backend, Query::partition(requests, format!("R#{request_id}")).sorted(SortCond::BeginsWith("S#".into()))).await
 }
 
 /// Retries the storage of a request in REMOTE_STORAGE_ERROR: its files not stored go back to
