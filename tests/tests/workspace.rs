@@ -134,10 +134,7 @@ fn the_openapi_document_covers_every_route_and_only_those() {
     }
     // The copy in docs/ is the generated one.
     let committed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("docs/openapi.json")).unwrap()).unwrap();
-    assert!(
-        committed == doc,
-        "docs/openapi.json is stale: cargo run -q -p granary-local -- openapi > docs/openapi.json"
-    );
+    assert!(committed == doc, "docs/openapi.json is stale: cargo run -q -p granary-local -- openapi > docs/openapi.json");
 }
 
 #[test]
