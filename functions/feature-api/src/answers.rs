@@ -143,3 +143,68 @@ pub struct NotificationSettings {
     /// notification"; on by default).
     pub active: bool,
 }
+
+/// A dataset as users find it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetAnswer {
+    /// The dataset's URN (its latest version).
+    pub urn: String,
+    /// Its providerId, which products name in their `tags`.
+    pub provider_id: String,
+    /// `properties.label`, else the providerId.
+    pub label: String,
+    /// Who may see it (`public`: everyone).
+    pub access_groups: Vec<String>,
+    /// Its properties.
+    pub properties: Value,
+    /// Its files (RAWDATA ones go with any order of its products).
+    pub files: Vec<granary_domain::catalog::ProductFile>,
+}
+
+/// The datasets a caller may see, in REGARDS's paged shape (one page).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DatasetPage {
+    /// The datasets.
+    pub content: Vec<DatasetAnswer>,
+    /// Page metadata.
+    pub metadata: PageMetadata,
+    /// Always empty: every visible dataset is on the one page.
+    pub links: Vec<Link>,
+}
+
+/// A product as users find it: its latest version, with its files as an order sees them.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductAnswer {
+    /// The product's URN.
+    pub urn: String,
+    /// Its providerId.
+    pub provider_id: String,
+    /// DATA or DATASET.
+    pub entity_type: String,
+    /// Its data model.
+    pub model: String,
+    /// The datasets (and other tags) it names.
+    pub tags: Vec<String>,
+    /// Its GeoJSON geometry.
+    pub geometry: Value,
+    /// Its properties.
+    pub properties: Value,
+    /// Its files: type, size, checksum, whether online, whether only referenced.
+    pub files: Vec<granary_domain::catalog::ProductFile>,
+    /// Whether it is the latest version (on `GET /products/{urn}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last: Option<bool>,
+}
+
+/// A page of products, in REGARDS's paged shape.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ProductPage {
+    /// The products, in the catalog's order.
+    pub content: Vec<ProductAnswer>,
+    /// Page metadata.
+    pub metadata: PageMetadata,
+    /// `next` when more may follow.
+    pub links: Vec<Link>,
+}

@@ -21,9 +21,12 @@
 //! - `GET /storage-locations`: the locations in force (configured and defined).
 //! - `PUT /recipients/{label}`, `DELETE /recipients/{label}`, `GET /recipients` (admin): the recipients
 //!   of notifications; `PUT /notification-settings` (admin): the automatic-notification switch.
+//! - `GET /datasets`, `GET /datasets/{dataset}/products`, `GET /products/{urn}`, and the same under
+//!   `/public` for anonymous callers: the catalog (see `search`).
 
 pub mod answers;
 pub mod openapi;
+mod search;
 
 use answers::{
     DeniedEntry, FeatureAnswer, GrantedRequest, Link, LocationList, ModelAnswer, NotificationSettings, PageMetadata, RecipientList,
@@ -32,6 +35,7 @@ use answers::{
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use granary_domain::RequestState;
+use granary_domain::catalog::Reader;
 use granary_domain::model::{ModelError, compile_model};
 use granary_domain::request::{
     FeatureDeletionCollection, FeatureDeletionRequestEvent, FeatureNotificationCollection, FeatureNotificationRequestEvent,
@@ -42,6 +46,7 @@ use granary_lambda::http::{bad_request, body_text, conflict, forbidden, json, no
 use granary_lambda::{Config, Identity};
 use granary_ports::queue::{MAX_MESSAGE_BYTES, batches};
 use granary_ports::{Backend, OutgoingMessage};
+use granary_stores::catalog::Catalog;
 use granary_stores::dissemination::{DisseminationLog, RecipientStore};
 use granary_stores::features::FeatureStore;
 use granary_stores::locations::LocationStore;
@@ -69,6 +74,7 @@ pub struct FeatureApi {
     locations: LocationStore,
     recipients: RecipientStore,
     disseminated: DisseminationLog,
+    catalog: Catalog,
 }
 
 /// The error of a route, answered as problem+json.
@@ -90,7 +96,8 @@ impl FeatureApi {
         let locations = LocationStore::new(&config.features_table);
         let recipients = RecipientStore::new(&config.features_table);
         let disseminated = DisseminationLog::new(&config.features_table);
-        Self { backend, config, features, requests, models, sessions, recovery, locations, recipients, disseminated }
+        let catalog = Catalog::new(&config.features_table);
+        Self { backend, config, features, requests, models, sessions, recovery, locations, recipients, disseminated, catalog }
     }
 
     /// Answers one API Gateway (HTTP API) request.
@@ -99,10 +106,26 @@ impl FeatureApi {
     }
 
     async fn route(&self, req: Request) -> RouteResult {
-        let identity = Identity::from_request(&req, &self.config.groups_claim).ok_or_else(unauthorized)?;
         let path = req.uri().path().trim_end_matches('/').to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        // Anonymous reads of the public catalog: routes without the JWT authorizer.
+        if let ["public", rest @ ..] = segments.as_slice() {
+            let reader = Reader::anonymous();
+            return match (req.method().as_str(), rest) {
+                ("GET", ["datasets"]) => self.list_datasets(&reader).await,
+                ("GET", ["datasets", dataset, "products"]) => {
+                    self.search_products(&reader, &percent_decode(dataset), &req, "/public").await
+                }
+                ("GET", ["products", urn]) => self.get_product(&reader, &percent_decode(urn)).await,
+                (method, _) => Err(not_found(&format!("no route {method} {path}"))),
+            };
+        }
+        let identity = Identity::from_request(&req, &self.config.groups_claim).ok_or_else(unauthorized)?;
+        let reader = Reader { admin: identity.is_admin(), groups: identity.groups.clone() };
         match (req.method().as_str(), segments.as_slice()) {
+            ("GET", ["datasets"]) => self.list_datasets(&reader).await,
+            ("GET", ["datasets", dataset, "products"]) => self.search_products(&reader, &percent_decode(dataset), &req, "").await,
+            ("GET", ["products", urn]) => self.get_product(&reader, &percent_decode(urn)).await,
             ("POST", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Creation).await,
             ("PATCH", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Patch).await,
             ("DELETE", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Deletion).await,

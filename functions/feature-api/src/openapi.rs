@@ -3,8 +3,8 @@
 //! route of granary-local (or of the template) is missing from it.
 
 use crate::answers::{
-    FeatureAnswer, LocationList, ModelAnswer, NotificationSettings, RecipientList, RequestPageAnswer, SessionAnswer, SessionList,
-    SubmissionAnswer,
+    DatasetPage, FeatureAnswer, LocationList, ModelAnswer, NotificationSettings, ProductAnswer, ProductPage, RecipientList,
+    RequestPageAnswer, SessionAnswer, SessionList, SubmissionAnswer,
 };
 use granary_domain::FeatureCreationCollection;
 use granary_domain::request::{FeatureDeletionCollection, FeatureNotificationCollection, FeatureUpdateCollection};
@@ -59,6 +59,21 @@ pub struct Operation {
 }
 
 const SUBMISSION_PROBLEMS: &[u16] = &[400, 403, 413];
+
+/// Who may call the anonymous catalog routes; their operations carry no security requirement.
+const ANYONE: &str = "anyone, without a token (public datasets only)";
+
+const SEARCH_QUERY: &[QueryParam] = &[
+    QueryParam { name: "from", description: "ISO-8601: the date property (GRANARY_SEARCH_DATE_PROPERTY) at or after this instant" },
+    QueryParam { name: "to", description: "ISO-8601: the date property at or before this instant" },
+    QueryParam { name: "bbox", description: "minLon,minLat,maxLon,maxLat: the geometry intersects this box" },
+    QueryParam {
+        name: "property.<name>",
+        description: "a property (dotted path under properties) equal to this value; repeatable with other names",
+    },
+    QueryParam { name: "size", description: "products per page, 1 to 500 (default 20)" },
+    QueryParam { name: "page", description: "the cursor of the previous page's next link" },
+];
 
 /// Every operation feature-api serves.
 pub const OPERATIONS: &[Operation] = &[
@@ -261,6 +276,66 @@ pub const OPERATIONS: &[Operation] = &[
         ok: (200, schema::<LocationList>),
         problems: &[],
     },
+    Operation {
+        method: "GET",
+        path: "/datasets",
+        summary: "The datasets the caller may see (public ones, those of the caller's access groups; all for admins), each with its files",
+        who: "any authenticated user",
+        query: &[],
+        body: None,
+        ok: (200, schema::<DatasetPage>),
+        problems: &[],
+    },
+    Operation {
+        method: "GET",
+        path: "/datasets/{dataset}/products",
+        summary: "Search a dataset's products (latest versions) by time range, bounding box and property equality; 404 for a dataset the caller may not see",
+        who: "any authenticated user",
+        query: SEARCH_QUERY,
+        body: None,
+        ok: (200, schema::<ProductPage>),
+        problems: &[400, 404],
+    },
+    Operation {
+        method: "GET",
+        path: "/products/{urn}",
+        summary: "One product version with its files; 404 when none of its datasets is visible to the caller",
+        who: "any authenticated user",
+        query: &[],
+        body: None,
+        ok: (200, schema::<ProductAnswer>),
+        problems: &[400, 404],
+    },
+    Operation {
+        method: "GET",
+        path: "/public/datasets",
+        summary: "The public datasets",
+        who: ANYONE,
+        query: &[],
+        body: None,
+        ok: (200, schema::<DatasetPage>),
+        problems: &[],
+    },
+    Operation {
+        method: "GET",
+        path: "/public/datasets/{dataset}/products",
+        summary: "Search a public dataset's products",
+        who: ANYONE,
+        query: SEARCH_QUERY,
+        body: None,
+        ok: (200, schema::<ProductPage>),
+        problems: &[400, 404],
+    },
+    Operation {
+        method: "GET",
+        path: "/public/products/{urn}",
+        summary: "One product of a public dataset",
+        who: ANYONE,
+        query: &[],
+        body: None,
+        ok: (200, schema::<ProductAnswer>),
+        problems: &[400, 404],
+    },
 ];
 
 fn reason(status: u16) -> &'static str {
@@ -302,7 +377,9 @@ pub fn document() -> Value {
             status => json!({"description": reason(status), "content": {"application/json": {"schema": (op.ok.1)(&mut g)}}}),
         };
         responses.insert(op.ok.0.to_string(), ok);
-        for status in op.problems.iter().chain(&[401, 503]) {
+        let anonymous = op.who == ANYONE;
+        let always: &[u16] = if anonymous { &[503] } else { &[401, 503] };
+        for status in op.problems.iter().chain(always) {
             responses.insert(
                 status.to_string(),
                 json!({"description": reason(*status), "content": {"application/problem+json": {"schema": problem}}}),
@@ -314,6 +391,9 @@ pub fn document() -> Value {
             "parameters": parameters,
             "responses": responses,
         });
+        if anonymous {
+            operation["security"] = json!([]);
+        }
         if let Some(body) = op.body {
             operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body(&mut g)}}});
         }
@@ -325,7 +405,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Granary HTTP API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Feature management over HTTP. Every route takes a JWT bearer token (API Gateway's JWT authorizer; granary-local signs its own). Errors are RFC 9457 problem+json listing every error.",
+            "description": "Feature management and the catalog over HTTP. Every route but those under /public takes a JWT bearer token (API Gateway's JWT authorizer; granary-local signs its own). Errors are RFC 9457 problem+json listing every error.",
         },
         "security": [{"bearerAuth": []}],
         "paths": paths,

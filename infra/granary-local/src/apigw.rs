@@ -50,6 +50,12 @@ pub const ROUTES: &[Route] = &[
     Route { method: "DELETE", template: "/recipients/{label}", target: Target::FeatureApi, authorized: true },
     Route { method: "GET", template: "/recipients", target: Target::FeatureApi, authorized: true },
     Route { method: "PUT", template: "/notification-settings", target: Target::FeatureApi, authorized: true },
+    Route { method: "GET", template: "/datasets", target: Target::FeatureApi, authorized: true },
+    Route { method: "GET", template: "/datasets/{dataset}/products", target: Target::FeatureApi, authorized: true },
+    Route { method: "GET", template: "/products/{urn}", target: Target::FeatureApi, authorized: true },
+    Route { method: "GET", template: "/public/datasets", target: Target::FeatureApi, authorized: false },
+    Route { method: "GET", template: "/public/datasets/{dataset}/products", target: Target::FeatureApi, authorized: false },
+    Route { method: "GET", template: "/public/products/{urn}", target: Target::FeatureApi, authorized: false },
 ];
 
 /// The route serving `method` and `path`, with its path parameters.

@@ -2,6 +2,7 @@
 //! Pure functions and types only; no I/O, so every rule is unit-tested exhaustively.
 
 pub mod body;
+pub mod catalog;
 pub mod dissemination;
 pub mod feature;
 pub mod file;

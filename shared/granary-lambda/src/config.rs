@@ -51,6 +51,13 @@ pub struct Config {
     /// How long a request may wait for its files to be stored before it times out
     /// (`GRANARY_STORAGE_TIMEOUT_SECS`, default 4 hours).
     pub storage_timeout_secs: u64,
+    /// The orders table: baskets, orders, suborders, order files (`GRANARY_ORDERS_TABLE`).
+    pub orders_table: String,
+    /// The product property (a dotted path under `properties`) that time-range searches read
+    /// (`GRANARY_SEARCH_DATE_PROPERTY`, default `acquisitionDate`).
+    pub search_date_property: String,
+    /// Most lines of a basket upload (`GRANARY_BASKET_UPLOAD_MAX_LINES`, default 1000).
+    pub basket_upload_max_lines: usize,
 }
 
 /// The locations used when `GRANARY_STORAGE_LOCATIONS` is unset: `online` and `nearline`, two prefixes
@@ -100,13 +107,20 @@ impl Config {
                 _ => Ok(default_locations(&env_or("GRANARY_STORAGE_BUCKET", "storage"))),
             },
             storage_timeout_secs: lookup("GRANARY_STORAGE_TIMEOUT_SECS").and_then(|v| v.parse().ok()).unwrap_or(4 * 3600),
+            orders_table: env_or("GRANARY_ORDERS_TABLE", "orders"),
+            search_date_property: env_or("GRANARY_SEARCH_DATE_PROPERTY", "acquisitionDate"),
+            basket_upload_max_lines: lookup("GRANARY_BASKET_UPLOAD_MAX_LINES").and_then(|v| v.parse().ok()).unwrap_or(1000),
         }
     }
 
     /// Fails when a setting is wrong, naming it: a function refuses to start rather than run half-configured.
     pub fn check(&self) -> Result<(), String> {
         self.storage_locations.as_ref().map(drop).map_err(Clone::clone)?;
-        env_number::<u64>("GRANARY_STORAGE_TIMEOUT_SECS", 0).map(drop)
+        env_number::<u64>("GRANARY_STORAGE_TIMEOUT_SECS", 0).map(drop)?;
+        match env_number::<usize>("GRANARY_BASKET_UPLOAD_MAX_LINES", 1000)? {
+            0 => Err("environment variable GRANARY_BASKET_UPLOAD_MAX_LINES: must be at least 1".into()),
+            _ => Ok(()),
+        }
     }
 
     /// The storage locations (none when misconfigured: [`Config::check`] refuses to start then).

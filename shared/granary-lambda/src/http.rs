@@ -80,3 +80,31 @@ pub fn body_text(body: &Body) -> Result<&str, String> {
         _ => Err("unsupported body".into()),
     }
 }
+
+/// The request a `lambda_http` handler receives from API Gateway's HTTP API for `method` `path?query`
+/// with `body`, called by `caller` (`(user, groups)`, whose claims the JWT authorizer passes on) or
+/// anonymously: what tests and tools hand to a handler in process.
+pub fn apigw_request(method: &str, path: &str, query: &str, body: Option<&str>, caller: Option<(&str, &[&str])>) -> lambda_http::Request {
+    let params: serde_json::Map<String, serde_json::Value> =
+        url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), serde_json::Value::from(v.into_owned()))).collect();
+    let mut context = serde_json::json!({
+        "accountId": "000000000000", "apiId": "test", "domainName": "localhost", "domainPrefix": "test",
+        "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "test"},
+        "requestId": "test", "routeKey": "$default", "stage": "$default", "time": "01/Jan/2026:00:00:00 +0000", "timeEpoch": 0,
+    });
+    if let Some((user, groups)) = caller {
+        context["authorizer"] =
+            serde_json::json!({"jwt": {"claims": {"sub": user, "cognito:groups": format!("[{}]", groups.join(" "))}, "scopes": null}});
+    }
+    let mut event = serde_json::json!({
+        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": query,
+        "headers": {"content-type": "application/json"}, "requestContext": context, "isBase64Encoded": false,
+    });
+    if !params.is_empty() {
+        event["queryStringParameters"] = serde_json::Value::Object(params);
+    }
+    if let Some(b) = body {
+        event["body"] = serde_json::Value::from(b);
+    }
+    lambda_http::request::from_str(&event.to_string()).expect("an API Gateway v2 event lambda_http reads")
+}

@@ -348,8 +348,11 @@ impl FeatureStore {
                 (put, staged.tasks, session)
             }
         };
+        let previous = latest_page.items.first().filter(|_| latest > 0).and_then(|i| i.get("feature"));
+        let catalog = crate::catalog::catalog_ops(&self.features, previous, item.get("feature"));
         let mut ops = vec![request_op, TxOp::Put { table: self.features.clone(), item, cond: Some(Cond::ItemAbsent) }];
         ops.extend(tasks);
+        ops.extend(catalog);
         if latest > 0 && new.override_previous {
             ops.push(TxOp::Delete {
                 table: self.features.clone(),
@@ -437,7 +440,14 @@ impl FeatureStore {
             (request.session_owner, request.session) = read.session.clone().unzip();
             let (revision, stored) = (read.revision, read.feature);
             let (patched, removed) = granary_domain::feature::apply_patch(&stored, patch, &request.request_owner, mode);
-            let guard = if revision == 0 { Cond::absent("revision") } else { Cond::eq("revision", revision) };
+            let mut guard = vec![Cond::ItemExists, if revision == 0 { Cond::absent("revision") } else { Cond::eq("revision", revision) }];
+            // The latest version is copied into the catalog: only while it still is the latest.
+            let catalog = if read.last {
+                guard.push(Cond::eq("last", true));
+                crate::catalog::catalog_ops(&self.features, Some(&stored), Some(&patched))
+            } else {
+                vec![]
+            };
             let mut staged = events(&urn_text);
             staged.extend(self.notification("UPDATED", &patched, &request));
             // Files a REPLACE no longer wants are let go at once.
@@ -459,10 +469,11 @@ impl FeatureStore {
                     table: self.features.clone(),
                     key: key.clone(),
                     updates: vec![Update::set("feature", patched), Update::set("revision", revision + 1), Update::set("updatedAt", now)],
-                    cond: Some(Cond::And(vec![Cond::ItemExists, guard])),
+                    cond: Some(Cond::And(guard)),
                 },
             ];
             ops.extend(tasks);
+            ops.extend(catalog);
             ops.extend(outcome.and_then(|o| session_op(&self.requests, &request, o)));
             ops.extend(staged.iter().map(|e| self.outbox.stage(e, now)));
             match self.commit(backend, &request.request_id, ops).await? {
@@ -510,12 +521,21 @@ impl FeatureStore {
                         .sorted(granary_ports::SortCond::Lt(Value::from(key.sk.clone())))
                         .descending()
                         .limit(1);
-                    if let Some(prev) = backend.table.query(below).await?.items.into_iter().next() {
+                    let prev = backend.table.query(below).await?.items.into_iter().next();
+                    ops.extend(crate::catalog::catalog_ops(
+                        &self.features,
+                        item.get("feature"),
+                        prev.as_ref().and_then(|p| p.get("feature")),
+                    ));
+                    if let Some(prev) = prev {
+                        // Guarded by the revision read: the catalog now copies that very content.
+                        let revision = prev.get_i64("revision").unwrap_or(0);
+                        let guard = if revision == 0 { Cond::absent("revision") } else { Cond::eq("revision", revision) };
                         ops.push(TxOp::Update {
                             table: self.features.clone(),
                             key: prev.key,
                             updates: vec![Update::set("last", true)],
-                            cond: Some(Cond::ItemExists),
+                            cond: Some(Cond::And(vec![Cond::ItemExists, guard])),
                         });
                     }
                 }

@@ -247,9 +247,7 @@ impl StorageTracker {
                     Cond::eq("storageFailed", failed),
                 ])),
             }];
-            if let Some(op) = self.locations_op(backend, &record, &stored).await? {
-                ops.push(op);
-            }
+            ops.extend(self.locations_op(backend, &record, &stored).await?);
             let outcomes = if record.step == STORAGE_STEP {
                 vec![if success { Outcome::Done { released: true, changed: true } } else { Outcome::Failed { was_running: true } }]
             } else {
@@ -278,20 +276,21 @@ impl StorageTracker {
         Err(StoreError::Contention(request_id.to_owned(), MAX_ATTEMPTS))
     }
 
-    /// The write adding the stored locations to the feature's files, guarded by the revision read; none
-    /// when the feature is gone or nothing was stored.
+    /// The write adding the stored locations to the feature's files, guarded by the revision read, with
+    /// the catalog's copy when it is the latest version; none when the feature is gone or nothing was
+    /// stored.
     async fn locations_op(
         &self,
         backend: &Backend,
         record: &RequestRecord,
         stored: &[(FileToStore, String)],
-    ) -> Result<Option<TxOp>, StoreError> {
-        let Some(urn) = record.urn.as_deref().and_then(|u| u.parse::<Urn>().ok()) else { return Ok(None) };
+    ) -> Result<Vec<TxOp>, StoreError> {
+        let Some(urn) = record.urn.as_deref().and_then(|u| u.parse::<Urn>().ok()) else { return Ok(vec![]) };
         if stored.is_empty() {
-            return Ok(None);
+            return Ok(vec![]);
         }
         let key = Key::new(format!("F#{}", urn.uuid), format!("V{:03}", urn.version));
-        let Some(item) = backend.table.get(&self.features, &key).await? else { return Ok(None) };
+        let Some(item) = backend.table.get(&self.features, &key).await? else { return Ok(vec![]) };
         let mut feature = item.get("feature").cloned().unwrap_or(Value::Null);
         let revision = item.get_i64("revision").unwrap_or(0);
         if let Some(files) = feature.get_mut("files").and_then(Value::as_array_mut) {
@@ -307,13 +306,23 @@ impl StorageTracker {
                 }
             }
         }
-        let guard = if revision == 0 { Cond::absent("revision") } else { Cond::eq("revision", revision) };
-        Ok(Some(TxOp::Update {
-            table: self.features.clone(),
-            key,
-            updates: vec![Update::set("feature", feature), Update::set("revision", revision + 1)],
-            cond: Some(Cond::And(vec![Cond::ItemExists, guard])),
-        }))
+        let mut guard = vec![Cond::ItemExists, if revision == 0 { Cond::absent("revision") } else { Cond::eq("revision", revision) }];
+        // The latest version is copied into the catalog: only while it still is the latest.
+        let mut ops = vec![];
+        if item.get("last").and_then(Value::as_bool) == Some(true) {
+            guard.push(Cond::eq("last", true));
+            ops = crate::catalog::catalog_ops(&self.features, item.get("feature"), Some(&feature));
+        }
+        ops.insert(
+            0,
+            TxOp::Update {
+                table: self.features.clone(),
+                key,
+                updates: vec![Update::set("feature", feature), Update::set("revision", revision + 1)],
+                cond: Some(Cond::And(guard)),
+            },
+        );
+        Ok(ops)
     }
 
     fn event(&self, record: &RequestRecord, state: RequestState, errors: Vec<String>) -> OutboxEvent {
