@@ -119,7 +119,7 @@ fn every_local_route_is_declared_in_the_template() {
 
 #[test]
 fn the_openapi_document_covers_every_route_and_only_those() {
-    let doc = feature_api::openapi::document();
+    let doc = granary_local::apigw::openapi_document();
     let paths = doc["paths"].as_object().unwrap();
     for route in granary_local::apigw::ROUTES {
         let op = &paths.get(route.template).unwrap_or(&serde_json::Value::Null)[route.method.to_ascii_lowercase()];

@@ -1,6 +1,5 @@
-//! The OpenAPI 3.1 document of the HTTP API, built from [`OPERATIONS`] and the JSON Schemas derived
-//! from the handlers' own body types, so that it changes when they do. A workspace test fails when a
-//! route of granary-local (or of the template) is missing from it.
+//! feature-api's operations in the OpenAPI document (see [`granary_lambda::openapi`]), with the JSON
+//! Schemas of its own body types.
 
 use crate::answers::{
     DatasetPage, FeatureAnswer, LocationList, ModelAnswer, NotificationSettings, ProductAnswer, ProductPage, RecipientList,
@@ -8,11 +7,10 @@ use crate::answers::{
 };
 use granary_domain::FeatureCreationCollection;
 use granary_domain::request::{FeatureDeletionCollection, FeatureNotificationCollection, FeatureUpdateCollection};
-use granary_lambda::http::Problem;
+use granary_lambda::openapi::{ANYONE, Operation, QueryParam, schema};
 use granary_stores::requests::RequestRecord;
-use schemars::generate::SchemaSettings;
-use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde_json::{Map, Value, json};
+use schemars::JsonSchema;
+use serde_json::Value;
 
 /// A data model definition: either REGARDS's vocabulary `{name, type: DATA|DATASET|COLLECTION,
 /// attributes: [{name, type, optional, restriction}], fragments: [{name, attributes}]}` or a JSON
@@ -21,47 +19,7 @@ use serde_json::{Map, Value, json};
 #[allow(dead_code)] // Only its schema is used.
 struct ModelDefinition(Value);
 
-/// Derives the schema of a body type.
-type SchemaOf = fn(&mut SchemaGenerator) -> Schema;
-
-fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
-    g.subschema_for::<T>()
-}
-
-/// A query parameter of an operation.
-#[derive(Debug, Clone, Copy)]
-pub struct QueryParam {
-    /// Its name.
-    pub name: &'static str,
-    /// What it does.
-    pub description: &'static str,
-}
-
-/// One operation of the HTTP API.
-#[derive(Debug, Clone, Copy)]
-pub struct Operation {
-    /// HTTP method.
-    pub method: &'static str,
-    /// Path template, `{param}` segments as in the template's HttpApi events.
-    pub path: &'static str,
-    /// What it does.
-    pub summary: &'static str,
-    /// Who may call it.
-    pub who: &'static str,
-    /// Query parameters.
-    pub query: &'static [QueryParam],
-    /// The request body's type.
-    pub body: Option<SchemaOf>,
-    /// The success status and the answer's type.
-    pub ok: (u16, SchemaOf),
-    /// The problem+json statuses it may answer besides 401 and 503.
-    pub problems: &'static [u16],
-}
-
 const SUBMISSION_PROBLEMS: &[u16] = &[400, 403, 413];
-
-/// Who may call the anonymous catalog routes; their operations carry no security requirement.
-const ANYONE: &str = "anyone, without a token (public datasets only)";
 
 const SEARCH_QUERY: &[QueryParam] = &[
     QueryParam { name: "from", description: "ISO-8601: the date property (GRANARY_SEARCH_DATE_PROPERTY) at or after this instant" },
@@ -338,82 +296,9 @@ pub const OPERATIONS: &[Operation] = &[
     },
 ];
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        400 => "Bad Request: every error listed",
-        401 => "Unauthorized: no valid bearer token",
-        403 => "Forbidden: the caller's groups do not allow it",
-        204 => "No Content",
-        404 => "Not Found",
-        409 => "Conflict: the request is not in ERROR",
-        413 => "Content Too Large: over 10 MB",
-        503 => "Service Unavailable: retry later",
-        _ => "",
-    }
-}
-
-/// The OpenAPI 3.1 document of the HTTP API.
+/// The OpenAPI document of feature-api's routes alone (granary-local serves every function's).
 pub fn document() -> Value {
-    let settings = SchemaSettings::draft2020_12().with(|s| s.definitions_path = "/components/schemas".into());
-    let mut g = SchemaGenerator::new(settings);
-    let problem = g.subschema_for::<Problem>();
-    let mut paths = Map::new();
-    for op in OPERATIONS {
-        let mut parameters: Vec<Value> = op
-            .path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        parameters.extend(
-            op.query.iter().map(|q| json!({"name": q.name, "in": "query", "description": q.description, "schema": {"type": "string"}})),
-        );
-        let mut responses = Map::new();
-        let ok = match op.ok.0 {
-            204 => json!({"description": reason(204)}),
-            status => json!({"description": reason(status), "content": {"application/json": {"schema": (op.ok.1)(&mut g)}}}),
-        };
-        responses.insert(op.ok.0.to_string(), ok);
-        let anonymous = op.who == ANYONE;
-        let always: &[u16] = if anonymous { &[503] } else { &[401, 503] };
-        for status in op.problems.iter().chain(always) {
-            responses.insert(
-                status.to_string(),
-                json!({"description": reason(*status), "content": {"application/problem+json": {"schema": problem}}}),
-            );
-        }
-        let mut operation = json!({
-            "summary": op.summary,
-            "description": format!("Who: {}.", op.who),
-            "parameters": parameters,
-            "responses": responses,
-        });
-        if anonymous {
-            operation["security"] = json!([]);
-        }
-        if let Some(body) = op.body {
-            operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body(&mut g)}}});
-        }
-        let entry = paths.entry(op.path).or_insert_with(|| json!({}));
-        entry[op.method.to_ascii_lowercase()] = operation;
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "Granary HTTP API",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "Feature management and the catalog over HTTP. Every route but those under /public takes a JWT bearer token (API Gateway's JWT authorizer; granary-local signs its own). Errors are RFC 9457 problem+json listing every error.",
-        },
-        "security": [{"bearerAuth": []}],
-        "paths": paths,
-        "components": {
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": g.take_definitions(true),
-        },
-    })
+    granary_lambda::openapi::document(&[OPERATIONS])
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use std::collections::HashMap;
 pub enum Target {
     /// `feature-api`.
     FeatureApi,
+    /// `basket-api`.
+    BasketApi,
 }
 
 /// One route of the HTTP API, as declared for API Gateway.
@@ -56,7 +58,35 @@ pub const ROUTES: &[Route] = &[
     Route { method: "GET", template: "/public/datasets", target: Target::FeatureApi, authorized: false },
     Route { method: "GET", template: "/public/datasets/{dataset}/products", target: Target::FeatureApi, authorized: false },
     Route { method: "GET", template: "/public/products/{urn}", target: Target::FeatureApi, authorized: false },
+    Route { method: "GET", template: "/order/basket", target: Target::BasketApi, authorized: true },
+    Route { method: "DELETE", template: "/order/basket", target: Target::BasketApi, authorized: true },
+    Route { method: "POST", template: "/order/basket/selection", target: Target::BasketApi, authorized: true },
+    Route { method: "POST", template: "/order/basket/selection/upload", target: Target::BasketApi, authorized: true },
+    Route { method: "DELETE", template: "/order/basket/dataset/{datasetSelectionId}", target: Target::BasketApi, authorized: true },
+    Route {
+        method: "DELETE",
+        template: "/order/basket/dataset/{datasetSelectionId}/{itemsSelectionDate}",
+        target: Target::BasketApi,
+        authorized: true,
+    },
+    Route {
+        method: "PUT",
+        template: "/order/basket/dataset/{datasetSelectionId}/updateFileFilters",
+        target: Target::BasketApi,
+        authorized: true,
+    },
+    Route {
+        method: "PUT",
+        template: "/order/basket/dataset/{datasetSelectionId}/updateProcessing",
+        target: Target::BasketApi,
+        authorized: true,
+    },
 ];
+
+/// The OpenAPI document of every route served.
+pub fn openapi_document() -> Value {
+    granary_lambda::openapi::document(&[feature_api::openapi::OPERATIONS, basket_api::openapi::OPERATIONS])
+}
 
 /// The route serving `method` and `path`, with its path parameters.
 pub fn match_route(method: &str, path: &str) -> Option<(&'static Route, HashMap<String, String>)> {

@@ -188,7 +188,7 @@ pub fn run(cli: Cli) -> Result<(), LocalError> {
             Ok(())
         }
         Command::Openapi => {
-            println!("{}", serde_json::to_string_pretty(&feature_api::openapi::document()).unwrap_or_default());
+            println!("{}", serde_json::to_string_pretty(&apigw::openapi_document()).unwrap_or_default());
             Ok(())
         }
     }

@@ -9,6 +9,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use basket_api::BasketApi;
 use delayed_release::DelayedRelease;
 use dissemination::Dissemination;
 use feature_api::FeatureApi;
@@ -70,6 +71,7 @@ struct AppState {
     embedded: Option<Embedded>,
     backend_name: &'static str,
     feature_api: FeatureApi,
+    basket_api: BasketApi,
 }
 
 /// Serves until Ctrl-C or SIGTERM, then stops taking work, lets running invocations finish, and returns.
@@ -191,7 +193,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
     }
 
     let backend_name = if embedded.is_some() { "embedded" } else { "aws" };
-    let state = Arc::new(AppState { issuer, embedded, backend_name, feature_api: FeatureApi::new(backend.clone(), config.clone()) });
+    let state = Arc::new(AppState {
+        issuer,
+        embedded,
+        backend_name,
+        feature_api: FeatureApi::new(backend.clone(), config.clone()),
+        basket_api: BasketApi::new(backend.clone(), config.clone()),
+    });
     let app = Router::new()
         .route("/health", get(health))
         .route("/.well-known/jwks.json", get(jwks))
@@ -245,7 +253,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn openapi() -> Response {
-    axum::Json(feature_api::openapi::document()).into_response()
+    axum::Json(crate::apigw::openapi_document()).into_response()
 }
 
 async fn jwks(State(state): State<Arc<AppState>>) -> Response {
@@ -307,6 +315,7 @@ async fn api_gateway(State(state): State<Arc<AppState>>, method: Method, uri: Ur
             };
             let result = match target {
                 Target::FeatureApi => state.feature_api.handle(request).await,
+                Target::BasketApi => state.basket_api.handle(request).await,
             };
             match result {
                 Ok(response) => apigw::into_http(response),

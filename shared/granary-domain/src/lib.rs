@@ -1,6 +1,7 @@
 //! Granary's domain: what features, URNs and feature requests are, and the rules they follow.
 //! Pure functions and types only; no I/O, so every rule is unit-tested exhaustively.
 
+pub mod basket;
 pub mod body;
 pub mod catalog;
 pub mod dissemination;

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod http;
 pub mod identity;
+pub mod openapi;
 pub mod sqs;
 
 pub use config::Config;

@@ -626,21 +626,32 @@ impl FeatureStore {
             // Same providerId and version, another entity type or tenant: not this URN.
             return Ok(None);
         }
-        let last = item.get("last").and_then(Value::as_bool).unwrap_or(false);
-        let mut feature = item.get("feature").cloned().unwrap_or(Value::Null);
-        if let Some(obj) = feature.as_object_mut() {
-            obj.insert("last".into(), Value::Bool(last));
-        }
-        let session = match (item.get_str("sessionOwner"), item.get_str("session")) {
-            (Some(o), Some(s)) => Some((o.to_owned(), s.to_owned())),
-            _ => None,
-        };
-        let revision = item.get_i64("revision").unwrap_or(0);
-        Ok(Some(StoredFeature { urn: urn.to_string(), last, feature, session, revision }))
+        Ok(Some(stored_of(&item)))
     }
 
     /// The outbox of these tables.
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
     }
+
+    /// The latest version of `provider_id`, if any.
+    pub async fn latest(&self, backend: &Backend, provider_id: &str) -> Result<Option<StoredFeature>, StoreError> {
+        Ok(backend.table.query(self.latest_query(provider_id)).await?.items.first().map(stored_of))
+    }
+}
+
+/// The stored feature version in `item`, `last` filled in from the item.
+fn stored_of(item: &Item) -> StoredFeature {
+    let urn = item.get_str("urn").unwrap_or_default().to_owned();
+    let last = item.get("last").and_then(Value::as_bool).unwrap_or(false);
+    let mut feature = item.get("feature").cloned().unwrap_or(Value::Null);
+    if let Some(obj) = feature.as_object_mut() {
+        obj.insert("last".into(), Value::Bool(last));
+    }
+    let session = match (item.get_str("sessionOwner"), item.get_str("session")) {
+        (Some(o), Some(s)) => Some((o.to_owned(), s.to_owned())),
+        _ => None,
+    };
+    let revision = item.get_i64("revision").unwrap_or(0);
+    StoredFeature { urn, last, feature, session, revision }
 }

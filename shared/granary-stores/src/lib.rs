@@ -2,6 +2,7 @@
 //! ports. Each store is a capability (what a function may do), so a function links only the stores it
 //! uses, which maps one-to-one onto its IAM policy.
 
+pub mod baskets;
 pub mod catalog;
 pub mod dissemination;
 pub mod features;
@@ -11,6 +12,7 @@ pub mod outbox;
 pub mod owners;
 pub mod recovery;
 pub mod requests;
+pub mod selection;
 pub mod sessions;
 pub mod storage;
 
