@@ -16,6 +16,8 @@ pub enum Target {
     FeatureApi,
     /// `basket-api`.
     BasketApi,
+    /// `order-api`.
+    OrderApi,
 }
 
 /// One route of the HTTP API, as declared for API Gateway.
@@ -81,11 +83,15 @@ pub const ROUTES: &[Route] = &[
         target: Target::BasketApi,
         authorized: true,
     },
+    Route { method: "POST", template: "/user/orders", target: Target::OrderApi, authorized: true },
+    Route { method: "GET", template: "/user/orders", target: Target::OrderApi, authorized: true },
+    Route { method: "GET", template: "/user/orders/{orderId}", target: Target::OrderApi, authorized: true },
+    Route { method: "POST", template: "/orders/search", target: Target::OrderApi, authorized: true },
 ];
 
 /// The OpenAPI document of every route served.
 pub fn openapi_document() -> Value {
-    granary_lambda::openapi::document(&[feature_api::openapi::OPERATIONS, basket_api::openapi::OPERATIONS])
+    granary_lambda::openapi::document(&[feature_api::openapi::OPERATIONS, basket_api::openapi::OPERATIONS, order_api::openapi::OPERATIONS])
 }
 
 /// The route serving `method` and `path`, with its path parameters.

@@ -18,6 +18,8 @@ use granary_embedded::{Embedded, SignedUrlError};
 use granary_lambda::Config;
 use granary_ports::BlobStore;
 use http::{HeaderMap, Method, StatusCode, Uri};
+use order_api::OrderApi;
+use order_create::OrderCreate;
 use outbox_relay::OutboxRelay;
 use serde_json::json;
 use std::collections::HashMap;
@@ -72,6 +74,7 @@ struct AppState {
     backend_name: &'static str,
     feature_api: FeatureApi,
     basket_api: BasketApi,
+    order_api: OrderApi,
 }
 
 /// Serves until Ctrl-C or SIGTERM, then stops taking work, lets running invocations finish, and returns.
@@ -145,6 +148,20 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         ready_handler,
         stop_rx.clone(),
     ));
+    // Orders: order-create expands an order's basket into suborders (one order per invocation).
+    let order_create = Arc::new(OrderCreate::new(backend.clone(), config.clone()));
+    let order_create_handler = Arc::new(move |e| {
+        let f = order_create.clone();
+        async move { f.handle(e).await }
+    });
+    workers.spawn(run_sqs_source(
+        backend.clone(),
+        "order-create",
+        vec![config.order_create_queue.clone()],
+        1,
+        order_create_handler,
+        stop_rx.clone(),
+    ));
     // Dissemination: notifications to recipients, and their acknowledgements.
     let dissemination = Arc::new(Dissemination::new(backend.clone(), config.clone()).map_err(LocalError::Config)?);
     let dissemination_handler = Arc::new(move |e| {
@@ -199,6 +216,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         backend_name,
         feature_api: FeatureApi::new(backend.clone(), config.clone()),
         basket_api: BasketApi::new(backend.clone(), config.clone()),
+        order_api: OrderApi::new(backend.clone(), config.clone()),
     });
     let app = Router::new()
         .route("/health", get(health))
@@ -316,6 +334,7 @@ async fn api_gateway(State(state): State<Arc<AppState>>, method: Method, uri: Ur
             let result = match target {
                 Target::FeatureApi => state.feature_api.handle(request).await,
                 Target::BasketApi => state.basket_api.handle(request).await,
+                Target::OrderApi => state.order_api.handle(request).await,
             };
             match result {
                 Ok(response) => apigw::into_http(response),

@@ -9,6 +9,7 @@ pub mod feature;
 pub mod file;
 pub mod geometry;
 pub mod model;
+pub mod order;
 pub mod request;
 pub mod session;
 pub mod storage;

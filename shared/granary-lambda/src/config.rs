@@ -2,6 +2,7 @@
 //! (granary-local runs them all in one process), a default for one machine, and a row in the README.
 
 use granary_domain::Priority;
+use granary_domain::order::OrderSettings;
 use granary_domain::storage::{LocationClass, Locations, StorageLocation, parse_locations};
 
 /// Reads `name`, or `default` when unset or empty.
@@ -58,6 +59,11 @@ pub struct Config {
     pub search_date_property: String,
     /// Most lines of a basket upload (`GRANARY_BASKET_UPLOAD_MAX_LINES`, default 1000).
     pub basket_upload_max_lines: usize,
+    /// The queue of orders to expand (`GRANARY_ORDER_CREATE_QUEUE`).
+    pub order_create_queue: String,
+    /// Suborder size and order durations (`GRANARY_ORDER_SUBORDER_MAX_MIB`, default 100;
+    /// `GRANARY_ORDER_SUBORDER_HOURS`, default 240; `GRANARY_ORDER_MAX_HOURS`, default 168).
+    pub order_settings: OrderSettings,
 }
 
 /// The locations used when `GRANARY_STORAGE_LOCATIONS` is unset: `online` and `nearline`, two prefixes
@@ -110,6 +116,16 @@ impl Config {
             orders_table: env_or("GRANARY_ORDERS_TABLE", "orders"),
             search_date_property: env_or("GRANARY_SEARCH_DATE_PROPERTY", "acquisitionDate"),
             basket_upload_max_lines: lookup("GRANARY_BASKET_UPLOAD_MAX_LINES").and_then(|v| v.parse().ok()).unwrap_or(1000),
+            order_create_queue: env_or("GRANARY_ORDER_CREATE_QUEUE", "order-create"),
+            order_settings: {
+                let number =
+                    |name: &str, default: i64| lookup(name).and_then(|v| v.parse::<i64>().ok()).filter(|n| *n > 0).unwrap_or(default);
+                OrderSettings {
+                    suborder_max_bytes: number("GRANARY_ORDER_SUBORDER_MAX_MIB", 100) as u64 * 1024 * 1024,
+                    suborder_duration_hours: number("GRANARY_ORDER_SUBORDER_HOURS", 240),
+                    expiration_max_hours: number("GRANARY_ORDER_MAX_HOURS", 168),
+                }
+            },
         }
     }
 
@@ -117,10 +133,14 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         self.storage_locations.as_ref().map(drop).map_err(Clone::clone)?;
         env_number::<u64>("GRANARY_STORAGE_TIMEOUT_SECS", 0).map(drop)?;
-        match env_number::<usize>("GRANARY_BASKET_UPLOAD_MAX_LINES", 1000)? {
-            0 => Err("environment variable GRANARY_BASKET_UPLOAD_MAX_LINES: must be at least 1".into()),
-            _ => Ok(()),
+        for name in
+            ["GRANARY_BASKET_UPLOAD_MAX_LINES", "GRANARY_ORDER_SUBORDER_MAX_MIB", "GRANARY_ORDER_SUBORDER_HOURS", "GRANARY_ORDER_MAX_HOURS"]
+        {
+            if env_number::<i64>(name, 1)? < 1 {
+                return Err(format!("environment variable {name}: must be at least 1"));
+            }
         }
+        Ok(())
     }
 
     /// The storage locations (none when misconfigured: [`Config::check`] refuses to start then).

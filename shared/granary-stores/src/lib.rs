@@ -8,6 +8,7 @@ pub mod dissemination;
 pub mod features;
 pub mod locations;
 pub mod models;
+pub mod orders;
 pub mod outbox;
 pub mod owners;
 pub mod recovery;

@@ -25,7 +25,8 @@ pub struct Selections {
 }
 
 /// Where a [`Selected`] reading is: resumable from here.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum Position {
     /// Reading the named URNs, from this index of the sorted list.
     Named(usize),

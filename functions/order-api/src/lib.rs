@@ -1,0 +1,371 @@
+//! `order-api`: orders over HTTP, under REGARDS's paths.
+//!
+//! - `POST /user/orders` `{label, onSuccessUrl}` (both optional): the caller's basket becomes an order,
+//!   answered at once in PENDING (201); the basket is emptied and kept with the order, and order-create
+//!   expands it from a queue. 400 for an empty basket or a label over 50 characters; 409 for a label
+//!   the caller already used.
+//! - `GET /user/orders?size=&page=`: the caller's orders, newest first.
+//! - `GET /user/orders/{orderId}`: one order with its suborders; 404 for anyone but its owner and admins.
+//! - `POST /orders/search?size=&page=` `{owner, status}` (admins): every order, newest first.
+//!
+//! Order ids are UUIDs (version 7, time-ordered), not REGARDS's numbers: no counter shared by every
+//! order creation, and ids that cannot be guessed.
+
+pub mod openapi;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, SecondsFormat, Utc};
+use granary_domain::order::{OrderStatus, allowed_actions, check_label, default_label};
+use granary_lambda::http::{bad_request, body_text, conflict, forbidden, json, not_found, unauthorized, unavailable};
+use granary_lambda::{Config, Identity};
+use granary_ports::{Backend, Cursor, Item};
+use granary_stores::baskets::BasketStore;
+use granary_stores::orders::{Created, OrderStore};
+use granary_stores::outbox::OutboxEvent;
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// How often a creation is redone when the basket keeps changing under it.
+const MAX_ATTEMPTS: usize = 5;
+
+/// REGARDS's OrderRequest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderRequest {
+    /// At most 50 characters, unique among the caller's orders; default `Order of <date>`.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// A URL to tell when the order is done, kept with it.
+    #[serde(default)]
+    pub on_success_url: Option<String>,
+}
+
+/// Filters of the admins' order search.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrderSearch {
+    /// Orders of this user only.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Orders in this status only.
+    #[serde(default)]
+    pub status: Option<OrderStatus>,
+}
+
+/// A link to an action allowed in the order's current state.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Link {
+    /// The action: pause, resume, delete, remove, restart, retry, download.
+    pub rel: String,
+    /// Where.
+    pub href: String,
+}
+
+/// One suborder as an order shows it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SuborderAnswer {
+    /// Its number in the order.
+    pub number: u64,
+    /// The dataset its files come from.
+    pub dataset_ipid: String,
+    /// INTERNAL (stored files) or EXTERNAL (referenced files).
+    pub kind: String,
+    /// WAITING, RUNNING, DONE, ...
+    pub state: String,
+    /// Files in it.
+    pub files_count: u64,
+    /// Their bytes.
+    pub files_size: u64,
+}
+
+/// REGARDS's OrderDto.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderAnswer {
+    /// The order's id (a UUID).
+    pub id: String,
+    /// Its owner.
+    pub owner: String,
+    /// Its label.
+    pub label: String,
+    /// ISO-8601.
+    pub creation_date: String,
+    /// ISO-8601, once expanded.
+    pub expiration_date: Option<String>,
+    /// PENDING, RUNNING, PAUSED, EXPIRED, FAILED, DONE_WITH_WARNING, DONE, DELETED, ERROR.
+    pub status: String,
+    /// When it entered its status, ISO-8601.
+    pub status_date: String,
+    /// Files available (or done with) out of all, in percent.
+    pub percent_completed: i64,
+    /// Files ordered.
+    pub files_count: u64,
+    /// Their bytes.
+    pub files_size: u64,
+    /// Files ready to download.
+    pub available_files_count: u64,
+    /// Files in error.
+    pub files_in_error_count: u64,
+    /// Whether files wait for the owner to download them.
+    pub waiting_for_user: bool,
+    /// Why it ended as it did, when it says.
+    pub message: Option<String>,
+    /// Warnings of its expansion (files larger than a suborder may be).
+    pub warnings: Vec<String>,
+    /// Per dataset: products, files, bytes ordered.
+    pub dataset_tasks: Value,
+    /// Its suborders (on `GET /user/orders/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suborders: Option<Vec<SuborderAnswer>>,
+    /// The actions allowed now.
+    pub links: Vec<Link>,
+}
+
+/// A page of orders, in REGARDS's paged shape.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct OrderPage {
+    /// The orders, newest first.
+    pub content: Vec<OrderAnswer>,
+    /// `{size, numberOfElements}`.
+    pub metadata: Value,
+    /// `next` when more may follow.
+    pub links: Vec<Link>,
+}
+
+/// The error of a route, answered as problem+json.
+type RouteResult = Result<Response<Body>, Response<Body>>;
+
+fn unavailable_on(e: impl std::fmt::Display) -> Response<Body> {
+    tracing::error!(error = %e, "storage failure");
+    unavailable("storage is temporarily unavailable; retry later")
+}
+
+/// The handler and what it needs, built once per cold start.
+#[derive(Debug, Clone)]
+pub struct OrderApi {
+    backend: Backend,
+    config: Config,
+    orders: OrderStore,
+    baskets: BasketStore,
+}
+
+impl OrderApi {
+    /// The handler over `backend`, configured by `config`.
+    pub fn new(backend: Backend, config: Config) -> Self {
+        Self {
+            orders: OrderStore::new(&config.orders_table, &config.requests_table),
+            baskets: BasketStore::new(&config.orders_table),
+            backend,
+            config,
+        }
+    }
+
+    /// Answers one API Gateway (HTTP API) request.
+    pub async fn handle(&self, req: Request) -> Result<Response<Body>, lambda_http::Error> {
+        Ok(self.route(req).await.unwrap_or_else(|problem| problem))
+    }
+
+    async fn route(&self, req: Request) -> RouteResult {
+        let identity = Identity::from_request(&req, &self.config.groups_claim).ok_or_else(unauthorized)?;
+        let path = req.uri().path().trim_end_matches('/').to_owned();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (req.method().as_str(), segments.as_slice()) {
+            ("POST", ["user", "orders"]) => self.create(&identity, &req).await,
+            ("GET", ["user", "orders"]) => self.list(&identity, &req, Some(identity.user.as_str())).await,
+            ("GET", ["user", "orders", id]) => self.get(&identity, id).await,
+            ("POST", ["orders", "search"]) => {
+                if !identity.is_admin() {
+                    return Err(forbidden("searching every order needs the admin group"));
+                }
+                self.list(&identity, &req, None).await
+            }
+            (method, _) => Err(not_found(&format!("no route {method} {path}"))),
+        }
+    }
+
+    async fn create(&self, identity: &Identity, req: &Request) -> RouteResult {
+        let request: OrderRequest = match req.body() {
+            Body::Empty => OrderRequest::default(),
+            body => {
+                let text = body_text(body).map_err(|e| bad_request(&e, &[]))?;
+                if text.trim().is_empty() {
+                    OrderRequest::default()
+                } else {
+                    serde_json::from_str(text).map_err(|e| bad_request("the body is not an OrderRequest", &[format!("body: {e}")]))?
+                }
+            }
+        };
+        if let Some(label) = &request.label {
+            check_label(label).map_err(|e| bad_request("invalid order label", &[e]))?;
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let (basket, version) = self.baskets.read(&self.backend, &identity.user).await.map_err(unavailable_on)?;
+            if basket.is_empty() {
+                return Err(bad_request(
+                    "the basket is empty",
+                    &["basket: select products before ordering (POST /order/basket/selection)".into()],
+                ));
+            }
+            let now = self.backend.clock.now_ms();
+            let label = request.label.clone().unwrap_or_else(|| default_label(DateTime::from_timestamp_millis(now).unwrap_or_default()));
+            let order_id = uuid::Uuid::now_v7().to_string();
+            let event = OutboxEvent {
+                event_id: format!("{order_id}:EXPAND"),
+                queue: self.config.order_create_queue.clone(),
+                body: serde_json::json!({ "orderId": order_id }).to_string(),
+            };
+            let extra = request.on_success_url.iter().map(|u| ("frontendUrl", Value::from(u.clone()))).collect();
+            match self.orders.create(&self.backend, &order_id, &label, &basket, version, extra, event).await.map_err(unavailable_on)? {
+                Created::Order(item, events) => {
+                    // Sent now; the relay sends it later if this fails.
+                    if let Err(e) = self.orders.outbox().flush(&self.backend, &events).await {
+                        tracing::warn!(error = %e, order_id, "expansion message left to the outbox relay");
+                    }
+                    tracing::info!(order_id, owner = %identity.user, "order created");
+                    return Ok(json(201, &answer(&item, None, identity.is_admin())));
+                }
+                Created::LabelTaken => {
+                    return Err(conflict(&format!("you already have an order labelled {label:?} (LABEL_NOT_UNIQUE_FOR_OWNER)")));
+                }
+                Created::BasketChanged => {}
+            }
+        }
+        Err(unavailable("the basket kept changing; retry"))
+    }
+
+    async fn get(&self, identity: &Identity, order_id: &str) -> RouteResult {
+        let missing = || not_found(&format!("no order {order_id}"));
+        let Some(item) = self.orders.get(&self.backend, order_id).await.map_err(unavailable_on)? else { return Err(missing()) };
+        if !identity.is_admin() && item.get_str("owner") != Some(identity.user.as_str()) {
+            return Err(missing());
+        }
+        let suborders = self.orders.suborders(&self.backend, order_id).await.map_err(unavailable_on)?;
+        let suborders = suborders
+            .iter()
+            .map(|s| SuborderAnswer {
+                number: s.get_i64("number").unwrap_or(0) as u64,
+                dataset_ipid: s.get_str("datasetIpid").unwrap_or_default().to_owned(),
+                kind: s.get_str("kind").unwrap_or_default().to_owned(),
+                state: s.get_str("state").unwrap_or_default().to_owned(),
+                files_count: s.get_i64("filesCount").unwrap_or(0) as u64,
+                files_size: s.get_i64("filesSize").unwrap_or(0) as u64,
+            })
+            .collect();
+        Ok(json(200, &answer(&item, Some(suborders), identity.is_admin())))
+    }
+
+    /// A page of orders, newest first: `owner`'s, or with `None` (admins) every order matching the
+    /// search body.
+    async fn list(&self, identity: &Identity, req: &Request, owner: Option<&str>) -> RouteResult {
+        let params = req.query_string_parameters();
+        let mut errors = Vec::new();
+        let size = match params.first("size").map(str::parse::<usize>) {
+            None => 20,
+            Some(Ok(n)) if (1..=500).contains(&n) => n,
+            Some(_) => {
+                errors.push("size: must be 1 to 500".to_owned());
+                20
+            }
+        };
+        let after = match params.first("page") {
+            None => None,
+            Some(p) => match URL_SAFE_NO_PAD.decode(p).ok().and_then(|b| String::from_utf8(b).ok()) {
+                Some(c) => Some(Cursor(c)),
+                None => {
+                    errors.push("page: not a cursor this API handed out".into());
+                    None
+                }
+            },
+        };
+        let search: OrderSearch = match (owner, req.body()) {
+            (None, Body::Text(t)) if !t.trim().is_empty() => serde_json::from_str(t).unwrap_or_else(|e| {
+                errors.push(format!("body: {e}"));
+                OrderSearch::default()
+            }),
+            _ => OrderSearch::default(),
+        };
+        if !errors.is_empty() {
+            return Err(bad_request("invalid order listing", &errors));
+        }
+        let owner = owner.or(search.owner.as_deref());
+        let mut content = Vec::new();
+        let mut cursor = after;
+        // A status filter skips orders: read on until the page is full or the orders end.
+        let next = loop {
+            let (items, next) = match self.orders.list(&self.backend, owner, cursor.clone(), size - content.len()).await {
+                Ok(page) => page,
+                Err(granary_stores::StoreError::Port(granary_ports::PortError::Invalid(e))) => {
+                    return Err(bad_request("invalid page", &[format!("page: {e}")]));
+                }
+                Err(e) => return Err(unavailable_on(e)),
+            };
+            content.extend(
+                items
+                    .iter()
+                    .filter(|i| search.status.is_none_or(|s| i.get_str("status") == Some(s.as_str())))
+                    .map(|i| answer(i, None, identity.is_admin())),
+            );
+            match next {
+                Some(c) if content.len() < size => cursor = Some(c),
+                other => break other,
+            }
+        };
+        let mut links = Vec::new();
+        if let Some(next) = next {
+            let base = if owner.is_some() && search.owner.is_none() { "/user/orders" } else { "/orders/search" };
+            links.push(Link { rel: "next".into(), href: format!("{base}?size={size}&page={}", URL_SAFE_NO_PAD.encode(next.0)) });
+        }
+        let metadata = serde_json::json!({ "size": size, "numberOfElements": content.len() });
+        Ok(json(200, &OrderPage { content, metadata, links }))
+    }
+}
+
+fn iso(ms: Option<i64>) -> Option<String> {
+    ms.and_then(DateTime::<Utc>::from_timestamp_millis).map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+/// The order item as REGARDS's OrderDto.
+fn answer(item: &Item, suborders: Option<Vec<SuborderAnswer>>, admin: bool) -> OrderAnswer {
+    let id = item.get_str("orderId").unwrap_or_default().to_owned();
+    let status = item.get_str("status").and_then(OrderStatus::parse).unwrap_or(OrderStatus::Pending);
+    let count = |name: &str| item.get_i64(name).unwrap_or(0).max(0) as u64;
+    let available = count("availableFilesCount");
+    let links = allowed_actions(status, available, admin)
+        .into_iter()
+        .map(|rel| {
+            let href = match rel {
+                "pause" => format!("/user/orders/pause/{id}"),
+                "resume" => format!("/user/orders/resume/{id}"),
+                "delete" => format!("/user/orders/{id}"),
+                "remove" => format!("/user/orders/remove/{id}"),
+                "restart" => format!("/user/orders/{id}/restart"),
+                "retry" => format!("/user/orders/{id}/retry"),
+                _ => format!("/user/orders/{id}/download"),
+            };
+            Link { rel: rel.to_owned(), href }
+        })
+        .collect();
+    OrderAnswer {
+        owner: item.get_str("owner").unwrap_or_default().to_owned(),
+        label: item.get_str("label").unwrap_or_default().to_owned(),
+        creation_date: iso(item.get_i64("createdAt")).unwrap_or_default(),
+        expiration_date: iso(item.get_i64("expiresAt")),
+        status: status.as_str().to_owned(),
+        status_date: iso(item.get_i64("statusDate")).unwrap_or_default(),
+        percent_completed: item.get_i64("percentCompleted").unwrap_or(0),
+        files_count: count("filesCount"),
+        files_size: count("filesSize"),
+        available_files_count: available,
+        files_in_error_count: count("filesInErrorCount"),
+        waiting_for_user: item.get("waitingForUser").and_then(Value::as_bool).unwrap_or(false),
+        message: item.get_str("message").map(str::to_owned),
+        warnings: item.get("warnings").and_then(|w| serde_json::from_value(w.clone()).ok()).unwrap_or_default(),
+        dataset_tasks: item.get("datasetTasks").cloned().unwrap_or(Value::Array(vec![])),
+        suborders,
+        links,
+        id,
+    }
+}
