@@ -242,7 +242,12 @@ impl OrderApi {
         if !identity.is_admin() && item.get_str("owner") != Some(identity.user.as_str()) {
             return Err(missing());
         }
-        let suborders = self.orders.suborders(&self.backend, order_id).await.map_err(unavailable_on)?;
+        // While PENDING the expansion is still writing them: none are shown until it is done.
+        let suborders = if item.get_str("status") == Some(OrderStatus::Pending.as_str()) {
+            vec![]
+        } else {
+            self.orders.suborders(&self.backend, order_id).await.map_err(unavailable_on)?
+        };
         let suborders = suborders
             .iter()
             .map(|s| SuborderAnswer {

@@ -84,7 +84,10 @@ async fn site(config: Config) -> (Site, Apis) {
 async fn expand(site: &Site, create: &OrderCreate) -> usize {
     let mut failed = 0;
     for m in site.drain("order-create").await {
-        let r = create.handle(LambdaEvent::new(sqs_event("order-create", std::slice::from_ref(&m)).unwrap(), Context::default())).await.unwrap();
+        let r = create
+            .handle(LambdaEvent::new(sqs_event("order-create", std::slice::from_ref(&m)).unwrap(), Context::default()))
+            .await
+            .unwrap();
         if !r.batch_item_failures.is_empty() {
             failed += 1;
             // As SQS would: back on the queue.

@@ -11,9 +11,13 @@
 //! - `storage`: the release granary-local storing files served by a local HTTP server (generated on
 //!   the fly, nothing read from disk) into its online location: MiB/s for small and large files, and
 //!   the runner's peak memory, which must not grow with the file size.
+//! - `order`: a dataset of 10,000 products with 100 stored files each, ingested by the release
+//!   granary-local, selected and ordered over HTTP: time from POST to RUNNING, suborders, memory.
+//! - `aws-order`: the same expansion (100,000 files) in process against moto, DynamoDB requests counted.
 //! - `aws-storage`: the same files through feature-ingest, storage-worker and storage-ready in this
 //!   process on the AWS backend against moto, counting every AWS request per file.
 
+mod order;
 mod storage;
 
 use clap::{Parser, Subcommand};
@@ -98,6 +102,27 @@ enum Command {
         /// Size of a large file in MiB.
         #[arg(long, default_value_t = 200)]
         large_mib: u64,
+    },
+    /// A whole dataset ordered through the release granary-local: time from POST to RUNNING, memory.
+    Order {
+        /// Products in the dataset.
+        #[arg(long, default_value_t = 10_000)]
+        products: usize,
+        /// Stored files per product.
+        #[arg(long, default_value_t = 100)]
+        files: usize,
+        /// The granary-local binary (the release build beside this one by default).
+        #[arg(long)]
+        runner: Option<PathBuf>,
+    },
+    /// The same expansion in process on moto, counting DynamoDB requests.
+    AwsOrder {
+        /// Products in the dataset.
+        #[arg(long, default_value_t = 1_000)]
+        products: usize,
+        /// Stored files per product.
+        #[arg(long, default_value_t = 100)]
+        files: usize,
     },
     /// Creation requests through the release granary-local's queues.
     Ingest {
@@ -459,6 +484,11 @@ async fn main() {
             storage::run(small, large, large_mib, workers, runner).await;
         }
         Command::AwsStorage { small, large, large_mib } => storage::aws(small, large, large_mib).await,
+        Command::Order { products, files, runner } => {
+            let runner = runner.unwrap_or_else(|| std::env::current_exe().expect("exe").with_file_name("granary-local"));
+            order::run(products, files, runner).await;
+        }
+        Command::AwsOrder { products, files } => order::aws(products, files).await,
         Command::Ports { messages, writes, data_dir } => {
             let tmp = tempfile::tempdir().expect("temporary directory");
             let dir = data_dir.unwrap_or_else(|| tmp.path().to_owned());

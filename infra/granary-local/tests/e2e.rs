@@ -1215,3 +1215,83 @@ async fn recipients_defined_over_http_get_each_notification_once_and_acknowledge
     assert_eq!(c.delete(r.url("/recipients/hook")).bearer_auth(&admin).send().await.unwrap().status(), 204);
     assert_eq!(c.delete(r.url("/recipients/hook")).bearer_auth(&admin).send().await.unwrap().status(), 404);
 }
+
+#[tokio::test]
+async fn users_search_fill_a_basket_and_order_it_over_http_until_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Runner::start(dir.path(), &[]);
+    let c = client();
+    let admin = token(dir.path(), "root@example.org", &["--admin"]);
+    let user = token(dir.path(), "ann@example.org", &["--groups", "s2"]);
+    for (name, kind) in [("P", "DATA"), ("D", "DATASET")] {
+        let res = c
+            .put(r.url(&format!("/models/{name}")))
+            .bearer_auth(&admin)
+            .json(&json!({"type": "object", "x-granary-type": kind}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+    let stored = |p: usize, f: usize| {
+        json!({"locations": [{"storage": "nearline", "url": format!("s3://storage/nearline/{p}/{f}")}],
+        "attributes": {"dataType": "RAWDATA", "mimeType": "application/zip", "filename": format!("{p}-{f}.zip"), "filesize": 1000, "algorithm": "MD5", "checksum": format!("{p:016x}{f:016x}")}})
+    };
+    let mut features = vec![json!({"type": "Feature", "id": "S2", "entityType": "DATASET", "model": "D", "geometry": null,
+                                   "properties": {"label": "Sentinel-2", "accessGroups": ["s2"]}})];
+    features.extend((0..12).map(|p| {
+        json!({"type": "Feature", "id": format!("tile-{p:02}"), "entityType": "DATA", "model": "P", "tags": ["S2"],
+        "geometry": {"type": "Point", "coordinates": [p, 43]}, "properties": {"acquisitionDate": format!("2026-11-{:02}T10:00:00Z", p + 1)},
+        "files": [stored(p, 0), stored(p, 1)]})
+    }));
+    let body = json!({"metadata": {"sessionOwner": "e2e", "session": "orders"}, "features": features});
+    let res = c.post(r.url("/features")).bearer_auth(&admin).json(&body).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    // Every product is in the catalog once ingest is through.
+    let page = wait_for("the catalog to hold the 12 products", Duration::from_secs(30), || async {
+        let v: Value =
+            c.get(r.url("/datasets/S2/products")).query(&[("size", "100")]).bearer_auth(&user).send().await.ok()?.json().await.ok()?;
+        (v["content"].as_array()?.len() == 12).then_some(v)
+    })
+    .await;
+    assert_eq!(page["content"][0]["files"][0]["online"], false);
+    assert_eq!(c.get(r.url("/public/datasets/S2/products")).send().await.unwrap().status(), 404, "not a public dataset");
+    assert_eq!(c.get(r.url("/order/basket")).send().await.unwrap().status(), 401);
+
+    let search = json!({"datasetUrn": "S2", "searchParameters": {"from": "2026-11-05T00:00:00Z", "to": "2026-11-08T23:00:00Z"}});
+    let basket: Value =
+        c.post(r.url("/order/basket/selection")).bearer_auth(&user).json(&search).send().await.unwrap().json().await.unwrap();
+    assert_eq!(basket["datasetSelections"][0]["objectsCount"], 4, "{basket}");
+    let upload = "--e2e\r\nContent-Disposition: form-data; name=\"file\"; filename=\"ids.txt\"\r\nContent-Type: text/plain\r\n\r\ntile-00\ntile-11\nghost\n\r\n--e2e--\r\n";
+    let basket: Value = c
+        .post(r.url("/order/basket/selection/upload"))
+        .bearer_auth(&user)
+        .header("content-type", "multipart/form-data; boundary=e2e")
+        .body(upload)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(basket["unmatchedIds"], json!(["ghost"]));
+    assert_eq!(basket["datasetSelections"][0]["filesCount"], 12, "six products, two files each: {basket}");
+
+    let res = c.post(r.url("/user/orders")).bearer_auth(&user).json(&json!({"label": "e2e order"})).send().await.unwrap();
+    assert_eq!(res.status(), 201);
+    let order: Value = res.json().await.unwrap();
+    assert_eq!(order["status"], "PENDING");
+    let url = r.url(&format!("/user/orders/{}", order["id"].as_str().unwrap()));
+    let running = wait_for("the order to run", Duration::from_secs(30), || async {
+        let v: Value = c.get(&url).bearer_auth(&user).send().await.ok()?.json().await.ok()?;
+        (v["status"] != "PENDING").then_some(v)
+    })
+    .await;
+    assert_eq!(running["status"], "RUNNING", "{running}");
+    assert_eq!(running["filesCount"], 12);
+    assert_eq!(running["suborders"].as_array().unwrap().len(), 1);
+    let empty: Value = c.get(r.url("/order/basket")).bearer_auth(&user).send().await.unwrap().json().await.unwrap();
+    assert_eq!(empty["datasetSelections"], json!([]));
+    let mine: Value = c.get(r.url("/user/orders")).bearer_auth(&user).send().await.unwrap().json().await.unwrap();
+    assert_eq!(mine["content"][0]["label"], "e2e order");
+}

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// Most idle reading connections kept; more readers at once open connections that are closed after.
+const MAX_IDLE_READERS: usize = 8;
+
 /// How often the background checkpoint runs.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
@@ -23,7 +26,7 @@ pub(crate) struct Db {
 impl Db {
     pub(crate) fn open(path: &Path) -> PortResult<Self> {
         let db = Self { path: path.to_owned(), idle: Mutex::new(Vec::new()), writer: Mutex::new(None) };
-        let conn = db.connect()?;
+        let conn = db.connect(false)?;
         db.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
         Ok(db)
     }
@@ -33,7 +36,7 @@ impl Db {
     /// automatic checkpoint runs inside the commit that crosses its threshold, holding up every writer
     /// behind it). The automatic checkpoint stays as a backstop, at a higher threshold.
     pub(crate) fn checkpoint_in_background(db: &std::sync::Arc<Self>) -> PortResult<()> {
-        let conn = db.connect()?;
+        let conn = db.connect(false)?;
         let weak = std::sync::Arc::downgrade(db);
         std::thread::Builder::new()
             .name("granary-checkpoint".into())
@@ -49,7 +52,10 @@ impl Db {
         Ok(())
     }
 
-    fn connect(&self) -> PortResult<Connection> {
+    /// A new connection. The writer's page cache is 16 MB, a reader's 4 MB: readers come and go in a
+    /// pool of up to [`MAX_IDLE_READERS`], and each fills its cache as it scans (16 MB each put a
+    /// runner that had served a few large scans at 400 MB).
+    fn connect(&self, writer: bool) -> PortResult<Connection> {
         let conn = Connection::open_with_flags(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -59,10 +65,10 @@ impl Db {
         // 8 KiB pages measured faster for this workload; the page size only applies to a new file.
         conn.execute_batch(
             "PRAGMA page_size = 8192; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000; \
-             PRAGMA wal_autocheckpoint = 8000;",
+             PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 8000;",
         )
         .map_err(map_sql)?;
+        conn.execute_batch(if writer { "PRAGMA cache_size = -16000;" } else { "PRAGMA cache_size = -4000;" }).map_err(map_sql)?;
         // Statements are built per table, operation and condition: the default 16 would thrash, and
         // parsing SQL again took a third of the ingest's time.
         conn.set_prepared_statement_cache_capacity(256);
@@ -103,7 +109,7 @@ impl Db {
                 let mut writer = db.writer.lock().unwrap_or_else(|p| p.into_inner());
                 let mut conn = match writer.take() {
                     Some(c) => c,
-                    None => db.connect()?,
+                    None => db.connect(true)?,
                 };
                 let out = f(&mut conn);
                 if conn.is_autocommit() {
@@ -113,13 +119,13 @@ impl Db {
             }
             let mut conn = match db.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
                 Some(c) => c,
-                None => db.connect()?,
+                None => db.connect(false)?,
             };
             let out = f(&mut conn);
             // A connection left inside a transaction (a panic in `f` aside, never) is not reused.
             if conn.is_autocommit() {
                 let mut idle = db.idle.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < 16 {
+                if idle.len() < MAX_IDLE_READERS {
                     idle.push(conn);
                 }
             }
@@ -131,7 +137,7 @@ impl Db {
 
     /// Creates the schema and every declared table and index, idempotently.
     pub(crate) fn provision(&self, resources: &Resources) -> PortResult<()> {
-        let mut conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop().map_or_else(|| self.connect(), Ok)?;
+        let mut conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop().map_or_else(|| self.connect(false), Ok)?;
         let mut ddl = String::from(
             "CREATE TABLE IF NOT EXISTS queue_messages (
                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
