@@ -7,6 +7,9 @@
 //! - `GET /user/orders?size=&page=`: the caller's orders, newest first.
 //! - `GET /user/orders/{orderId}`: one order with its suborders; 404 for anyone but its owner and admins.
 //! - `POST /orders/search?size=&page=` `{owner, status}` (admins): every order, newest first.
+//! - `GET /user/quota`, `GET /quotas/{user}` (admins), `PUT /quotas/{user}` (admins): a user's quota of
+//!   stored files and bytes made available per rolling period (-1: no limit). Its consumption comes with
+//!   suborder dispatch.
 //!
 //! Order ids are UUIDs (version 7, time-ordered), not REGARDS's numbers: no counter shared by every
 //! order creation, and ids that cannot be guessed.
@@ -16,12 +19,12 @@ pub mod openapi;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SecondsFormat, Utc};
-use granary_domain::order::{OrderStatus, allowed_actions, check_label, default_label};
+use granary_domain::order::{OrderStatus, Quota, allowed_actions, check_label, default_label};
 use granary_lambda::http::{bad_request, body_text, conflict, forbidden, json, not_found, unauthorized, unavailable};
 use granary_lambda::{Config, Identity};
 use granary_ports::{Backend, Cursor, Item};
 use granary_stores::baskets::BasketStore;
-use granary_stores::orders::{Created, OrderStore};
+use granary_stores::orders::{Created, OrderStore, QuotaStore};
 use granary_stores::outbox::OutboxEvent;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::{Deserialize, Serialize};
@@ -124,6 +127,19 @@ pub struct OrderAnswer {
     pub links: Vec<Link>,
 }
 
+/// A user's quota of stored files made available per rolling period.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaAnswer {
+    /// The user.
+    pub user: String,
+    /// The limits in force.
+    #[serde(flatten)]
+    pub quota: Quota,
+    /// Whether an admin set them (otherwise the deployment's default, `GRANARY_QUOTA_*`).
+    pub custom: bool,
+}
+
 /// A page of orders, in REGARDS's paged shape.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct OrderPage {
@@ -150,6 +166,7 @@ pub struct OrderApi {
     config: Config,
     orders: OrderStore,
     baskets: BasketStore,
+    quotas: QuotaStore,
 }
 
 impl OrderApi {
@@ -158,6 +175,7 @@ impl OrderApi {
         Self {
             orders: OrderStore::new(&config.orders_table, &config.requests_table),
             baskets: BasketStore::new(&config.orders_table),
+            quotas: QuotaStore::new(&config.orders_table),
             backend,
             config,
         }
@@ -176,6 +194,14 @@ impl OrderApi {
             ("POST", ["user", "orders"]) => self.create(&identity, &req).await,
             ("GET", ["user", "orders"]) => self.list(&identity, &req, Some(identity.user.as_str())).await,
             ("GET", ["user", "orders", id]) => self.get(&identity, id).await,
+            ("GET", ["user", "quota"]) => self.quota(&identity.user).await,
+            ("GET", ["quotas", user]) => {
+                if !identity.is_admin() {
+                    return Err(forbidden("reading another user's quota needs the admin group"));
+                }
+                self.quota(&percent_decode(user)).await
+            }
+            ("PUT", ["quotas", user]) => self.set_quota(&identity, &percent_decode(user), &req).await,
             ("POST", ["orders", "search"]) => {
                 if !identity.is_admin() {
                     return Err(forbidden("searching every order needs the admin group"));
@@ -234,6 +260,23 @@ impl OrderApi {
             }
         }
         Err(unavailable("the basket kept changing; retry"))
+    }
+
+    async fn quota(&self, user: &str) -> RouteResult {
+        let custom = self.quotas.get(&self.backend, user).await.map_err(unavailable_on)?;
+        let answer = QuotaAnswer { user: user.to_owned(), quota: custom.unwrap_or(self.config.default_quota), custom: custom.is_some() };
+        Ok(json(200, &answer))
+    }
+
+    async fn set_quota(&self, identity: &Identity, user: &str, req: &Request) -> RouteResult {
+        if !identity.is_admin() {
+            return Err(forbidden("setting quotas needs the admin group"));
+        }
+        let text = body_text(req.body()).map_err(|e| bad_request(&e, &[]))?;
+        let quota: Quota = serde_json::from_str(text).map_err(|e| bad_request("the body is not a quota", &[format!("body: {e}")]))?;
+        quota.check().map_err(|errors| bad_request("invalid quota", &errors))?;
+        self.quotas.put(&self.backend, user, &quota, &identity.user).await.map_err(unavailable_on)?;
+        Ok(json(200, &QuotaAnswer { user: user.to_owned(), quota, custom: true }))
     }
 
     async fn get(&self, identity: &Identity, order_id: &str) -> RouteResult {
@@ -326,6 +369,26 @@ impl OrderApi {
         let metadata = serde_json::json!({ "size": size, "numberOfElements": content.len() });
         Ok(json(200, &OrderPage { content, metadata, links }))
     }
+}
+
+/// Decodes `%XX` escapes in a path segment (user names may be e-mail addresses).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn iso(ms: Option<i64>) -> Option<String> {

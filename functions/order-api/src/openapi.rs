@@ -1,6 +1,7 @@
 //! order-api's operations in the OpenAPI document (see [`granary_lambda::openapi`]).
 
-use crate::{OrderAnswer, OrderPage, OrderRequest, OrderSearch};
+use crate::{OrderAnswer, OrderPage, OrderRequest, OrderSearch, QuotaAnswer};
+use granary_domain::order::Quota;
 use granary_lambda::openapi::{Operation, QueryParam, schema};
 
 const PAGING: &[QueryParam] = &[
@@ -48,6 +49,66 @@ pub const OPERATIONS: &[Operation] = &[
         query: PAGING,
         body: Some(schema::<OrderSearch>),
         ok: (200, schema::<OrderPage>),
+        problems: &[400, 403],
+    },
+    Operation {
+        method: "GET",
+        path: "/user/quota",
+        summary: "The caller's quota of stored files and bytes made available per rolling period (-1: no limit)",
+        who: "any authenticated user",
+        query: &[],
+        body: None,
+        ok: (200, schema::<QuotaAnswer>),
+        problems: &[],
+    },
+    Operation {
+        method: "GET",
+        path: "/quotas/{user}",
+        summary: "A user's quota: the one an admin set, else the deployment's default (custom false)",
+        who: "admin",
+        query: &[],
+        body: None,
+        ok: (200, schema::<QuotaAnswer>),
+        problems: &[403],
+    },
+    Operation {
+        method: "PUT",
+        path: "/quotas/{user}",
+        summary: "Set a user's quota {maxFiles, maxBytes, periodHours}; 400 naming each bad limit",
+        who: "admin",
+        query: &[],
+        body: Some(schema::<Quota>),
+        ok: (200, schema::<QuotaAnswer>),
+        problems: &[400, 403],
+    },
+    Operation {
+        method: "GET",
+        path: "/user/quota",
+        summary: "The caller's quota of stored files and bytes made available per rolling period (-1: no limit)",
+        who: "any authenticated user",
+        query: &[],
+        body: None,
+        ok: (200, schema::<QuotaAnswer>),
+        problems: &[],
+    },
+    Operation {
+        method: "GET",
+        path: "/quotas/{user}",
+        summary: "A user's quota: the one an admin set, else the deployment's default (custom false)",
+        who: "admin",
+        query: &[],
+        body: None,
+        ok: (200, schema::<QuotaAnswer>),
+        problems: &[403],
+    },
+    Operation {
+        method: "PUT",
+        path: "/quotas/{user}",
+        summary: "Set a user's quota {maxFiles, maxBytes, periodHours}; 400 naming each bad limit",
+        who: "admin",
+        query: &[],
+        body: Some(schema::<Quota>),
+        ok: (200, schema::<QuotaAnswer>),
         problems: &[400, 403],
     },
 ];

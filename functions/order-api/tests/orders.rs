@@ -319,3 +319,24 @@ async fn an_expansion_killed_halfway_is_finished_by_the_next_delivery_with_nothi
     assert_eq!(expand(&site, &apis.create).await, 0);
     assert_eq!(order_files(&site, &id).await.len(), 449 * 3 + 1);
 }
+
+#[tokio::test]
+async fn admins_read_and_set_quotas_users_read_their_own() {
+    let (_site, apis) = site(Config::defaults()).await;
+    let (status, mine) = call(&apis.orders, "GET", "/user/quota", None, ANN).await;
+    assert_eq!(status, 200);
+    assert_eq!((mine["maxFiles"].as_i64(), mine["maxBytes"].as_i64(), mine["custom"].as_bool()), (Some(-1), Some(-1), Some(false)));
+    let quota = r#"{"maxFiles": 500, "maxBytes": 1073741824, "periodHours": 24}"#;
+    assert_eq!(call(&apis.orders, "PUT", "/quotas/ann%40example.org", Some(quota), ANN).await.0, 403);
+    assert_eq!(call(&apis.orders, "GET", "/quotas/bob%40example.org", None, ANN).await.0, 403);
+    let (status, set) = call(&apis.orders, "PUT", "/quotas/ann%40example.org", Some(quota), ADMIN).await;
+    assert_eq!((status, set["custom"].as_bool()), (200, Some(true)));
+    let (_, mine) = call(&apis.orders, "GET", "/user/quota", None, ANN).await;
+    assert_eq!((mine["maxFiles"].as_i64(), mine["periodHours"].as_i64()), (Some(500), Some(24)));
+    let (_, bobs) = call(&apis.orders, "GET", "/quotas/bob@example.org", None, ADMIN).await;
+    assert_eq!(bobs["custom"], false);
+    let (status, problem) =
+        call(&apis.orders, "PUT", "/quotas/bob@example.org", Some(r#"{"maxFiles": -3, "maxBytes": 1, "periodHours": 0}"#), ADMIN).await;
+    assert_eq!((status, problem["errors"].as_array().unwrap().len()), (400, 2));
+    assert_eq!(call(&apis.orders, "PUT", "/quotas/bob@example.org", Some(r#"{"maxFiles": 1}"#), ADMIN).await.0, 400);
+}

@@ -177,6 +177,7 @@ pub(crate) async fn run(products: usize, files: usize, runner: PathBuf) {
 pub(crate) async fn aws(products: usize, files: usize) {
     use granary_aws::{Aws, RequestCounter};
     use lambda_runtime::{Context, LambdaEvent};
+    granary_lambda::init_logging();
     let endpoint = granary_aws::emulator::shared_moto();
     let prefix = format!("order{}-", std::process::id());
     let resources = granary_resources::from_template(granary_resources::TEMPLATE, |_| None).expect("template");
@@ -184,6 +185,7 @@ pub(crate) async fn aws(products: usize, files: usize) {
     granary_aws::provision::provision(&setup, &resources).await.expect("provision");
     let b = setup.backend();
     let config = granary_lambda::Config::from_env();
+    let setup_start = Instant::now();
     define_models(&b).await;
     queue_catalog(&b, "feature-normal", products, files).await;
     let ingest = feature_ingest::FeatureIngest::new(b.clone(), config.clone());
@@ -219,6 +221,7 @@ pub(crate) async fn aws(products: usize, files: usize) {
     options.counter = Some(counter.clone());
     let counted = Aws::connect(&resources, options).await.backend();
     let create = order_create::OrderCreate::new(counted.clone(), config.clone());
+    println!("catalog ingested and ordered in {:.1} s; expanding", setup_start.elapsed().as_secs_f64());
     let start = Instant::now();
     let messages = b.queue.receive("order-create", 1, None, Duration::from_secs(5)).await.expect("receive");
     let event = granary_lambda::sqs::sqs_event("order-create", &messages).expect("event");

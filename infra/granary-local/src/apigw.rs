@@ -87,6 +87,9 @@ pub const ROUTES: &[Route] = &[
     Route { method: "GET", template: "/user/orders", target: Target::OrderApi, authorized: true },
     Route { method: "GET", template: "/user/orders/{orderId}", target: Target::OrderApi, authorized: true },
     Route { method: "POST", template: "/orders/search", target: Target::OrderApi, authorized: true },
+    Route { method: "GET", template: "/user/quota", target: Target::OrderApi, authorized: true },
+    Route { method: "GET", template: "/quotas/{user}", target: Target::OrderApi, authorized: true },
+    Route { method: "PUT", template: "/quotas/{user}", target: Target::OrderApi, authorized: true },
 ];
 
 /// The OpenAPI document of every route served.

@@ -166,6 +166,38 @@ impl OrderSettings {
     }
 }
 
+/// How much a user may retrieve of stored files per rolling period (REGARDS's DownloadQuotaLimits;
+/// -1 is unlimited, as in REGARDS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Quota {
+    /// Most stored files made available per period; -1 for no limit.
+    pub max_files: i64,
+    /// Most bytes of stored files made available per period; -1 for no limit.
+    pub max_bytes: i64,
+    /// The rolling period, in hours.
+    pub period_hours: i64,
+}
+
+impl Quota {
+    /// No limit, over a day.
+    pub const UNLIMITED: Quota = Quota { max_files: -1, max_bytes: -1, period_hours: 24 };
+
+    /// Checks the limits, naming each problem.
+    pub fn check(&self) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        for (name, v) in [("maxFiles", self.max_files), ("maxBytes", self.max_bytes)] {
+            if v < -1 {
+                errors.push(format!("{name}: {v} is neither -1 (no limit) nor a count"));
+            }
+        }
+        if !(1..=24 * 366).contains(&self.period_hours) {
+            errors.push(format!("periodHours: {} must be 1 to 8784 (a year)", self.period_hours));
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+}
+
 /// Stored files (made available by a storage service) or referenced ones (available at once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -374,6 +406,13 @@ mod tests {
         assert_eq!(allowed_actions(OrderStatus::Deleted, 5, true), ["remove"]);
         assert!(allowed_actions(OrderStatus::Deleted, 5, false).is_empty());
         assert_eq!(allowed_actions(OrderStatus::Expired, 0, false), ["delete"]);
+    }
+
+    #[test]
+    fn quotas_are_minus_one_or_counts_over_a_period() {
+        assert!(Quota::UNLIMITED.check().is_ok());
+        assert!(Quota { max_files: 10, max_bytes: 0, period_hours: 1 }.check().is_ok());
+        assert_eq!(Quota { max_files: -2, max_bytes: -5, period_hours: 0 }.check().unwrap_err().len(), 3);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (granary-local runs them all in one process), a default for one machine, and a row in the README.
 
 use granary_domain::Priority;
-use granary_domain::order::OrderSettings;
+use granary_domain::order::{OrderSettings, Quota};
 use granary_domain::storage::{LocationClass, Locations, StorageLocation, parse_locations};
 
 /// Reads `name`, or `default` when unset or empty.
@@ -64,6 +64,9 @@ pub struct Config {
     /// Suborder size and order durations (`GRANARY_ORDER_SUBORDER_MAX_MIB`, default 100;
     /// `GRANARY_ORDER_SUBORDER_HOURS`, default 240; `GRANARY_ORDER_MAX_HOURS`, default 168).
     pub order_settings: OrderSettings,
+    /// The quota of users an admin set none for (`GRANARY_QUOTA_MAX_FILES`, `GRANARY_QUOTA_MAX_BYTES`,
+    /// -1 for no limit, the default; `GRANARY_QUOTA_PERIOD_HOURS`, default 24).
+    pub default_quota: Quota,
 }
 
 /// The locations used when `GRANARY_STORAGE_LOCATIONS` is unset: `online` and `nearline`, two prefixes
@@ -117,6 +120,14 @@ impl Config {
             search_date_property: env_or("GRANARY_SEARCH_DATE_PROPERTY", "acquisitionDate"),
             basket_upload_max_lines: lookup("GRANARY_BASKET_UPLOAD_MAX_LINES").and_then(|v| v.parse().ok()).unwrap_or(1000),
             order_create_queue: env_or("GRANARY_ORDER_CREATE_QUEUE", "order-create"),
+            default_quota: {
+                let number = |name: &str, default: i64| lookup(name).and_then(|v| v.parse::<i64>().ok()).unwrap_or(default);
+                Quota {
+                    max_files: number("GRANARY_QUOTA_MAX_FILES", -1),
+                    max_bytes: number("GRANARY_QUOTA_MAX_BYTES", -1),
+                    period_hours: number("GRANARY_QUOTA_PERIOD_HOURS", 24),
+                }
+            },
             order_settings: {
                 let number =
                     |name: &str, default: i64| lookup(name).and_then(|v| v.parse::<i64>().ok()).filter(|n| *n > 0).unwrap_or(default);

@@ -33,6 +33,34 @@ fn label_key(owner: &str, label: &str) -> Key {
 /// The value every order carries in `orderList`, the partition of the `allOrders` index.
 const ORDER_LIST: &str = "O";
 
+/// Users' quotas set by admins, in the orders table (`Q#<user>` / `Q`); the others have the default.
+#[derive(Debug, Clone)]
+pub struct QuotaStore {
+    orders: String,
+}
+
+impl QuotaStore {
+    /// Quotas kept in `orders`.
+    pub fn new(orders: &str) -> Self {
+        Self { orders: orders.to_owned() }
+    }
+
+    /// `user`'s quota, if an admin set one.
+    pub async fn get(&self, backend: &Backend, user: &str) -> Result<Option<granary_domain::order::Quota>, StoreError> {
+        let item = backend.table.get(&self.orders, &Key::new(format!("Q#{user}"), "Q")).await?;
+        Ok(item.and_then(|i| i.get("quota").and_then(|q| serde_json::from_value(q.clone()).ok())))
+    }
+
+    /// Sets `user`'s quota.
+    pub async fn put(&self, backend: &Backend, user: &str, quota: &granary_domain::order::Quota, by: &str) -> Result<(), StoreError> {
+        let item = Item::new(Key::new(format!("Q#{user}"), "Q"))
+            .with("quota", serde_json::to_value(quota).unwrap_or_default())
+            .with("updatedBy", by)
+            .with("updatedAt", backend.clock.now_ms());
+        Ok(backend.table.put(&self.orders, item, None).await?)
+    }
+}
+
 /// How an order creation ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Created {
