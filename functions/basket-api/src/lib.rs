@@ -27,7 +27,7 @@ use granary_domain::basket::{
 };
 use granary_domain::catalog::{Reader, dataset_label, dataset_uuid, datasets_of, product_files};
 use granary_domain::storage::Locations;
-use granary_lambda::http::{bad_request, body_text, json, not_found, problem, unauthorized, unavailable};
+use granary_lambda::http::{bad_request, body_text, json, not_found, percent_decode, problem, unauthorized, unavailable};
 use granary_lambda::{Config, Identity};
 use granary_ports::Backend;
 use granary_stores::baskets::{BasketStore, BasketWrite, MAX_BASKET_BYTES};
@@ -428,26 +428,6 @@ fn answer(basket: Basket, unmatched_ids: Vec<String>) -> BasketAnswer {
 
 fn text(v: &Value, name: &str) -> String {
     v.get(name).and_then(Value::as_str).unwrap_or_default().to_owned()
-}
-
-/// Decodes `%XX` escapes in a path segment (dates arrive with their colons encoded).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

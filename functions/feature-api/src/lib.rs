@@ -42,7 +42,7 @@ use granary_domain::request::{
     FeatureUpdateCollection, FeatureUpdateRequestEvent, validate_creation, validate_deletion, validate_notification, validate_patch,
 };
 use granary_domain::{FeatureCreationCollection, FeatureCreationRequestEvent, FeatureRequestType, Priority, Urn};
-use granary_lambda::http::{bad_request, body_text, conflict, forbidden, json, not_found, unauthorized, unavailable};
+use granary_lambda::http::{bad_request, body_text, conflict, forbidden, json, not_found, percent_decode, unauthorized, unavailable};
 use granary_lambda::{Config, Identity};
 use granary_ports::queue::{MAX_MESSAGE_BYTES, batches};
 use granary_ports::{Backend, OutgoingMessage};
@@ -146,7 +146,7 @@ impl FeatureApi {
             ("DELETE", ["recipients", label]) => self.delete_recipient(&identity, &percent_decode(label)).await,
             ("GET", ["recipients"]) => self.list_recipients(&identity).await,
             ("PUT", ["notification-settings"]) => self.put_settings(&identity, &req).await,
-            ("GET", ["features", urn]) => self.get_feature(&percent_decode(urn)).await,
+            ("GET", ["features", urn]) => self.get_feature(&identity, &reader, &percent_decode(urn)).await,
             (method, _) => Err(not_found(&format!("no route {method} {path}"))),
         }
     }
@@ -534,12 +534,20 @@ impl FeatureApi {
         }
     }
 
-    async fn get_feature(&self, urn_text: &str) -> RouteResult {
+    /// One feature version: producers and admins read any; other users only those of a dataset they
+    /// may see (the rest do not exist for them).
+    async fn get_feature(&self, identity: &Identity, reader: &Reader, urn_text: &str) -> RouteResult {
         let urn: Urn = urn_text.parse().map_err(|e: granary_domain::UrnError| bad_request("invalid URN", &[format!("urn: {e}")]))?;
         if urn.tenant != self.config.tenant {
             return Err(not_found(&format!("no feature {urn}")));
         }
         match self.features.get(&self.backend, &urn).await.map_err(unavailable_on)? {
+            Some(f)
+                if !identity.is_producer()
+                    && self.catalog.visible_through(&self.backend, reader, &f.feature).await.map_err(unavailable_on)?.is_none() =>
+            {
+                Err(not_found(&format!("no feature {urn}")))
+            }
             Some(f) => {
                 let dissemination_info = self.disseminated.of(&self.backend, &f.urn).await.map_err(unavailable_on)?;
                 Ok(json(200, &FeatureAnswer { urn: f.urn, last: f.last, feature: f.feature, dissemination_info }))
@@ -554,24 +562,4 @@ fn form_encode(v: &str) -> String {
     v.bytes()
         .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect()
-}
-
-/// Decodes `%XX` escapes in a path segment (URNs may arrive encoded).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16)
-        {
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -148,7 +148,7 @@ pub const OPERATIONS: &[Operation] = &[
         method: "GET",
         path: "/features/{urn}",
         summary: "One feature version; last tells whether it is the latest",
-        who: "any authenticated user",
+        who: "producers and admins; other users for features of a dataset they may see",
         query: &[],
         body: None,
         ok: (200, schema::<FeatureAnswer>),

@@ -88,6 +88,10 @@ async fn users_find_the_datasets_and_products_their_groups_open_and_nothing_else
     assert_eq!((quicklook["online"].as_bool(), quicklook["reference"].as_bool()), (Some(true), Some(true)));
     assert_eq!(get(&api, &format!("/products/{urn}"), "", STRANGER).await.0, 404);
     assert_eq!(get(&api, &format!("/public/products/{urn}"), "", None).await.0, 404);
+    // The feature-management read follows the same rule for users; producers and admins read any.
+    assert_eq!(get(&api, &format!("/features/{urn}"), "", STRANGER).await.0, 404);
+    assert_eq!(get(&api, &format!("/features/{urn}"), "", USER).await.0, 200);
+    assert_eq!(get(&api, &format!("/features/{urn}"), "", Some(("p@example.org", &["producer"]))).await.0, 200);
     // A product in no dataset is seen by admins only.
     let orphan = "URN:FEATURE:DATA:granary:".to_owned() + &granary_domain::entity_uuid("orphan").to_string() + ":V1";
     assert_eq!(get(&api, &format!("/products/{orphan}"), "", USER).await.0, 404);

@@ -20,7 +20,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SecondsFormat, Utc};
 use granary_domain::order::{OrderStatus, Quota, allowed_actions, check_label, default_label};
-use granary_lambda::http::{bad_request, body_text, conflict, forbidden, json, not_found, unauthorized, unavailable};
+use granary_lambda::http::{bad_request, body_text, conflict, forbidden, json, not_found, percent_decode, unauthorized, unavailable};
 use granary_lambda::{Config, Identity};
 use granary_ports::{Backend, Cursor, Item};
 use granary_stores::baskets::BasketStore;
@@ -369,26 +369,6 @@ impl OrderApi {
         let metadata = serde_json::json!({ "size": size, "numberOfElements": content.len() });
         Ok(json(200, &OrderPage { content, metadata, links }))
     }
-}
-
-/// Decodes `%XX` escapes in a path segment (user names may be e-mail addresses).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn iso(ms: Option<i64>) -> Option<String> {

@@ -276,10 +276,10 @@ async fn http_creation_goes_through_the_queue_to_ingest() {
     assert_eq!(other.status(), 404, "another user does not learn the request exists");
 
     create_and_wait(&c, &r, &producer, &["product-0001"]).await;
-    let f1: Value = c.get(r.url(&format!("/features/{v1}"))).bearer_auth(&reader).send().await.unwrap().json().await.unwrap();
+    let f1: Value = c.get(r.url(&format!("/features/{v1}"))).bearer_auth(&producer).send().await.unwrap().json().await.unwrap();
     assert_eq!(f1["last"], false, "V1 is no longer the latest");
     let f2: Value =
-        c.get(r.url(&format!("/features/{}", v1.replace(":V1", ":V2")))).bearer_auth(&reader).send().await.unwrap().json().await.unwrap();
+        c.get(r.url(&format!("/features/{}", v1.replace(":V1", ":V2")))).bearer_auth(&producer).send().await.unwrap().json().await.unwrap();
     assert_eq!(f2["last"], true);
     assert_eq!(f2["feature"]["properties"]["n"], 1);
     let bad_urn = c.get(r.url("/features/URN:FEATURE:DATA:granary:nope:V1")).bearer_auth(&reader).send().await.unwrap();

@@ -108,3 +108,23 @@ pub fn apigw_request(method: &str, path: &str, query: &str, body: Option<&str>, 
     }
     lambda_http::request::from_str(&event.to_string()).expect("an API Gateway v2 event lambda_http reads")
 }
+
+/// Decodes `%XX` escapes in a path segment: URNs, dates and e-mail addresses may arrive encoded.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
