@@ -189,3 +189,14 @@ async fn concurrent_changes_of_one_basket_all_land() {
     assert_eq!(s2["itemsSelections"].as_array().unwrap().len(), 8, "{basket}");
     assert_eq!(counts(s2).0, 8);
 }
+
+#[tokio::test]
+async fn a_product_named_in_an_older_version_and_found_by_a_search_counts_once() {
+    let (site, api) = site().await;
+    // tile-04 gets a second version; the basket names V1 and searches the dataset (which holds V2).
+    site.create(&[tile(4)]).await;
+    let v1 = format!("URN:FEATURE:DATA:granary:{}:V1", granary_domain::entity_uuid("tile-04"));
+    call(&api, "POST", "/order/basket/selection", Some(&json!({"entityIdsToInclude": [v1]}).to_string()), ANN).await;
+    let (_, basket) = call(&api, "POST", "/order/basket/selection", Some(r#"{"datasetUrn": "S2"}"#), ANN).await;
+    assert_eq!(counts(selection(&basket, "S2 label")).0, 10, "ten products, tile-04 once: {basket}");
+}

@@ -137,6 +137,12 @@ async fn an_order_is_pending_at_once_then_running_with_suborders_split_by_the_ru
     let (_, basket) = answer(apis.basket.handle(apigw_request("GET", "/order/basket", "", None, ANN)).await.unwrap());
     assert_eq!(basket["datasetSelections"], json!([]));
     assert_eq!(call(&apis.orders, "POST", "/user/orders", None, ANN).await.0, 400, "empty basket");
+    // A change read before the order cannot land after it: the emptied basket has a newer version.
+    let baskets = granary_stores::baskets::BasketStore::new("orders");
+    let (mut stale, version) = baskets.read(&site.backend, "ann@example.org").await.unwrap();
+    assert!(stale.is_empty() && version > 1);
+    stale.next_id = 99;
+    assert_eq!(baskets.write(&site.backend, &stale, version - 1).await.unwrap(), granary_stores::baskets::BasketWrite::Conflict);
     // Labels are unique per owner.
     select(&apis, json!({"entityIdsToInclude": ["p0001"]}), ANN).await;
     assert_eq!(call(&apis.orders, "POST", "/user/orders", Some(r#"{"label": "my first order"}"#), ANN).await.0, 409);

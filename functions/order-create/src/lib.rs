@@ -27,6 +27,9 @@ use lambda_runtime::LambdaEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+/// Most warnings kept on an order: the order item must stay under 400 KB.
+const MAX_WARNINGS: usize = 100;
+
 /// The expansion message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -237,7 +240,7 @@ impl OrderCreate {
     /// Places one file of `product` in a suborder, adding its item (and those of suborders it closes).
     fn place(&self, order_id: &str, cp: &mut Checkpoint, product: &Value, file: &ProductFile, items: &mut Vec<Item>) {
         let placement = cp.splitter.place(file);
-        if placement.oversized {
+        if placement.oversized && cp.warnings.len() < MAX_WARNINGS {
             cp.warnings.push(format!(
                 "file {} of {} ({} bytes) is larger than a suborder may be ({} bytes): it has a suborder of its own",
                 file.filename,
@@ -261,9 +264,9 @@ impl OrderCreate {
                 .with("file", serde_json::to_value(file).unwrap_or_default()),
         );
         cp.current.files_count += 1;
-        cp.current.files_size += file.size;
+        cp.current.files_size = cp.current.files_size.saturating_add(file.size);
         cp.totals.files += 1;
-        cp.totals.bytes += file.size;
+        cp.totals.bytes = cp.totals.bytes.saturating_add(file.size);
         if file.reference {
             cp.totals.external_files += 1;
         }

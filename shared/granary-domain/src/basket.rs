@@ -236,7 +236,7 @@ impl Counts {
         self.objects += 1;
         for f in files.iter().filter(|f| filter.keeps(f)) {
             self.files += 1;
-            self.bytes += f.size;
+            self.bytes = self.bytes.saturating_add(f.size);
         }
     }
 }

@@ -284,7 +284,7 @@ impl Splitter {
             };
             let index = b.files;
             b.files += 1;
-            b.bytes += file.size;
+            b.bytes = b.bytes.saturating_add(file.size);
             self.external = Some(b);
             return Placement { suborder: b.number, index, oversized: false, closed };
         }
@@ -296,7 +296,8 @@ impl Splitter {
             closed.push(ClosedSuborder { kind: SuborderKind::Internal, bucket: own });
             return Placement { suborder: own.number, index: 0, oversized: true, closed };
         }
-        if let Some(b) = self.internal.filter(|b| b.files + 1 > MAX_BUCKET_FILE_COUNT || b.bytes + file.size > self.max_bytes) {
+        if let Some(b) = self.internal.filter(|b| b.files + 1 > MAX_BUCKET_FILE_COUNT || b.bytes.saturating_add(file.size) > self.max_bytes)
+        {
             closed.push(ClosedSuborder { kind: SuborderKind::Internal, bucket: b });
             self.internal = None;
         }
@@ -306,7 +307,7 @@ impl Splitter {
         };
         let index = b.files;
         b.files += 1;
-        b.bytes += file.size;
+        b.bytes = b.bytes.saturating_add(file.size);
         self.internal = Some(b);
         Placement { suborder: b.number, index, oversized: false, closed }
     }

@@ -1,10 +1,11 @@
 //! Baskets, one item per user in the orders table (`B#<owner>` / `B`), written only if its version is
 //! still the one read: two concurrent changes of one basket both land, the second after reading the
-//! first (the caller retries on [`BasketWrite::Conflict`]).
+//! first (the caller retries on [`BasketWrite::Conflict`]). Versions only grow: an emptied basket is
+//! an empty one at the next version, never a deleted item.
 
 use crate::StoreError;
 use granary_domain::basket::Basket;
-use granary_ports::{Backend, Cond, Item, Key, PortError};
+use granary_ports::{Backend, Cond, Item, Key, PortError, TxOp};
 
 /// A basket item stays under DynamoDB's 400 KB with room for its keys and version.
 pub const MAX_BASKET_BYTES: usize = 350_000;
@@ -67,15 +68,20 @@ impl BasketStore {
         }
     }
 
-    /// Empties `owner`'s basket if it is still at `version`.
+    /// Empties `owner`'s basket if it is still at `version`. The emptied basket is written, not
+    /// deleted, at the next version: a version never comes back, so a change read before the emptying
+    /// cannot land after it.
     pub async fn clear(&self, backend: &Backend, owner: &str, version: i64) -> Result<BasketWrite, StoreError> {
-        if version == 0 {
-            return Ok(BasketWrite::Written);
-        }
-        match backend.table.delete(&self.orders, &key(owner), Some(Cond::eq("version", version))).await {
-            Ok(_) => Ok(BasketWrite::Written),
-            Err(PortError::ConditionFailed { .. }) => Ok(BasketWrite::Conflict),
-            Err(e) => Err(e.into()),
-        }
+        self.write(backend, &Basket::empty(owner), version).await
+    }
+
+    /// The write that empties `owner`'s basket read at `version`, for a caller's transaction.
+    pub fn clear_op(&self, owner: &str, version: i64, now_ms: i64) -> TxOp {
+        let item = Item::new(key(owner))
+            .with("basket", serde_json::to_value(Basket::empty(owner)).unwrap_or_default())
+            .with("version", version + 1)
+            .with("updatedAt", now_ms);
+        let cond = if version == 0 { Cond::ItemAbsent } else { Cond::eq("version", version) };
+        TxOp::Put { table: self.orders.clone(), item, cond: Some(cond) }
     }
 }

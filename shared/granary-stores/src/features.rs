@@ -446,6 +446,8 @@ impl FeatureStore {
                 guard.push(Cond::eq("last", true));
                 crate::catalog::catalog_ops(&self.features, Some(&stored), Some(&patched))
             } else {
+                // Not the latest when read: only while it still is not (a deletion may promote it).
+                guard.push(Cond::ne("last", true));
                 vec![]
             };
             let mut staged = events(&urn_text);
@@ -515,8 +517,17 @@ impl FeatureStore {
             staged.extend(self.notification(action, &deleted, &request));
             let mut ops = vec![self.request_op(&request)];
             if let Some(item) = &existing {
-                ops.push(TxOp::Delete { table: self.features.clone(), key: key.clone(), cond: Some(Cond::ItemExists) });
-                if item.get("last").and_then(Value::as_bool) == Some(true) {
+                // Guarded by what was read: whether it is the latest (the catalog is moved on that
+                // basis) and its revision.
+                let was_last = item.get("last").and_then(Value::as_bool) == Some(true);
+                let revision = item.get_i64("revision").unwrap_or(0);
+                let cond = Cond::And(vec![
+                    Cond::ItemExists,
+                    if was_last { Cond::eq("last", true) } else { Cond::ne("last", true) },
+                    if revision == 0 { Cond::absent("revision") } else { Cond::eq("revision", revision) },
+                ]);
+                ops.push(TxOp::Delete { table: self.features.clone(), key: key.clone(), cond: Some(cond) });
+                if was_last {
                     let below = Query::partition(&self.features, partition.clone())
                         .sorted(granary_ports::SortCond::Lt(Value::from(key.sk.clone())))
                         .descending()

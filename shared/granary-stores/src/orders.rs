@@ -138,11 +138,8 @@ impl OrderStore {
                 item: Item::new(label_key(&basket.owner, label)).with("orderId", order_id),
                 cond: Some(Cond::ItemAbsent),
             },
-            TxOp::Delete {
-                table: self.orders.clone(),
-                key: Key::new(format!("B#{}", basket.owner), "B"),
-                cond: Some(Cond::eq("version", basket_version)),
-            },
+            // Emptied at its next version, not deleted: a change read before cannot land after.
+            crate::baskets::BasketStore::new(&self.orders).clear_op(&basket.owner, basket_version, now),
             self.outbox.stage(&event, now),
         ];
         match backend.table.transact(ops).await {

@@ -5,9 +5,9 @@
 use crate::StoreError;
 use crate::catalog::Catalog;
 use crate::features::FeatureStore;
-use granary_domain::Urn;
 use granary_domain::basket::DatedItemsSelection;
 use granary_domain::catalog::ProductSearch;
+use granary_domain::{Urn, entity_uuid};
 use granary_ports::{Backend, Cursor};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -42,7 +42,9 @@ pub struct Selected<'a> {
     selections: &'a Selections,
     dataset: Uuid,
     named: Vec<String>,
-    named_set: BTreeSet<String>,
+    /// The providerIds (their uuids) the named URNs are versions of: a search does not select them
+    /// again in another version.
+    named_products: BTreeSet<Uuid>,
     searches: Vec<(&'a DatedItemsSelection, ProductSearch)>,
     /// Where the next batch starts.
     pub position: Position,
@@ -84,7 +86,8 @@ impl Selections {
                 named_set.extend(request.entity_ids_to_include.iter().cloned());
             }
         }
-        Selected { selections: self, dataset, named: named_set.iter().cloned().collect(), named_set, searches, position }
+        let named_products = named_set.iter().filter_map(|u| u.parse::<Urn>().ok()).map(|u| u.uuid).collect();
+        Selected { selections: self, dataset, named: named_set.into_iter().collect(), named_products, searches, position }
     }
 }
 
@@ -120,7 +123,7 @@ impl Selected<'_> {
                     let found: Vec<Value> = page
                         .features
                         .into_iter()
-                        .filter(|p| !self.named_set.contains(p.get("urn").and_then(Value::as_str).unwrap_or_default()))
+                        .filter(|p| !self.named_products.contains(&entity_uuid(p.get("id").and_then(Value::as_str).unwrap_or_default())))
                         .filter(|p| self.searches.iter().any(|(item, search)| item.selection_request.selects(p, search, date)))
                         .collect();
                     if !found.is_empty() {

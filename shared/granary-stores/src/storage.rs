@@ -312,6 +312,8 @@ impl StorageTracker {
         if item.get("last").and_then(Value::as_bool) == Some(true) {
             guard.push(Cond::eq("last", true));
             ops = crate::catalog::catalog_ops(&self.features, item.get("feature"), Some(&feature));
+        } else {
+            guard.push(Cond::ne("last", true));
         }
         ops.insert(
             0,
