@@ -17,6 +17,30 @@ pub const PUBLIC_GROUP: &str = "public";
 /// The file types an order retrieves (REGARDS's `DataTypeLight` ALL).
 pub const ORDERABLE_TYPES: [&str; 4] = ["RAWDATA", "QUICKLOOK_SD", "QUICKLOOK_MD", "QUICKLOOK_HD"];
 
+/// Most tags of a feature: the catalog copies a feature once per tag in the transaction that changes
+/// it, and a DynamoDB transaction holds 100 operations and 4 MB.
+pub const MAX_TAGS: usize = 10;
+
+/// Checks a feature's `tags` (absent, or at most [`MAX_TAGS`] non-blank strings), naming each problem.
+pub fn check_tags(feature: &Value, errors: &mut Vec<String>) {
+    match feature.get("tags") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(tags)) => {
+            if tags.len() > MAX_TAGS {
+                errors.push(format!("feature.tags: {} tags; at most {MAX_TAGS}", tags.len()));
+            }
+            for (i, t) in tags.iter().enumerate() {
+                match t.as_str() {
+                    Some(s) if !s.trim().is_empty() && s.chars().count() <= 255 => {}
+                    Some(_) => errors.push(format!("feature.tags[{i}]: must be 1 to 255 characters, not blank")),
+                    None => errors.push(format!("feature.tags[{i}]: must be a string (a dataset's providerId or URN)")),
+                }
+            }
+        }
+        Some(_) => errors.push("feature.tags: must be an array of dataset providerIds or URNs".into()),
+    }
+}
+
 /// Whether `feature` is a dataset.
 pub fn is_dataset(feature: &Value) -> bool {
     feature.get("entityType").and_then(Value::as_str) == Some("DATASET")
@@ -331,6 +355,19 @@ mod tests {
         assert_eq!(ds, vec![entity_uuid("DS1"), "6a1f4e1c-4b9a-3c5e-9c1a-0d2b3c4d5e6f".parse().unwrap()]);
         assert_eq!(dataset_uuid("URN:FEATURE:DATASET:granary:6a1f4e1c-4b9a-3c5e-9c1a-0d2b3c4d5e6f:V1"), ds[1]);
         assert!(datasets_of(&json!({"id": "x"})).is_empty());
+    }
+
+    #[test]
+    fn tags_are_a_short_list_of_names() {
+        let check = |f: Value| {
+            let mut e = vec![];
+            check_tags(&f, &mut e);
+            e
+        };
+        assert!(check(json!({})).is_empty() && check(json!({"tags": ["A", "B"]})).is_empty());
+        assert_eq!(check(json!({"tags": (0..11).map(|i| i.to_string()).collect::<Vec<_>>()})), ["feature.tags: 11 tags; at most 10"]);
+        assert_eq!(check(json!({"tags": [" ", 3]})).len(), 2);
+        assert_eq!(check(json!({"tags": "A"})).len(), 1);
     }
 
     #[test]

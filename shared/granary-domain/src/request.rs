@@ -352,6 +352,7 @@ pub fn validate_creation(event: &FeatureCreationRequestEvent) -> Result<ValidCre
         errors.push("feature.properties: must be an object".into());
     }
     check_location(f, &mut errors);
+    crate::catalog::check_tags(f, &mut errors);
     crate::file::check_files(f.get("files").unwrap_or(&Value::Null), "feature.files", &mut errors);
     match (provider_id, entity_type, model) {
         (Some(provider_id), Some(entity_type), Some(model)) if errors.is_empty() => Ok(ValidCreation { provider_id, entity_type, model }),
