@@ -118,6 +118,28 @@ fn every_local_route_is_declared_in_the_template() {
 }
 
 #[test]
+fn anonymous_routes_agree_in_granary_local_the_template_and_the_openapi_document() {
+    let template = std::fs::read_to_string(root().join("template.yaml")).unwrap();
+    let doc = granary_local::apigw::openapi_document();
+    for route in granary_local::apigw::ROUTES {
+        let event = template
+            .split("Type: HttpApi")
+            .skip(1)
+            .find(|ev| ev.contains(&format!("Method: {}\n", route.method)) && ev.contains(&format!("Path: {}\n", route.template)))
+            .unwrap_or_else(|| panic!("no HttpApi event for {} {}", route.method, route.template));
+        // An event's text runs on to the next event (indented 8) or resource: only its own lines count.
+        let unguarded = event
+            .lines()
+            .skip(1)
+            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > 8)
+            .any(|l| l.trim() == "Authorizer: NONE");
+        assert_eq!(unguarded, !route.authorized, "{} {}: template says Authorizer NONE = {unguarded}", route.method, route.template);
+        let op = &doc["paths"][route.template][route.method.to_ascii_lowercase()];
+        assert_eq!(op["security"] == serde_json::json!([]), !route.authorized, "{} {}: OpenAPI security", route.method, route.template);
+    }
+}
+
+#[test]
 fn the_openapi_document_covers_every_route_and_only_those() {
     let doc = granary_local::apigw::openapi_document();
     let paths = doc["paths"].as_object().unwrap();
@@ -132,6 +154,20 @@ fn the_openapi_document_covers_every_route_and_only_those() {
             assert!(served, "the OpenAPI document describes {method} {path}, which granary-local does not serve");
         }
     }
+    // Every schema reference resolves, in the whole document as served.
+    let text = doc.to_string();
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = &part[..part.find('"').unwrap()];
+        assert!(schemas.contains_key(name), "dangling $ref to {name}");
+    }
+    let creation = &schemas["FeatureCreationCollection"]["properties"];
+    assert!(creation["features"].is_object() && creation["metadata"].is_object(), "{creation}");
+    assert!(schemas["BasketSelectionRequest"]["properties"]["entityIdsToInclude"].is_object());
+    assert_eq!(
+        doc["paths"]["/features"]["post"]["responses"]["400"]["content"]["application/problem+json"]["schema"]["$ref"],
+        "#/components/schemas/Problem"
+    );
     // The copy in docs/ is the generated one.
     let committed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("docs/openapi.json")).unwrap()).unwrap();
     assert!(committed == doc, "docs/openapi.json is stale: cargo run -q -p granary-local -- openapi > docs/openapi.json");

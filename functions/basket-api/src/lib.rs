@@ -27,7 +27,7 @@ use granary_domain::basket::{
 };
 use granary_domain::catalog::{Reader, dataset_label, dataset_uuid, datasets_of, product_files};
 use granary_domain::storage::Locations;
-use granary_lambda::http::{bad_request, body_text, json, not_found, percent_decode, problem, unauthorized, unavailable};
+use granary_lambda::http::{bad_request, body_text, conflict, json, not_found, percent_decode, unauthorized, unavailable};
 use granary_lambda::{Config, Identity};
 use granary_ports::Backend;
 use granary_stores::baskets::{BasketStore, BasketWrite, MAX_BASKET_BYTES};
@@ -65,7 +65,7 @@ fn unavailable_on(e: impl std::fmt::Display) -> Response<Body> {
 fn refused(e: BasketError) -> Response<Body> {
     match e {
         BasketError::NoDatasetSelection(_) | BasketError::NoDatedSelection(..) => not_found(&e.to_string()),
-        BasketError::ProcessingAndFilters => problem(409, "Conflict", &e.to_string(), &[]),
+        BasketError::ProcessingAndFilters => conflict(&e.to_string()),
     }
 }
 
@@ -208,7 +208,7 @@ impl BasketApi {
     }
 
     async fn add_selection(&self, owner: &str, reader: &Reader, mut request: BasketSelectionRequest) -> RouteResult {
-        let now = DateTime::<Utc>::from_timestamp_millis(self.backend.clock.now_ms()).unwrap_or_default();
+        let now = self.backend.clock.now();
         if !request.entity_ids_to_include.is_empty() {
             let hint = match &request.dataset_urn {
                 Some(d) => Some(self.visible_dataset(reader, d).await?),
@@ -300,13 +300,14 @@ impl BasketApi {
     ) -> Result<(BTreeMap<String, Group>, Vec<String>), Response<Body>> {
         let catalog = self.selections.catalog();
         let mut datasets: HashMap<Uuid, Option<Value>> = HashMap::new();
-        if let Some(h) = &hint {
-            datasets.insert(dataset_uuid(&text(h, "urn")), Some(h.clone()));
-        }
         let hint_uuid = hint.as_ref().map(|h| dataset_uuid(&text(h, "urn")));
+        if let (Some(h), Some(u)) = (&hint, hint_uuid) {
+            datasets.insert(u, Some(h.clone()));
+        }
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
         let mut unmatched = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        let mut products = std::collections::HashSet::new();
         for id in ids.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
             if !seen.insert(id.to_owned()) {
                 continue;
@@ -315,6 +316,10 @@ impl BasketApi {
                 unmatched.push(id.to_owned());
                 continue;
             };
+            // A providerId and the URN of its latest version name one product: counted once.
+            if !products.insert(text(&product, "urn")) {
+                continue;
+            }
             let mut candidates = datasets_of(&product);
             if let Some(h) = hint_uuid.filter(|h| candidates.contains(h)) {
                 candidates.retain(|c| *c != h);
@@ -352,7 +357,7 @@ impl BasketApi {
             Body::Binary(b) => b,
             _ => &[],
         };
-        let content_type = req.headers().get(http_content_type()).and_then(|v| v.to_str().ok()).unwrap_or("text/plain");
+        let content_type = req.headers().get(lambda_http::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("text/plain");
         let file = file_part(content_type, bytes).map_err(|e| bad_request("cannot read the uploaded file", &[e]))?;
         let text = std::str::from_utf8(file).map_err(|_| bad_request("cannot read the uploaded file", &["file: not UTF-8 text".into()]))?;
         let ids: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
@@ -366,13 +371,9 @@ impl BasketApi {
         if ids.is_empty() {
             return Err(bad_request("the uploaded file names no product", &["file: no id in it (one URN or providerId per line)".into()]));
         }
-        let now = DateTime::<Utc>::from_timestamp_millis(self.backend.clock.now_ms()).unwrap_or_default();
+        let now = self.backend.clock.now();
         self.add_ids(owner, reader, &ids, None, BasketSelectionRequest::default(), now).await
     }
-}
-
-fn http_content_type() -> &'static str {
-    "content-type"
 }
 
 /// The uploaded file: the part named `file` of a multipart/form-data body, or the body itself.

@@ -60,7 +60,7 @@ async fn users_fill_their_own_basket_by_ids_and_search_counted_once_per_product(
     let (_site, api) = site().await;
     assert_eq!(call(&api, "GET", "/order/basket", None, None).await.0, 401);
     let urn3 = format!("URN:FEATURE:DATA:granary:{}:V1", granary_domain::entity_uuid("tile-03"));
-    let body = json!({"entityIdsToInclude": [urn3, "tile-01", "open-1", "nothing-like-it", "secret", "tile-01"]}).to_string();
+    let body = json!({"entityIdsToInclude": [urn3, "tile-01", "open-1", "nothing-like-it", "secret", "tile-01", "tile-03"]}).to_string();
     let (status, basket) = call(&api, "POST", "/order/basket/selection", Some(&body), ANN).await;
     assert_eq!(status, 200, "{basket}");
     assert_eq!(basket["unmatchedIds"], json!(["nothing-like-it", "secret"]));
@@ -120,7 +120,7 @@ async fn filters_recount_and_selections_come_out_one_by_one() {
     assert_eq!(call(&api, "PUT", "/order/basket/dataset/99/updateFileFilters", None, ANN).await.0, 404);
 
     // A second dated selection, then each removed by its date.
-    let _ = call(&api, "POST", "/order/basket/selection", Some(r#"{"entityIdsToInclude": ["open-1"]}"#), ANN).await;
+    assert_eq!(call(&api, "POST", "/order/basket/selection", Some(r#"{"entityIdsToInclude": ["open-1"]}"#), ANN).await.0, 200);
     let (_, basket) = call(&api, "POST", "/order/basket/selection", Some(&json!({"datasetUrn": "OPEN"}).to_string()), ANN).await;
     let open = selection(&basket, "OPEN label");
     let dates: Vec<String> = open["itemsSelections"].as_array().unwrap().iter().map(|d| d["date"].as_str().unwrap().to_owned()).collect();
@@ -136,7 +136,7 @@ async fn filters_recount_and_selections_come_out_one_by_one() {
     let (_, basket) = call(&api, "DELETE", &format!("/order/basket/dataset/{id}"), None, ANN).await;
     assert_eq!(basket["datasetSelections"], json!([]));
     assert_eq!(call(&api, "DELETE", &format!("/order/basket/dataset/{id}"), None, ANN).await.0, 404);
-    call(&api, "POST", "/order/basket/selection", Some(&all), ANN).await;
+    assert_eq!(call(&api, "POST", "/order/basket/selection", Some(&all), ANN).await.0, 200);
     assert_eq!(call(&api, "DELETE", "/order/basket", None, ANN).await.0, 204);
     assert_eq!(call(&api, "GET", "/order/basket", None, ANN).await.1["datasetSelections"], json!([]));
 }

@@ -16,7 +16,7 @@ use granary_lambda::{Config, sqs};
 use granary_ports::{Backend, OutgoingMessage};
 use granary_stores::StoreError;
 use granary_stores::dissemination::{DisseminationLog, RecipientCache, RecipientStore};
-use granary_stores::outbox::{Outbox, OutboxEvent};
+use granary_stores::outbox::OutboxEvent;
 use granary_stores::recovery::Recovery;
 use granary_stores::requests::Parked;
 use lambda_runtime::LambdaEvent;
@@ -99,7 +99,7 @@ impl Dissemination {
                 }
             }
         }
-        if let Err(e) = Outbox::new(&self.config.requests_table).flush(&self.backend, &events).await {
+        if let Err(e) = self.recovery.outbox().flush(&self.backend, &events).await {
             tracing::warn!(error = %e, "events left to the outbox relay");
         }
         Ok(sqs::batch_response(failed))

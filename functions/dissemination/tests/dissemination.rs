@@ -4,7 +4,7 @@
 
 use dissemination::Dissemination;
 use feature_ingest::FeatureIngest;
-use granary_domain::dissemination::{Recipient, RecipientFilter, SIGNATURE_HEADER, Target, verify};
+use granary_domain::dissemination::{Recipient, RecipientFilter, Target};
 use granary_embedded::{Embedded, EmbeddedOptions};
 use granary_lambda::Config;
 use granary_lambda::sqs::sqs_event;
@@ -12,72 +12,10 @@ use granary_ports::{Backend, Key, OutgoingMessage, QueueSpec, ReceivedMessage};
 use granary_stores::dissemination::{DisseminationLog, RecipientStore};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "a webhook secret of some length";
-
-/// A webhook on 127.0.0.1 answering 500 to its first `failures` calls, then 200 to those whose
-/// signature verifies; it keeps the event ids of what it accepted.
-async fn webhook(failures: usize) -> (String, Arc<Mutex<Vec<String>>>, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let accepted = Arc::new(Mutex::new(Vec::new()));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let (keep, count) = (accepted.clone(), calls.clone());
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let (keep, count) = (keep.clone(), count.clone());
-            tokio::spawn(async move {
-                let mut data = Vec::new();
-                let mut buf = vec![0u8; 65536];
-                // Read the head, then the body its Content-Length announces.
-                let (head, body) = loop {
-                    let n = socket.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    data.extend_from_slice(&buf[..n]);
-                    if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&data[..i]).to_string();
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                            .unwrap_or(0);
-                        while data.len() < i + 4 + length {
-                            let n = socket.read(&mut buf).await.unwrap_or(0);
-                            if n == 0 {
-                                break;
-                            }
-                            data.extend_from_slice(&buf[..n]);
-                        }
-                        break (head, data[i + 4..].to_vec());
-                    }
-                };
-                let header = |name: &str| {
-                    head.lines().find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-                    })
-                };
-                let n = count.fetch_add(1, Ordering::SeqCst);
-                let signed = header(SIGNATURE_HEADER).is_some_and(|s| verify(SECRET, &body, &s));
-                let status = if n < failures {
-                    "500 Internal Server Error"
-                } else if signed {
-                    keep.lock().unwrap().push(header("X-Granary-Event-Id").unwrap_or_default());
-                    "200 OK"
-                } else {
-                    "401 Unauthorized"
-                };
-                let _ = socket.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()).await;
-            });
-        }
-    });
-    (url, accepted, calls)
-}
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -114,19 +52,11 @@ impl Fixture {
         };
         let ingest = FeatureIngest::new(self.backend.clone(), self.config.clone());
         let r = ingest.handle(LambdaEvent::new(sqs_event("feature-high", &[msg]).unwrap(), Context::default())).await.unwrap();
-        assert!(r.batch_item_failures.is_empty());
+        assert!(r.batch_item_failures.is_empty(), "ingest failed messages {:?}", r.batch_item_failures);
     }
 
     async fn take(&self, queue: &str) -> Vec<ReceivedMessage> {
-        let mut out = Vec::new();
-        loop {
-            let got = self.backend.queue.receive(queue, 10, None, Duration::ZERO).await.unwrap();
-            if got.is_empty() {
-                return out;
-            }
-            self.backend.queue.delete_batch(queue, got.iter().map(|m| m.receipt_handle.clone()).collect()).await.unwrap();
-            out.extend(got);
-        }
+        granary_testkit::drain(&self.backend, queue).await
     }
 
     /// Runs dissemination on the notification queue until it is empty (retries are not delayed here).
@@ -146,7 +76,7 @@ impl Fixture {
 #[tokio::test]
 async fn every_recipient_gets_each_notification_once_and_a_failing_one_alone_is_retried() {
     let f = fixture().await;
-    let (url, accepted, calls) = webhook(2).await;
+    let (url, accepted, calls) = granary_testkit::webhook(SECRET, 2).await;
     let store = RecipientStore::new("features");
     store.put(&f.backend, "mirror", &recipient(Target::Queue { queue: "mirror".into() }, true), "admin").await.unwrap();
     store.put(&f.backend, "hook", &recipient(Target::Webhook { url }, false), "admin").await.unwrap();
@@ -190,7 +120,7 @@ async fn every_recipient_gets_each_notification_once_and_a_failing_one_alone_is_
 #[tokio::test]
 async fn a_recipient_that_never_recovers_ends_in_the_dead_letter_queue_and_its_request_in_error() {
     let f = fixture().await;
-    let (url, accepted, _) = webhook(usize::MAX).await;
+    let (url, accepted, _) = granary_testkit::webhook(SECRET, usize::MAX).await;
     let store = RecipientStore::new("features");
     store.put(&f.backend, "down", &recipient(Target::Webhook { url }, false), "admin").await.unwrap();
     f.create("c2", "p2").await;

@@ -108,24 +108,24 @@ impl FeatureApi {
     async fn route(&self, req: Request) -> RouteResult {
         let path = req.uri().path().trim_end_matches('/').to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        // Anonymous reads of the public catalog: routes without the JWT authorizer.
-        if let ["public", rest @ ..] = segments.as_slice() {
-            let reader = Reader::anonymous();
-            return match (req.method().as_str(), rest) {
-                ("GET", ["datasets"]) => self.list_datasets(&reader).await,
-                ("GET", ["datasets", dataset, "products"]) => {
-                    self.search_products(&reader, &percent_decode(dataset), &req, "/public").await
-                }
-                ("GET", ["products", urn]) => self.get_product(&reader, &percent_decode(urn)).await,
-                (method, _) => Err(not_found(&format!("no route {method} {path}"))),
-            };
+        // The catalog: anonymous reads under /public (routes without the JWT authorizer), the same
+        // reads with a token elsewhere.
+        let (reader, catalog_path, base, identity) = match segments.as_slice() {
+            ["public", rest @ ..] => (Reader::anonymous(), rest, "/public", None),
+            all => {
+                let identity = Identity::from_request(&req, &self.config.groups_claim).ok_or_else(unauthorized)?;
+                (Reader { admin: identity.is_admin(), groups: identity.groups.clone() }, all, "", Some(identity))
+            }
+        };
+        match (req.method().as_str(), catalog_path) {
+            ("GET", ["datasets"]) => return self.list_datasets(&reader).await,
+            ("GET", ["datasets", dataset, "products"]) => return self.search_products(&reader, &percent_decode(dataset), &req, base).await,
+            ("GET", ["products", urn]) => return self.get_product(&reader, &percent_decode(urn)).await,
+            _ => {}
         }
-        let identity = Identity::from_request(&req, &self.config.groups_claim).ok_or_else(unauthorized)?;
-        let reader = Reader { admin: identity.is_admin(), groups: identity.groups.clone() };
+        // Only the catalog is served under /public.
+        let Some(identity) = identity else { return Err(not_found(&format!("no route {} {path}", req.method()))) };
         match (req.method().as_str(), segments.as_slice()) {
-            ("GET", ["datasets"]) => self.list_datasets(&reader).await,
-            ("GET", ["datasets", dataset, "products"]) => self.search_products(&reader, &percent_decode(dataset), &req, "").await,
-            ("GET", ["products", urn]) => self.get_product(&reader, &percent_decode(urn)).await,
             ("POST", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Creation).await,
             ("PATCH", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Patch).await,
             ("DELETE", ["features"]) => self.submit(&identity, &req, FeatureRequestType::Deletion).await,
@@ -305,8 +305,7 @@ impl FeatureApi {
     }
 
     async fn list_locations(&self) -> RouteResult {
-        let mut locations = self.config.locations();
-        locations.extend(self.locations.list(&self.backend).await.map_err(unavailable_on)?);
+        let locations = self.all_locations().await.map_err(|b| *b)?;
         Ok(json(200, &LocationList { locations }))
     }
 

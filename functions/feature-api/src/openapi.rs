@@ -295,31 +295,3 @@ pub const OPERATIONS: &[Operation] = &[
         problems: &[400, 404],
     },
 ];
-
-/// The OpenAPI document of feature-api's routes alone (granary-local serves every function's).
-pub fn document() -> Value {
-    granary_lambda::openapi::document(&[OPERATIONS])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_schema_reference_resolves_and_bodies_carry_their_fields() {
-        let doc = document();
-        let text = doc.to_string();
-        let schemas = doc["components"]["schemas"].as_object().unwrap();
-        for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
-            let name = &part[..part.find('"').unwrap()];
-            assert!(schemas.contains_key(name), "dangling $ref to {name}");
-        }
-        let creation = &schemas["FeatureCreationCollection"]["properties"];
-        assert!(creation["features"].is_object() && creation["metadata"].is_object(), "{creation}");
-        assert!(schemas["RequestRecord"]["properties"]["step"].is_object());
-        assert_eq!(
-            doc["paths"]["/features"]["post"]["responses"]["400"]["content"]["application/problem+json"]["schema"]["$ref"],
-            "#/components/schemas/Problem"
-        );
-    }
-}

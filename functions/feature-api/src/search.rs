@@ -20,7 +20,7 @@ const MAX_PAGE: usize = 500;
 
 impl FeatureApi {
     /// The locations in force (configured and admin-defined), to tell online files from nearline ones.
-    async fn all_locations(&self) -> Result<granary_domain::storage::Locations, Box<lambda_http::Response<lambda_http::Body>>> {
+    pub(crate) async fn all_locations(&self) -> Result<granary_domain::storage::Locations, Box<lambda_http::Response<lambda_http::Body>>> {
         let mut locations = self.config.locations();
         locations.extend(self.locations.list(&self.backend).await.map_err(|e| Box::new(unavailable_on(e)))?);
         Ok(locations)

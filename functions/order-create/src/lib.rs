@@ -20,8 +20,7 @@ use granary_domain::storage::Locations;
 use granary_lambda::{Config, sqs};
 use granary_ports::{Backend, Item, Key, Update};
 use granary_stores::StoreError;
-use granary_stores::catalog::Catalog;
-use granary_stores::orders::{Claim, OrderStore, file_sk, suborder_sk};
+use granary_stores::orders::{Claim, OrderStore, file_sk, order_partition, suborder_sk};
 use granary_stores::selection::{Position, Selections};
 use lambda_runtime::LambdaEvent;
 use serde::{Deserialize, Serialize};
@@ -96,7 +95,6 @@ pub struct OrderCreate {
     backend: Backend,
     orders: OrderStore,
     selections: Selections,
-    catalog: Catalog,
     settings: OrderSettings,
     locations: Locations,
     lease_ms: i64,
@@ -124,7 +122,6 @@ impl OrderCreate {
         Self {
             orders: OrderStore::new(&config.orders_table, &config.requests_table),
             selections: Selections::new(&config.features_table, &config.requests_table, &config.search_date_property),
-            catalog: Catalog::new(&config.features_table),
             settings: config.order_settings,
             locations: config.locations(),
             lease_ms: lease_secs * 1000,
@@ -215,7 +212,7 @@ impl OrderCreate {
             // The dataset's own RAWDATA files go with any of its products (the file filters apply).
             let mut items = Vec::new();
             if cp.current.objects_count > 0
-                && let Some(ds) = self.catalog.dataset_by_uuid(&self.backend, dataset).await?
+                && let Some(ds) = self.selections.catalog().dataset_by_uuid(&self.backend, dataset).await?
             {
                 for file in product_files(&ds, &self.locations).iter().filter(|f| f.data_type == "RAWDATA" && filter.keeps(f)) {
                     self.place(order_id, &mut cp, &ds, file, &mut items);
@@ -256,7 +253,7 @@ impl OrderCreate {
         let state = if file.reference { FileState::Available } else { FileState::Pending };
         let text = |name: &str| product.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
         items.push(
-            Item::new(Key::new(format!("O#{order_id}"), file_sk(placement.suborder, placement.index)))
+            Item::new(Key::new(order_partition(order_id), file_sk(placement.suborder, placement.index)))
                 .with("state", state.as_str())
                 .with("suborder", placement.suborder)
                 .with("urn", text("urn"))
@@ -279,7 +276,7 @@ impl OrderCreate {
             SuborderKind::External => "DONE",
             SuborderKind::Internal => "WAITING",
         };
-        Item::new(Key::new(format!("O#{order_id}"), suborder_sk(closed.bucket.number)))
+        Item::new(Key::new(order_partition(order_id), suborder_sk(closed.bucket.number)))
             .with("number", closed.bucket.number)
             .with("datasetIpid", dataset)
             .with("kind", serde_json::to_value(closed.kind).unwrap_or_default())

@@ -102,15 +102,7 @@ impl Fixture {
 
     /// Takes every message of `queue`, deleting them.
     async fn drain(&self, queue: &str) -> Vec<ReceivedMessage> {
-        let mut out = Vec::new();
-        loop {
-            let got = self.backend.queue.receive(queue, 10, None, Duration::ZERO).await.unwrap();
-            if got.is_empty() {
-                return out;
-            }
-            self.backend.queue.delete_batch(queue, got.iter().map(|m| m.receipt_handle.clone()).collect()).await.unwrap();
-            out.extend(got);
-        }
+        granary_testkit::drain(&self.backend, queue).await
     }
 
     /// Runs the storage worker on every job queued; returns the storage events it sent.

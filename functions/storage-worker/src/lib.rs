@@ -146,8 +146,10 @@ impl StorageWorker {
     /// Stores every file of `job` and reports each on the storage-ready queue.
     async fn run(&self, job: &StorageJob) -> Result<(), Transient> {
         let mut reports = Vec::with_capacity(job.files.len());
+        // One lookup for the whole job (an unknown name reloads the admin-defined locations once).
+        let names: Vec<&str> = job.files.iter().map(|f| f.storage.as_str()).collect();
+        let locations = self.locations.get(&self.backend, &names).await.map_err(|e| Transient(e.to_string()))?;
         for file in &job.files {
-            let locations = self.locations.get(&self.backend, &[file.storage.as_str()]).await.map_err(|e| Transient(e.to_string()))?;
             let result = match locations.get(&file.storage) {
                 Some(location) => {
                     self.claim(job, file, &location.bucket).await?;

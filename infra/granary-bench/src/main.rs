@@ -288,15 +288,23 @@ async fn queue_creations(b: &granary_ports::Backend, queue: &str, prefix: &str, 
     }
 }
 
-/// Starts the release runner on `dir` with `workers` ingest workers.
-fn spawn_runner(runner: &std::path::Path, dir: &std::path::Path, workers: usize) -> std::process::Child {
+/// Starts the release runner on `dir`, listening on `listen`, with `args` after `serve`.
+pub(crate) fn spawn_runner(runner: &std::path::Path, dir: &std::path::Path, listen: &str, args: &[&str]) -> std::process::Child {
     std::process::Command::new(runner)
-        .args(["serve", "--listen", "127.0.0.1:0", "--ingest-workers", &workers.to_string(), "--data-dir"])
+        .args(["serve", "--listen", listen])
+        .args(args)
+        .arg("--data-dir")
         .arg(dir)
         .env("GRANARY_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e} (cargo build --release -p granary-local)", runner.display()))
+}
+
+/// A memory figure of process `pid` in KiB: `field` is `VmRSS:` (now) or `VmHWM:` (peak so far).
+pub(crate) fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
 }
 
 /// When each request of providerIds `<prefix>-<i>` was created (epoch ms), from its feature version.
@@ -316,7 +324,7 @@ async fn mixed(low: usize, high: usize, high_after: usize, workers: usize, runne
     let b = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).expect("open").backend();
     define_model(&b).await;
     queue_creations(&b, "feature-low", "low", low).await;
-    let mut child = spawn_runner(&runner, dir.path(), workers);
+    let mut child = spawn_runner(&runner, dir.path(), "127.0.0.1:0", &["--ingest-workers", &workers.to_string()]);
     let started = Instant::now();
     let responses = |n: usize| {
         let b = b.clone();
@@ -368,16 +376,13 @@ async fn ingest(features: usize, workers: usize, runner: PathBuf) {
     prepare(&b, features).await;
     println!("queued {features} creation requests in {:.1} s", start.elapsed().as_secs_f64());
 
-    let mut child = spawn_runner(&runner, dir.path(), workers);
+    let mut child = spawn_runner(&runner, dir.path(), "127.0.0.1:0", &["--ingest-workers", &workers.to_string()]);
     let started = Instant::now();
     let pid = child.id();
     let mut peak_kib = 0u64;
     let deadline = Instant::now() + Duration::from_secs(3600);
     loop {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        if let Some(v) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
-            peak_kib = peak_kib.max(v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0));
-        }
+        peak_kib = peak_kib.max(memory_kib(pid, "VmHWM:"));
         let d = b.queue.depth("feature-response").await.expect("depth");
         if d.total() as usize >= 2 * features {
             break;

@@ -60,11 +60,6 @@ async fn queue_catalog(b: &Backend, queue: &str, products: usize, files: usize) 
     }
 }
 
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix(field)).map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0)).unwrap_or(0)
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
@@ -88,13 +83,7 @@ pub(crate) async fn run(products: usize, files: usize, runner: PathBuf) {
     queue_catalog(&b, "feature-normal", products, files).await;
     println!("queued {} creations ({products} products of {files} files) in {:.1} s", products + 1, start.elapsed().as_secs_f64());
     let port = free_port();
-    let mut child = std::process::Command::new(&runner)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path())
-        .env("GRANARY_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e} (cargo build --release -p granary-local)", runner.display()));
+    let mut child = crate::spawn_runner(&runner, dir.path(), &format!("127.0.0.1:{port}"), &[]);
     let pid = child.id();
     let ingest_start = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(3600);
@@ -102,7 +91,11 @@ pub(crate) async fn run(products: usize, files: usize, runner: PathBuf) {
         assert!(Instant::now() < deadline, "catalog not ingested within an hour");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    println!("ingested in {:.1} s; runner RSS {:.1} MiB", ingest_start.elapsed().as_secs_f64(), rss_kib(pid, "VmRSS:") as f64 / 1024.0);
+    println!(
+        "ingested in {:.1} s; runner RSS {:.1} MiB",
+        ingest_start.elapsed().as_secs_f64(),
+        crate::memory_kib(pid, "VmRSS:") as f64 / 1024.0
+    );
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let bearer = format!("Bearer {}", token(&runner, dir.path()));
@@ -121,7 +114,7 @@ pub(crate) async fn run(products: usize, files: usize, runner: PathBuf) {
     assert_eq!(selected["filesCount"].as_u64(), Some((products * files) as u64), "basket: {basket}");
     println!("basket selection of the dataset counted in {:.1} s", select_start.elapsed().as_secs_f64());
 
-    let rss_before = rss_kib(pid, "VmRSS:");
+    let rss_before = crate::memory_kib(pid, "VmRSS:");
     let posted = Instant::now();
     let order: Value = http
         .post(format!("{base}/user/orders"))
@@ -136,7 +129,7 @@ pub(crate) async fn run(products: usize, files: usize, runner: PathBuf) {
     let id = order["id"].as_str().unwrap_or_else(|| panic!("no order: {order}")).to_owned();
     let mut peak_rss = rss_before;
     let order = loop {
-        peak_rss = peak_rss.max(rss_kib(pid, "VmRSS:"));
+        peak_rss = peak_rss.max(crate::memory_kib(pid, "VmRSS:"));
         let o: Value = http
             .get(format!("{base}/user/orders/{id}"))
             .header("authorization", &bearer)
@@ -153,7 +146,7 @@ pub(crate) async fn run(products: usize, files: usize, runner: PathBuf) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let elapsed = posted.elapsed();
-    let hwm = rss_kib(pid, "VmHWM:");
+    let hwm = crate::memory_kib(pid, "VmHWM:");
     let _ = child.kill();
     let _ = child.wait();
     let suborders = order["suborders"].as_array().map(Vec::len).unwrap_or(0);

@@ -142,11 +142,6 @@ async fn finals(b: &Backend, n: usize, mut sample: impl FnMut()) -> usize {
     errors
 }
 
-fn peak_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
-}
-
 pub(crate) async fn run(small: usize, large: usize, large_mib: u64, workers: usize, runner: PathBuf) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let resources = granary_resources::from_template(granary_resources::TEMPLATE, |_| None).expect("template");
@@ -156,13 +151,7 @@ pub(crate) async fn run(small: usize, large: usize, large_mib: u64, workers: usi
     let files = files(small, large, large_mib);
     println!("generated {} files' checksums in {:.1} s", files.len(), started.elapsed().as_secs_f64());
     let server = serve().await;
-    let mut child = std::process::Command::new(&runner)
-        .args(["serve", "--listen", "127.0.0.1:0", "--storage-workers", &workers.to_string(), "--data-dir"])
-        .arg(dir.path())
-        .env("GRANARY_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e} (cargo build --release -p granary-local)", runner.display()));
+    let mut child = crate::spawn_runner(&runner, dir.path(), "127.0.0.1:0", &["--storage-workers", &workers.to_string()]);
     let pid = child.id();
     println!("storage benchmark: HTTP source on 127.0.0.1, online location on the embedded backend, {workers} storage workers");
     let mut peak = 0;
@@ -172,7 +161,7 @@ pub(crate) async fn run(small: usize, large: usize, large_mib: u64, workers: usi
         }
         let start = Instant::now();
         queue(&b, &server, &files, from, to).await;
-        let errors = finals(&b, to - from, || peak = peak.max(peak_kib(pid))).await;
+        let errors = finals(&b, to - from, || peak = peak.max(crate::memory_kib(pid, "VmHWM:"))).await;
         let elapsed = start.elapsed();
         let bytes: u64 = files[from..to].iter().map(|f| f.1).sum();
         println!(

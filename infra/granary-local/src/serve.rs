@@ -181,8 +181,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         let f = acks.clone();
         async move { f.handle(e).await }
     });
-    let ack_queue = granary_lambda::config::env_or("GRANARY_ACK_QUEUE", "feature-ack");
-    workers.spawn(run_sqs_source(backend.clone(), "acknowledgement", vec![ack_queue], 10, ack_handler, stop_rx.clone()));
+    workers.spawn(run_sqs_source(backend.clone(), "acknowledgement", vec![config.ack_queue.clone()], 10, ack_handler, stop_rx.clone()));
     let relay = Arc::new(OutboxRelay::new(backend.clone(), &config).map_err(LocalError::Config)?);
     let relay_handler = Arc::new(move |e| {
         let f = relay.clone();

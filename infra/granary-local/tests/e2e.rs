@@ -1086,61 +1086,10 @@ async fn a_storage_worker_killed_mid_copy_copies_again_after_a_restart_into_one_
 
 #[tokio::test]
 async fn recipients_defined_over_http_get_each_notification_once_and_acknowledge() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use std::sync::atomic::Ordering;
     const SECRET: &str = "e2e webhook secret, long enough";
     // A webhook on 127.0.0.1 that fails its first two calls, then accepts what is correctly signed.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let accepted: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let (keep, count) = (accepted.clone(), calls.clone());
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let (keep, count) = (keep.clone(), count.clone());
-            tokio::spawn(async move {
-                let mut data = Vec::new();
-                let mut buf = vec![0u8; 65536];
-                let (head, body) = loop {
-                    let n = socket.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    data.extend_from_slice(&buf[..n]);
-                    if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&data[..i]).to_string();
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                            .unwrap_or(0);
-                        while data.len() < i + 4 + length {
-                            let n = socket.read(&mut buf).await.unwrap_or(0);
-                            if n == 0 {
-                                break;
-                            }
-                            data.extend_from_slice(&buf[..n]);
-                        }
-                        break (head, data[i + 4..].to_vec());
-                    }
-                };
-                let header = |name: &str| {
-                    head.lines()
-                        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned()))
-                };
-                let signed = header("X-Granary-Signature").is_some_and(|s| granary_domain::dissemination::verify(SECRET, &body, &s));
-                let status = if count.fetch_add(1, Ordering::SeqCst) < 2 {
-                    "503 Service Unavailable"
-                } else if signed {
-                    keep.lock().unwrap().push(header("X-Granary-Event-Id").unwrap_or_default());
-                    "200 OK"
-                } else {
-                    "401 Unauthorized"
-                };
-                let _ = socket.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()).await;
-            });
-        }
-    });
+    let (hook_url, accepted, calls) = granary_testkit::webhook(SECRET, 2).await;
     let dir = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let template = granary_resources::TEMPLATE.replacen("Resources:\n", "Resources:\n  MirrorQueue:\n    Type: AWS::SQS::Queue\n\n", 1);

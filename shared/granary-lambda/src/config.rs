@@ -59,6 +59,8 @@ pub struct Config {
     pub search_date_property: String,
     /// Most lines of a basket upload (`GRANARY_BASKET_UPLOAD_MAX_LINES`, default 1000).
     pub basket_upload_max_lines: usize,
+    /// Recipients' acknowledgements (`GRANARY_ACK_QUEUE`).
+    pub ack_queue: String,
     /// The queue of orders to expand (`GRANARY_ORDER_CREATE_QUEUE`).
     pub order_create_queue: String,
     /// Suborder size and order durations (`GRANARY_ORDER_SUBORDER_MAX_MIB`, default 100;
@@ -120,6 +122,7 @@ impl Config {
             search_date_property: env_or("GRANARY_SEARCH_DATE_PROPERTY", "acquisitionDate"),
             basket_upload_max_lines: lookup("GRANARY_BASKET_UPLOAD_MAX_LINES").and_then(|v| v.parse().ok()).unwrap_or(1000),
             order_create_queue: env_or("GRANARY_ORDER_CREATE_QUEUE", "order-create"),
+            ack_queue: env_or("GRANARY_ACK_QUEUE", "feature-ack"),
             default_quota: {
                 let number = |name: &str, default: i64| lookup(name).and_then(|v| v.parse::<i64>().ok()).unwrap_or(default);
                 Quota {

@@ -92,8 +92,7 @@ impl Catalog {
     pub async fn products(&self, backend: &Backend, dataset: Uuid, after: Option<Cursor>, limit: usize) -> Result<CatalogPage, StoreError> {
         let mut query = Query::partition(&self.features, dataset_partition(dataset)).limit(limit);
         query.after = after;
-        let page = backend.table.query(query).await?;
-        Ok(CatalogPage { features: page.items.into_iter().filter_map(|i| i.get("feature").cloned()).collect(), next: page.next })
+        self.page(backend, query).await
     }
 
     /// The products of `dataset` after the product whose providerId has the uuid `after` (exclusive),
@@ -109,6 +108,11 @@ impl Catalog {
         if let Some(a) = after {
             query = query.sorted(SortCond::Gt(Value::from(format!("P#{a}"))));
         }
+        self.page(backend, query).await
+    }
+
+    /// The copies one query of the catalog reads.
+    async fn page(&self, backend: &Backend, query: Query) -> Result<CatalogPage, StoreError> {
         let page = backend.table.query(query).await?;
         Ok(CatalogPage { features: page.items.into_iter().filter_map(|i| i.get("feature").cloned()).collect(), next: page.next })
     }
@@ -166,12 +170,6 @@ impl Catalog {
                 return Ok((found, None));
             }
         }
-    }
-
-    /// The latest version of the product `provider_id` as filed under `dataset`, if it is.
-    pub async fn product_in(&self, backend: &Backend, dataset: Uuid, provider_id: &str) -> Result<Option<Value>, StoreError> {
-        let key = Key::new(dataset_partition(dataset), format!("P#{}", entity_uuid(provider_id)));
-        Ok(backend.table.get(&self.features, &key).await?.and_then(|i| i.get("feature").cloned()))
     }
 }
 

@@ -55,10 +55,9 @@ impl RecipientStore {
             .await?
             .into_iter()
             .map(|item| {
-                let r = item
-                    .get("recipient")
-                    .and_then(|r| serde_json::from_value(r.clone()).ok())
-                    .ok_or_else(|| StoreError::Malformed(format!("{RECIPIENTS}/{}", item.key.sk), "recipient".into()))?;
+                let malformed = |why: String| StoreError::Malformed(format!("{RECIPIENTS}/{}", item.key.sk), why);
+                let r = serde_json::from_value(item.get("recipient").cloned().ok_or_else(|| malformed("no recipient attribute".into()))?)
+                    .map_err(|e| malformed(format!("recipient: {e}")))?;
                 Ok((item.key.sk, r))
             })
             .collect()
@@ -187,9 +186,8 @@ impl DisseminationLog {
 
     /// What was disseminated of `urn`, by recipient label.
     pub async fn of(&self, backend: &Backend, urn: &str) -> Result<Vec<DisseminationInfo>, StoreError> {
-        let page = backend.table.query(Query::partition(&self.table, format!("N#{urn}"))).await?;
-        Ok(page
-            .items
+        let items = crate::all_items(backend, Query::partition(&self.table, format!("N#{urn}"))).await?;
+        Ok(items
             .iter()
             .map(|i| DisseminationInfo {
                 label: i.key.sk.clone(),

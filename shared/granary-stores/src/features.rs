@@ -440,7 +440,7 @@ impl FeatureStore {
             (request.session_owner, request.session) = read.session.clone().unzip();
             let (revision, stored) = (read.revision, read.feature);
             let (patched, removed) = granary_domain::feature::apply_patch(&stored, patch, &request.request_owner, mode);
-            let mut guard = vec![Cond::ItemExists, if revision == 0 { Cond::absent("revision") } else { Cond::eq("revision", revision) }];
+            let mut guard = vec![Cond::ItemExists, crate::revision_guard(revision)];
             // The latest version is copied into the catalog: only while it still is the latest.
             let catalog = if read.last {
                 guard.push(Cond::eq("last", true));
@@ -524,7 +524,7 @@ impl FeatureStore {
                 let cond = Cond::And(vec![
                     Cond::ItemExists,
                     if was_last { Cond::eq("last", true) } else { Cond::ne("last", true) },
-                    if revision == 0 { Cond::absent("revision") } else { Cond::eq("revision", revision) },
+                    crate::revision_guard(revision),
                 ]);
                 ops.push(TxOp::Delete { table: self.features.clone(), key: key.clone(), cond: Some(cond) });
                 if was_last {
@@ -541,7 +541,7 @@ impl FeatureStore {
                     if let Some(prev) = prev {
                         // Guarded by the revision read: the catalog now copies that very content.
                         let revision = prev.get_i64("revision").unwrap_or(0);
-                        let guard = if revision == 0 { Cond::absent("revision") } else { Cond::eq("revision", revision) };
+                        let guard = crate::revision_guard(revision);
                         ops.push(TxOp::Update {
                             table: self.features.clone(),
                             key: prev.key,

@@ -58,6 +58,12 @@ impl StoreError {
     }
 }
 
+/// The guard of a write over a feature version read at `revision` (0: never patched): the revision is
+/// still that one.
+pub(crate) fn revision_guard(revision: i64) -> granary_ports::Cond {
+    if revision == 0 { granary_ports::Cond::absent("revision") } else { granary_ports::Cond::eq("revision", revision) }
+}
+
 /// Every item `query` matches, reading page after page.
 pub(crate) async fn all_items(backend: &Backend, mut query: Query) -> Result<Vec<Item>, StoreError> {
     let mut items = Vec::new();

@@ -40,10 +40,10 @@ impl LocationStore {
             .await?
             .into_iter()
             .map(|item| {
-                let location = item
-                    .get("location")
-                    .and_then(|l| serde_json::from_value(l.clone()).ok())
-                    .ok_or_else(|| StoreError::Malformed(format!("{PARTITION}/{}", item.key.sk), "location".into()))?;
+                let malformed = |why: String| StoreError::Malformed(format!("{PARTITION}/{}", item.key.sk), why);
+                let location =
+                    serde_json::from_value(item.get("location").cloned().ok_or_else(|| malformed("no location attribute".into()))?)
+                        .map_err(|e| malformed(format!("location: {e}")))?;
                 Ok((item.key.sk, location))
             })
             .collect()

@@ -11,9 +11,14 @@ use granary_domain::order::OrderStatus;
 use granary_ports::{Backend, Cond, Cursor, Item, Key, PortError, Query, SortCond, TxOp, Update};
 use serde_json::Value;
 
+/// The partition of an order: its item, suborders and files.
+pub fn order_partition(order_id: &str) -> String {
+    format!("O#{order_id}")
+}
+
 /// The order item's key.
-pub fn order_key(order_id: &str) -> Key {
-    Key::new(format!("O#{order_id}"), "O")
+fn order_key(order_id: &str) -> Key {
+    Key::new(order_partition(order_id), "O")
 }
 
 /// A suborder's sort key.
@@ -96,11 +101,6 @@ impl OrderStore {
         Self { orders: orders.to_owned(), outbox: Outbox::new(requests) }
     }
 
-    /// The table.
-    pub fn table(&self) -> &str {
-        &self.orders
-    }
-
     /// The outbox its events are staged in.
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
@@ -178,7 +178,7 @@ impl OrderStore {
     pub async fn suborders(&self, backend: &Backend, order_id: &str) -> Result<Vec<Item>, StoreError> {
         crate::all_items(
             backend,
-            Query::partition(&self.orders, format!("O#{order_id}")).sorted(SortCond::BeginsWith("S#".into())).limit(1000),
+            Query::partition(&self.orders, order_partition(order_id)).sorted(SortCond::BeginsWith("S#".into())).limit(1000),
         )
         .await
     }
@@ -196,7 +196,7 @@ impl OrderStore {
             Some(n) => format!("F#{n:06}#"),
             None => "F#".to_owned(),
         };
-        let mut query = Query::partition(&self.orders, format!("O#{order_id}")).sorted(SortCond::BeginsWith(prefix)).limit(size);
+        let mut query = Query::partition(&self.orders, order_partition(order_id)).sorted(SortCond::BeginsWith(prefix)).limit(size);
         query.after = after;
         let page = backend.table.query(query).await?;
         Ok((page.items, page.next))
@@ -249,18 +249,13 @@ impl OrderStore {
 
     /// Writes `items` (suborders and files) in transactions of at most 100.
     pub async fn put_all(&self, backend: &Backend, items: Vec<Item>) -> Result<(), StoreError> {
-        let mut ops: Vec<TxOp> = items.into_iter().map(|item| TxOp::Put { table: self.orders.clone(), item, cond: None }).collect();
-        while !ops.is_empty() {
-            let rest = ops.split_off(ops.len().min(granary_ports::table::MAX_TRANSACTION_OPS));
-            backend.table.transact(std::mem::replace(&mut ops, rest)).await?;
-        }
-        Ok(())
+        transact_all(backend, items.into_iter().map(|item| TxOp::Put { table: self.orders.clone(), item, cond: None }).collect()).await
     }
 
     /// Deletes what an expansion wrote past a checkpoint: files of the suborders open then at or past
     /// their count then (`open`: number and files), and every suborder and file numbered `from` or more.
     pub async fn truncate(&self, backend: &Backend, order_id: &str, open: &[(u32, u64)], from: u32) -> Result<usize, StoreError> {
-        let partition = format!("O#{order_id}");
+        let partition = order_partition(order_id);
         let mut doomed = Vec::new();
         for (number, files) in open {
             let q = Query::partition(&self.orders, partition.clone())
@@ -273,11 +268,16 @@ impl OrderStore {
             doomed.extend(crate::all_items(backend, q.limit(1000)).await?.into_iter().map(|i| i.key));
         }
         let n = doomed.len();
-        let mut ops: Vec<TxOp> = doomed.into_iter().map(|key| TxOp::Delete { table: self.orders.clone(), key, cond: None }).collect();
-        while !ops.is_empty() {
-            let rest = ops.split_off(ops.len().min(granary_ports::table::MAX_TRANSACTION_OPS));
-            backend.table.transact(std::mem::replace(&mut ops, rest)).await?;
-        }
+        transact_all(backend, doomed.into_iter().map(|key| TxOp::Delete { table: self.orders.clone(), key, cond: None }).collect()).await?;
         Ok(n)
     }
+}
+
+/// Applies `ops` in transactions of at most 100 (each all or nothing; together, not).
+async fn transact_all(backend: &Backend, mut ops: Vec<TxOp>) -> Result<(), StoreError> {
+    while !ops.is_empty() {
+        let rest = ops.split_off(ops.len().min(granary_ports::table::MAX_TRANSACTION_OPS));
+        backend.table.transact(std::mem::replace(&mut ops, rest)).await?;
+    }
+    Ok(())
 }

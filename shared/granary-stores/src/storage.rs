@@ -306,7 +306,7 @@ impl StorageTracker {
                 }
             }
         }
-        let mut guard = vec![Cond::ItemExists, if revision == 0 { Cond::absent("revision") } else { Cond::eq("revision", revision) }];
+        let mut guard = vec![Cond::ItemExists, crate::revision_guard(revision)];
         // The latest version is copied into the catalog: only while it still is the latest.
         let mut ops = vec![];
         if item.get("last").and_then(Value::as_bool) == Some(true) {

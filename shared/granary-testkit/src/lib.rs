@@ -3,14 +3,17 @@
 //! drained, and HTTP handlers' answers read as JSON.
 
 use feature_ingest::FeatureIngest;
+use granary_domain::dissemination::{SIGNATURE_HEADER, verify};
 use granary_embedded::{Embedded, EmbeddedOptions};
 use granary_lambda::Config;
 use granary_lambda::sqs::sqs_event;
 use granary_ports::{Backend, ManualClock, ReceivedMessage};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An embedded site: the backend, its clock, and ingest.
 pub struct Site {
@@ -63,13 +66,15 @@ impl Site {
                 .collect();
             let event = sqs_event("feature-high", &messages).expect("an SQS event");
             let r = self.ingest.handle(LambdaEvent::new(event, Context::default())).await.expect("ingest runs");
-            assert!(r.batch_item_failures.is_empty(), "ingest failed a creation");
+            assert!(r.batch_item_failures.is_empty(), "ingest failed messages {:?} (SQS would redeliver them)", r.batch_item_failures);
             for f in chunk {
                 let latest = granary_stores::features::FeatureStore::new(&self.config.features_table, &self.config.requests_table)
                     .latest_version(&self.backend, f["id"].as_str().unwrap_or_default())
                     .await
                     .expect("latest version");
-                assert!(latest > 0, "feature {} was not created", f["id"]);
+                if latest == 0 {
+                    panic!("feature {} was not created; refusals: {:?}", f["id"], self.refusals().await);
+                }
                 let kind: granary_domain::EntityType =
                     serde_json::from_value(f["entityType"].clone()).unwrap_or(granary_domain::EntityType::Data);
                 urns.push(
@@ -86,20 +91,36 @@ impl Site {
     pub async fn ingest_raw(&self, messages: &[ReceivedMessage]) {
         let event = sqs_event("feature-high", messages).expect("an SQS event");
         let r = self.ingest.handle(LambdaEvent::new(event, Context::default())).await.expect("ingest runs");
-        assert!(r.batch_item_failures.is_empty(), "ingest failed a message");
+        assert!(r.batch_item_failures.is_empty(), "ingest failed messages {:?} (SQS would redeliver them)", r.batch_item_failures);
     }
 
     /// Takes every message of `queue`, deleting them.
     pub async fn drain(&self, queue: &str) -> Vec<ReceivedMessage> {
-        let mut out = Vec::new();
-        loop {
-            let got = self.backend.queue.receive(queue, 10, None, Duration::ZERO).await.expect("receive");
-            if got.is_empty() {
-                return out;
-            }
-            self.backend.queue.delete_batch(queue, got.iter().map(|m| m.receipt_handle.clone()).collect()).await.expect("delete");
-            out.extend(got);
+        drain(&self.backend, queue).await
+    }
+
+    /// The errors of every DENIED or ERROR response event sent so far (taken off the response queue).
+    async fn refusals(&self) -> Vec<String> {
+        drain(&self.backend, &self.config.response_queue)
+            .await
+            .iter()
+            .filter_map(|m| serde_json::from_str::<Value>(&m.body).ok())
+            .filter(|e| e["state"] == "DENIED" || e["state"] == "ERROR")
+            .map(|e| format!("{}: {}", e["id"].as_str().unwrap_or("?"), e["errors"]))
+            .collect()
+    }
+}
+
+/// Takes every message of `queue` on `backend`, deleting them.
+pub async fn drain(backend: &Backend, queue: &str) -> Vec<ReceivedMessage> {
+    let mut out = Vec::new();
+    loop {
+        let got = backend.queue.receive(queue, 10, None, Duration::ZERO).await.expect("receive");
+        if got.is_empty() {
+            return out;
         }
+        backend.queue.delete_batch(queue, got.iter().map(|m| m.receipt_handle.clone()).collect()).await.expect("delete");
+        out.extend(got);
     }
 }
 
@@ -147,4 +168,64 @@ pub fn answer(response: lambda_http::Response<lambda_http::Body>) -> (u16, Value
         _ => Value::Null,
     };
     (status, body)
+}
+
+/// A webhook on 127.0.0.1 answering 503 to its first `failures` calls, then 200 to those signed with
+/// `secret` (401 to the others); returns its URL, the event ids it accepted, and how many calls it had.
+pub async fn webhook(secret: &'static str, failures: usize) -> (String, Arc<Mutex<Vec<String>>>, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let url = format!("http://{}/hook", listener.local_addr().expect("its address"));
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (keep, count) = (accepted.clone(), calls.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (keep, count) = (keep.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                // Read the head, then the body its Content-Length announces.
+                let (head, body) = loop {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    data.extend_from_slice(&buf[..n]);
+                    if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&data[..i]).to_string();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                            .unwrap_or(0);
+                        while data.len() < i + 4 + length {
+                            let n = socket.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            data.extend_from_slice(&buf[..n]);
+                        }
+                        break (head, data[i + 4..].to_vec());
+                    }
+                };
+                let header = |name: &str| {
+                    head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                    })
+                };
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let signed = header(SIGNATURE_HEADER).is_some_and(|s| verify(secret, &body, &s));
+                let status = if n < failures {
+                    "503 Service Unavailable"
+                } else if signed {
+                    keep.lock().unwrap_or_else(|p| p.into_inner()).push(header("X-Granary-Event-Id").unwrap_or_default());
+                    "200 OK"
+                } else {
+                    "401 Unauthorized"
+                };
+                let _ = socket.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()).await;
+            });
+        }
+    });
+    (url, accepted, calls)
 }
