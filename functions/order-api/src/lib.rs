@@ -11,19 +11,26 @@
 //!   stored files and bytes made available per rolling period (-1: no limit). Its consumption comes with
 //!   suborder dispatch.
 //!
+//! - `GET /orders/{orderId}/files/available?size=&page=`: the files downloadable now or again.
+//! - `GET|HEAD /orders/files/{fileId}`: 202 while PENDING, 422 in error, otherwise a redirect to a fresh
+//!   short-lived signed URL; GET records the download (see [`downloads`]).
+//!
 //! Order ids are UUIDs (version 7, time-ordered), not REGARDS's numbers: no counter shared by every
 //! order creation, and ids that cannot be guessed.
 
+pub mod downloads;
 pub mod openapi;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SecondsFormat, Utc};
+use granary_domain::dispatch::percent_completed;
 use granary_domain::order::{OrderStatus, Quota, allowed_actions, check_label, default_label};
 use granary_lambda::http::{bad_request, body_text, conflict, forbidden, json, not_found, percent_decode, unauthorized, unavailable};
 use granary_lambda::{Config, Identity};
 use granary_ports::{Backend, Cursor, Item};
 use granary_stores::baskets::BasketStore;
+use granary_stores::fulfilment::Fulfilment;
 use granary_stores::orders::{Created, OrderStore, QuotaStore};
 use granary_stores::outbox::OutboxEvent;
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -152,9 +159,9 @@ pub struct OrderPage {
 }
 
 /// The error of a route, answered as problem+json.
-type RouteResult = Result<Response<Body>, Response<Body>>;
+pub(crate) type RouteResult = Result<Response<Body>, Response<Body>>;
 
-fn unavailable_on(e: impl std::fmt::Display) -> Response<Body> {
+pub(crate) fn unavailable_on(e: impl std::fmt::Display) -> Response<Body> {
     tracing::error!(error = %e, "storage failure");
     unavailable("storage is temporarily unavailable; retry later")
 }
@@ -167,6 +174,7 @@ pub struct OrderApi {
     orders: OrderStore,
     baskets: BasketStore,
     quotas: QuotaStore,
+    fulfilment: Fulfilment,
 }
 
 impl OrderApi {
@@ -176,6 +184,7 @@ impl OrderApi {
             orders: OrderStore::new(&config.orders_table, &config.requests_table),
             baskets: BasketStore::new(&config.orders_table),
             quotas: QuotaStore::new(&config.orders_table),
+            fulfilment: Fulfilment::new(&config.orders_table, &config.requests_table, &config.suborder_dispatch_queue),
             backend,
             config,
         }
@@ -202,6 +211,9 @@ impl OrderApi {
                 self.quota(&percent_decode(user)).await
             }
             ("PUT", ["quotas", user]) => self.set_quota(&identity, &percent_decode(user), &req).await,
+            ("GET", ["orders", id, "files", "available"]) => self.available_files(&identity, id, &req).await,
+            ("GET", ["orders", "files", id]) => self.download(&identity, id, false).await,
+            ("HEAD", ["orders", "files", id]) => self.download(&identity, id, true).await,
             ("POST", ["orders", "search"]) => {
                 if !identity.is_admin() {
                     return Err(forbidden("searching every order needs the admin group"));
@@ -403,12 +415,20 @@ fn answer(item: &Item, suborders: Option<Vec<SuborderAnswer>>, admin: bool) -> O
         expiration_date: iso(item.get_i64("expiresAt")),
         status: status.as_str().to_owned(),
         status_date: iso(item.get_i64("statusDate")).unwrap_or_default(),
-        percent_completed: item.get_i64("percentCompleted").unwrap_or(0),
+        percent_completed: if status == OrderStatus::Pending {
+            0
+        } else {
+            percent_completed(
+                item.get_i64("filesCount").unwrap_or(0),
+                item.get_i64("madeAvailable").unwrap_or(0),
+                item.get_i64("filesInErrorCount").unwrap_or(0),
+            )
+        },
         files_count: count("filesCount"),
         files_size: count("filesSize"),
         available_files_count: available,
         files_in_error_count: count("filesInErrorCount"),
-        waiting_for_user: item.get("waitingForUser").and_then(Value::as_bool).unwrap_or(false),
+        waiting_for_user: available > 0,
         message: item.get_str("message").map(str::to_owned),
         warnings: item.get("warnings").and_then(|w| serde_json::from_value(w.clone()).ok()).unwrap_or_default(),
         dataset_tasks: item.get("datasetTasks").cloned().unwrap_or(Value::Array(vec![])),

@@ -1,5 +1,6 @@
 //! order-api's operations in the OpenAPI document (see [`granary_lambda::openapi`]).
 
+use crate::downloads::OrderFilePage;
 use crate::{OrderAnswer, OrderPage, OrderRequest, OrderSearch, QuotaAnswer};
 use granary_domain::order::Quota;
 use granary_lambda::openapi::{Operation, QueryParam, schema};
@@ -9,8 +10,43 @@ const PAGING: &[QueryParam] = &[
     QueryParam { name: "page", description: "the cursor of the previous page's next link" },
 ];
 
+const FILE_PAGING: &[QueryParam] = &[
+    QueryParam { name: "size", description: "files per page, 1 to 1000 (default 100)" },
+    QueryParam { name: "page", description: "the cursor of the previous page's next link" },
+];
+
 /// Every operation order-api serves.
 pub const OPERATIONS: &[Operation] = &[
+    Operation {
+        method: "GET",
+        path: "/orders/{orderId}/files/available",
+        summary: "The order's files that can be downloaded now (AVAILABLE) or again (DOWNLOADED), each with its Granary download URL; none once the order is deleted or expired",
+        who: "its owner, admins",
+        query: FILE_PAGING,
+        body: None,
+        ok: (200, schema::<OrderFilePage>),
+        problems: &[400, 404],
+    },
+    Operation {
+        method: "GET",
+        path: "/orders/files/{fileId}",
+        summary: "Download one ordered file: a redirect to a short-lived signed URL, the file then DOWNLOADED; 202 while it is PENDING, 422 when it ended in error",
+        who: "the order's owner, admins",
+        query: &[],
+        body: None,
+        ok: (302, schema::<OrderFilePage>),
+        problems: &[202, 404, 422],
+    },
+    Operation {
+        method: "HEAD",
+        path: "/orders/files/{fileId}",
+        summary: "Whether one ordered file can be downloaded now (200), without recording a download; 202 while PENDING, 422 in error",
+        who: "the order's owner, admins",
+        query: &[],
+        body: None,
+        ok: (200, schema::<OrderFilePage>),
+        problems: &[202, 404, 422],
+    },
     Operation {
         method: "POST",
         path: "/user/orders",

@@ -15,11 +15,13 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::{DateTime, Utc};
 use granary_domain::basket::Basket;
 use granary_domain::catalog::{ProductFile, dataset_uuid, product_files};
+use granary_domain::dispatch::SuborderState;
 use granary_domain::order::{ClosedSuborder, FileState, OrderSettings, OrderStatus, Splitter, SuborderKind};
 use granary_domain::storage::Locations;
 use granary_lambda::{Config, sqs};
 use granary_ports::{Backend, Item, Key, Update};
 use granary_stores::StoreError;
+use granary_stores::fulfilment::{Fulfilment, waiting_key};
 use granary_stores::orders::{Claim, OrderStore, file_sk, order_partition, suborder_sk};
 use granary_stores::selection::{Position, Selections};
 use lambda_runtime::LambdaEvent;
@@ -89,11 +91,19 @@ pub struct Checkpoint {
     pub warnings: Vec<String>,
 }
 
+/// The order being expanded, as its suborders name it.
+struct OrderRef<'a> {
+    id: &'a str,
+    owner: &'a str,
+    created_ms: i64,
+}
+
 /// The handler and what it needs, built once per cold start.
 #[derive(Debug, Clone)]
 pub struct OrderCreate {
     backend: Backend,
     orders: OrderStore,
+    fulfilment: Fulfilment,
     selections: Selections,
     settings: OrderSettings,
     locations: Locations,
@@ -121,6 +131,7 @@ impl OrderCreate {
         let lease_secs = granary_lambda::config::env_number::<i64>("GRANARY_ORDER_LEASE_SECS", 900).unwrap_or(900).max(1);
         Self {
             orders: OrderStore::new(&config.orders_table, &config.requests_table),
+            fulfilment: Fulfilment::new(&config.orders_table, &config.requests_table, &config.suborder_dispatch_queue),
             selections: Selections::new(&config.features_table, &config.requests_table, &config.search_date_property),
             settings: config.order_settings,
             locations: config.locations(),
@@ -165,6 +176,8 @@ impl OrderCreate {
             Claim::Busy => return Err(Stop::Busy),
             Claim::Finished => return Ok(()),
         };
+        let owner = order.get_str("owner").unwrap_or_default().to_owned();
+        let order_ref = OrderRef { id: order_id, owner: &owner, created_ms: order.get_i64("createdAt").unwrap_or(0) };
         let basket: Basket = order
             .get("basket")
             .and_then(|b| serde_json::from_value(b.clone()).ok())
@@ -202,7 +215,7 @@ impl OrderCreate {
                     cp.current.objects_count += 1;
                     let files: Vec<ProductFile> = product_files(product, &self.locations).into_iter().filter(|f| filter.keeps(f)).collect();
                     for file in &files {
-                        self.place(order_id, &mut cp, product, file, &mut items);
+                        self.place(&order_ref, &mut cp, product, file, &mut items);
                     }
                 }
                 cp.position = selected.position.clone();
@@ -215,11 +228,11 @@ impl OrderCreate {
                 && let Some(ds) = self.selections.catalog().dataset_by_uuid(&self.backend, dataset).await?
             {
                 for file in product_files(&ds, &self.locations).iter().filter(|f| f.data_type == "RAWDATA" && filter.keeps(f)) {
-                    self.place(order_id, &mut cp, &ds, file, &mut items);
+                    self.place(&order_ref, &mut cp, &ds, file, &mut items);
                 }
             }
             for closed in cp.splitter.finish() {
-                items.push(self.suborder_item(order_id, &cp.current.dataset_ipid, &closed));
+                items.push(self.suborder_item(&order_ref, &cp.current.dataset_ipid, &closed));
                 count_suborder(&mut cp.totals, &closed);
             }
             self.orders.put_all(&self.backend, items).await?;
@@ -235,7 +248,7 @@ impl OrderCreate {
     }
 
     /// Places one file of `product` in a suborder, adding its item (and those of suborders it closes).
-    fn place(&self, order_id: &str, cp: &mut Checkpoint, product: &Value, file: &ProductFile, items: &mut Vec<Item>) {
+    fn place(&self, order: &OrderRef, cp: &mut Checkpoint, product: &Value, file: &ProductFile, items: &mut Vec<Item>) {
         let placement = cp.splitter.place(file);
         if placement.oversized && cp.warnings.len() < MAX_WARNINGS {
             cp.warnings.push(format!(
@@ -247,13 +260,13 @@ impl OrderCreate {
             ));
         }
         for closed in &placement.closed {
-            items.push(self.suborder_item(order_id, &cp.current.dataset_ipid, closed));
+            items.push(self.suborder_item(order, &cp.current.dataset_ipid, closed));
             count_suborder(&mut cp.totals, closed);
         }
         let state = if file.reference { FileState::Available } else { FileState::Pending };
         let text = |name: &str| product.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
         items.push(
-            Item::new(Key::new(order_partition(order_id), file_sk(placement.suborder, placement.index)))
+            Item::new(Key::new(order_partition(order.id), file_sk(placement.suborder, placement.index)))
                 .with("state", state.as_str())
                 .with("suborder", placement.suborder)
                 .with("urn", text("urn"))
@@ -269,20 +282,26 @@ impl OrderCreate {
         }
     }
 
-    fn suborder_item(&self, order_id: &str, dataset: &str, closed: &ClosedSuborder) -> Item {
-        // Referenced files are available at once: such a suborder is over when made (REGARDS's
-        // ended external FilesTask); a stored one waits for dispatch.
-        let state = match closed.kind {
-            SuborderKind::External => "DONE",
-            SuborderKind::Internal => "WAITING",
-        };
-        Item::new(Key::new(order_partition(order_id), suborder_sk(closed.bucket.number)))
-            .with("number", closed.bucket.number)
+    fn suborder_item(&self, order: &OrderRef, dataset: &str, closed: &ClosedSuborder) -> Item {
+        let number = closed.bucket.number;
+        let item = Item::new(Key::new(order_partition(order.id), suborder_sk(number)))
+            .with("orderId", order.id)
+            .with("number", number)
             .with("datasetIpid", dataset)
             .with("kind", serde_json::to_value(closed.kind).unwrap_or_default())
             .with("filesCount", closed.bucket.files)
-            .with("filesSize", closed.bucket.bytes)
-            .with("state", state)
+            .with("filesSize", closed.bucket.bytes);
+        match closed.kind {
+            // Referenced files are available at once: such a suborder is done when made (REGARDS's
+            // ended external FilesTask), and finished once its files are downloaded.
+            SuborderKind::External => item.with("state", SuborderState::Done.as_str()).with("pending", 0).with("open", closed.bucket.files),
+            // A stored one waits in the dispatch index for a slot: smaller, then older, first.
+            SuborderKind::Internal => item
+                .with("state", SuborderState::Waiting.as_str())
+                .with("slotOwner", order.owner)
+                .with("dispatchState", SuborderState::Waiting.as_str())
+                .with("dispatchKey", waiting_key(closed.bucket.bytes, order.created_ms, order.id, number)),
+        }
     }
 
     async fn save(&self, order_id: &str, token: &str, cp: &Checkpoint) -> Result<(), Stop> {
@@ -313,6 +332,8 @@ impl OrderCreate {
             Update::set("filesCount", t.files),
             Update::set("filesSize", t.bytes),
             Update::set("availableFilesCount", t.external_files),
+            Update::set("madeAvailable", t.external_files),
+            Update::set("suborderDone", 0),
             Update::set("filesInErrorCount", 0),
             Update::set("percentCompleted", percent),
             Update::set("internalSuborders", t.internal_suborders),
@@ -326,8 +347,13 @@ impl OrderCreate {
         if let Some(m) = message {
             updates.push(Update::set("message", m));
         }
-        if !self.orders.guarded(&self.backend, order_id, token, updates).await? {
+        // Its suborders wait for dispatch: the nudge is staged with the status that lets them start.
+        let nudge = self.fulfilment.nudge(&format!("{order_id}:expanded"));
+        if !self.orders.guarded_with(&self.backend, order_id, token, updates, self.fulfilment.outbox().stage(&nudge, now)).await? {
             return Err(Stop::Busy);
+        }
+        if let Err(e) = self.fulfilment.outbox().flush(&self.backend, &[nudge]).await {
+            tracing::warn!(order_id, error = %e, "dispatch nudge left to the outbox relay");
         }
         tracing::info!(
             order_id,

@@ -3,11 +3,19 @@
 //! moves its task of a feature request; the last one finishes the request. An event that names no
 //! waiting request or file, or that cannot be read, is moved to the dead-letter queue at once with its
 //! reason (attribute `granary.dead-letter.reason`), so it neither blocks the batch nor comes back.
+//!
+//! Ordered files wait here too: S3's "Object Restore Completed" (EventBridge) or
+//! `ObjectRestore:Completed` (S3 notification) makes every order file waiting on that object
+//! AVAILABLE; a storage service's FileReferenceEvent AVAILABLE or AVAILABILITY_ERROR (or a
+//! FileRequestsGroupEvent of type AVAILABILITY) answers the order files waiting on that checksum, as
+//! REGARDS's rs-order matches them. The suborder and order follow (done, finished, final status).
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use granary_domain::storage::parse_storage_event;
+use granary_domain::dispatch::checksum_of_key;
+use granary_domain::storage::{FileResult, parse_storage_event};
 use granary_lambda::{Config, sqs};
 use granary_ports::{Backend, OutgoingMessage};
+use granary_stores::fulfilment::Fulfilment;
 use granary_stores::outbox::OutboxEvent;
 use granary_stores::storage::{Recorded, StorageTracker};
 use lambda_runtime::LambdaEvent;
@@ -22,6 +30,7 @@ pub struct StorageReady {
     backend: Backend,
     config: Config,
     tracker: StorageTracker,
+    fulfilment: Fulfilment,
 }
 
 /// What became of one message.
@@ -35,7 +44,8 @@ impl StorageReady {
     /// The handler over `backend`.
     pub fn new(backend: Backend, config: Config) -> Self {
         let tracker = StorageTracker::new(&config.features_table, &config.requests_table, &config.response_queue);
-        Self { backend, config, tracker }
+        let fulfilment = Fulfilment::new(&config.orders_table, &config.requests_table, &config.suborder_dispatch_queue);
+        Self { backend, config, tracker, fulfilment }
     }
 
     /// Handles one SQS batch; only messages that hit a transient failure are retried.
@@ -78,7 +88,15 @@ impl StorageReady {
             Err(e) => return Fate::DeadLetter(format!("body is not JSON: {e}")),
         };
         if is_restore_event(&body) {
-            return Fate::DeadLetter("an S3 restore completion that no order waits for".into());
+            let Some(key) = restored_key(&body) else {
+                return Fate::DeadLetter("an S3 restore completion without an object key".into());
+            };
+            return match self.fulfilment.answer(&self.backend, checksum_of_key(&key), Some(&key), None, None).await {
+                Ok((0, _)) => Fate::DeadLetter(format!("an S3 restore completion of {key} that no order waits for")),
+                Ok((_, events)) => Fate::Done(events),
+                Err(e) if e.is_transient() => Fate::Retry(e.to_string()),
+                Err(e) => Fate::DeadLetter(e.to_string()),
+            };
         }
         let outcomes = match parse_storage_event(&body) {
             Ok(o) => o,
@@ -87,6 +105,21 @@ impl StorageReady {
         let mut events = Vec::new();
         let mut unknown = Vec::new();
         for outcome in &outcomes {
+            // Availability answers are for orders; the others for feature requests.
+            let error = match &outcome.result {
+                FileResult::Available => Some(None),
+                FileResult::AvailabilityError { cause } => Some(Some(cause.as_str())),
+                _ => None,
+            };
+            if let Some(error) = error {
+                match self.fulfilment.answer(&self.backend, &outcome.checksum, None, outcome.storage.as_deref(), error).await {
+                    Ok((0, _)) => unknown.push(format!("no order file waits on checksum {}", outcome.checksum)),
+                    Ok((_, committed)) => events.extend(committed),
+                    Err(e) if e.is_transient() => return Fate::Retry(e.to_string()),
+                    Err(e) => unknown.push(e.to_string()),
+                }
+                continue;
+            }
             match self.tracker.record(&self.backend, outcome).await {
                 Ok(Recorded::Applied(committed)) => events.extend(committed),
                 Ok(Recorded::Duplicate) => {
@@ -112,6 +145,15 @@ impl StorageReady {
         }
         Fate::Done(events)
     }
+}
+
+/// The object key of a restore completion (S3 notifications encode it as a form value).
+fn restored_key(body: &Value) -> Option<String> {
+    if let Some(key) = body.pointer("/detail/object/key").and_then(Value::as_str) {
+        return Some(key.to_owned());
+    }
+    let encoded = body.pointer("/Records/0/s3/object/key").and_then(Value::as_str)?;
+    Some(granary_lambda::http::percent_decode(&encoded.replace('+', " ")))
 }
 
 /// Whether `body` is S3's "Object Restore Completed" (EventBridge) or `ObjectRestore:Completed` (S3

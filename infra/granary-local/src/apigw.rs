@@ -90,6 +90,9 @@ pub const ROUTES: &[Route] = &[
     Route { method: "GET", template: "/user/quota", target: Target::OrderApi, authorized: true },
     Route { method: "GET", template: "/quotas/{user}", target: Target::OrderApi, authorized: true },
     Route { method: "PUT", template: "/quotas/{user}", target: Target::OrderApi, authorized: true },
+    Route { method: "GET", template: "/orders/{orderId}/files/available", target: Target::OrderApi, authorized: true },
+    Route { method: "GET", template: "/orders/files/{fileId}", target: Target::OrderApi, authorized: true },
+    Route { method: "HEAD", template: "/orders/files/{fileId}", target: Target::OrderApi, authorized: true },
 ];
 
 /// The OpenAPI document of every route served.

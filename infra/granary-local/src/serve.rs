@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use storage_ready::StorageReady;
 use storage_worker::StorageWorker;
+use suborder_dispatch::SuborderDispatch;
 use tokio::sync::watch;
 
 /// API Gateway's payload limit; larger bodies get 413.
@@ -160,6 +161,20 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         vec![config.order_create_queue.clone()],
         1,
         order_create_handler,
+        stop_rx.clone(),
+    ));
+    // Dispatch: nudges start waiting suborders; storage jobs make their files available.
+    let dispatch = Arc::new(SuborderDispatch::new(backend.clone(), config.clone()));
+    let dispatch_handler = Arc::new(move |e| {
+        let f = dispatch.clone();
+        async move { f.handle(e).await }
+    });
+    workers.spawn(run_sqs_source(
+        backend.clone(),
+        "suborder-dispatch",
+        vec![config.suborder_dispatch_queue.clone()],
+        10,
+        dispatch_handler,
         stop_rx.clone(),
     ));
     // Dissemination: notifications to recipients, and their acknowledgements.

@@ -4,6 +4,7 @@
 pub mod basket;
 pub mod body;
 pub mod catalog;
+pub mod dispatch;
 pub mod dissemination;
 pub mod feature;
 pub mod file;

@@ -2,6 +2,7 @@
 //! (granary-local runs them all in one process), a default for one machine, and a row in the README.
 
 use granary_domain::Priority;
+use granary_domain::dispatch::DispatchLimits;
 use granary_domain::order::{OrderSettings, Quota};
 use granary_domain::storage::{LocationClass, Locations, StorageLocation, parse_locations};
 
@@ -69,6 +70,19 @@ pub struct Config {
     /// The quota of users an admin set none for (`GRANARY_QUOTA_MAX_FILES`, `GRANARY_QUOTA_MAX_BYTES`,
     /// -1 for no limit, the default; `GRANARY_QUOTA_PERIOD_HOURS`, default 24).
     pub default_quota: Quota,
+    /// Dispatch nudges and suborders' storage jobs (`GRANARY_SUBORDER_DISPATCH_QUEUE`).
+    pub suborder_dispatch_queue: String,
+    /// Where FilesRestorationRequestEvents for an external storage service go
+    /// (`GRANARY_FILES_RESTORATION_QUEUE`).
+    pub files_restoration_queue: String,
+    /// The dispatch pool and per-user limit (`GRANARY_ORDER_POOL_MAX`, default 20;
+    /// `GRANARY_ORDER_USER_MAX`, default 2).
+    pub dispatch_limits: DispatchLimits,
+    /// How long a storage suborder may wait on its restores or storage service before its pending files
+    /// fail (`GRANARY_SUBORDER_TIMEOUT_HOURS`, default 48: a Glacier bulk restore takes up to 12 hours).
+    pub suborder_timeout_hours: i64,
+    /// How long a signed download URL lives, in seconds (`GRANARY_DOWNLOAD_URL_SECS`, default 300).
+    pub download_url_secs: u64,
 }
 
 /// The locations used when `GRANARY_STORAGE_LOCATIONS` is unset: `online` and `nearline`, two prefixes
@@ -131,6 +145,15 @@ impl Config {
                     period_hours: number("GRANARY_QUOTA_PERIOD_HOURS", 24),
                 }
             },
+            suborder_dispatch_queue: env_or("GRANARY_SUBORDER_DISPATCH_QUEUE", "suborder-dispatch"),
+            files_restoration_queue: env_or("GRANARY_FILES_RESTORATION_QUEUE", "files-restoration"),
+            dispatch_limits: {
+                let number =
+                    |name: &str, default: i64| lookup(name).and_then(|v| v.parse::<i64>().ok()).filter(|n| *n > 0).unwrap_or(default);
+                DispatchLimits { pool: number("GRANARY_ORDER_POOL_MAX", 20), per_user: number("GRANARY_ORDER_USER_MAX", 2) }
+            },
+            suborder_timeout_hours: lookup("GRANARY_SUBORDER_TIMEOUT_HOURS").and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(48),
+            download_url_secs: lookup("GRANARY_DOWNLOAD_URL_SECS").and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(300),
             order_settings: {
                 let number =
                     |name: &str, default: i64| lookup(name).and_then(|v| v.parse::<i64>().ok()).filter(|n| *n > 0).unwrap_or(default);
@@ -147,9 +170,16 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         self.storage_locations.as_ref().map(drop).map_err(Clone::clone)?;
         env_number::<u64>("GRANARY_STORAGE_TIMEOUT_SECS", 0).map(drop)?;
-        for name in
-            ["GRANARY_BASKET_UPLOAD_MAX_LINES", "GRANARY_ORDER_SUBORDER_MAX_MIB", "GRANARY_ORDER_SUBORDER_HOURS", "GRANARY_ORDER_MAX_HOURS"]
-        {
+        for name in [
+            "GRANARY_BASKET_UPLOAD_MAX_LINES",
+            "GRANARY_ORDER_SUBORDER_MAX_MIB",
+            "GRANARY_ORDER_SUBORDER_HOURS",
+            "GRANARY_ORDER_MAX_HOURS",
+            "GRANARY_ORDER_POOL_MAX",
+            "GRANARY_ORDER_USER_MAX",
+            "GRANARY_SUBORDER_TIMEOUT_HOURS",
+            "GRANARY_DOWNLOAD_URL_SECS",
+        ] {
             if env_number::<i64>(name, 1)? < 1 {
                 return Err(format!("environment variable {name}: must be at least 1"));
             }

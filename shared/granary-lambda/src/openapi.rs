@@ -53,6 +53,7 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         201 => "Created",
         202 => "Accepted",
+        302 => "Found: redirected (Location) to a short-lived signed URL",
         400 => "Bad Request: every error listed",
         401 => "Unauthorized: no valid bearer token",
         403 => "Forbidden: the caller's groups do not allow it",
@@ -60,6 +61,7 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         409 => "Conflict: not allowed in the current state",
         413 => "Content Too Large: over 10 MB",
+        422 => "Unprocessable: it ended in error (the cause is given)",
         503 => "Service Unavailable: retry later",
         _ => "",
     }
@@ -83,7 +85,8 @@ pub fn document(tables: &[&[Operation]]) -> Value {
         );
         let mut responses = Map::new();
         let ok = match op.ok.0 {
-            204 => json!({"description": reason(204)}),
+            // No body: a redirect, nothing to say, or a HEAD.
+            status if matches!(status, 204 | 302) || op.method == "HEAD" => json!({"description": reason(status)}),
             status => json!({"description": reason(status), "content": {"application/json": {"schema": (op.ok.1)(&mut g)}}}),
         };
         responses.insert(op.ok.0.to_string(), ok);

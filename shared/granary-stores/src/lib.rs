@@ -6,6 +6,7 @@ pub mod baskets;
 pub mod catalog;
 pub mod dissemination;
 pub mod features;
+pub mod fulfilment;
 pub mod locations;
 pub mod models;
 pub mod orders;

@@ -174,6 +174,11 @@ impl OrderStore {
         Ok((page.items, page.next))
     }
 
+    /// Suborder `number` of an order.
+    pub async fn suborder(&self, backend: &Backend, order_id: &str, number: u32) -> Result<Option<Item>, StoreError> {
+        Ok(backend.table.get(&self.orders, &Key::new(order_partition(order_id), suborder_sk(number))).await?)
+    }
+
     /// The suborders of an order, by number.
     pub async fn suborders(&self, backend: &Backend, order_id: &str) -> Result<Vec<Item>, StoreError> {
         crate::all_items(
@@ -243,6 +248,25 @@ impl OrderStore {
         match backend.table.update(&self.orders, &order_key(order_id), updates, Some(cond)).await {
             Ok(_) => Ok(true),
             Err(PortError::ConditionFailed { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Applies `updates` to the order while `token` holds its lease and it is PENDING, with `op` in the
+    /// same transaction; false otherwise.
+    pub async fn guarded_with(
+        &self,
+        backend: &Backend,
+        order_id: &str,
+        token: &str,
+        updates: Vec<Update>,
+        op: TxOp,
+    ) -> Result<bool, StoreError> {
+        let cond = Cond::And(vec![Cond::eq("lease", token), Cond::eq("status", OrderStatus::Pending.as_str())]);
+        let ops = vec![TxOp::Update { table: self.orders.clone(), key: order_key(order_id), updates, cond: Some(cond) }, op];
+        match backend.table.transact(ops).await {
+            Ok(()) => Ok(true),
+            Err(PortError::TransactionCanceled { index: 0, .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

@@ -1,0 +1,194 @@
+//! Ordered files over HTTP: the list of an order's downloadable files, and each file's download. A
+//! download link is always a Granary URL: it checks the caller, records the download, and redirects to
+//! a fresh short-lived signed URL (S3 presigned in the cloud, a signed local URL on one machine), so a
+//! link handed out earlier never outlives the caller's right to it.
+
+use crate::{Link, OrderApi, RouteResult, unavailable_on};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use granary_domain::catalog::ProductFile;
+use granary_domain::dispatch::{Source, file_id, parse_file_id, source_of};
+use granary_domain::order::{FileState, OrderStatus};
+use granary_lambda::Identity;
+use granary_lambda::http::{bad_request, json, not_found, problem};
+use granary_ports::{Cursor, Item};
+use granary_stores::orders::file_sk;
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde::Serialize;
+use std::time::Duration;
+
+/// One ordered file as the order's file list shows it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderFileAnswer {
+    /// Its id in download URLs (`<order>.<suborder>.<index>`).
+    pub id: String,
+    /// The product it belongs to (URN).
+    pub ip_id: String,
+    /// The product's providerId.
+    pub product_id: String,
+    /// PENDING, AVAILABLE, DOWNLOADED, ERROR, ...
+    pub state: String,
+    /// Why it is in error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download_error: Option<String>,
+    /// Its description (name, size, checksum, type).
+    #[serde(flatten)]
+    pub file: ProductFile,
+    /// Its Granary download URL.
+    pub download: String,
+}
+
+/// A page of an order's files.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct OrderFilePage {
+    /// The files.
+    pub content: Vec<OrderFileAnswer>,
+    /// `{size, numberOfElements}`.
+    pub metadata: serde_json::Value,
+    /// `next` when more may follow.
+    pub links: Vec<Link>,
+}
+
+/// Whether an order's files can be downloaded in `status` (not once it is deleted or expired).
+fn downloadable(status: Option<&str>) -> bool {
+    !matches!(status.and_then(OrderStatus::parse), Some(OrderStatus::Deleted | OrderStatus::Expired) | None)
+}
+
+/// The file as the list shows it.
+pub(crate) fn file_answer(order_id: &str, item: &Item) -> Option<OrderFileAnswer> {
+    let file: ProductFile = serde_json::from_value(item.get("file")?.clone()).ok()?;
+    let (suborder, index) = parse_sk(&item.key.sk)?;
+    let id = file_id(order_id, suborder, index);
+    Some(OrderFileAnswer {
+        download: format!("/orders/files/{id}"),
+        id,
+        ip_id: item.get_str("urn").unwrap_or_default().to_owned(),
+        product_id: item.get_str("providerId").unwrap_or_default().to_owned(),
+        state: item.get_str("state").unwrap_or_default().to_owned(),
+        download_error: item.get_str("cause").map(str::to_owned),
+        file,
+    })
+}
+
+/// Suborder and index of a file's sort key (`F#nnnnnn#nnnnn`).
+fn parse_sk(sk: &str) -> Option<(u32, u64)> {
+    let mut parts = sk.strip_prefix("F#")?.split('#');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+impl OrderApi {
+    /// The order, when `identity` may see it.
+    async fn visible_order(&self, identity: &Identity, order_id: &str) -> Result<Item, Response<Body>> {
+        let missing = || not_found(&format!("no order {order_id}"));
+        let item = self.orders.get(&self.backend, order_id).await.map_err(unavailable_on)?.ok_or_else(missing)?;
+        if !identity.is_admin() && item.get_str("owner") != Some(identity.user.as_str()) {
+            return Err(missing());
+        }
+        Ok(item)
+    }
+
+    /// `GET /orders/{orderId}/files/available`: the files that can be downloaded now (AVAILABLE) or
+    /// again (DOWNLOADED), in suborder order.
+    pub(crate) async fn available_files(&self, identity: &Identity, order_id: &str, req: &Request) -> RouteResult {
+        let order = self.visible_order(identity, order_id).await?;
+        let params = req.query_string_parameters();
+        let size = match params.first("size").map(str::parse::<usize>) {
+            None => 100,
+            Some(Ok(n)) if (1..=1000).contains(&n) => n,
+            Some(_) => return Err(bad_request("invalid file listing", &["size: must be 1 to 1000".into()])),
+        };
+        let mut cursor = match params.first("page") {
+            None => None,
+            Some(p) => Some(
+                URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .map(Cursor)
+                    .ok_or_else(|| bad_request("invalid file listing", &["page: not a cursor this API handed out".into()]))?,
+            ),
+        };
+        let mut content = Vec::new();
+        let next = if downloadable(order.get_str("status")) {
+            loop {
+                let (items, next) = match self.orders.files(&self.backend, order_id, None, cursor.clone(), size - content.len()).await {
+                    Ok(page) => page,
+                    Err(granary_stores::StoreError::Port(granary_ports::PortError::Invalid(e))) => {
+                        return Err(bad_request("invalid page", &[format!("page: {e}")]));
+                    }
+                    Err(e) => return Err(unavailable_on(e)),
+                };
+                content.extend(
+                    items
+                        .iter()
+                        .filter(|i| matches!(i.get_str("state"), Some("AVAILABLE" | "DOWNLOADED")))
+                        .filter_map(|i| file_answer(order_id, i)),
+                );
+                match next {
+                    Some(c) if content.len() < size => cursor = Some(c),
+                    other => break other,
+                }
+            }
+        } else {
+            None
+        };
+        let links = next
+            .map(|c| Link {
+                rel: "next".into(),
+                href: format!("/orders/{order_id}/files/available?size={size}&page={}", URL_SAFE_NO_PAD.encode(c.0)),
+            })
+            .into_iter()
+            .collect();
+        let metadata = serde_json::json!({ "size": size, "numberOfElements": content.len() });
+        Ok(json(200, &OrderFilePage { content, metadata, links }))
+    }
+
+    /// `GET` or `HEAD /orders/files/{fileId}`: 202 while PENDING, 422 in error, otherwise a redirect to a
+    /// fresh signed URL (GET records the download: the file becomes DOWNLOADED, and its suborder and
+    /// order follow; HEAD only tests availability and answers 200).
+    pub(crate) async fn download(&self, identity: &Identity, id: &str, head: bool) -> RouteResult {
+        let missing = || not_found(&format!("no ordered file {id}"));
+        let (order_id, suborder, index) = parse_file_id(id).ok_or_else(missing)?;
+        let order = self.visible_order(identity, order_id).await.map_err(|_| missing())?;
+        if !downloadable(order.get_str("status")) {
+            return Err(missing());
+        }
+        let item =
+            self.fulfilment.file(&self.backend, order_id, &file_sk(suborder, index)).await.map_err(unavailable_on)?.ok_or_else(missing)?;
+        let state = item.get_str("state").unwrap_or_default();
+        if state == FileState::Pending.as_str() {
+            return Err(problem(202, "Accepted", &format!("file {id} is PENDING: not available yet; ask again later"), &[]));
+        }
+        if !matches!(state, "AVAILABLE" | "DOWNLOADED") {
+            let cause = item.get_str("cause").unwrap_or("no cause recorded");
+            return Err(problem(422, "Unprocessable Content", &format!("file {id} is in {state}: {cause}"), &[]));
+        }
+        let file: ProductFile = item.get("file").and_then(|f| serde_json::from_value(f.clone()).ok()).ok_or_else(missing)?;
+        let url = match source_of(&file, &self.config.locations()) {
+            Source::Online { bucket, key } | Source::Nearline { bucket, key } => self
+                .backend
+                .blobs
+                .signed_get_url(&bucket, &key, Duration::from_secs(self.config.download_url_secs))
+                .await
+                .map_err(unavailable_on)?,
+            // Referenced files and those an external service holds are read where they are.
+            Source::Reference | Source::Service { .. } if file.url.starts_with("https://") || file.url.starts_with("http://") => {
+                file.url.clone()
+            }
+            _ => return Err(problem(422, "Unprocessable Content", &format!("file {id} has no URL to download it from"), &[])),
+        };
+        if head {
+            return Ok(Response::builder().status(200).body(Body::Empty).unwrap_or_default());
+        }
+        if state == FileState::Available.as_str()
+            && self.fulfilment.downloaded(&self.backend, order_id, &item).await.map_err(unavailable_on)?
+        {
+            let events = self.fulfilment.settle(&self.backend, order_id, suborder).await.map_err(unavailable_on)?;
+            if let Err(e) = self.fulfilment.outbox().flush(&self.backend, &events).await {
+                tracing::warn!(error = %e, "dispatch nudge left to the outbox relay");
+            }
+        }
+        Ok(Response::builder().status(302).header("location", url).body(Body::Empty).unwrap_or_default())
+    }
+}

@@ -1,0 +1,352 @@
+//! `suborder-dispatch`: starts waiting storage suborders within the limits, and runs their storage
+//! jobs. Its queue carries two messages:
+//!
+//! - `{"dispatch": {"reason"}}`, a nudge sent on every event that frees a slot (an order expanded, a
+//!   suborder done or finished) and by order-maintenance's schedule as a safety net. One dispatch serves
+//!   a whole batch of nudges. While the pool (`GRANARY_ORDER_POOL_MAX`) has room it starts, among the
+//!   WAITING suborders of RUNNING orders, the next one of the user with the fewest suborders counted
+//!   against `GRANARY_ORDER_USER_MAX` (RUNNING, or DONE and not yet downloaded), that user's smallest in
+//!   bytes, then the older. Each start takes the pool slot and the user slot in the transaction that
+//!   makes the suborder RUNNING and stages its storage job, each guarded by its limit: dispatchers
+//!   running at once never exceed a limit, and a crash leaks no slot.
+//! - `{"start": {"orderId", "suborder"}}`, a suborder's storage job: each PENDING file is counted in its
+//!   owner's quota (those past it end in ERROR "quota exceeded") and claimed as the order's (so it is
+//!   not deleted under the order), then an online file is AVAILABLE at once, a nearline one gets an S3
+//!   restore request (its completion reaches storage-ready), and one held by an external storage
+//!   service is asked for by a REGARDS FilesRestorationRequestEvent (at most 1,000 checksums each, on
+//!   `GRANARY_FILES_RESTORATION_QUEUE`; answered on the storage-ready queue). A job that runs again
+//!   skips what it reserved before and asks again for what still waits: restore requests and
+//!   restoration events are idempotent.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use granary_domain::catalog::ProductFile;
+use granary_domain::dispatch::{Candidate, DispatchLimits, Source, SuborderState, pick, source_of};
+use granary_domain::order::{FileState, OrderStatus, Quota};
+use granary_domain::storage::{Locations, StoredObject};
+use granary_lambda::{Config, sqs};
+use granary_ports::{Backend, Item, OutgoingMessage, PortError, RestoreStatus};
+use granary_stores::StoreError;
+use granary_stores::fulfilment::{Fulfilment, Reservation, Reserved, Start, Wait};
+use granary_stores::orders::{OrderStore, QuotaStore};
+use granary_stores::outbox::OutboxEvent;
+use granary_stores::owners::{Claim, FileOwners};
+use lambda_runtime::LambdaEvent;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+
+/// Most WAITING suborders one dispatch round reads (smallest first).
+const SCAN: usize = 1000;
+/// Files reserved per transaction (each may add a waiter item; DynamoDB takes 100 operations).
+const RESERVE_CHUNK: usize = 45;
+/// Most checksums per FilesRestorationRequestEvent (REGARDS's MAX_REQUEST_PER_GROUP).
+pub const MAX_CHECKSUMS_PER_EVENT: usize = 1000;
+
+/// A message of the dispatch queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DispatchMessage {
+    /// Start what the limits allow.
+    Dispatch {
+        /// Why (logged).
+        #[serde(default)]
+        reason: String,
+    },
+    /// Run a RUNNING suborder's storage job.
+    #[serde(rename_all = "camelCase")]
+    Start {
+        /// Its order.
+        order_id: String,
+        /// Its number.
+        suborder: u32,
+    },
+}
+
+/// What one dispatch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dispatched {
+    /// Suborders started.
+    pub started: usize,
+}
+
+/// The handler and what it needs, built once per cold start.
+#[derive(Debug, Clone)]
+pub struct SuborderDispatch {
+    backend: Backend,
+    config: Config,
+    fulfilment: Fulfilment,
+    orders: OrderStore,
+    quotas: QuotaStore,
+    owners: FileOwners,
+    locations: Locations,
+    limits: DispatchLimits,
+}
+
+impl SuborderDispatch {
+    /// The handler over `backend`, configured by `config`.
+    pub fn new(backend: Backend, config: Config) -> Self {
+        Self {
+            fulfilment: Fulfilment::new(&config.orders_table, &config.requests_table, &config.suborder_dispatch_queue),
+            orders: OrderStore::new(&config.orders_table, &config.requests_table),
+            quotas: QuotaStore::new(&config.orders_table),
+            owners: FileOwners::new(&config.features_table),
+            locations: config.locations(),
+            limits: config.dispatch_limits,
+            backend,
+            config,
+        }
+    }
+
+    /// Handles one SQS batch: every storage job, then one dispatch for all the nudges.
+    pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+        let mut failed = Vec::new();
+        let mut nudges = Vec::new();
+        for msg in &event.payload.records {
+            let id = msg.message_id.clone().unwrap_or_default();
+            match serde_json::from_str::<DispatchMessage>(msg.body.as_deref().unwrap_or_default()) {
+                Ok(DispatchMessage::Dispatch { reason }) => nudges.push((id, reason)),
+                Ok(DispatchMessage::Start { order_id, suborder }) => {
+                    if let Err(e) = self.run_job(&order_id, suborder).await {
+                        tracing::warn!(order_id, suborder, error = %e, "storage job interrupted; SQS will redeliver it");
+                        failed.push(id);
+                    }
+                }
+                // Nothing to retry: Granary writes these messages itself.
+                Err(e) => tracing::error!(message_id = %id, error = %e, "not a dispatch message; dropped"),
+            }
+        }
+        if !nudges.is_empty() {
+            let reasons: Vec<&str> = nudges.iter().map(|(_, r)| r.as_str()).collect();
+            match self.dispatch().await {
+                Ok(d) => tracing::info!(started = d.started, ?reasons, "dispatched"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "dispatch interrupted; SQS will redeliver its nudges");
+                    failed.extend(nudges.into_iter().map(|(id, _)| id));
+                }
+            }
+        }
+        Ok(sqs::batch_response(failed))
+    }
+
+    /// Starts waiting suborders while the pool has room and their owners have slots.
+    pub async fn dispatch(&self) -> Result<Dispatched, StoreError> {
+        let mut report = Dispatched::default();
+        let mut statuses: HashMap<String, bool> = HashMap::new();
+        // A few rounds: a round that lost races to other dispatchers reads the state again.
+        'rounds: for _ in 0..10 {
+            let free = self.limits.pool - self.fulfilment.pool_running(&self.backend).await?;
+            if free <= 0 {
+                break;
+            }
+            let (waiting, _) = self.fulfilment.in_state(&self.backend, SuborderState::Waiting, None, SCAN).await?;
+            let mut startable = Vec::new();
+            for s in waiting {
+                let order_id = s.get_str("orderId").unwrap_or_default().to_owned();
+                let running = match statuses.get(&order_id) {
+                    Some(r) => *r,
+                    None => {
+                        let order = self.orders.get(&self.backend, &order_id).await?;
+                        let r = order.is_some_and(|o| o.get_str("status") == Some(OrderStatus::Running.as_str()));
+                        statuses.insert(order_id.clone(), r);
+                        r
+                    }
+                };
+                if running {
+                    startable.push(s);
+                }
+            }
+            let mut counted = HashMap::new();
+            for s in &startable {
+                let owner = s.get_str("slotOwner").unwrap_or_default();
+                if !counted.contains_key(owner) {
+                    counted.insert(owner.to_owned(), self.fulfilment.user_slots(&self.backend, owner).await?);
+                }
+            }
+            let candidates: Vec<Candidate> = startable
+                .iter()
+                .map(|s| Candidate {
+                    owner: s.get_str("slotOwner").unwrap_or_default().to_owned(),
+                    bytes: s.get_i64("filesSize").unwrap_or(0).max(0) as u64,
+                    created_ms: 0,
+                    // The index key orders by size, then order age: it breaks ties the same way.
+                    id: s.get_str("dispatchKey").unwrap_or_default().to_owned(),
+                })
+                .collect();
+            let picked = pick(&candidates, &counted, free, self.limits.per_user);
+            if picked.is_empty() {
+                break;
+            }
+            let mut progressed = false;
+            let mut events = Vec::new();
+            for i in picked {
+                match self.fulfilment.start(&self.backend, &startable[i], self.limits).await? {
+                    Start::Started(staged) => {
+                        events.extend(staged);
+                        report.started += 1;
+                        progressed = true;
+                    }
+                    Start::PoolFull => {
+                        self.flush(&events).await;
+                        break 'rounds;
+                    }
+                    Start::UserFull | Start::NotStartable => {}
+                }
+            }
+            self.flush(&events).await;
+            if !progressed {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn flush(&self, events: &[OutboxEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        if let Err(e) = self.fulfilment.outbox().flush(&self.backend, events).await {
+            tracing::warn!(error = %e, events = events.len(), "events left to the outbox relay");
+        }
+    }
+
+    /// Runs suborder `number`'s storage job (again, when redelivered).
+    pub async fn run_job(&self, order_id: &str, number: u32) -> Result<(), StoreError> {
+        let Some(order) = self.orders.get(&self.backend, order_id).await? else { return Ok(()) };
+        if order.get_str("status") != Some(OrderStatus::Running.as_str()) {
+            // Paused, deleted or expired: resuming sends the job again.
+            tracing::info!(order_id, number, status = order.get_str("status"), "storage job not run: the order is not RUNNING");
+            return Ok(());
+        }
+        let Some(suborder) = self.orders.suborder(&self.backend, order_id, number).await? else { return Ok(()) };
+        if suborder.get_str("state") != Some(SuborderState::Running.as_str()) {
+            return Ok(());
+        }
+        let owner = suborder.get_str("slotOwner").unwrap_or_default().to_owned();
+        let quota = self.quotas.get(&self.backend, &owner).await?.unwrap_or(self.config.default_quota);
+        let mut cursor = None;
+        loop {
+            let (files, next) = self.orders.files(&self.backend, order_id, Some(number), cursor, 100).await?;
+            self.make_available(order_id, number, &owner, &quota, files).await?;
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let events = self.fulfilment.settle(&self.backend, order_id, number).await?;
+        self.flush(&events).await;
+        Ok(())
+    }
+
+    /// One page of a suborder's files: reserves those not reserved yet, then asks for every one still
+    /// waiting.
+    async fn make_available(&self, order_id: &str, number: u32, owner: &str, quota: &Quota, files: Vec<Item>) -> Result<(), StoreError> {
+        let order_owner = format!("order:{order_id}");
+        let mut reservations = Vec::new();
+        for f in files.iter().filter(|f| f.get_str("state") == Some(FileState::Pending.as_str()) && f.get("reservedAt").is_none()) {
+            let Some(pf) = product_file(f) else { continue };
+            let source = source_of(&pf, &self.locations);
+            if let Source::Online { bucket, key } | Source::Nearline { bucket, key } = &source {
+                let object = StoredObject { storage: pf.storage.clone().unwrap_or_default(), checksum: pf.checksum.clone() };
+                if self.owners.claim(&self.backend, &object, bucket, key, &order_owner).await? == Claim::BeingDeleted {
+                    self.fulfilment.failed(&self.backend, order_id, f, "the file is being deleted from its storage").await?;
+                    continue;
+                }
+            }
+            let wait = match source {
+                Source::Online { .. } | Source::Reference => Wait::Nothing,
+                Source::Nearline { key, .. } => Wait::Restore(key),
+                Source::Service { storage } => Wait::Service(storage),
+            };
+            reservations.push(Reservation { file_sk: f.key.sk.clone(), size: pf.size, checksum: pf.checksum.clone(), wait });
+        }
+        for chunk in reservations.chunks(RESERVE_CHUNK) {
+            match self.fulfilment.reserve(&self.backend, order_id, number, owner, quota, chunk).await? {
+                Reserved::Done => {}
+                // One at a time: what fits is reserved, the rest fails.
+                Reserved::QuotaExceeded | Reserved::Changed => {
+                    for r in chunk {
+                        if self.fulfilment.reserve(&self.backend, order_id, number, owner, quota, std::slice::from_ref(r)).await?
+                            == Reserved::QuotaExceeded
+                            && let Some(file) = self.fulfilment.file(&self.backend, order_id, &r.file_sk).await?
+                        {
+                            self.fulfilment.failed(&self.backend, order_id, &file, "quota exceeded").await?;
+                        }
+                    }
+                }
+            }
+        }
+        // Everything reserved and still waiting is asked for (again, on a redelivery).
+        let mut by_service: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for f in &files {
+            let Some(current) = self.fulfilment.file(&self.backend, order_id, &f.key.sk).await? else { continue };
+            if current.get_str("state") != Some(FileState::Pending.as_str()) {
+                continue;
+            }
+            let Some(pf) = product_file(&current) else { continue };
+            match (current.get_str("waitingOn"), source_of(&pf, &self.locations)) {
+                (Some("RESTORE"), Source::Nearline { bucket, key }) => self.restore(order_id, &current, &bucket, &key).await?,
+                (Some("SERVICE"), Source::Service { storage }) => by_service.entry(storage).or_default().push(pf.checksum),
+                _ => {}
+            }
+        }
+        for (storage, checksums) in by_service {
+            self.ask_service(order_id, number, &storage, checksums).await?;
+        }
+        Ok(())
+    }
+
+    async fn restore(&self, order_id: &str, file: &Item, bucket: &str, key: &str) -> Result<(), StoreError> {
+        let days = u32::try_from((self.config.order_settings.suborder_duration_hours + 23) / 24).unwrap_or(1).max(1);
+        match self.backend.blobs.request_restore(bucket, key, days).await {
+            // Restored before (for another order): readable now.
+            Ok(RestoreStatus::Restored { .. } | RestoreStatus::NotNeeded) => {
+                self.fulfilment.arrived(&self.backend, order_id, file).await?;
+            }
+            Ok(RestoreStatus::InProgress | RestoreStatus::NotRequested) => {}
+            Err(PortError::NotFound(what)) => {
+                self.fulfilment.failed(&self.backend, order_id, file, &format!("the stored file is missing: {what}")).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Sends REGARDS's FilesRestorationRequestEvent for `checksums` held by `storage`, 1,000 at most each.
+    async fn ask_service(&self, order_id: &str, number: u32, storage: &str, checksums: Vec<String>) -> Result<(), StoreError> {
+        let hours = self.config.order_settings.suborder_duration_hours;
+        let messages: Vec<OutgoingMessage> = checksums
+            .chunks(MAX_CHECKSUMS_PER_EVENT)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let body = json!({ "checksums": chunk, "availabilityHours": hours, "groupId": format!("order:{order_id}:{number}:{i}") });
+                OutgoingMessage::new(body.to_string()).attribute("granary.storage", storage)
+            })
+            .collect();
+        for batch in granary_ports::queue::batches(messages) {
+            self.backend.queue.send_batch(&self.config.files_restoration_queue, batch).await?;
+        }
+        Ok(())
+    }
+}
+
+fn product_file(file: &Item) -> Option<ProductFile> {
+    file.get("file").and_then(|f| serde_json::from_value::<ProductFile>(f.clone()).ok()).or_else(|| {
+        tracing::error!(file = %file.key.sk, "an order file without a readable description");
+        None::<ProductFile>
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn messages_read_as_written() {
+        let start: DispatchMessage = serde_json::from_value(json!({"start": {"orderId": "o1", "suborder": 3}})).unwrap();
+        assert_eq!(start, DispatchMessage::Start { order_id: "o1".into(), suborder: 3 });
+        let nudge: DispatchMessage = serde_json::from_value(json!({"dispatch": {"reason": "x"}})).unwrap();
+        assert_eq!(nudge, DispatchMessage::Dispatch { reason: "x".into() });
+        assert!(serde_json::from_value::<DispatchMessage>(Value::Null).is_err());
+    }
+}

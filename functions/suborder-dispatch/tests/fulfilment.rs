@@ -1,0 +1,410 @@
+//! Orders after their expansion, on the embedded backend with every handler real: suborders start in
+//! the documented order within the pool and per-user limits, files become available from online
+//! storage at once, from nearline storage after a restore, and from an external storage service
+//! after its answer; downloads free slots and the next suborders start; orders end DONE,
+//! DONE_WITH_WARNING or FAILED as their files did; quotas turn the files past them into errors; and
+//! twenty dispatchers at once never pass a limit.
+
+use basket_api::BasketApi;
+use granary_lambda::Config;
+use granary_lambda::http::apigw_request;
+use granary_lambda::sqs::sqs_event;
+use granary_ports::{Item, Key, OutgoingMessage, RestoreStatus, StorageClass};
+use granary_stores::fulfilment::Fulfilment;
+use granary_stores::orders::OrderStore;
+use granary_testkit::{Site, answer, dataset, file, product};
+use lambda_runtime::{Context, LambdaEvent};
+use order_api::OrderApi;
+use order_create::OrderCreate;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use storage_ready::StorageReady;
+use suborder_dispatch::SuborderDispatch;
+
+type Caller = Option<(&'static str, &'static [&'static str])>;
+const ANN: Caller = Some(("ann@example.org", &["s2"]));
+const BOB: Caller = Some(("bob@example.org", &["s2"]));
+const KIB: u64 = 1024;
+
+struct World {
+    site: Site,
+    basket: BasketApi,
+    orders: OrderApi,
+    create: OrderCreate,
+    dispatch: Arc<SuborderDispatch>,
+    ready: StorageReady,
+}
+
+impl World {
+    async fn new(config: Config) -> Self {
+        let site = Site::new(config).await;
+        site.create(&[dataset("S2", &["s2"], vec![])]).await;
+        Self {
+            basket: BasketApi::new(site.backend.clone(), site.config.clone()),
+            orders: OrderApi::new(site.backend.clone(), site.config.clone()),
+            create: OrderCreate::new(site.backend.clone(), site.config.clone()),
+            dispatch: Arc::new(SuborderDispatch::new(site.backend.clone(), site.config.clone())),
+            ready: StorageReady::new(site.backend.clone(), site.config.clone()),
+            site,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<&str>, caller: Caller) -> (u16, Value) {
+        answer(self.orders.handle(apigw_request(method, path, "", body, caller)).await.unwrap())
+    }
+
+    /// A product of dataset S2 with one file stored in `storage` (an online object is written for real).
+    async fn stored_product(&self, id: &str, size: u64, storage: &str) -> Value {
+        let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
+        let checksum = format!("{hex:0>32}");
+        let (url, class) = match storage {
+            "online" => (format!("s3://storage/online/{checksum}"), Some(StorageClass::Online)),
+            "nearline" => (format!("s3://storage/nearline/{checksum}"), Some(StorageClass::Nearline)),
+            other => (format!("https://{other}.invalid/{checksum}"), None),
+        };
+        if let Some(class) = class {
+            let key = url.trim_start_matches("s3://storage/").to_owned();
+            let body: granary_ports::BlobReader = Box::pin(std::io::Cursor::new(format!("content of {id}").into_bytes()));
+            self.site.backend.blobs.put("storage", &key, body, class).await.unwrap();
+        }
+        product(id, &["S2"], json!({}), Value::Null, vec![file(&format!("{id}.dat"), "RAWDATA", size, &checksum, &url, Some(storage))])
+    }
+
+    /// `caller` orders `products` (created first): the order's id.
+    async fn order(&self, caller: Caller, products: Vec<Value>) -> String {
+        let ids: Vec<String> = products.iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect();
+        self.site.create(&products).await;
+        let body = json!({"entityIdsToInclude": ids}).to_string();
+        let (status, basket) =
+            answer(self.basket.handle(apigw_request("POST", "/order/basket/selection", "", Some(&body), caller)).await.unwrap());
+        assert_eq!(status, 200, "{basket}");
+        // The clock stands still: default labels ("Order of <date>") would repeat.
+        let label = json!({"label": format!("order {}", uuid_like())}).to_string();
+        let (status, order) = self.call("POST", "/user/orders", Some(&label), caller).await;
+        assert_eq!(status, 201, "{order}");
+        order["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Runs order-create and suborder-dispatch until their queues are empty.
+    async fn pump(&self) {
+        for _ in 0..100 {
+            let mut any = false;
+            for m in self.site.drain("order-create").await {
+                any = true;
+                let r = self.create.handle(LambdaEvent::new(sqs_event("order-create", &[m]).unwrap(), Context::default())).await.unwrap();
+                assert!(r.batch_item_failures.is_empty());
+            }
+            let messages = self.site.drain("suborder-dispatch").await;
+            for batch in messages.chunks(10) {
+                any = true;
+                let r = self
+                    .dispatch
+                    .handle(LambdaEvent::new(sqs_event("suborder-dispatch", batch).unwrap(), Context::default()))
+                    .await
+                    .unwrap();
+                assert!(r.batch_item_failures.is_empty());
+            }
+            if !any {
+                return;
+            }
+        }
+        panic!("the queues never emptied");
+    }
+
+    /// Delivers storage events to storage-ready; returns the bodies it dead-lettered.
+    async fn storage_events(&self, events: &[Value]) -> Vec<String> {
+        let messages: Vec<_> =
+            events.iter().enumerate().map(|(i, e)| granary_testkit::message(&format!("ev{i}"), &e.to_string())).collect();
+        let r = self.ready.handle(LambdaEvent::new(sqs_event("storage-ready", &messages).unwrap(), Context::default())).await.unwrap();
+        assert!(r.batch_item_failures.is_empty());
+        self.site.drain("storage-ready-dead-letter").await.into_iter().map(|m| m.body).collect()
+    }
+
+    async fn get(&self, id: &str, caller: Caller) -> Value {
+        let (status, order) = self.call("GET", &format!("/user/orders/{id}"), None, caller).await;
+        assert_eq!(status, 200, "{order}");
+        order
+    }
+
+    /// The order's files by state.
+    async fn files(&self, id: &str) -> Vec<Item> {
+        OrderStore::new("orders", "requests").files(&self.site.backend, id, None, None, 1000).await.unwrap().0
+    }
+
+    /// Downloads every available file of the order: their ids.
+    async fn download_all(&self, id: &str, caller: Caller) -> Vec<String> {
+        let (status, page) = self.call("GET", &format!("/orders/{id}/files/available"), None, caller).await;
+        assert_eq!(status, 200, "{page}");
+        let mut done = Vec::new();
+        for f in page["content"].as_array().unwrap().iter().filter(|f| f["state"] == "AVAILABLE") {
+            let response = self.orders.handle(apigw_request("GET", f["download"].as_str().unwrap(), "", None, caller)).await.unwrap();
+            assert_eq!(response.status(), 302);
+            let location = response.headers()["location"].to_str().unwrap();
+            // Stored files through a signed URL; a storage service's where the service keeps them.
+            assert!(location.contains("signature=") || location.starts_with("https://tape.invalid/"), "{location}");
+            done.push(f["id"].as_str().unwrap().to_owned());
+        }
+        done
+    }
+}
+
+fn uuid_like() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn states(order: &Value) -> Vec<(u64, String)> {
+    order["suborders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "INTERNAL")
+        .map(|s| (s["filesSize"].as_u64().unwrap(), s["state"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn suborders_start_smallest_first_within_the_user_limit_and_downloads_let_the_next_ones_start() {
+    let mut config = Config::defaults();
+    // Every file is larger than a suborder may be: each has a suborder of its own.
+    config.order_settings.suborder_max_bytes = 10 * KIB;
+    config.dispatch_limits.per_user = 2;
+    let world = World::new(config).await;
+    // Ann's six suborders (one file each) of different sizes; then Bob's one small suborder.
+    let mut ann = Vec::new();
+    for (i, kib) in [900, 100, 800, 200, 700, 300].into_iter().enumerate() {
+        ann.push(world.stored_product(&format!("a{i}"), kib * KIB, "online").await);
+    }
+    let ann_order = world.order(ANN, ann).await;
+    let bob_order = world.order(BOB, vec![world.stored_product("b0", 50 * KIB, "online").await]).await;
+    world.pump().await;
+
+    // Ann's two smallest started (and, online, are done at once); the rest wait for her downloads.
+    let order = world.get(&ann_order, ANN).await;
+    let mut s = states(&order);
+    s.sort();
+    let done: Vec<u64> = s.iter().filter(|(_, st)| st == "DONE").map(|(b, _)| b / KIB).collect();
+    assert_eq!(done, [100, 200], "{s:?}");
+    assert_eq!(s.iter().filter(|(_, st)| st == "WAITING").count(), 4);
+    assert_eq!(order["status"], "RUNNING");
+    assert_eq!(order["availableFilesCount"], 2);
+    assert_eq!(order["percentCompleted"], 33);
+    // A file still waiting answers 202; another user's file does not exist for Bob.
+    let pending = world.files(&ann_order).await.into_iter().find(|f| f.get_str("state") == Some("PENDING")).unwrap();
+    let (sub, idx) = (pending.get_i64("suborder").unwrap(), &pending.key.sk[pending.key.sk.len() - 5..]);
+    let pending_id = format!("{ann_order}.{sub}.{}", idx.parse::<u64>().unwrap());
+    assert_eq!(world.call("GET", &format!("/orders/files/{pending_id}"), None, ANN).await.0, 202);
+    assert_eq!(world.call("HEAD", &format!("/orders/files/{pending_id}"), None, ANN).await.0, 202);
+    assert_eq!(world.call("GET", &format!("/orders/files/{pending_id}"), None, BOB).await.0, 404);
+    assert_eq!(world.call("GET", &format!("/orders/{ann_order}/files/available"), None, BOB).await.0, 404);
+
+    // Bob's small order did not wait behind Ann's large one.
+    let bob = world.get(&bob_order, BOB).await;
+    assert_eq!(bob["status"], "DONE", "{bob}");
+    assert_eq!(bob["availableFilesCount"], 1);
+    assert_eq!(world.download_all(&bob_order, BOB).await.len(), 1);
+    let bob = world.get(&bob_order, BOB).await;
+    assert_eq!((bob["availableFilesCount"].as_u64(), states(&bob)[0].1.as_str()), (Some(0), "FINISHED"));
+
+    // Each download frees a slot of Ann's, and the next smallest starts, until all are done.
+    let mut order_of_start = done.clone();
+    for _ in 0..10 {
+        let order = world.get(&ann_order, ANN).await;
+        if order["status"] != "RUNNING" {
+            break;
+        }
+        assert!(states(&order).iter().filter(|(_, st)| st == "DONE" || st == "RUNNING").count() <= 2, "Y=2 holds");
+        assert!(!world.download_all(&ann_order, ANN).await.is_empty());
+        world.pump().await;
+        let mut now_done: Vec<u64> =
+            states(&world.get(&ann_order, ANN).await).iter().filter(|(_, st)| st == "DONE").map(|(b, _)| b / KIB).collect();
+        now_done.sort();
+        order_of_start.extend(now_done);
+    }
+    order_of_start.dedup();
+    assert_eq!(order_of_start, [100, 200, 300, 700, 800, 900]);
+    let order = world.get(&ann_order, ANN).await;
+    assert_eq!(order["status"], "DONE", "{order}");
+    assert_eq!(order["percentCompleted"], 100);
+    world.download_all(&ann_order, ANN).await;
+    assert!(states(&world.get(&ann_order, ANN).await).iter().all(|(_, st)| st == "FINISHED"));
+    // Every slot is back.
+    let fulfilment = Fulfilment::new("orders", "requests", "suborder-dispatch");
+    assert_eq!(fulfilment.pool_running(&world.site.backend).await.unwrap(), 0);
+    assert_eq!(fulfilment.user_slots(&world.site.backend, "ann@example.org").await.unwrap(), 0);
+    // A downloaded file can be fetched again; its state stays DOWNLOADED.
+    let again = world.files(&ann_order).await;
+    assert!(again.iter().all(|f| f.get_str("state") == Some("DOWNLOADED")));
+}
+
+#[tokio::test]
+async fn nearline_files_wait_for_their_restore_and_service_files_for_the_service_answer() {
+    let mut config = Config::defaults();
+    config.default_quota = granary_domain::order::Quota { max_files: 100, max_bytes: -1, period_hours: 24 };
+    let world = World::new(config).await;
+    let products = vec![
+        world.stored_product("on1", KIB, "online").await,
+        world.stored_product("cold1", KIB, "nearline").await,
+        world.stored_product("cold2", KIB, "nearline").await,
+        world.stored_product("tape1", KIB, "tape").await,
+        world.stored_product("tape2", KIB, "tape").await,
+    ];
+    let checksum = |p: &Value| p["files"][0]["attributes"]["checksum"].as_str().unwrap().to_owned();
+    let url = |p: &Value| p["files"][0]["locations"][0]["url"].as_str().unwrap().to_owned();
+    let (cold, tape) = ([&products[1], &products[2]], [&products[3], &products[4]]);
+    let id = world.order(ANN, products.clone()).await;
+    world.pump().await;
+
+    let order = world.get(&id, ANN).await;
+    assert_eq!(order["status"], "RUNNING");
+    assert_eq!(order["availableFilesCount"], 1, "the online file at once");
+    // Restores were asked for the nearline objects.
+    for p in cold {
+        let key = url(p).trim_start_matches("s3://storage/").to_owned();
+        let head = world.site.backend.blobs.head("storage", &key).await.unwrap().unwrap();
+        assert_eq!(head.restore, RestoreStatus::InProgress, "{key}: {:?}", world.files(&id).await);
+    }
+    // The storage service was asked for its two files, in REGARDS's shape.
+    let asked = world.site.drain("files-restoration").await;
+    assert_eq!(asked.len(), 1);
+    let event: Value = serde_json::from_str(&asked[0].body).unwrap();
+    let mut asked_for: Vec<String> = event["checksums"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+    asked_for.sort();
+    let mut expected: Vec<String> = tape.iter().map(|p| checksum(p)).collect();
+    expected.sort();
+    assert_eq!(asked_for, expected);
+    assert_eq!(event["availabilityHours"], 240);
+    assert!(event["groupId"].as_str().unwrap().contains(&id));
+    // A redelivered storage job asks again and changes nothing else.
+    world
+        .site
+        .backend
+        .queue
+        .send_batch("suborder-dispatch", vec![OutgoingMessage::new(json!({"start": {"orderId": id, "suborder": 1}}).to_string())])
+        .await
+        .unwrap();
+    world.pump().await;
+    assert_eq!(world.site.drain("files-restoration").await.len(), 1);
+    assert_eq!(world.get(&id, ANN).await["availableFilesCount"], 1);
+    let used = |w: &World| {
+        let backend = w.site.backend.clone();
+        async move {
+            let window = granary_domain::dispatch::quota_window(backend.clock.now_ms(), 24);
+            let item = backend.table.get("orders", &Key::new("QU#ann@example.org", window.to_string())).await.unwrap().unwrap();
+            item.get_i64("files").unwrap()
+        }
+    };
+    assert_eq!(used(&world).await, 5, "each file counted once");
+
+    // The restores complete (S3's EventBridge event), the service answers one file and fails the other.
+    let restored: Vec<Value> = cold
+        .iter()
+        .map(|p| {
+            json!({"detail-type": "Object Restore Completed", "source": "aws.s3",
+                   "detail": {"bucket": {"name": "physical-bucket"}, "object": {"key": url(p).trim_start_matches("s3://storage/")}}})
+        })
+        .collect();
+    assert!(world.storage_events(&restored).await.is_empty());
+    let answers = vec![
+        json!({"type": "AVAILABLE", "checksum": checksum(tape[0]), "groupIds": ["g1"], "location": {"storage": "tape"}}),
+        json!({"type": "AVAILABILITY_ERROR", "checksum": checksum(tape[1]), "groupIds": ["g1"], "message": "tape drive broken"}),
+    ];
+    assert!(world.storage_events(&answers).await.is_empty());
+    // Repeated answers change nothing; an answer nothing waits for is dead-lettered with its reason.
+    assert!(world.storage_events(&answers).await.is_empty());
+    let stray = json!({"detail-type": "Object Restore Completed", "detail": {"object": {"key": "nearline/0000"}}});
+    let dead = world.storage_events(&[stray]).await;
+    assert_eq!(dead.len(), 1);
+    world.pump().await;
+
+    let order = world.get(&id, ANN).await;
+    assert_eq!(order["status"], "DONE_WITH_WARNING", "{order}");
+    assert_eq!(order["availableFilesCount"], 4);
+    assert_eq!(order["filesInErrorCount"], 1);
+    assert_eq!(used(&world).await, 4, "the failed file's quota is given back");
+    let failed = world.files(&id).await.into_iter().find(|f| f.get_str("state") == Some("ERROR")).unwrap();
+    let failed_id =
+        format!("{id}.{}.{}", failed.get_i64("suborder").unwrap(), failed.key.sk[failed.key.sk.len() - 5..].parse::<u64>().unwrap());
+    let (status, problem) = world.call("GET", &format!("/orders/files/{failed_id}"), None, ANN).await;
+    assert_eq!(status, 422);
+    assert!(problem["detail"].as_str().unwrap().contains("tape drive broken"), "{problem}");
+    // The service's file is read where the service says; stored ones through a signed URL.
+    assert_eq!(world.download_all(&id, ANN).await.len(), 4);
+    assert_eq!(states(&world.get(&id, ANN).await), [(5 * KIB, "FINISHED".to_owned())]);
+}
+
+#[tokio::test]
+async fn files_past_the_quota_end_in_error_and_an_order_with_none_left_fails() {
+    let mut config = Config::defaults();
+    config.default_quota = granary_domain::order::Quota { max_files: 3, max_bytes: -1, period_hours: 24 };
+    let world = World::new(config).await;
+    let mut products = Vec::new();
+    for i in 0..5 {
+        products.push(world.stored_product(&format!("q{i}"), KIB, "online").await);
+    }
+    let id = world.order(ANN, products).await;
+    world.pump().await;
+    let order = world.get(&id, ANN).await;
+    assert_eq!(order["status"], "DONE_WITH_WARNING", "{order}");
+    assert_eq!((order["availableFilesCount"].as_u64(), order["filesInErrorCount"].as_u64()), (Some(3), Some(2)));
+    let errors: Vec<Item> = world.files(&id).await.into_iter().filter(|f| f.get_str("state") == Some("ERROR")).collect();
+    assert!(errors.iter().all(|f| f.get_str("cause") == Some("quota exceeded")));
+
+    // The quota is spent for this period: the next order gets nothing, and fails.
+    let second = world.order(ANN, vec![world.stored_product("q9", KIB, "online").await]).await;
+    world.pump().await;
+    assert_eq!(world.get(&second, ANN).await["status"], "FAILED");
+    // Another user's quota is their own.
+    let bobs = world.order(BOB, vec![world.stored_product("b9", KIB, "online").await]).await;
+    world.pump().await;
+    assert_eq!(world.get(&bobs, BOB).await["status"], "DONE");
+    // The next period has room again.
+    world.site.clock.advance(chrono::Duration::hours(24));
+    let third = world.order(ANN, vec![world.stored_product("q8", KIB, "online").await]).await;
+    world.pump().await;
+    assert_eq!(world.get(&third, ANN).await["status"], "DONE");
+}
+
+#[tokio::test]
+async fn twenty_dispatchers_at_once_never_pass_the_pool_or_a_users_limit() {
+    let mut config = Config::defaults();
+    config.order_settings.suborder_max_bytes = KIB;
+    config.dispatch_limits.pool = 5;
+    config.dispatch_limits.per_user = 2;
+    let world = World::new(config).await;
+    let users: [Caller; 3] = [ANN, BOB, Some(("cy@example.org", &["s2"]))];
+    for (u, caller) in users.iter().enumerate() {
+        let mut products = Vec::new();
+        for i in 0..4 {
+            products.push(world.stored_product(&format!("u{u}p{i}"), KIB, "online").await);
+        }
+        world.order(*caller, products).await;
+    }
+    // Expand only; the nudges are dropped so that the dispatchers below race for every slot.
+    for m in world.site.drain("order-create").await {
+        world.create.handle(LambdaEvent::new(sqs_event("order-create", &[m]).unwrap(), Context::default())).await.unwrap();
+    }
+    world.site.drain("suborder-dispatch").await;
+    let racers: Vec<_> = (0..20)
+        .map(|_| {
+            let d = world.dispatch.clone();
+            tokio::spawn(async move { d.dispatch().await.unwrap().started })
+        })
+        .collect();
+    let mut started = 0;
+    for r in racers {
+        started += r.await.unwrap();
+    }
+    assert_eq!(started, 5, "the pool's five slots, taken once each");
+    let fulfilment = Fulfilment::new("orders", "requests", "suborder-dispatch");
+    assert_eq!(fulfilment.pool_running(&world.site.backend).await.unwrap(), 5);
+    let (running, _) = fulfilment.in_state(&world.site.backend, granary_domain::dispatch::SuborderState::Running, None, 100).await.unwrap();
+    assert_eq!(running.len(), 5);
+    for user in ["ann@example.org", "bob@example.org", "cy@example.org"] {
+        let mine = running.iter().filter(|s| s.get_str("slotOwner") == Some(user)).count() as i64;
+        assert!(mine <= 2, "{user} runs {mine}");
+        assert_eq!(fulfilment.user_slots(&world.site.backend, user).await.unwrap(), mine);
+    }
+    // Five storage jobs were staged, one per start.
+    assert_eq!(world.site.drain("suborder-dispatch").await.len(), 5);
+}
