@@ -77,12 +77,29 @@ fn parse_sk(sk: &str) -> Option<(u32, u64)> {
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
+/// Who asks for an order's files.
+pub(crate) enum Access<'a> {
+    /// A user (its owner or an admin).
+    User(&'a Identity),
+    /// Whoever holds a token opening this order.
+    Token(String),
+}
+
 impl OrderApi {
     /// The order, when `identity` may see it.
-    async fn visible_order(&self, identity: &Identity, order_id: &str) -> Result<Item, Response<Body>> {
+    pub(crate) async fn visible_order(&self, identity: &Identity, order_id: &str) -> Result<Item, Response<Body>> {
+        self.accessible_order(&Access::User(identity), order_id).await
+    }
+
+    /// The order, when `access` opens it; 404 otherwise (its existence is not told).
+    pub(crate) async fn accessible_order(&self, access: &Access<'_>, order_id: &str) -> Result<Item, Response<Body>> {
         let missing = || not_found(&format!("no order {order_id}"));
         let item = self.orders.get(&self.backend, order_id).await.map_err(unavailable_on)?.ok_or_else(missing)?;
-        if !identity.is_admin() && item.get_str("owner") != Some(identity.user.as_str()) {
+        let allowed = match access {
+            Access::User(identity) => identity.is_admin() || item.get_str("owner") == Some(identity.user.as_str()),
+            Access::Token(opened) => opened == order_id,
+        };
+        if !allowed {
             return Err(missing());
         }
         Ok(item)
@@ -147,10 +164,10 @@ impl OrderApi {
     /// `GET` or `HEAD /orders/files/{fileId}`: 202 while PENDING, 422 in error, otherwise a redirect to a
     /// fresh signed URL (GET records the download: the file becomes DOWNLOADED, and its suborder and
     /// order follow; HEAD only tests availability and answers 200).
-    pub(crate) async fn download(&self, identity: &Identity, id: &str, head: bool) -> RouteResult {
+    pub(crate) async fn download(&self, access: Access<'_>, id: &str, head: bool) -> RouteResult {
         let missing = || not_found(&format!("no ordered file {id}"));
         let (order_id, suborder, index) = parse_file_id(id).ok_or_else(missing)?;
-        let order = self.visible_order(identity, order_id).await.map_err(|_| missing())?;
+        let order = self.accessible_order(&access, order_id).await.map_err(|_| missing())?;
         if !downloadable(order.get_str("status")) {
             return Err(missing());
         }

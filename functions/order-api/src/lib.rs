@@ -15,15 +15,21 @@
 //! - `GET|HEAD /orders/files/{fileId}`: 202 while PENDING, 422 in error, otherwise a redirect to a fresh
 //!   short-lived signed URL; GET records the download (see [`downloads`]).
 //!
+//! - `GET /user/orders/{orderId}/metalink/download`, and `GET /user/orders/metalink/download?orderToken=`
+//!   without a user token: the order's Metalink 4 document; `GET|HEAD
+//!   /orders/public/files/{fileId}?orderToken=`: a file, as above (see [`links`]).
+//!
 //! Order ids are UUIDs (version 7, time-ordered), not REGARDS's numbers: no counter shared by every
 //! order creation, and ids that cannot be guessed.
 
 pub mod downloads;
+pub mod links;
 pub mod openapi;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SecondsFormat, Utc};
+use downloads::Access;
 use granary_domain::dispatch::percent_completed;
 use granary_domain::order::{OrderStatus, Quota, allowed_actions, check_label, default_label};
 use granary_lambda::http::{bad_request, body_text, conflict, forbidden, json, not_found, percent_decode, unauthorized, unavailable};
@@ -184,7 +190,12 @@ impl OrderApi {
             orders: OrderStore::new(&config.orders_table, &config.requests_table),
             baskets: BasketStore::new(&config.orders_table),
             quotas: QuotaStore::new(&config.orders_table),
-            fulfilment: Fulfilment::new(&config.orders_table, &config.requests_table, &config.suborder_dispatch_queue),
+            fulfilment: Fulfilment::new(
+                &config.orders_table,
+                &config.requests_table,
+                &config.suborder_dispatch_queue,
+                &config.order_events_queue,
+            ),
             backend,
             config,
         }
@@ -196,9 +207,23 @@ impl OrderApi {
     }
 
     async fn route(&self, req: Request) -> RouteResult {
-        let identity = Identity::from_request(&req, &self.config.groups_claim).ok_or_else(unauthorized)?;
         let path = req.uri().path().trim_end_matches('/').to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        // Routes an order token opens, without the user's token.
+        let order_token = req.query_string_parameters().first("orderToken").map(str::to_owned);
+        match (req.method().as_str(), segments.as_slice()) {
+            ("GET", ["user", "orders", "metalink", "download"]) => {
+                let order_id = self.token_order(order_token.as_deref())?;
+                let order = self.accessible_order(&Access::Token(order_id.clone()), &order_id).await?;
+                return self.metalink(&order, &req).await;
+            }
+            (method @ ("GET" | "HEAD"), ["orders", "public", "files", id]) => {
+                let order_id = self.token_order(order_token.as_deref())?;
+                return self.download(Access::Token(order_id), id, method == "HEAD").await;
+            }
+            _ => {}
+        }
+        let identity = Identity::from_request(&req, &self.config.groups_claim).ok_or_else(unauthorized)?;
         match (req.method().as_str(), segments.as_slice()) {
             ("POST", ["user", "orders"]) => self.create(&identity, &req).await,
             ("GET", ["user", "orders"]) => self.list(&identity, &req, Some(identity.user.as_str())).await,
@@ -212,8 +237,12 @@ impl OrderApi {
             }
             ("PUT", ["quotas", user]) => self.set_quota(&identity, &percent_decode(user), &req).await,
             ("GET", ["orders", id, "files", "available"]) => self.available_files(&identity, id, &req).await,
-            ("GET", ["orders", "files", id]) => self.download(&identity, id, false).await,
-            ("HEAD", ["orders", "files", id]) => self.download(&identity, id, true).await,
+            ("GET", ["orders", "files", id]) => self.download(Access::User(&identity), id, false).await,
+            ("HEAD", ["orders", "files", id]) => self.download(Access::User(&identity), id, true).await,
+            ("GET", ["user", "orders", id, "metalink", "download"]) => {
+                let order = self.visible_order(&identity, id).await?;
+                self.metalink(&order, &req).await
+            }
             ("POST", ["orders", "search"]) => {
                 if !identity.is_admin() {
                     return Err(forbidden("searching every order needs the admin group"));

@@ -3,12 +3,15 @@
 use crate::downloads::OrderFilePage;
 use crate::{OrderAnswer, OrderPage, OrderRequest, OrderSearch, QuotaAnswer};
 use granary_domain::order::Quota;
-use granary_lambda::openapi::{Operation, QueryParam, schema};
+use granary_lambda::openapi::{ORDER_TOKEN_HOLDER, Operation, QueryParam, schema};
 
 const PAGING: &[QueryParam] = &[
     QueryParam { name: "size", description: "orders per page, 1 to 500 (default 20)" },
     QueryParam { name: "page", description: "the cursor of the previous page's next link" },
 ];
+
+const ORDER_TOKEN: &[QueryParam] =
+    &[QueryParam { name: "orderToken", description: "the order token of the order's metalink (a JWT expiring with the order)" }];
 
 const FILE_PAGING: &[QueryParam] = &[
     QueryParam { name: "size", description: "files per page, 1 to 1000 (default 100)" },
@@ -17,6 +20,46 @@ const FILE_PAGING: &[QueryParam] = &[
 
 /// Every operation order-api serves.
 pub const OPERATIONS: &[Operation] = &[
+    Operation {
+        method: "GET",
+        path: "/user/orders/{orderId}/metalink/download",
+        summary: "The order's Metalink 4 document (application/metalink4+xml): every file that can be downloaded with its size, checksum and public URL carrying an order token, for aria2c -M; 204 when none can be yet; 404 while PENDING and once FAILED, DELETED or EXPIRED",
+        who: "its owner, admins",
+        query: &[],
+        body: None,
+        ok: (200, schema::<String>),
+        problems: &[404],
+    },
+    Operation {
+        method: "GET",
+        path: "/user/orders/metalink/download",
+        summary: "The same metalink, opened by the order token instead of the user's; 401 for a bad or expired token",
+        who: ORDER_TOKEN_HOLDER,
+        query: ORDER_TOKEN,
+        body: None,
+        ok: (200, schema::<String>),
+        problems: &[401, 404],
+    },
+    Operation {
+        method: "GET",
+        path: "/orders/public/files/{fileId}",
+        summary: "Download one ordered file opened by the order token: as GET /orders/files/{fileId}; 401 for a bad or expired token",
+        who: ORDER_TOKEN_HOLDER,
+        query: ORDER_TOKEN,
+        body: None,
+        ok: (302, schema::<String>),
+        problems: &[202, 401, 404, 422],
+    },
+    Operation {
+        method: "HEAD",
+        path: "/orders/public/files/{fileId}",
+        summary: "Whether one ordered file can be downloaded now, opened by the order token; records nothing",
+        who: ORDER_TOKEN_HOLDER,
+        query: ORDER_TOKEN,
+        body: None,
+        ok: (200, schema::<String>),
+        problems: &[202, 401, 404, 422],
+    },
     Operation {
         method: "GET",
         path: "/orders/{orderId}/files/available",

@@ -131,7 +131,12 @@ impl OrderCreate {
         let lease_secs = granary_lambda::config::env_number::<i64>("GRANARY_ORDER_LEASE_SECS", 900).unwrap_or(900).max(1);
         Self {
             orders: OrderStore::new(&config.orders_table, &config.requests_table),
-            fulfilment: Fulfilment::new(&config.orders_table, &config.requests_table, &config.suborder_dispatch_queue),
+            fulfilment: Fulfilment::new(
+                &config.orders_table,
+                &config.requests_table,
+                &config.suborder_dispatch_queue,
+                &config.order_events_queue,
+            ),
             selections: Selections::new(&config.features_table, &config.requests_table, &config.search_date_property),
             settings: config.order_settings,
             locations: config.locations(),
@@ -348,12 +353,17 @@ impl OrderCreate {
             updates.push(Update::set("message", m));
         }
         // Its suborders wait for dispatch: the nudge is staged with the status that lets them start.
-        let nudge = self.fulfilment.nudge(&format!("{order_id}:expanded"));
-        if !self.orders.guarded_with(&self.backend, order_id, token, updates, self.fulfilment.outbox().stage(&nudge, now)).await? {
+        // An order over at once (referenced files only, or nothing) is told so.
+        let mut events = vec![self.fulfilment.nudge(&format!("{order_id}:expanded"))];
+        if status != OrderStatus::Running {
+            events.push(self.fulfilment.final_event(order, status));
+        }
+        let staged = events.iter().map(|e| self.fulfilment.outbox().stage(e, now)).collect();
+        if !self.orders.guarded_with(&self.backend, order_id, token, updates, staged).await? {
             return Err(Stop::Busy);
         }
-        if let Err(e) = self.fulfilment.outbox().flush(&self.backend, &[nudge]).await {
-            tracing::warn!(order_id, error = %e, "dispatch nudge left to the outbox relay");
+        if let Err(e) = self.fulfilment.outbox().flush(&self.backend, &events).await {
+            tracing::warn!(order_id, error = %e, "order events left to the outbox relay");
         }
         tracing::info!(
             order_id,

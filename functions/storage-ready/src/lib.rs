@@ -44,7 +44,8 @@ impl StorageReady {
     /// The handler over `backend`.
     pub fn new(backend: Backend, config: Config) -> Self {
         let tracker = StorageTracker::new(&config.features_table, &config.requests_table, &config.response_queue);
-        let fulfilment = Fulfilment::new(&config.orders_table, &config.requests_table, &config.suborder_dispatch_queue);
+        let fulfilment =
+            Fulfilment::new(&config.orders_table, &config.requests_table, &config.suborder_dispatch_queue, &config.order_events_queue);
         Self { backend, config, tracker, fulfilment }
     }
 

@@ -86,7 +86,12 @@ impl SuborderDispatch {
     /// The handler over `backend`, configured by `config`.
     pub fn new(backend: Backend, config: Config) -> Self {
         Self {
-            fulfilment: Fulfilment::new(&config.orders_table, &config.requests_table, &config.suborder_dispatch_queue),
+            fulfilment: Fulfilment::new(
+                &config.orders_table,
+                &config.requests_table,
+                &config.suborder_dispatch_queue,
+                &config.order_events_queue,
+            ),
             orders: OrderStore::new(&config.orders_table, &config.requests_table),
             quotas: QuotaStore::new(&config.orders_table),
             owners: FileOwners::new(&config.features_table),

@@ -36,7 +36,8 @@ struct World {
 }
 
 impl World {
-    async fn new(config: Config) -> Self {
+    async fn new(mut config: Config) -> Self {
+        config.order_token_secret = granary_lambda::config::Secret("order-token-secret-of-these-tests-0123456789".into());
         let site = Site::new(config).await;
         site.create(&[dataset("S2", &["s2"], vec![])]).await;
         Self {
@@ -229,12 +230,20 @@ async fn suborders_start_smallest_first_within_the_user_limit_and_downloads_let_
     world.download_all(&ann_order, ANN).await;
     assert!(states(&world.get(&ann_order, ANN).await).iter().all(|(_, st)| st == "FINISHED"));
     // Every slot is back.
-    let fulfilment = Fulfilment::new("orders", "requests", "suborder-dispatch");
+    let fulfilment = Fulfilment::new("orders", "requests", "suborder-dispatch", "order-events");
     assert_eq!(fulfilment.pool_running(&world.site.backend).await.unwrap(), 0);
     assert_eq!(fulfilment.user_slots(&world.site.backend, "ann@example.org").await.unwrap(), 0);
     // A downloaded file can be fetched again; its state stays DOWNLOADED.
     let again = world.files(&ann_order).await;
     assert!(again.iter().all(|f| f.get_str("state") == Some("DOWNLOADED")));
+    // Each suborder told once it was done, each order once it ended.
+    let events: Vec<Value> = world.site.drain("order-events").await.iter().map(|m| serde_json::from_str(&m.body).unwrap()).collect();
+    let told = |order: &str, status: &str| events.iter().filter(|e| e["orderId"] == order && e["status"] == status).count();
+    assert_eq!((told(&ann_order, "SUBORDER_DONE"), told(&ann_order, "DONE")), (6, 1), "{events:?}");
+    assert_eq!((told(&bob_order, "SUBORDER_DONE"), told(&bob_order, "DONE")), (1, 1));
+    let done = events.iter().find(|e| e["orderId"] == ann_order.as_str() && e["status"] == "DONE").unwrap();
+    assert_eq!(done["owner"], "ann@example.org");
+    assert_eq!(done["downloadLink"], format!("/user/orders/{ann_order}/metalink/download"));
 }
 
 #[tokio::test]
@@ -328,8 +337,51 @@ async fn nearline_files_wait_for_their_restore_and_service_files_for_the_service
     let (status, problem) = world.call("GET", &format!("/orders/files/{failed_id}"), None, ANN).await;
     assert_eq!(status, 422);
     assert!(problem["detail"].as_str().unwrap().contains("tape drive broken"), "{problem}");
+    // The metalink lists the four files that can be downloaded, each with its size, hash and a public
+    // URL opened by the order token alone.
+    let response = world.orders.handle(apigw_request("GET", &format!("/user/orders/{id}/metalink/download"), "", None, ANN)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/metalink4+xml");
+    let doc = match response.body() {
+        lambda_http::Body::Text(t) => t.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(doc.matches("<file name=").count(), 4, "{doc}");
+    assert!(doc.contains(&format!("<file name=\"on1/on1.dat\">")) && doc.contains("<hash type=\"md5\">"), "{doc}");
+    let first_url = doc.split("<url>").nth(1).unwrap().split("</url>").next().unwrap().replace("&amp;", "&");
+    let (path, query) = first_url.trim_start_matches("http://localhost").split_once('?').unwrap();
+    assert!(path.starts_with("/orders/public/files/"), "{first_url}");
+    let public = |path: &str, query: &str, method: &str| {
+        let req = apigw_request(method, path, query, None, None);
+        let orders = &world.orders;
+        async move { orders.handle(req).await.unwrap().status() }
+    };
+    assert_eq!(public(path, query, "HEAD").await, 200);
+    assert_eq!(public(path, "orderToken=forged.token.value", "GET").await, 401);
+    assert_eq!(public(path, "", "GET").await, 401);
+    assert_eq!(public("/user/orders/metalink/download", query, "GET").await, 200);
+    assert_eq!(world.call("GET", &format!("/user/orders/{id}/metalink/download"), None, BOB).await.0, 404);
+    // A token of another order opens none of this order's files; an expired one opens nothing.
+    let other = world.order(BOB, vec![world.stored_product("b5", KIB, "online").await]).await;
+    world.pump().await;
+    let other_doc =
+        world.orders.handle(apigw_request("GET", &format!("/user/orders/{other}/metalink/download"), "", None, BOB)).await.unwrap();
+    let other_token = match other_doc.body() {
+        lambda_http::Body::Text(t) => t.split("orderToken=").nth(1).unwrap().split('<').next().unwrap().to_owned(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(public(path, &format!("orderToken={other_token}"), "GET").await, 404);
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"orderId": id, "sub": "ann@example.org", "exp": 1_000_000_000}),
+        &jsonwebtoken::EncodingKey::from_secret(b"order-token-secret-of-these-tests-0123456789"),
+    )
+    .unwrap();
+    assert_eq!(public(path, &format!("orderToken={expired}"), "GET").await, 401);
+    assert_eq!(public(path, query, "GET").await, 302, "the public link downloads");
+
     // The service's file is read where the service says; stored ones through a signed URL.
-    assert_eq!(world.download_all(&id, ANN).await.len(), 4);
+    assert_eq!(world.download_all(&id, ANN).await.len(), 3, "one was downloaded through its public link");
     assert_eq!(states(&world.get(&id, ANN).await), [(5 * KIB, "FINISHED".to_owned())]);
 }
 
@@ -354,6 +406,10 @@ async fn files_past_the_quota_end_in_error_and_an_order_with_none_left_fails() {
     let second = world.order(ANN, vec![world.stored_product("q9", KIB, "online").await]).await;
     world.pump().await;
     assert_eq!(world.get(&second, ANN).await["status"], "FAILED");
+    let events = world.site.drain("order-events").await;
+    assert!(events.iter().any(|m| m.body.contains("\"FAILED\"") && m.body.contains(&second)));
+    // No metalink for a failed order.
+    assert_eq!(world.call("GET", &format!("/user/orders/{second}/metalink/download"), None, ANN).await.0, 404);
     // Another user's quota is their own.
     let bobs = world.order(BOB, vec![world.stored_product("b9", KIB, "online").await]).await;
     world.pump().await;
@@ -396,7 +452,7 @@ async fn twenty_dispatchers_at_once_never_pass_the_pool_or_a_users_limit() {
         started += r.await.unwrap();
     }
     assert_eq!(started, 5, "the pool's five slots, taken once each");
-    let fulfilment = Fulfilment::new("orders", "requests", "suborder-dispatch");
+    let fulfilment = Fulfilment::new("orders", "requests", "suborder-dispatch", "order-events");
     assert_eq!(fulfilment.pool_running(&world.site.backend).await.unwrap(), 5);
     let (running, _) = fulfilment.in_state(&world.site.backend, granary_domain::dispatch::SuborderState::Running, None, 100).await.unwrap();
     assert_eq!(running.len(), 5);

@@ -93,6 +93,10 @@ pub const ROUTES: &[Route] = &[
     Route { method: "GET", template: "/orders/{orderId}/files/available", target: Target::OrderApi, authorized: true },
     Route { method: "GET", template: "/orders/files/{fileId}", target: Target::OrderApi, authorized: true },
     Route { method: "HEAD", template: "/orders/files/{fileId}", target: Target::OrderApi, authorized: true },
+    Route { method: "GET", template: "/user/orders/{orderId}/metalink/download", target: Target::OrderApi, authorized: true },
+    Route { method: "GET", template: "/user/orders/metalink/download", target: Target::OrderApi, authorized: false },
+    Route { method: "GET", template: "/orders/public/files/{fileId}", target: Target::OrderApi, authorized: false },
+    Route { method: "HEAD", template: "/orders/public/files/{fileId}", target: Target::OrderApi, authorized: false },
 ];
 
 /// The OpenAPI document of every route served.

@@ -43,6 +43,22 @@ fn key_error(path: &Path, e: impl std::fmt::Display) -> String {
 }
 
 impl LocalIssuer {
+    /// The secret signing order tokens, made (64 random hex characters) in `<data_dir>/keys` the first
+    /// time; `GRANARY_ORDER_TOKEN_SECRET` set in the environment wins.
+    pub fn order_token_secret(data_dir: &Path) -> Result<String, String> {
+        let dir = data_dir.join("keys");
+        let path = dir.join("order-token.secret");
+        if !path.exists() {
+            std::fs::create_dir_all(&dir).map_err(|e| key_error(&dir, e))?;
+            let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+            let tmp = dir.join(format!("order-token.secret.{}", std::process::id()));
+            std::fs::write(&tmp, secret).map_err(|e| key_error(&tmp, e))?;
+            let _ = std::fs::hard_link(&tmp, &path);
+            let _ = std::fs::remove_file(&tmp);
+        }
+        std::fs::read_to_string(&path).map(|s| s.trim().to_owned()).map_err(|e| key_error(&path, e))
+    }
+
     /// Loads the key of `data_dir`, creating it on first use (the first process to create it wins).
     pub fn load_or_create(data_dir: &Path, groups_claim: &str) -> Result<Self, String> {
         let dir = data_dir.join("keys");

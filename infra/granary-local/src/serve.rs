@@ -80,8 +80,11 @@ struct AppState {
 
 /// Serves until Ctrl-C or SIGTERM, then stops taking work, lets running invocations finish, and returns.
 pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
-    let config = Config::from_env();
+    let mut config = Config::from_env();
     config.check().map_err(LocalError::Config)?;
+    if config.order_token_secret.0.is_empty() {
+        config.order_token_secret.0 = LocalIssuer::order_token_secret(&opts.data_dir).map_err(LocalError::Key)?;
+    }
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.map_err(|e| LocalError::Listen(opts.listen.to_string(), e.to_string()))?;
     let addr = listener.local_addr().map_err(|e| LocalError::Listen(opts.listen.to_string(), e.to_string()))?;

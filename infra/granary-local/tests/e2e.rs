@@ -1246,3 +1246,258 @@ async fn users_search_fill_a_basket_and_order_it_over_http_until_it_ends() {
     let mine: Value = c.get(r.url("/user/orders")).bearer_auth(&user).send().await.unwrap().json().await.unwrap();
     assert_eq!(mine["content"][0]["label"], "e2e order");
 }
+
+/// Installs Debian's aria2 when `aria2c` is missing (as the tests install moto): `.ci/run` runs as root.
+fn ensure_aria2c() {
+    let present = || Command::new("aria2c").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+    if present() {
+        return;
+    }
+    let install =
+        || Command::new("apt-get").args(["install", "-y", "-q", "aria2"]).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !install() {
+        let _ = Command::new("apt-get").args(["update", "-q"]).stdout(Stdio::null()).status();
+        install();
+    }
+    assert!(present(), "aria2c is needed: install Debian's aria2 (apt-get install aria2)");
+}
+
+/// Runs `aria2c -M` on `metalink` into `out`: its exit status (0 when every file came and matched its hash).
+fn aria2c(metalink: &Path, out: &Path) -> std::process::ExitStatus {
+    ensure_aria2c();
+    Command::new("aria2c")
+        .arg("-M")
+        .arg(metalink)
+        .arg("-d")
+        .arg(out)
+        .args(["--allow-overwrite=true", "--auto-file-renaming=false", "--console-log-level=warn", "--summary-interval=0"])
+        .args(["--file-allocation=none", "--check-integrity=true", "--max-tries=2", "--connect-timeout=5", "--timeout=20"])
+        .status()
+        .expect("aria2c (Debian's aria2) is installed")
+}
+
+#[tokio::test]
+async fn orders_are_dispatched_within_limits_and_fetched_with_aria2c_from_the_metalink() {
+    use md5::{Digest, Md5};
+    let dir = tempfile::tempdir().unwrap();
+    let sources = tempfile::tempdir().unwrap();
+    let roots = sources.path().to_str().unwrap().to_owned();
+    // Files of 300 kB in suborders of at most 1 MiB (three each); Y = 2; Ann may have 8 files a day.
+    let r = Runner::start(
+        dir.path(),
+        &[
+            ("GRANARY_STORAGE_FILE_ROOTS", &roots),
+            ("GRANARY_ORDER_SUBORDER_MAX_MIB", "1"),
+            ("GRANARY_ORDER_USER_MAX", "2"),
+            ("GRANARY_LOCAL_RESTORE_DELAY_SECS", "1"),
+        ],
+    );
+    let c = client();
+    let admin = token(dir.path(), "root@example.org", &["--admin"]);
+    let ann = token(dir.path(), "ann@example.org", &["--groups", "s2"]);
+    let bob = token(dir.path(), "bob@example.org", &["--groups", "s2"]);
+    for (name, kind) in [("P", "DATA"), ("D", "DATASET")] {
+        let res = c
+            .put(r.url(&format!("/models/{name}")))
+            .bearer_auth(&admin)
+            .json(&json!({"type": "object", "x-granary-type": kind}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+    let res = c
+        .put(r.url("/quotas/ann@example.org"))
+        .bearer_auth(&admin)
+        .json(&json!({"maxFiles": 8, "maxBytes": -1, "periodHours": 24}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // A storage service holding one file, served (for the download) by a plain HTTP server.
+    let tape_content: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    let tape_sum = hex::encode(Md5::digest(&tape_content));
+    let tape_server = source_server(tape_content).await;
+
+    let product = |id: &str, seed: u32| {
+        let content: Vec<u8> = (0..300_000u32).map(|i| ((i * 7 + seed) % 253) as u8).collect();
+        let path = sources.path().join(format!("{id}.bin"));
+        std::fs::write(&path, &content).unwrap();
+        let url = url::Url::from_file_path(&path).unwrap().to_string();
+        json!({"type": "Feature", "id": id, "entityType": "DATA", "model": "P", "tags": ["S2"], "geometry": null, "properties": {},
+               "files": [{"locations": [{"url": url}], "attributes": {"dataType": "RAWDATA", "mimeType": "application/octet-stream",
+                          "filename": format!("{id}.bin"), "filesize": content.len(), "algorithm": "MD5", "checksum": hex::encode(Md5::digest(&content))}}]})
+    };
+    let dataset = json!({"type": "Feature", "id": "S2", "entityType": "DATASET", "model": "D", "geometry": null,
+                         "properties": {"label": "Sentinel-2", "accessGroups": ["s2"]}});
+    let tape = json!({"type": "Feature", "id": "tape-0", "entityType": "DATA", "model": "P", "tags": ["S2"], "geometry": null, "properties": {},
+                      "files": [{"locations": [{"storage": "tape", "url": format!("{tape_server}/ok")}],
+                                 "attributes": {"dataType": "RAWDATA", "mimeType": "application/octet-stream", "filename": "tape-0.bin",
+                                                "filesize": 300_000, "algorithm": "MD5", "checksum": tape_sum}}]});
+    // Ann's six online products and two nearline ones (copied in by the storage worker), the
+    // service's one, and Bob's one.
+    let online: Vec<Value> = (0..6).map(|i| product(&format!("on-{i}"), i)).chain([product("bob-0", 99)]).collect();
+    let nearline: Vec<Value> = (0..2).map(|i| product(&format!("cold-{i}"), 50 + i)).collect();
+    for (features, storage) in [(vec![dataset, tape], None), (online, Some("online")), (nearline, Some("nearline"))] {
+        let mut body = json!({"metadata": {"sessionOwner": "e2e", "session": "orders"}, "features": features});
+        if let Some(s) = storage {
+            body["metadata"]["storages"] = json!([{"pluginBusinessId": s}]);
+        }
+        let res = c.post(r.url("/features")).bearer_auth(&admin).json(&body).send().await.unwrap();
+        let info: Value = res.json().await.unwrap();
+        for g in info["granted"].as_array().unwrap() {
+            let url = r.url(&format!("/features/requests/{}", g["requestId"].as_str().unwrap()));
+            let done = wait_for("the product to be stored", Duration::from_secs(30), || async {
+                let v: Value = c.get(&url).bearer_auth(&admin).send().await.ok()?.json().await.ok()?;
+                (v["state"] == "SUCCESS" || v["state"] == "ERROR").then_some(v)
+            })
+            .await;
+            assert_eq!(done["state"], "SUCCESS", "{done}");
+        }
+    }
+
+    let order = |token: String, ids: Vec<&'static str>| {
+        let c = c.clone();
+        let (select, create) = (r.url("/order/basket/selection"), r.url("/user/orders"));
+        async move {
+            let res = c.post(&select).bearer_auth(&token).json(&json!({"entityIdsToInclude": ids})).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            let res = c.post(&create).bearer_auth(&token).json(&json!({})).send().await.unwrap();
+            assert_eq!(res.status(), 201);
+            res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let ann_ids = vec!["tape-0", "cold-0", "cold-1", "on-0", "on-1", "on-2", "on-3", "on-4", "on-5"];
+    let ann_order = order(ann.clone(), ann_ids).await;
+    let bob_order = order(bob.clone(), vec!["bob-0"]).await;
+    let get = |token: String, id: String| {
+        let c = c.clone();
+        let url = r.url(&format!("/user/orders/{id}"));
+        async move { c.get(&url).bearer_auth(&token).send().await.ok()?.json::<Value>().await.ok() }
+    };
+
+    // The storage service, played by this task: each FilesRestorationRequestEvent is answered with
+    // FileReferenceEvent AVAILABLE for each checksum, on the storage-ready queue.
+    let backend = open(dir.path());
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let service = tokio::spawn({
+        let (backend, asked) = (backend.clone(), asked.clone());
+        async move {
+            loop {
+                for m in backend.queue.receive("files-restoration", 10, None, Duration::from_millis(100)).await.unwrap_or_default() {
+                    let event: Value = serde_json::from_str(&m.body).unwrap();
+                    for sum in event["checksums"].as_array().unwrap() {
+                        let answer =
+                            json!({"type": "AVAILABLE", "checksum": sum, "groupIds": [event["groupId"]], "location": {"storage": "tape"}});
+                        backend.queue.send_batch("storage-ready", vec![OutgoingMessage::new(answer.to_string())]).await.unwrap();
+                        asked.lock().unwrap().push(sum.as_str().unwrap().to_owned());
+                    }
+                    backend.queue.delete_batch("files-restoration", vec![m.receipt_handle.clone()]).await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+
+    // Bob's small order is done while Ann's third suborder waits for her downloads (Y = 2).
+    let bob_done = wait_for("Bob's order to be done", Duration::from_secs(30), || async {
+        let v = get(bob.clone(), bob_order.clone()).await?;
+        (v["status"] == "DONE").then_some(v)
+    })
+    .await;
+    assert_eq!(bob_done["availableFilesCount"], 1);
+    let internal_states = |v: &Value| -> Vec<String> {
+        v["suborders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["kind"] == "INTERNAL")
+            .map(|s| s["state"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let waiting = wait_for("Ann's first two suborders to be done", Duration::from_secs(30), || async {
+        let v = get(ann.clone(), ann_order.clone()).await?;
+        let s = internal_states(&v);
+        (s.iter().filter(|s| *s == "DONE").count() == 2).then_some(v)
+    })
+    .await;
+    assert_eq!(internal_states(&waiting).iter().filter(|s| *s == "WAITING").count(), 1, "{waiting}");
+    assert_eq!(waiting["status"], "RUNNING");
+
+    // aria2c fetches the metalink's files and checks each against its MD5; the downloads free Ann's
+    // slots and her last suborder runs; a second metalink fetches the rest.
+    let fetch = |round: usize| {
+        let c = c.clone();
+        let (ann, url) = (ann.clone(), r.url(&format!("/user/orders/{ann_order}/metalink/download")));
+        let work = dir.path().join(format!("round-{round}"));
+        async move {
+            let res = c.get(&url).bearer_auth(&ann).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            assert_eq!(res.headers()["content-type"], "application/metalink4+xml");
+            std::fs::create_dir_all(&work).unwrap();
+            let metalink = work.join("order.metalink");
+            std::fs::write(&metalink, res.bytes().await.unwrap()).unwrap();
+            let out = work.join("files");
+            let status = tokio::task::spawn_blocking({
+                let (metalink, out) = (metalink.clone(), out.clone());
+                move || aria2c(&metalink, &out)
+            })
+            .await
+            .unwrap();
+            assert!(status.success(), "aria2c failed: {status}");
+            walk(&out)
+        }
+    };
+    let first = fetch(1).await;
+    assert_eq!(first.len(), 6, "the two done suborders' files: {first:?}");
+    let ended = wait_for("Ann's order to end", Duration::from_secs(30), || async {
+        let v = get(ann.clone(), ann_order.clone()).await?;
+        (v["status"] != "RUNNING").then_some(v)
+    })
+    .await;
+    // Eight files within her quota, the ninth past it.
+    assert_eq!(ended["status"], "DONE_WITH_WARNING", "{ended}");
+    assert_eq!((ended["filesInErrorCount"].as_u64(), ended["availableFilesCount"].as_u64()), (Some(1), Some(2)));
+    let second = fetch(2).await;
+    assert_eq!(second.len(), 8, "every available file, downloaded ones again: {second:?}");
+    assert!(first.iter().all(|f| second.contains(f)), "{first:?} {second:?}");
+    // The ninth file is the one past the quota; the service was asked for its file unless it was that one.
+    let all: Vec<String> =
+        ["tape-0", "cold-0", "cold-1", "on-0", "on-1", "on-2", "on-3", "on-4", "on-5"].iter().map(|p| format!("{p}/{p}.bin")).collect();
+    let missing: Vec<&String> = all.iter().filter(|f| !second.contains(f)).collect();
+    assert_eq!(missing.len(), 1, "{second:?}");
+    service.abort();
+    let asked = asked.lock().unwrap().clone();
+    if missing[0] == "tape-0/tape-0.bin" {
+        assert!(asked.is_empty());
+    } else {
+        assert_eq!(asked, vec![tape_sum.clone()], "the service was asked for its file once");
+    }
+    let finished = wait_for("every suborder finished", Duration::from_secs(30), || async {
+        let v = get(ann.clone(), ann_order.clone()).await?;
+        internal_states(&v).iter().all(|s| s == "FINISHED").then_some(v)
+    })
+    .await;
+    assert_eq!(finished["availableFilesCount"], 0);
+    let failed: Value =
+        c.get(r.url(&format!("/orders/{ann_order}/files/available"))).bearer_auth(&ann).send().await.unwrap().json().await.unwrap();
+    assert_eq!(failed["content"].as_array().unwrap().len(), 8);
+}
+
+/// Every file under `dir`, as `/`-separated paths relative to it, sorted.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_none_or(|e| e != "aria2") {
+                out.push(path.strip_prefix(dir).unwrap().to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -9,6 +9,7 @@ pub mod dissemination;
 pub mod feature;
 pub mod file;
 pub mod geometry;
+pub mod metalink;
 pub mod model;
 pub mod order;
 pub mod request;

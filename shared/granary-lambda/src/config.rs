@@ -72,6 +72,9 @@ pub struct Config {
     pub default_quota: Quota,
     /// Dispatch nudges and suborders' storage jobs (`GRANARY_SUBORDER_DISPATCH_QUEUE`).
     pub suborder_dispatch_queue: String,
+    /// Where order events go: REGARDS's OrderResponseDtoEvent SUBORDER_DONE, DONE, FAILED, and reminders
+    /// (`GRANARY_ORDER_EVENTS_QUEUE`).
+    pub order_events_queue: String,
     /// Where FilesRestorationRequestEvents for an external storage service go
     /// (`GRANARY_FILES_RESTORATION_QUEUE`).
     pub files_restoration_queue: String,
@@ -81,8 +84,29 @@ pub struct Config {
     /// How long a storage suborder may wait on its restores or storage service before its pending files
     /// fail (`GRANARY_SUBORDER_TIMEOUT_HOURS`, default 48: a Glacier bulk restore takes up to 12 hours).
     pub suborder_timeout_hours: i64,
+    /// The key signing order tokens, which open an order's metalink and files without the user's token
+    /// (`GRANARY_ORDER_TOKEN_SECRET`, at least 32 bytes; order links are off without it). In the cloud a
+    /// generated Secrets Manager secret; granary-local generates one in its data directory.
+    pub order_token_secret: Secret,
     /// How long a signed download URL lives, in seconds (`GRANARY_DOWNLOAD_URL_SECS`, default 300).
     pub download_url_secs: u64,
+}
+
+/// A secret value: its `Debug` never shows it, so a logged configuration does not leak it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The value.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "Secret(unset)" } else { "Secret(..)" })
+    }
 }
 
 /// The locations used when `GRANARY_STORAGE_LOCATIONS` is unset: `online` and `nearline`, two prefixes
@@ -146,6 +170,7 @@ impl Config {
                 }
             },
             suborder_dispatch_queue: env_or("GRANARY_SUBORDER_DISPATCH_QUEUE", "suborder-dispatch"),
+            order_events_queue: env_or("GRANARY_ORDER_EVENTS_QUEUE", "order-events"),
             files_restoration_queue: env_or("GRANARY_FILES_RESTORATION_QUEUE", "files-restoration"),
             dispatch_limits: {
                 let number =
@@ -153,6 +178,7 @@ impl Config {
                 DispatchLimits { pool: number("GRANARY_ORDER_POOL_MAX", 20), per_user: number("GRANARY_ORDER_USER_MAX", 2) }
             },
             suborder_timeout_hours: lookup("GRANARY_SUBORDER_TIMEOUT_HOURS").and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(48),
+            order_token_secret: Secret(lookup("GRANARY_ORDER_TOKEN_SECRET").unwrap_or_default()),
             download_url_secs: lookup("GRANARY_DOWNLOAD_URL_SECS").and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(300),
             order_settings: {
                 let number =

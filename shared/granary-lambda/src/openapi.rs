@@ -47,6 +47,8 @@ pub struct Operation {
 
 /// Who may call the anonymous routes; their operations carry no security requirement.
 pub const ANYONE: &str = "anyone, without a token (public datasets only)";
+/// Who may call the routes an order token opens; their operations carry no bearer requirement either.
+pub const ORDER_TOKEN_HOLDER: &str = "anyone holding the order's orderToken (no bearer token)";
 
 fn reason(status: u16) -> &'static str {
     match status {
@@ -90,7 +92,7 @@ pub fn document(tables: &[&[Operation]]) -> Value {
             status => json!({"description": reason(status), "content": {"application/json": {"schema": (op.ok.1)(&mut g)}}}),
         };
         responses.insert(op.ok.0.to_string(), ok);
-        let anonymous = op.who == ANYONE;
+        let anonymous = op.who == ANYONE || op.who == ORDER_TOKEN_HOLDER;
         let always: &[u16] = if anonymous { &[503] } else { &[401, 503] };
         for status in op.problems.iter().chain(always) {
             responses.insert(

@@ -105,12 +105,46 @@ pub struct Fulfilment {
     orders: String,
     outbox: Outbox,
     dispatch_queue: String,
+    events_queue: String,
 }
 
 impl Fulfilment {
-    /// Over `orders`, with its outbox in `requests`; nudges go to `dispatch_queue`.
-    pub fn new(orders: &str, requests: &str, dispatch_queue: &str) -> Self {
-        Self { orders: orders.to_owned(), outbox: Outbox::new(requests), dispatch_queue: dispatch_queue.to_owned() }
+    /// Over `orders`, with its outbox in `requests`; nudges go to `dispatch_queue`, order events to
+    /// `events_queue`.
+    pub fn new(orders: &str, requests: &str, dispatch_queue: &str, events_queue: &str) -> Self {
+        Self {
+            orders: orders.to_owned(),
+            outbox: Outbox::new(requests),
+            dispatch_queue: dispatch_queue.to_owned(),
+            events_queue: events_queue.to_owned(),
+        }
+    }
+
+    /// REGARDS's OrderResponseDtoEvent for `order` (the order item), once per `key`: SUBORDER_DONE
+    /// (with `suborder`), DONE or FAILED, with the link to the order's metalink. `owner` tells a mailer
+    /// whom to tell.
+    pub fn order_event(&self, order: &Item, status: &str, suborder: Option<u32>, message: Option<&str>) -> OutboxEvent {
+        let order_id = order.get_str("orderId").unwrap_or_default();
+        let total = order.get_i64("internalSuborders").unwrap_or(0) + order.get_i64("externalSuborders").unwrap_or(0);
+        let key = suborder.map_or_else(|| status.to_owned(), |n| format!("{status}:{n}"));
+        OutboxEvent {
+            event_id: format!("order-event:{order_id}:{key}"),
+            queue: self.events_queue.clone(),
+            body: json!({
+                "status": status,
+                "orderId": order_id,
+                "owner": order.get_str("owner"),
+                "label": order.get_str("label"),
+                "correlationId": order.get_str("correlationId"),
+                "message": message,
+                "downloadLink": format!("/user/orders/{order_id}/metalink/download"),
+                "errorType": (status == "FAILED").then_some("INTERNAL_ERROR"),
+                "errors": [],
+                "totalSubOrders": total,
+                "subOrderId": suborder,
+            })
+            .to_string(),
+        }
     }
 
     /// The outbox its events are staged in.
@@ -423,6 +457,8 @@ impl Fulfilment {
             let now = backend.clock.now_ms();
             let step = if state == SuborderState::Running.as_str() && s.get_i64("pending").unwrap_or(1) <= 0 {
                 let nudge = self.nudge(&format!("{order_id}:{number}:done"));
+                let order = backend.table.get(&self.orders, &order_key(order_id)).await?.unwrap_or_else(|| Item::new(order_key(order_id)));
+                let told = self.order_event(&order, "SUBORDER_DONE", Some(number), None);
                 let ops = vec![
                     self.update(
                         s.key.clone(),
@@ -437,8 +473,9 @@ impl Fulfilment {
                     self.update(pool_key(), vec![Update::add("running", -1)], None),
                     self.update(order_key(order_id), vec![Update::add("suborderDone", 1)], None),
                     self.outbox.stage(&nudge, now),
+                    self.outbox.stage(&told, now),
                 ];
-                Some((ops, Some(nudge)))
+                Some((ops, vec![nudge, told]))
             } else if state == SuborderState::Done.as_str() && s.get_i64("open").unwrap_or(1) <= 0 {
                 let nudge = self.nudge(&format!("{order_id}:{number}:finished"));
                 let mut ops = vec![self.update(
@@ -450,30 +487,32 @@ impl Fulfilment {
                 if internal {
                     ops.push(self.update(user_key(s.get_str("slotOwner").unwrap_or_default()), vec![Update::add("slots", -1)], None));
                     ops.push(self.outbox.stage(&nudge, now));
-                    Some((ops, Some(nudge)))
+                    Some((ops, vec![nudge]))
                 } else {
-                    Some((ops, None))
+                    Some((ops, vec![]))
                 }
             } else {
                 None
             };
-            let Some((ops, nudge)) = step else { break };
+            let Some((ops, staged)) = step else { break };
             match backend.table.transact(ops).await {
-                Ok(()) => events.extend(nudge),
+                Ok(()) => events.extend(staged),
                 Err(PortError::TransactionCanceled { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        self.settle_order(backend, order_id).await?;
+        events.extend(self.settle_order(backend, order_id).await?);
         Ok(events)
     }
 
-    /// Gives a RUNNING order its final status once every storage suborder is DONE or FINISHED.
-    pub async fn settle_order(&self, backend: &Backend, order_id: &str) -> Result<Option<OrderStatus>, StoreError> {
-        let Some(order) = backend.table.get(&self.orders, &order_key(order_id)).await? else { return Ok(None) };
+    /// Gives a RUNNING order its final status once every storage suborder is DONE or FINISHED, with its
+    /// event (DONE, or FAILED; DONE_WITH_WARNING is told as DONE with a message). Returns the events
+    /// to send.
+    pub async fn settle_order(&self, backend: &Backend, order_id: &str) -> Result<Vec<OutboxEvent>, StoreError> {
+        let Some(order) = backend.table.get(&self.orders, &order_key(order_id)).await? else { return Ok(vec![]) };
         let done = order.get_i64("suborderDone").unwrap_or(0);
         if order.get_str("status") != Some(OrderStatus::Running.as_str()) || done < order.get_i64("internalSuborders").unwrap_or(0) {
-            return Ok(None);
+            return Ok(vec![]);
         }
         let available = order.get_i64("madeAvailable").unwrap_or(0);
         let errors = order.get_i64("filesInErrorCount").unwrap_or(0);
@@ -485,13 +524,24 @@ impl Fulfilment {
             Update::set("percentCompleted", percent_completed(order.get_i64("filesCount").unwrap_or(0), available, errors)),
         ];
         let cond = Cond::And(vec![Cond::eq("status", OrderStatus::Running.as_str()), Cond::eq("suborderDone", done)]);
-        match backend.table.update(&self.orders, &order_key(order_id), updates, Some(cond)).await {
-            Ok(_) => {
+        let told = self.final_event(&order, status);
+        let ops = vec![self.update(order_key(order_id), updates, Some(cond)), self.outbox.stage(&told, now)];
+        match backend.table.transact(ops).await {
+            Ok(()) => {
                 tracing::info!(order_id, status = status.as_str(), available, errors, "order done");
-                Ok(Some(status))
+                Ok(vec![told])
             }
-            Err(PortError::ConditionFailed { .. }) => Ok(None),
+            Err(PortError::TransactionCanceled { .. }) => Ok(vec![]),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The event telling that `order` ended in `status`.
+    pub fn final_event(&self, order: &Item, status: OrderStatus) -> OutboxEvent {
+        match status {
+            OrderStatus::Failed => self.order_event(order, "FAILED", None, Some("no file could be made available")),
+            OrderStatus::DoneWithWarning => self.order_event(order, "DONE", None, Some("some files could not be made available")),
+            _ => self.order_event(order, "DONE", None, None),
         }
     }
 }

@@ -252,7 +252,7 @@ impl OrderStore {
         }
     }
 
-    /// Applies `updates` to the order while `token` holds its lease and it is PENDING, with `op` in the
+    /// Applies `updates` to the order while `token` holds its lease and it is PENDING, with `more` in the
     /// same transaction; false otherwise.
     pub async fn guarded_with(
         &self,
@@ -260,10 +260,11 @@ impl OrderStore {
         order_id: &str,
         token: &str,
         updates: Vec<Update>,
-        op: TxOp,
+        more: Vec<TxOp>,
     ) -> Result<bool, StoreError> {
         let cond = Cond::And(vec![Cond::eq("lease", token), Cond::eq("status", OrderStatus::Pending.as_str())]);
-        let ops = vec![TxOp::Update { table: self.orders.clone(), key: order_key(order_id), updates, cond: Some(cond) }, op];
+        let mut ops = vec![TxOp::Update { table: self.orders.clone(), key: order_key(order_id), updates, cond: Some(cond) }];
+        ops.extend(more);
         match backend.table.transact(ops).await {
             Ok(()) => Ok(true),
             Err(PortError::TransactionCanceled { index: 0, .. }) => Ok(false),
