@@ -213,12 +213,12 @@ impl OrderApi {
         let order_token = req.query_string_parameters().first("orderToken").map(str::to_owned);
         match (req.method().as_str(), segments.as_slice()) {
             ("GET", ["user", "orders", "metalink", "download"]) => {
-                let order_id = self.token_order(order_token.as_deref())?;
+                let order_id = self.token_order(order_token.as_deref()).map_err(links::LinkError::response)?;
                 let order = self.accessible_order(&Access::Token(order_id.clone()), &order_id).await?;
                 return self.metalink(&order, &req).await;
             }
             (method @ ("GET" | "HEAD"), ["orders", "public", "files", id]) => {
-                let order_id = self.token_order(order_token.as_deref())?;
+                let order_id = self.token_order(order_token.as_deref()).map_err(links::LinkError::response)?;
                 return self.download(Access::Token(order_id), id, method == "HEAD").await;
             }
             _ => {}

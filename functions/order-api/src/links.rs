@@ -42,36 +42,58 @@ pub(crate) fn base_url(req: &Request) -> String {
     format!("{scheme}://{host}")
 }
 
+/// Why an order link cannot be made or read.
+#[derive(Debug)]
+pub(crate) enum LinkError {
+    /// No signing key is configured.
+    Unconfigured,
+    /// The token is missing, forged or expired.
+    Refused(String),
+    /// Signing failed.
+    Signing(String),
+}
+
+impl LinkError {
+    /// The answer it makes.
+    pub(crate) fn response(self) -> Response<Body> {
+        match self {
+            LinkError::Unconfigured => unavailable("order links are not configured (GRANARY_ORDER_TOKEN_SECRET)"),
+            LinkError::Refused(why) => problem(401, "Unauthorized", &why, &[]),
+            LinkError::Signing(e) => unavailable_on(e),
+        }
+    }
+}
+
 impl OrderApi {
-    fn token_secret(&self) -> Result<&[u8], Response<Body>> {
+    fn token_secret(&self) -> Result<&[u8], LinkError> {
         let secret = self.config.order_token_secret.as_bytes();
         if secret.len() < 32 {
             tracing::error!("GRANARY_ORDER_TOKEN_SECRET is unset or shorter than 32 bytes: order links are off");
-            return Err(unavailable("order links are not configured (GRANARY_ORDER_TOKEN_SECRET)"));
+            return Err(LinkError::Unconfigured);
         }
         Ok(secret)
     }
 
     /// A token opening `order` until it expires.
-    pub(crate) fn order_token(&self, order: &Item) -> Result<String, Response<Body>> {
+    pub(crate) fn order_token(&self, order: &Item) -> Result<String, LinkError> {
         let claims = OrderClaims {
             order_id: order.get_str("orderId").unwrap_or_default().to_owned(),
             sub: order.get_str("owner").unwrap_or_default().to_owned(),
             exp: order.get_i64("expiresAt").unwrap_or(0) / 1000,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(self.token_secret()?))
-            .map_err(unavailable_on)
+            .map_err(|e| LinkError::Signing(e.to_string()))
     }
 
-    /// The order a token opens, or 401 naming why not.
-    pub(crate) fn token_order(&self, token: Option<&str>) -> Result<String, Response<Body>> {
-        let token = token.ok_or_else(|| problem(401, "Unauthorized", "orderToken is required", &[]))?;
+    /// The order a token opens, or why not.
+    pub(crate) fn token_order(&self, token: Option<&str>) -> Result<String, LinkError> {
+        let token = token.ok_or_else(|| LinkError::Refused("orderToken is required".into()))?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
         jsonwebtoken::decode::<OrderClaims>(token, &DecodingKey::from_secret(self.token_secret()?), &validation)
             .map(|t| t.claims.order_id)
-            .map_err(|e| problem(401, "Unauthorized", &format!("orderToken is not valid: {e}"), &[]))
+            .map_err(|e| LinkError::Refused(format!("orderToken is not valid: {e}")))
     }
 
     /// The order's metalink: 404 while PENDING and once FAILED, DELETED or EXPIRED (REGARDS's rule);
@@ -82,7 +104,7 @@ impl OrderApi {
         if matches!(status, None | Some(OrderStatus::Pending | OrderStatus::Failed | OrderStatus::Deleted | OrderStatus::Expired)) {
             return Err(not_found(&format!("order {order_id} has no metalink in {}", status.map_or("its state", |s| s.as_str()))));
         }
-        let token = self.order_token(order)?;
+        let token = self.order_token(order).map_err(LinkError::response)?;
         let base = base_url(req);
         let mut files = Vec::new();
         let mut cursor = None;

@@ -347,7 +347,7 @@ async fn nearline_files_wait_for_their_restore_and_service_files_for_the_service
         other => panic!("{other:?}"),
     };
     assert_eq!(doc.matches("<file name=").count(), 4, "{doc}");
-    assert!(doc.contains(&format!("<file name=\"on1/on1.dat\">")) && doc.contains("<hash type=\"md5\">"), "{doc}");
+    assert!(doc.contains("<file name=\"on1/on1.dat\">") && doc.contains("<hash type=\"md5\">"), "{doc}");
     let first_url = doc.split("<url>").nth(1).unwrap().split("</url>").next().unwrap().replace("&amp;", "&");
     let (path, query) = first_url.trim_start_matches("http://localhost").split_once('?').unwrap();
     assert!(path.starts_with("/orders/public/files/"), "{first_url}");
