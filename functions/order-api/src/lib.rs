@@ -22,6 +22,7 @@
 //! Order ids are UUIDs (version 7, time-ordered), not REGARDS's numbers: no counter shared by every
 //! order creation, and ids that cannot be guessed.
 
+pub mod actions;
 pub mod downloads;
 pub mod links;
 pub mod openapi;
@@ -31,7 +32,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SecondsFormat, Utc};
 use downloads::Access;
 use granary_domain::dispatch::percent_completed;
-use granary_domain::order::{OrderStatus, Quota, allowed_actions, check_label, default_label};
+use granary_domain::order::{OrderAction, OrderStatus, Quota, allowed_actions, check_label, default_label};
 use granary_lambda::http::{bad_request, body_text, conflict, forbidden, json, not_found, percent_decode, unauthorized, unavailable};
 use granary_lambda::{Config, Identity};
 use granary_ports::{Backend, Cursor, Item};
@@ -239,6 +240,11 @@ impl OrderApi {
             ("GET", ["orders", id, "files", "available"]) => self.available_files(&identity, id, &req).await,
             ("GET", ["orders", "files", id]) => self.download(Access::User(&identity), id, false).await,
             ("HEAD", ["orders", "files", id]) => self.download(Access::User(&identity), id, true).await,
+            ("PUT", ["user", "orders", "pause", id]) => self.act(&identity, id, OrderAction::Pause, &req).await,
+            ("PUT", ["user", "orders", "resume", id]) => self.act(&identity, id, OrderAction::Resume, &req).await,
+            ("DELETE", ["user", "orders", "remove", id]) => self.act(&identity, id, OrderAction::Remove, &req).await,
+            ("DELETE", ["user", "orders", id]) => self.act(&identity, id, OrderAction::Delete, &req).await,
+            ("POST", ["user", "orders", id, "restart"]) => self.act(&identity, id, OrderAction::Restart, &req).await,
             ("GET", ["user", "orders", id, "metalink", "download"]) => {
                 let order = self.visible_order(&identity, id).await?;
                 self.metalink(&order, &req).await
@@ -253,21 +259,27 @@ impl OrderApi {
         }
     }
 
-    async fn create(&self, identity: &Identity, req: &Request) -> RouteResult {
+    /// The body's OrderRequest (none: the defaults), its label checked; or what is wrong with it.
+    fn order_request(req: &Request) -> Result<OrderRequest, String> {
         let request: OrderRequest = match req.body() {
             Body::Empty => OrderRequest::default(),
             body => {
-                let text = body_text(body).map_err(|e| bad_request(&e, &[]))?;
+                let text = body_text(body)?;
                 if text.trim().is_empty() {
                     OrderRequest::default()
                 } else {
-                    serde_json::from_str(text).map_err(|e| bad_request("the body is not an OrderRequest", &[format!("body: {e}")]))?
+                    serde_json::from_str(text).map_err(|e| format!("body: not an OrderRequest: {e}"))?
                 }
             }
         };
         if let Some(label) = &request.label {
-            check_label(label).map_err(|e| bad_request("invalid order label", &[e]))?;
+            check_label(label)?;
         }
+        Ok(request)
+    }
+
+    async fn create(&self, identity: &Identity, req: &Request) -> RouteResult {
+        let request = Self::order_request(req).map_err(|e| bad_request("invalid order request", &[e]))?;
         for _ in 0..MAX_ATTEMPTS {
             let (basket, version) = self.baskets.read(&self.backend, &identity.user).await.map_err(unavailable_on)?;
             if basket.is_empty() {
@@ -276,31 +288,43 @@ impl OrderApi {
                     &["basket: select products before ordering (POST /order/basket/selection)".into()],
                 ));
             }
-            let now = self.backend.clock.now_ms();
-            let label = request.label.clone().unwrap_or_else(|| default_label(DateTime::from_timestamp_millis(now).unwrap_or_default()));
-            let order_id = uuid::Uuid::now_v7().to_string();
-            let event = OutboxEvent {
-                event_id: format!("{order_id}:EXPAND"),
-                queue: self.config.order_create_queue.clone(),
-                body: serde_json::json!({ "orderId": order_id }).to_string(),
-            };
-            let extra = request.on_success_url.iter().map(|u| ("frontendUrl", Value::from(u.clone()))).collect();
-            match self.orders.create(&self.backend, &order_id, &label, &basket, version, extra, event).await.map_err(unavailable_on)? {
-                Created::Order(item, events) => {
-                    // Sent now; the relay sends it later if this fails.
-                    if let Err(e) = self.orders.outbox().flush(&self.backend, &events).await {
-                        tracing::warn!(error = %e, order_id, "expansion message left to the outbox relay");
-                    }
-                    tracing::info!(order_id, owner = %identity.user, "order created");
-                    return Ok(json(201, &answer(&item, None, identity.is_admin())));
-                }
-                Created::LabelTaken => {
-                    return Err(conflict(&format!("you already have an order labelled {label:?} (LABEL_NOT_UNIQUE_FOR_OWNER)")));
-                }
-                Created::BasketChanged => {}
+            if let Some(answer) = self.place(identity, &basket, Some(version), &request).await? {
+                return Ok(answer);
             }
         }
         Err(unavailable("the basket kept changing; retry"))
+    }
+
+    /// Places an order of `basket` (the user's, read at `version`, emptied with it; or, with `None`,
+    /// an old order's copy): 201 with it, 409 for a label taken, `None` when the basket changed.
+    pub(crate) async fn place(
+        &self,
+        identity: &Identity,
+        basket: &granary_domain::basket::Basket,
+        version: Option<i64>,
+        request: &OrderRequest,
+    ) -> Result<Option<Response<Body>>, Response<Body>> {
+        let now = self.backend.clock.now_ms();
+        let label = request.label.clone().unwrap_or_else(|| default_label(DateTime::from_timestamp_millis(now).unwrap_or_default()));
+        let order_id = uuid::Uuid::now_v7().to_string();
+        let event = OutboxEvent {
+            event_id: format!("{order_id}:EXPAND"),
+            queue: self.config.order_create_queue.clone(),
+            body: serde_json::json!({ "orderId": order_id }).to_string(),
+        };
+        let extra = request.on_success_url.iter().map(|u| ("frontendUrl", Value::from(u.clone()))).collect();
+        match self.orders.create(&self.backend, &order_id, &label, basket, version, extra, event).await.map_err(unavailable_on)? {
+            Created::Order(item, events) => {
+                // Sent now; the relay sends it later if this fails.
+                if let Err(e) = self.orders.outbox().flush(&self.backend, &events).await {
+                    tracing::warn!(error = %e, order_id, "expansion message left to the outbox relay");
+                }
+                tracing::info!(order_id, owner = %identity.user, "order created");
+                Ok(Some(json(201, &answer(&item, None, identity.is_admin()))))
+            }
+            Created::LabelTaken => Err(conflict(&format!("you already have an order labelled {label:?} (LABEL_NOT_UNIQUE_FOR_OWNER)"))),
+            Created::BasketChanged => Ok(None),
+        }
     }
 
     async fn quota(&self, user: &str) -> RouteResult {
@@ -417,7 +441,7 @@ fn iso(ms: Option<i64>) -> Option<String> {
 }
 
 /// The order item as REGARDS's OrderDto.
-fn answer(item: &Item, suborders: Option<Vec<SuborderAnswer>>, admin: bool) -> OrderAnswer {
+pub(crate) fn answer(item: &Item, suborders: Option<Vec<SuborderAnswer>>, admin: bool) -> OrderAnswer {
     let id = item.get_str("orderId").unwrap_or_default().to_owned();
     let status = item.get_str("status").and_then(OrderStatus::parse).unwrap_or(OrderStatus::Pending);
     let count = |name: &str| item.get_i64(name).unwrap_or(0).max(0) as u64;

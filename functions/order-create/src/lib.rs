@@ -334,6 +334,7 @@ impl OrderCreate {
             Update::set("status", status.as_str()),
             Update::set("statusDate", now),
             Update::set("expiresAt", expires),
+            Update::set("expiryList", granary_stores::lifecycle::EXPIRY_LIST),
             Update::set("filesCount", t.files),
             Update::set("filesSize", t.bytes),
             Update::set("availableFilesCount", t.external_files),

@@ -22,7 +22,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use granary_domain::catalog::ProductFile;
 use granary_domain::dispatch::{Candidate, DispatchLimits, Source, SuborderState, pick, source_of};
 use granary_domain::order::{FileState, OrderStatus, Quota};
-use granary_domain::storage::{Locations, StoredObject};
+use granary_domain::storage::{Locations, ReleaseJob, StoredObject, WorkerJob};
 use granary_lambda::{Config, sqs};
 use granary_ports::{Backend, Item, OutgoingMessage, PortError, RestoreStatus};
 use granary_stores::StoreError;
@@ -51,6 +51,18 @@ pub enum DispatchMessage {
         /// Why (logged).
         #[serde(default)]
         reason: String,
+    },
+    /// Release a DELETED or EXPIRED order: slots, quota, its hold on stored objects.
+    #[serde(rename_all = "camelCase")]
+    Release {
+        /// The order.
+        order_id: String,
+    },
+    /// Remove a released order's items.
+    #[serde(rename_all = "camelCase")]
+    Remove {
+        /// The order.
+        order_id: String,
     },
     /// Run a RUNNING suborder's storage job.
     #[serde(rename_all = "camelCase")]
@@ -116,6 +128,21 @@ impl SuborderDispatch {
                         failed.push(id);
                     }
                 }
+                Ok(DispatchMessage::Release { order_id }) => match self.release(&order_id).await {
+                    // Released slots may let others start.
+                    Ok(()) => nudges.push((String::new(), format!("{order_id} released"))),
+                    Err(e) => {
+                        tracing::warn!(order_id, error = %e, "release interrupted; SQS will redeliver it");
+                        failed.push(id);
+                    }
+                },
+                Ok(DispatchMessage::Remove { order_id }) => match self.fulfilment.remove(&self.backend, &order_id, &self.locations).await {
+                    Ok(n) => tracing::info!(order_id, items = n, "order removed"),
+                    Err(e) => {
+                        tracing::warn!(order_id, error = %e, "removal interrupted; SQS will redeliver it");
+                        failed.push(id);
+                    }
+                },
                 // Nothing to retry: Granary writes these messages itself.
                 Err(e) => tracing::error!(message_id = %id, error = %e, "not a dispatch message; dropped"),
             }
@@ -126,7 +153,7 @@ impl SuborderDispatch {
                 Ok(d) => tracing::info!(started = d.started, ?reasons, "dispatched"),
                 Err(e) => {
                     tracing::warn!(error = %e, "dispatch interrupted; SQS will redeliver its nudges");
-                    failed.extend(nudges.into_iter().map(|(id, _)| id));
+                    failed.extend(nudges.into_iter().map(|(id, _)| id).filter(|id| !id.is_empty()));
                 }
             }
         }
@@ -203,6 +230,26 @@ impl SuborderDispatch {
             }
         }
         Ok(report)
+    }
+
+    /// Releases a DELETED or EXPIRED order, then asks the storage worker to drop the order's hold on
+    /// its stored objects (those no one else holds are deleted).
+    pub async fn release(&self, order_id: &str) -> Result<(), StoreError> {
+        let (objects, events) = self.fulfilment.release(&self.backend, order_id, &self.locations).await?;
+        let objects: Vec<StoredObject> = objects.into_iter().collect();
+        let jobs: Vec<OutgoingMessage> = objects
+            .chunks(500)
+            .map(|chunk| {
+                let job = WorkerJob::Release(ReleaseJob { owner: format!("order:{order_id}"), objects: chunk.to_vec() });
+                OutgoingMessage::new(serde_json::to_string(&job).unwrap_or_default())
+            })
+            .collect();
+        for batch in granary_ports::queue::batches(jobs) {
+            self.backend.queue.send_batch(&self.config.storage_jobs_queue, batch).await?;
+        }
+        self.flush(&events).await;
+        tracing::info!(order_id, objects = objects.len(), "order released");
+        Ok(())
     }
 
     async fn flush(&self, events: &[OutboxEvent]) {

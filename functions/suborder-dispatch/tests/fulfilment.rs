@@ -464,3 +464,130 @@ async fn twenty_dispatchers_at_once_never_pass_the_pool_or_a_users_limit() {
     // Five storage jobs were staged, one per start.
     assert_eq!(world.site.drain("suborder-dispatch").await.len(), 5);
 }
+
+#[tokio::test]
+async fn pause_resume_delete_remove_and_restart_follow_regards_rules() {
+    const ADMIN: Caller = Some(("root@example.org", &["admin"]));
+    let mut config = Config::defaults();
+    config.order_settings.suborder_max_bytes = KIB;
+    config.dispatch_limits.per_user = 1;
+    config.default_quota = granary_domain::order::Quota { max_files: 100, max_bytes: -1, period_hours: 24 };
+    let world = World::new(config).await;
+    let mut products = Vec::new();
+    for i in 0..3 {
+        products.push(world.stored_product(&format!("l{i}"), 10 * KIB, "online").await);
+    }
+    let id = world.order(ANN, products).await;
+    world.pump().await;
+    let count = |order: &Value, state: &str| states(order).iter().filter(|(_, s)| s == state).count();
+    let order = world.get(&id, ANN).await;
+    assert_eq!((count(&order, "DONE"), count(&order, "WAITING")), (1, 2), "Y = 1");
+
+    // Paused: a download frees the slot, but nothing starts until it is resumed.
+    let (status, paused) = world.call("PUT", &format!("/user/orders/pause/{id}"), None, ANN).await;
+    assert_eq!((status, paused["status"].as_str()), (200, Some("PAUSED")), "{paused}");
+    let (status, problem) = world.call("PUT", &format!("/user/orders/pause/{id}"), None, ANN).await;
+    assert_eq!(status, 409);
+    assert!(problem["detail"].as_str().unwrap().contains("ORDER_MUST_BE_PENDING_OR_RUNNING"), "{problem}");
+    assert_eq!(world.call("PUT", &format!("/user/orders/pause/{id}"), None, BOB).await.0, 404, "another user's order");
+    assert_eq!(world.download_all(&id, ANN).await.len(), 1);
+    world.pump().await;
+    let order = world.get(&id, ANN).await;
+    assert_eq!((count(&order, "FINISHED"), count(&order, "WAITING")), (1, 2), "{order}");
+    let (status, resumed) = world.call("PUT", &format!("/user/orders/resume/{id}"), None, ANN).await;
+    assert_eq!((status, resumed["status"].as_str()), (200, Some("RUNNING")));
+    world.pump().await;
+    let order = world.get(&id, ANN).await;
+    assert_eq!((count(&order, "DONE"), count(&order, "WAITING")), (1, 1), "the next one started: {order}");
+
+    // Deleting needs it paused or over; deleted, its slots and quota come back, its hold on the
+    // stored objects is dropped, and its files are gone for the user.
+    assert_eq!(world.call("DELETE", &format!("/user/orders/{id}"), None, ANN).await.0, 409);
+    world.call("PUT", &format!("/user/orders/pause/{id}"), None, ANN).await;
+    let (status, deleted) = world.call("DELETE", &format!("/user/orders/{id}"), None, ANN).await;
+    assert_eq!((status, deleted["status"].as_str()), (200, Some("DELETED")));
+    world.pump().await;
+    let fulfilment = Fulfilment::new("orders", "requests", "suborder-dispatch", "order-events");
+    assert_eq!(fulfilment.user_slots(&world.site.backend, "ann@example.org").await.unwrap(), 0);
+    assert_eq!(fulfilment.pool_running(&world.site.backend).await.unwrap(), 0);
+    let window = granary_domain::dispatch::quota_window(world.site.backend.clock.now_ms(), 24);
+    let used = world.site.backend.table.get("orders", &Key::new("QU#ann@example.org", window.to_string())).await.unwrap().unwrap();
+    assert_eq!(used.get_i64("files"), Some(1), "only the downloaded file still counts");
+    let jobs: Vec<Value> = world.site.drain("storage-jobs").await.iter().map(|m| serde_json::from_str(&m.body).unwrap()).collect();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["owner"], format!("order:{id}"));
+    assert_eq!(jobs[0]["objects"].as_array().unwrap().len(), 3);
+    assert_eq!(world.call("GET", &format!("/user/orders/{id}/metalink/download"), None, ANN).await.0, 404);
+    assert_eq!(world.call("GET", &format!("/orders/{id}/files/available"), None, ANN).await.1["content"], json!([]));
+    let links: Vec<String> =
+        world.get(&id, ANN).await["links"].as_array().unwrap().iter().map(|l| l["rel"].as_str().unwrap().to_owned()).collect();
+    assert!(links.is_empty(), "{links:?}");
+
+    // Only admins remove, and only a deleted order.
+    let (status, problem) = world.call("DELETE", &format!("/user/orders/remove/{id}"), None, ANN).await;
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(world.call("DELETE", &format!("/user/orders/remove/{id}"), None, ADMIN).await.0, 204);
+    world.pump().await;
+    assert_eq!(world.call("GET", &format!("/user/orders/{id}"), None, ADMIN).await.0, 404);
+    assert!(OrderStore::new("orders", "requests").suborders(&world.site.backend, &id).await.unwrap().is_empty());
+    assert!(world.files(&id).await.is_empty());
+
+    // A done order restarts as a new one with the same basket.
+    let bobs = world.order(BOB, vec![world.stored_product("r0", 10 * KIB, "online").await]).await;
+    world.pump().await;
+    assert_eq!(world.get(&bobs, BOB).await["status"], "DONE");
+    let (status, again) = world.call("POST", &format!("/user/orders/{bobs}/restart"), Some(r#"{"label": "again"}"#), BOB).await;
+    assert_eq!((status, again["status"].as_str()), (201, Some("PENDING")), "{again}");
+    assert_eq!(world.call("POST", &format!("/user/orders/{bobs}/restart"), Some(r#"{"label": "again"}"#), BOB).await.0, 409, "label taken");
+    world.pump().await;
+    let again_id = again["id"].as_str().unwrap().to_owned();
+    // Bob's one slot (Y = 1) is held by his first order's file until he downloads it.
+    assert_eq!(states(&world.get(&again_id, BOB).await)[0].1, "WAITING");
+    world.download_all(&bobs, BOB).await;
+    world.pump().await;
+    let again = world.get(&again_id, BOB).await;
+    assert_eq!((again["status"].as_str(), again["filesCount"].as_u64()), (Some("DONE"), Some(1)));
+}
+
+#[tokio::test]
+async fn maintenance_times_out_silent_storage_reminds_and_expires() {
+    let mut config = Config::defaults();
+    config.suborder_timeout_hours = 2;
+    let world = World::new(config).await;
+    let maintenance = order_maintenance::OrderMaintenance::new(world.site.backend.clone(), world.site.config.clone());
+    let tape = world.order(ANN, vec![world.stored_product("silent", KIB, "tape").await]).await;
+    let online = world.order(BOB, vec![world.stored_product("ready", KIB, "online").await]).await;
+    world.pump().await;
+    world.site.drain("files-restoration").await;
+    assert_eq!(maintenance.run().await.unwrap(), order_maintenance::Maintained::default());
+
+    // The service never answers: past the timeout its file fails, and the order with it.
+    world.site.clock.advance(chrono::Duration::hours(3));
+    let done = maintenance.run().await.unwrap();
+    assert_eq!(done.timed_out, 1);
+    world.pump().await;
+    let order = world.get(&tape, ANN).await;
+    assert_eq!(order["status"], "FAILED", "{order}");
+    let failed = world.files(&tape).await;
+    assert!(failed[0].get_str("cause").unwrap().contains("storage did not answer within 2 hours"));
+
+    // Bob's file waits for him: one reminder after 72 hours, not one per run.
+    world.site.drain("order-events").await;
+    world.site.clock.advance(chrono::Duration::hours(72));
+    assert_eq!(maintenance.run().await.unwrap().reminded, 1);
+    assert_eq!(maintenance.run().await.unwrap().reminded, 0);
+    let reminders: Vec<Value> = world.site.drain("order-events").await.iter().map(|m| serde_json::from_str(&m.body).unwrap()).collect();
+    assert_eq!(reminders.len(), 1);
+    assert_eq!((reminders[0]["status"].as_str(), reminders[0]["orderId"].as_str()), (Some("REMINDER"), Some(online.as_str())));
+
+    // Past its expiration date (168 hours at most) the order expires and is released.
+    world.site.clock.advance(chrono::Duration::hours(100));
+    assert_eq!(maintenance.run().await.unwrap().expired, 2);
+    world.pump().await;
+    let expired = world.get(&online, BOB).await;
+    assert_eq!((expired["status"].as_str(), expired["availableFilesCount"].as_u64()), (Some("EXPIRED"), Some(0)));
+    assert_eq!(world.call("GET", &format!("/orders/files/{online}.1.0"), None, BOB).await.0, 404);
+    assert_eq!(maintenance.run().await.unwrap().expired, 0, "expired once");
+    let fulfilment = Fulfilment::new("orders", "requests", "suborder-dispatch", "order-events");
+    assert_eq!(fulfilment.user_slots(&world.site.backend, "bob@example.org").await.unwrap(), 0);
+}

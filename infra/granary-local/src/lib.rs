@@ -120,6 +120,9 @@ enum Command {
         /// Seconds between two runs of the delayed-release schedule.
         #[arg(long, env = "GRANARY_LOCAL_RELEASE_EVERY_SECS", default_value_t = 5)]
         release_every_secs: u64,
+        /// Seconds between two runs of the order-maintenance schedule.
+        #[arg(long, env = "GRANARY_LOCAL_MAINTENANCE_EVERY_SECS", default_value_t = 5)]
+        maintenance_every_secs: u64,
     },
     /// Print an RS256 bearer token that a runner on the same data directory accepts.
     Token {
@@ -157,6 +160,7 @@ pub fn run(cli: Cli) -> Result<(), LocalError> {
             restore_delay_secs,
             relay_every_secs,
             release_every_secs,
+            maintenance_every_secs,
         } => {
             granary_lambda::init_logging();
             let runtime =
@@ -175,6 +179,7 @@ pub fn run(cli: Cli) -> Result<(), LocalError> {
                 restore_delay: Duration::from_secs(restore_delay_secs),
                 relay_every: Duration::from_secs(relay_every_secs.max(1)),
                 release_every: Duration::from_secs(release_every_secs.max(1)),
+                maintenance_every: Duration::from_secs(maintenance_every_secs.max(1)),
             }))
         }
         Command::Token { data_dir, user, admin, mut groups, ttl } => {

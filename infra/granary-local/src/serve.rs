@@ -20,6 +20,7 @@ use granary_ports::BlobStore;
 use http::{HeaderMap, Method, StatusCode, Uri};
 use order_api::OrderApi;
 use order_create::OrderCreate;
+use order_maintenance::OrderMaintenance;
 use outbox_relay::OutboxRelay;
 use serde_json::json;
 use std::collections::HashMap;
@@ -66,6 +67,8 @@ pub struct ServeOptions {
     pub relay_every: Duration,
     /// How often delayed-release runs.
     pub release_every: Duration,
+    /// How often order-maintenance runs.
+    pub maintenance_every: Duration,
 }
 
 struct AppState {
@@ -212,6 +215,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         async move { f.handle(e).await }
     });
     workers.spawn(run_schedule(backend.clone(), "granary-delayed-release", opts.release_every, release_handler, stop_rx.clone()));
+    let maintenance = Arc::new(OrderMaintenance::new(backend.clone(), config.clone()));
+    let maintenance_handler = Arc::new(move |e| {
+        let f = maintenance.clone();
+        async move { f.handle(e).await }
+    });
+    workers.spawn(run_schedule(backend.clone(), "granary-order-maintenance", opts.maintenance_every, maintenance_handler, stop_rx.clone()));
     // S3 announces completed restores through EventBridge; the embedded blob store needs this pump.
     if let Some(embedded) = embedded.clone() {
         let mut stop = stop_rx.clone();

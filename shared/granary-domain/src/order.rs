@@ -121,6 +121,41 @@ pub fn allowed_actions(status: OrderStatus, available_files: u64, admin: bool) -
     out
 }
 
+/// An action on an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderAction {
+    /// Stop starting suborders.
+    Pause,
+    /// Start them again.
+    Resume,
+    /// Soft delete: files released, quota given back.
+    Delete,
+    /// Hard delete (admins, once DELETED).
+    Remove,
+    /// A new order from the same basket.
+    Restart,
+    /// Files in error go back to PENDING in new suborders.
+    Retry,
+}
+
+/// Whether `action` is allowed on an order in `status`, or REGARDS's reason why not (the 409's text).
+pub fn check_action(action: OrderAction, status: OrderStatus, admin: bool, has_processing: bool) -> Result<(), String> {
+    use OrderStatus::*;
+    let (ok, reason) = match action {
+        OrderAction::Pause => (matches!(status, Pending | Running), "ORDER_MUST_BE_PENDING_OR_RUNNING"),
+        OrderAction::Resume => (status == Paused, "ORDER_MUST_BE_PAUSED"),
+        OrderAction::Delete => {
+            (matches!(status, Done | DoneWithWarning | Paused | Expired | Failed), "ORDER_MUST_BE_DONE_OR_PAUSED_OR_EXPIRED_OR_FAILED")
+        }
+        OrderAction::Remove if !admin => (false, "ONLY_ADMINS_REMOVE_ORDERS"),
+        OrderAction::Remove => (status == Deleted, "ORDER_MUST_BE_DELETED"),
+        OrderAction::Restart => (matches!(status, Done | DoneWithWarning | Failed), "ORDER_MUST_BE_DONE_OR_FAILED"),
+        OrderAction::Retry if has_processing => (false, "ORDER_HAS_PROCESSING"),
+        OrderAction::Retry => (matches!(status, DoneWithWarning | Failed), "ORDER_MUST_BE_DONE_WITH_WARNING_OR_FAILED"),
+    };
+    if ok { Ok(()) } else { Err(format!("the order is {}: {reason}", status.as_str())) }
+}
+
 /// Checks an order label: at most 50 characters (REGARDS's TOO_MANY_CHARACTERS_IN_LABEL), not blank.
 pub fn check_label(label: &str) -> Result<(), String> {
     if label.trim().is_empty() {
@@ -407,6 +442,36 @@ mod tests {
         assert_eq!(allowed_actions(OrderStatus::Deleted, 5, true), ["remove"]);
         assert!(allowed_actions(OrderStatus::Deleted, 5, false).is_empty());
         assert_eq!(allowed_actions(OrderStatus::Expired, 0, false), ["delete"]);
+    }
+
+    #[test]
+    fn actions_are_checked_with_regards_reasons_and_agree_with_the_links() {
+        use OrderAction::*;
+        let all = [
+            OrderStatus::Pending,
+            OrderStatus::Running,
+            OrderStatus::Paused,
+            OrderStatus::Expired,
+            OrderStatus::Failed,
+            OrderStatus::DoneWithWarning,
+            OrderStatus::Done,
+            OrderStatus::Deleted,
+            OrderStatus::Error,
+        ];
+        for status in all {
+            for (action, rel) in
+                [(Pause, "pause"), (Resume, "resume"), (Delete, "delete"), (Remove, "remove"), (Restart, "restart"), (Retry, "retry")]
+            {
+                assert_eq!(
+                    check_action(action, status, true, false).is_ok(),
+                    allowed_actions(status, 0, true).contains(&rel),
+                    "{action:?} in {status:?}"
+                );
+            }
+        }
+        assert!(check_action(Pause, OrderStatus::Done, false, false).unwrap_err().contains("ORDER_MUST_BE_PENDING_OR_RUNNING"));
+        assert!(check_action(Retry, OrderStatus::Failed, false, true).unwrap_err().contains("ORDER_HAS_PROCESSING"));
+        assert!(check_action(Remove, OrderStatus::Deleted, false, false).is_err());
     }
 
     #[test]

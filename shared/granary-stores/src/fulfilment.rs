@@ -31,23 +31,23 @@ fn running_key(started_ms: i64, order_id: &str, number: u32) -> String {
     format!("{started_ms:013}#{order_id}#{number:06}")
 }
 
-fn order_key(order_id: &str) -> Key {
+pub(crate) fn order_key(order_id: &str) -> Key {
     Key::new(order_partition(order_id), "O")
 }
 
-fn suborder_key(order_id: &str, number: u32) -> Key {
+pub(crate) fn suborder_key(order_id: &str, number: u32) -> Key {
     Key::new(order_partition(order_id), suborder_sk(number))
 }
 
-fn pool_key() -> Key {
+pub(crate) fn pool_key() -> Key {
     Key::new("DISPATCH", "POOL")
 }
 
-fn user_key(owner: &str) -> Key {
+pub(crate) fn user_key(owner: &str) -> Key {
     Key::new(format!("U#{owner}"), "U")
 }
 
-fn waiter_key(checksum: &str, order_id: &str, file_sk: &str) -> Key {
+pub(crate) fn waiter_key(checksum: &str, order_id: &str, file_sk: &str) -> Key {
     Key::new(format!("W#{checksum}"), format!("{order_id}#{file_sk}"))
 }
 
@@ -102,8 +102,8 @@ pub enum Reserved {
 /// Orders' fulfilment.
 #[derive(Debug, Clone)]
 pub struct Fulfilment {
-    orders: String,
-    outbox: Outbox,
+    pub(crate) orders: String,
+    pub(crate) outbox: Outbox,
     dispatch_queue: String,
     events_queue: String,
 }
@@ -161,7 +161,7 @@ impl Fulfilment {
         }
     }
 
-    fn update(&self, key: Key, updates: Vec<Update>, cond: Option<Cond>) -> TxOp {
+    pub(crate) fn update(&self, key: Key, updates: Vec<Update>, cond: Option<Cond>) -> TxOp {
         TxOp::Update { table: self.orders.clone(), key, updates, cond }
     }
 

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod dissemination;
 pub mod features;
 pub mod fulfilment;
+pub mod lifecycle;
 pub mod locations;
 pub mod models;
 pub mod orders;

@@ -106,15 +106,16 @@ impl OrderStore {
         &self.outbox
     }
 
-    /// Creates order `order_id` of `basket` (read at `basket_version`), PENDING, in one transaction with
-    /// its label (unique per owner), the basket emptied, and `event` (the expansion message) staged.
+    /// Creates order `order_id` of `basket`, PENDING, in one transaction with its label (unique per
+    /// owner), the user's basket emptied when it was read at `basket_version` (`None` for a restart,
+    /// whose basket is the old order's copy), and `event` (the expansion message) staged.
     pub async fn create(
         &self,
         backend: &Backend,
         order_id: &str,
         label: &str,
         basket: &Basket,
-        basket_version: i64,
+        basket_version: Option<i64>,
         extra: Vec<(&str, Value)>,
         event: OutboxEvent,
     ) -> Result<Created, StoreError> {
@@ -131,21 +132,23 @@ impl OrderStore {
         for (name, value) in extra {
             item = item.with(name, value);
         }
-        let ops = vec![
+        let mut ops = vec![
             TxOp::Put { table: self.orders.clone(), item: item.clone(), cond: Some(Cond::ItemAbsent) },
             TxOp::Put {
                 table: self.orders.clone(),
                 item: Item::new(label_key(&basket.owner, label)).with("orderId", order_id),
                 cond: Some(Cond::ItemAbsent),
             },
-            // Emptied at its next version, not deleted: a change read before cannot land after.
-            crate::baskets::BasketStore::new(&self.orders).clear_op(&basket.owner, basket_version, now),
             self.outbox.stage(&event, now),
         ];
+        if let Some(version) = basket_version {
+            // Emptied at its next version, not deleted: a change read before cannot land after.
+            ops.push(crate::baskets::BasketStore::new(&self.orders).clear_op(&basket.owner, version, now));
+        }
         match backend.table.transact(ops).await {
             Ok(()) => Ok(Created::Order(Box::new(item), vec![event])),
             Err(PortError::TransactionCanceled { index: 1, .. }) => Ok(Created::LabelTaken),
-            Err(PortError::TransactionCanceled { index: 2, .. }) => Ok(Created::BasketChanged),
+            Err(PortError::TransactionCanceled { index: 3, .. }) => Ok(Created::BasketChanged),
             Err(e) => Err(e.into()),
         }
     }
@@ -268,6 +271,29 @@ impl OrderStore {
         match backend.table.transact(ops).await {
             Ok(()) => Ok(true),
             Err(PortError::TransactionCanceled { index: 0, .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records that `order` (as read) was reminded at `now`, with the reminder `event` staged; false when
+    /// another run reminded it first.
+    pub async fn remind(&self, backend: &Backend, order: &Item, now: i64, event: TxOp) -> Result<bool, StoreError> {
+        let cond = match order.get_i64("remindedAt") {
+            Some(at) => Cond::eq("remindedAt", at),
+            None => Cond::absent("remindedAt"),
+        };
+        let ops = vec![
+            TxOp::Update {
+                table: self.orders.clone(),
+                key: order.key.clone(),
+                updates: vec![Update::set("remindedAt", now)],
+                cond: Some(cond),
+            },
+            event,
+        ];
+        match backend.table.transact(ops).await {
+            Ok(()) => Ok(true),
+            Err(PortError::TransactionCanceled { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

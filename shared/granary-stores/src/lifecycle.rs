@@ -1,0 +1,202 @@
+//! An order's life after its expansion: status changes guarded by the status read (pause, resume,
+//! delete, expire), and the work they leave to a worker: releasing a deleted or expired order (its
+//! slots freed, the quota of files not downloaded given back, its hold on stored objects dropped) and
+//! removing one (every item gone). Each step is guarded by the state it leaves, so a worker that runs
+//! again after a crash carries on without doing anything twice.
+
+use crate::StoreError;
+use crate::fulfilment::{Fulfilment, order_key, pool_key, user_key, waiter_key};
+use crate::orders::order_partition;
+use crate::outbox::OutboxEvent;
+use granary_domain::catalog::ProductFile;
+use granary_domain::dispatch::{Source, SuborderState, source_of};
+use granary_domain::order::{FileState, OrderStatus};
+use granary_domain::storage::{Locations, StoredObject};
+use granary_ports::{Backend, Cond, Item, Key, PortError, Query, SortCond, TxOp, Update};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The sparse index of orders that will expire (partition `expiryList`, sort `expiresAt`).
+pub const EXPIRY_INDEX: &str = "expiring";
+/// The value every order that can still expire carries in `expiryList`.
+pub const EXPIRY_LIST: &str = "E";
+
+impl Fulfilment {
+    /// Moves `order` (as read) from its status to `to` with `updates`, staging `events` in the same
+    /// transaction; false when its status changed since it was read.
+    pub async fn change_status(
+        &self,
+        backend: &Backend,
+        order: &Item,
+        to: OrderStatus,
+        mut updates: Vec<Update>,
+        events: &[OutboxEvent],
+    ) -> Result<bool, StoreError> {
+        let now = backend.clock.now_ms();
+        let from = order.get_str("status").unwrap_or_default();
+        updates.push(Update::set("status", to.as_str()));
+        updates.push(Update::set("statusDate", now));
+        if matches!(to, OrderStatus::Deleted | OrderStatus::Expired) {
+            // Nothing left to expire.
+            updates.push(Update::remove("expiryList"));
+        }
+        let mut ops = vec![self.update(order.key.clone(), updates, Some(Cond::eq("status", from)))];
+        ops.extend(events.iter().map(|e| self.outbox.stage(e, now)));
+        match backend.table.transact(ops).await {
+            Ok(()) => Ok(true),
+            Err(PortError::TransactionCanceled { index: 0, .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Orders past their expiration date at `now` that have not expired yet (at most `limit`).
+    pub async fn expired_by(&self, backend: &Backend, now_ms: i64, limit: usize) -> Result<Vec<Item>, StoreError> {
+        let q = Query::partition(&self.orders, EXPIRY_LIST).on_index(EXPIRY_INDEX).sorted(SortCond::Lt(now_ms.into())).limit(limit);
+        Ok(backend.table.query(q).await?.items)
+    }
+
+    /// Orders that can still expire, oldest expiration first, from `after` (for reminders).
+    pub async fn expiring(
+        &self,
+        backend: &Backend,
+        after: Option<granary_ports::Cursor>,
+        limit: usize,
+    ) -> Result<(Vec<Item>, Option<granary_ports::Cursor>), StoreError> {
+        let mut q = Query::partition(&self.orders, EXPIRY_LIST).on_index(EXPIRY_INDEX).limit(limit);
+        q.after = after;
+        let page = backend.table.query(q).await?;
+        Ok((page.items, page.next))
+    }
+
+    /// Releases a DELETED or EXPIRED order: every suborder FINISHED with its slots freed, the quota of
+    /// each file not downloaded given back. Returns the stored objects the order may hold (to release
+    /// as owner `order:<id>`) and the events to send.
+    pub async fn release(
+        &self,
+        backend: &Backend,
+        order_id: &str,
+        locations: &Locations,
+    ) -> Result<(BTreeSet<StoredObject>, Vec<OutboxEvent>), StoreError> {
+        let now = backend.clock.now_ms();
+        let partition = order_partition(order_id);
+        let suborders = crate::all_items(
+            backend,
+            Query::partition(&self.orders, partition.clone()).sorted(SortCond::BeginsWith("S#".into())).limit(1000),
+        )
+        .await?;
+        for s in suborders {
+            let state = s.get_str("state").unwrap_or_default();
+            let internal = s.get_str("kind") != Some("EXTERNAL");
+            let owner = s.get_str("slotOwner").unwrap_or_default();
+            let mut ops = vec![self.update(
+                s.key.clone(),
+                vec![
+                    Update::set("state", SuborderState::Finished.as_str()),
+                    Update::set("releasedAt", now),
+                    Update::remove("dispatchState"),
+                    Update::remove("dispatchKey"),
+                ],
+                Some(Cond::eq("state", state)),
+            )];
+            // The slots it held: the pool's while RUNNING, its owner's while RUNNING or DONE.
+            match state {
+                "RUNNING" => {
+                    ops.push(self.update(pool_key(), vec![Update::add("running", -1)], None));
+                    ops.push(self.update(user_key(owner), vec![Update::add("slots", -1)], None));
+                }
+                "DONE" if internal => ops.push(self.update(user_key(owner), vec![Update::add("slots", -1)], None)),
+                "WAITING" | "DONE" => {}
+                _ => continue,
+            }
+            match backend.table.transact(ops).await {
+                Ok(()) | Err(PortError::TransactionCanceled { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut objects = BTreeSet::new();
+        let mut after = None;
+        loop {
+            let mut q = Query::partition(&self.orders, partition.clone()).sorted(SortCond::BeginsWith("F#".into())).limit(500);
+            q.after = after;
+            let page = backend.table.query(q).await?;
+            let mut give_back = Vec::new();
+            for f in &page.items {
+                let Some(pf) = f.get("file").and_then(|v| serde_json::from_value::<ProductFile>(v.clone()).ok()) else { continue };
+                if let Source::Online { .. } | Source::Nearline { .. } = source_of(&pf, locations) {
+                    objects.insert(StoredObject { storage: pf.storage.clone().unwrap_or_default(), checksum: pf.checksum.clone() });
+                }
+                let state = f.get_str("state").unwrap_or_default();
+                if (state == FileState::Pending.as_str() || state == FileState::Available.as_str())
+                    && f.get("quotaPk").is_some()
+                    && f.get("givenBackAt").is_none()
+                {
+                    give_back.push((f, pf.size));
+                }
+            }
+            // A transaction per 90 files: each file marked once, with the windows' counters.
+            for chunk in give_back.chunks(90) {
+                let mut windows: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+                let mut ops = Vec::new();
+                for (f, size) in chunk {
+                    let key = (f.get_str("quotaPk").unwrap_or_default().to_owned(), f.get_str("quotaSk").unwrap_or_default().to_owned());
+                    let w = windows.entry(key).or_default();
+                    w.0 -= 1;
+                    w.1 -= i64::try_from(*size).unwrap_or(i64::MAX);
+                    ops.push(self.update(f.key.clone(), vec![Update::set("givenBackAt", now)], Some(Cond::absent("givenBackAt"))));
+                }
+                for ((pk, sk), (files, bytes)) in windows {
+                    ops.push(self.update(Key::new(pk, sk), vec![Update::add("files", files), Update::add("bytes", bytes)], None));
+                }
+                match backend.table.transact(ops).await {
+                    // Given back by an earlier run: the next page.
+                    Ok(()) | Err(PortError::TransactionCanceled { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match page.next {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+        }
+        Ok((objects, vec![self.nudge(&format!("{order_id}:released"))]))
+    }
+
+    /// Removes every item of a (released) order: files, suborders, waiters, its label, then the order.
+    pub async fn remove(&self, backend: &Backend, order_id: &str, locations: &Locations) -> Result<usize, StoreError> {
+        let Some(order) = backend.table.get(&self.orders, &order_key(order_id)).await? else { return Ok(0) };
+        let partition = order_partition(order_id);
+        let mut removed = 0;
+        loop {
+            let q = Query::partition(&self.orders, partition.clone()).sorted(SortCond::BeginsWith("F#".into())).limit(45);
+            let page = backend.table.query(q).await?;
+            if page.items.is_empty() {
+                break;
+            }
+            let mut ops = Vec::new();
+            for f in &page.items {
+                ops.push(TxOp::Delete { table: self.orders.clone(), key: f.key.clone(), cond: None });
+                let pf = f.get("file").and_then(|v| serde_json::from_value::<ProductFile>(v.clone()).ok());
+                if let Some(pf) = pf.filter(|pf| matches!(source_of(pf, locations), Source::Nearline { .. } | Source::Service { .. })) {
+                    ops.push(TxOp::Delete { table: self.orders.clone(), key: waiter_key(&pf.checksum, order_id, &f.key.sk), cond: None });
+                }
+            }
+            removed += page.items.len();
+            backend.table.transact(ops).await?;
+        }
+        let rest = crate::all_items(backend, Query::partition(&self.orders, partition).limit(100)).await?;
+        let mut ops: Vec<TxOp> = rest
+            .iter()
+            .filter(|i| i.key.sk != "O")
+            .map(|i| TxOp::Delete { table: self.orders.clone(), key: i.key.clone(), cond: None })
+            .collect();
+        for chunk in ops.chunks(100) {
+            backend.table.transact(chunk.to_vec()).await?;
+        }
+        removed += ops.len();
+        ops = vec![TxOp::Delete { table: self.orders.clone(), key: order_key(order_id), cond: None }];
+        if let (Some(owner), Some(label)) = (order.get_str("owner"), order.get_str("label")) {
+            ops.push(TxOp::Delete { table: self.orders.clone(), key: Key::new(format!("L#{owner}#{label}"), "L"), cond: None });
+        }
+        backend.table.transact(ops).await?;
+        Ok(removed + 1)
+    }
+}
