@@ -9,7 +9,9 @@
 //! - delete (DONE, DONE_WITH_WARNING, PAUSED, EXPIRED, FAILED): DELETED; a worker releases its slots,
 //!   gives back the quota of files not downloaded, and drops its hold on stored objects;
 //! - remove (admins, DELETED): every item of the order goes;
-//! - restart (DONE, DONE_WITH_WARNING, FAILED): a new order from the old one's basket.
+//! - restart (DONE, DONE_WITH_WARNING, FAILED): a new order from the old one's basket;
+//! - retry (DONE_WITH_WARNING, FAILED, no processing): RUNNING again; a worker puts the files in error
+//!   back to PENDING, their suborders waiting for dispatch again.
 
 use crate::{OrderApi, OrderRequest, RouteResult, answer, unavailable_on};
 use granary_domain::basket::Basket;
@@ -80,7 +82,11 @@ impl OrderApi {
                     None => Err(conflict("the order could not be restarted; retry")),
                 };
             }
-            OrderAction::Retry => return Err(conflict("retrying files in error is not available yet")),
+            OrderAction::Retry => (
+                OrderStatus::Running,
+                vec![Update::set("retrying", now), Update::remove("message")],
+                vec![self.worker_message(format!("retry:{order_id}:{now}"), json!({ "retry": { "orderId": order_id } }))],
+            ),
         };
         // Events with a fixed id (release) are staged once: a repeat changes nothing more.
         let changed = self.fulfilment.change_status(&self.backend, &order, to, updates, &events).await.map_err(unavailable_on)?;

@@ -245,6 +245,7 @@ impl OrderApi {
             ("DELETE", ["user", "orders", "remove", id]) => self.act(&identity, id, OrderAction::Remove, &req).await,
             ("DELETE", ["user", "orders", id]) => self.act(&identity, id, OrderAction::Delete, &req).await,
             ("POST", ["user", "orders", id, "restart"]) => self.act(&identity, id, OrderAction::Restart, &req).await,
+            ("PUT", ["user", "orders", id, "retry"]) => self.act(&identity, id, OrderAction::Retry, &req).await,
             ("GET", ["user", "orders", id, "metalink", "download"]) => {
                 let order = self.visible_order(&identity, id).await?;
                 self.metalink(&order, &req).await

@@ -22,6 +22,16 @@ const FILE_PAGING: &[QueryParam] = &[
 pub const OPERATIONS: &[Operation] = &[
     Operation {
         method: "PUT",
+        path: "/user/orders/{orderId}/retry",
+        summary: "Retry the files in error of a DONE_WITH_WARNING or FAILED order without processing: RUNNING again, its files in error back to PENDING and their suborders waiting for dispatch again; 409 naming the reason otherwise",
+        who: "its owner, admins",
+        query: &[],
+        body: None,
+        ok: (200, schema::<OrderAnswer>),
+        problems: &[404, 409],
+    },
+    Operation {
+        method: "PUT",
         path: "/user/orders/pause/{orderId}",
         summary: "Pause the order (PENDING or RUNNING): no suborder starts and no storage job is followed up until it is resumed; 409 naming the reason in another state",
         who: "its owner, admins",

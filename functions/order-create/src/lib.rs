@@ -301,8 +301,12 @@ impl OrderCreate {
             // ended external FilesTask), and finished once its files are downloaded.
             SuborderKind::External => item.with("state", SuborderState::Done.as_str()).with("pending", 0).with("open", closed.bucket.files),
             // A stored one waits in the dispatch index for a slot: smaller, then older, first.
+            // Its counters (files not yet available; files not yet downloaded or failed) start full; a
+            // retry adds the files it puts back.
             SuborderKind::Internal => item
                 .with("state", SuborderState::Waiting.as_str())
+                .with("pending", closed.bucket.files)
+                .with("open", closed.bucket.files)
                 .with("slotOwner", order.owner)
                 .with("dispatchState", SuborderState::Waiting.as_str())
                 .with("dispatchKey", waiting_key(closed.bucket.bytes, order.created_ms, order.id, number)),

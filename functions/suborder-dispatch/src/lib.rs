@@ -58,6 +58,12 @@ pub enum DispatchMessage {
         /// The order.
         order_id: String,
     },
+    /// Put a retried order's files in error back to PENDING.
+    #[serde(rename_all = "camelCase")]
+    Retry {
+        /// The order.
+        order_id: String,
+    },
     /// Remove a released order's items.
     #[serde(rename_all = "camelCase")]
     Remove {
@@ -133,6 +139,13 @@ impl SuborderDispatch {
                     Ok(()) => nudges.push((String::new(), format!("{order_id} released"))),
                     Err(e) => {
                         tracing::warn!(order_id, error = %e, "release interrupted; SQS will redeliver it");
+                        failed.push(id);
+                    }
+                },
+                Ok(DispatchMessage::Retry { order_id }) => match self.retry(&order_id).await {
+                    Ok(()) => nudges.push((String::new(), format!("{order_id} retried"))),
+                    Err(e) => {
+                        tracing::warn!(order_id, error = %e, "retry interrupted; SQS will redeliver it");
                         failed.push(id);
                     }
                 },
@@ -249,6 +262,19 @@ impl SuborderDispatch {
         }
         self.flush(&events).await;
         tracing::info!(order_id, objects = objects.len(), "order released");
+        Ok(())
+    }
+
+    /// Puts a retried order's files in error back to PENDING (see [`Fulfilment::retry`]).
+    pub async fn retry(&self, order_id: &str) -> Result<(), StoreError> {
+        let Some(order) = self.orders.get(&self.backend, order_id).await? else { return Ok(()) };
+        if order.get("retrying").is_none() {
+            return Ok(());
+        }
+        let created = order.get_i64("createdAt").unwrap_or(0);
+        let (files, events) = self.fulfilment.retry(&self.backend, order_id, created).await?;
+        self.flush(&events).await;
+        tracing::info!(order_id, files, "files in error back to PENDING");
         Ok(())
     }
 

@@ -419,6 +419,17 @@ async fn files_past_the_quota_end_in_error_and_an_order_with_none_left_fails() {
     let third = world.order(ANN, vec![world.stored_product("q8", KIB, "online").await]).await;
     world.pump().await;
     assert_eq!(world.get(&third, ANN).await["status"], "DONE");
+    // Retried in the new period, the first order's files past the quota come through.
+    assert_eq!(world.call("PUT", &format!("/user/orders/{third}/retry"), None, ANN).await.0, 409, "nothing failed");
+    let (status, retried) = world.call("PUT", &format!("/user/orders/{id}/retry"), None, ANN).await;
+    assert_eq!((status, retried["status"].as_str()), (200, Some("RUNNING")), "{retried}");
+    world.pump().await;
+    let order = world.get(&id, ANN).await;
+    assert_eq!(
+        (order["status"].as_str(), order["availableFilesCount"].as_u64(), order["filesInErrorCount"].as_u64()),
+        (Some("DONE"), Some(5), Some(0)),
+        "{order}"
+    );
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@
 //! - `aws-storage`: the same files through feature-ingest, storage-worker and storage-ready in this
 //!   process on the AWS backend against moto, counting every AWS request per file.
 
+mod dispatch;
 mod order;
 mod storage;
 
@@ -111,6 +112,22 @@ enum Command {
         /// Stored files per product.
         #[arg(long, default_value_t = 100)]
         files: usize,
+        /// The granary-local binary (the release build beside this one by default).
+        #[arg(long)]
+        runner: Option<PathBuf>,
+    },
+    /// Many users ordering and downloading at once through the release granary-local: time until every
+    /// order is final, dispatcher invocations, the longest wait of a small order.
+    Dispatch {
+        /// Users, each placing every order of `sizes`.
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        /// Order sizes in products (one 100 KiB file each), comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 50, 2, 30])]
+        sizes: Vec<usize>,
+        /// Products in the catalog.
+        #[arg(long, default_value_t = 2000)]
+        products: usize,
         /// The granary-local binary (the release build beside this one by default).
         #[arg(long)]
         runner: Option<PathBuf>,
@@ -494,6 +511,10 @@ async fn main() {
             order::run(products, files, runner).await;
         }
         Command::AwsOrder { products, files } => order::aws(products, files).await,
+        Command::Dispatch { users, sizes, products, runner } => {
+            let runner = runner.unwrap_or_else(|| std::env::current_exe().expect("exe").with_file_name("granary-local"));
+            dispatch::run(users, sizes, products, runner).await;
+        }
         Command::Ports { messages, writes, data_dir } => {
             let tmp = tempfile::tempdir().expect("temporary directory");
             let dir = data_dir.unwrap_or_else(|| tmp.path().to_owned());

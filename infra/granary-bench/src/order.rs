@@ -38,7 +38,7 @@ fn product_creation(i: usize, files: usize) -> String {
     .to_string()
 }
 
-async fn define_models(b: &Backend) {
+pub(crate) async fn define_models(b: &Backend) {
     for (name, kind) in [("BENCH_PRODUCT", "DATA"), ("BENCH_DATASET", "DATASET")] {
         let def = json!({"type": "object", "x-granary-type": kind});
         let compiled = granary_domain::model::compile_model(name, &def).expect("model");
@@ -60,7 +60,7 @@ async fn queue_catalog(b: &Backend, queue: &str, products: usize, files: usize) 
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 

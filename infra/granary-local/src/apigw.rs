@@ -99,6 +99,7 @@ pub const ROUTES: &[Route] = &[
     Route { method: "DELETE", template: "/user/orders/{orderId}", target: Target::OrderApi, authorized: true },
     Route { method: "DELETE", template: "/user/orders/remove/{orderId}", target: Target::OrderApi, authorized: true },
     Route { method: "POST", template: "/user/orders/{orderId}/restart", target: Target::OrderApi, authorized: true },
+    Route { method: "PUT", template: "/user/orders/{orderId}/retry", target: Target::OrderApi, authorized: true },
     Route { method: "GET", template: "/user/orders/metalink/download", target: Target::OrderApi, authorized: false },
     Route { method: "GET", template: "/orders/public/files/{fileId}", target: Target::OrderApi, authorized: false },
     Route { method: "HEAD", template: "/orders/public/files/{fileId}", target: Target::OrderApi, authorized: false },

@@ -205,7 +205,6 @@ impl Fulfilment {
         let order_id = suborder.get_str("orderId").unwrap_or_default().to_owned();
         let number = suborder.get_i64("number").unwrap_or(0) as u32;
         let owner = suborder.get_str("slotOwner").unwrap_or_default().to_owned();
-        let files = suborder.get_i64("filesCount").unwrap_or(0);
         let now = backend.clock.now_ms();
         let job = OutboxEvent {
             event_id: format!("start:{order_id}:{number}"),
@@ -222,8 +221,6 @@ impl Fulfilment {
                     Update::set("dispatchState", SuborderState::Running.as_str()),
                     Update::set("dispatchKey", running_key(now, &order_id, number)),
                     Update::set("startedAt", now),
-                    Update::set("pending", files),
-                    Update::set("open", files),
                 ],
                 Some(Cond::eq("state", SuborderState::Waiting.as_str())),
             ),
@@ -511,7 +508,11 @@ impl Fulfilment {
     pub async fn settle_order(&self, backend: &Backend, order_id: &str) -> Result<Vec<OutboxEvent>, StoreError> {
         let Some(order) = backend.table.get(&self.orders, &order_key(order_id)).await? else { return Ok(vec![]) };
         let done = order.get_i64("suborderDone").unwrap_or(0);
-        if order.get_str("status") != Some(OrderStatus::Running.as_str()) || done < order.get_i64("internalSuborders").unwrap_or(0) {
+        // A retry being prepared reopens suborders: the order is not over until it is done.
+        if order.get_str("status") != Some(OrderStatus::Running.as_str())
+            || done < order.get_i64("internalSuborders").unwrap_or(0)
+            || order.get("retrying").is_some()
+        {
             return Ok(vec![]);
         }
         let available = order.get_i64("madeAvailable").unwrap_or(0);
@@ -523,7 +524,8 @@ impl Fulfilment {
             Update::set("statusDate", now),
             Update::set("percentCompleted", percent_completed(order.get_i64("filesCount").unwrap_or(0), available, errors)),
         ];
-        let cond = Cond::And(vec![Cond::eq("status", OrderStatus::Running.as_str()), Cond::eq("suborderDone", done)]);
+        let cond =
+            Cond::And(vec![Cond::eq("status", OrderStatus::Running.as_str()), Cond::eq("suborderDone", done), Cond::absent("retrying")]);
         let told = self.final_event(&order, status);
         let ops = vec![self.update(order_key(order_id), updates, Some(cond)), self.outbox.stage(&told, now)];
         match backend.table.transact(ops).await {

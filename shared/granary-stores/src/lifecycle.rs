@@ -160,6 +160,92 @@ impl Fulfilment {
         Ok((objects, vec![self.nudge(&format!("{order_id}:released"))]))
     }
 
+    /// Puts the files in ERROR of an order being retried (RUNNING with `retrying`) back to PENDING, each
+    /// suborder holding some waiting for dispatch again (its owner's slot freed if it held one), then
+    /// ends the retry. Returns how many files, and the events to send.
+    pub async fn retry(&self, backend: &Backend, order_id: &str, created_ms: i64) -> Result<(usize, Vec<OutboxEvent>), StoreError> {
+        let partition = order_partition(order_id);
+        let mut by_suborder: BTreeMap<u32, Vec<Key>> = BTreeMap::new();
+        let mut after = None;
+        loop {
+            let mut q = Query::partition(&self.orders, partition.clone()).sorted(SortCond::BeginsWith("F#".into())).limit(1000);
+            q.after = after;
+            let page = backend.table.query(q).await?;
+            for f in page.items.iter().filter(|f| matches!(f.get_str("state"), Some("ERROR" | "DOWNLOAD_ERROR"))) {
+                by_suborder.entry(f.get_i64("suborder").unwrap_or(0) as u32).or_default().push(f.key.clone());
+            }
+            match page.next {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+        }
+        let mut retried = 0;
+        for (number, files) in by_suborder {
+            let chunks: Vec<&[Key]> = files.chunks(90).collect();
+            for (i, chunk) in chunks.iter().enumerate() {
+                // The suborder's state decides the transition; a change meanwhile is read again.
+                for _ in 0..10 {
+                    let Some(s) = backend.table.get(&self.orders, &crate::fulfilment::suborder_key(order_id, number)).await? else { break };
+                    let state = s.get_str("state").unwrap_or_default().to_owned();
+                    let n = chunk.len() as i64;
+                    let mut updates = vec![Update::add("pending", n), Update::add("open", n)];
+                    let mut ops = Vec::new();
+                    // Dispatch sees it again only with its last chunk of files reset.
+                    if i + 1 == chunks.len() {
+                        let bytes = s.get_i64("filesSize").unwrap_or(0).max(0) as u64;
+                        updates.push(Update::set("dispatchState", SuborderState::Waiting.as_str()));
+                        updates.push(Update::set("dispatchKey", crate::fulfilment::waiting_key(bytes, created_ms, order_id, number)));
+                    }
+                    if state == SuborderState::Done.as_str() || state == SuborderState::Finished.as_str() {
+                        updates.push(Update::set("state", SuborderState::Waiting.as_str()));
+                        ops.push(self.update(
+                            order_key(order_id),
+                            vec![Update::add("suborderDone", -1), Update::add("filesInErrorCount", -n)],
+                            None,
+                        ));
+                        if state == SuborderState::Done.as_str() {
+                            ops.push(self.update(
+                                user_key(s.get_str("slotOwner").unwrap_or_default()),
+                                vec![Update::add("slots", -1)],
+                                None,
+                            ));
+                        }
+                    } else {
+                        ops.push(self.update(order_key(order_id), vec![Update::add("filesInErrorCount", -n)], None));
+                    }
+                    ops.push(self.update(s.key.clone(), updates, Some(Cond::eq("state", state.as_str()))));
+                    for key in chunk.iter() {
+                        ops.push(self.update(
+                            key.clone(),
+                            vec![
+                                Update::set("state", FileState::Pending.as_str()),
+                                Update::remove("cause"),
+                                Update::remove("failedAt"),
+                                Update::remove("reservedAt"),
+                                Update::remove("quotaPk"),
+                                Update::remove("quotaSk"),
+                                Update::remove("waitingOn"),
+                            ],
+                            Some(Cond::Or(vec![Cond::eq("state", "ERROR"), Cond::eq("state", "DOWNLOAD_ERROR")])),
+                        ));
+                    }
+                    match backend.table.transact(ops).await {
+                        Ok(()) => {
+                            retried += chunk.len();
+                            break;
+                        }
+                        Err(PortError::TransactionCanceled { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        backend.table.update(&self.orders, &order_key(order_id), vec![Update::remove("retrying")], None).await?;
+        let mut events = vec![self.nudge(&format!("{order_id}:retried:{}", backend.clock.now_ms()))];
+        events.extend(self.settle_order(backend, order_id).await?);
+        Ok((retried, events))
+    }
+
     /// Removes every item of a (released) order: files, suborders, waiters, its label, then the order.
     pub async fn remove(&self, backend: &Backend, order_id: &str, locations: &Locations) -> Result<usize, StoreError> {
         let Some(order) = backend.table.get(&self.orders, &order_key(order_id)).await? else { return Ok(0) };
