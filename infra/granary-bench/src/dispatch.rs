@@ -197,7 +197,11 @@ async fn user(u: usize, http: &reqwest::Client, base: &str, bearer: &str, sizes:
                     .await
                     .expect("json");
                 for f in page["content"].as_array().into_iter().flatten().filter(|f| f["state"] == "AVAILABLE") {
-                    let res = http.get(format!("{base}{}", f["download"].as_str().unwrap_or_default())).header("authorization", bearer).send().await;
+                    let res = http
+                        .get(format!("{base}{}", f["download"].as_str().unwrap_or_default()))
+                        .header("authorization", bearer)
+                        .send()
+                        .await;
                     if res.is_ok_and(|r| r.status().as_u16() == 302) {
                         downloads += 1;
                         busy = true;
