@@ -209,3 +209,91 @@ impl OrderApi {
         Ok(Response::builder().status(302).header("location", url).body(Body::Empty).unwrap_or_default())
     }
 }
+
+/// Most files one zip holds (its plan is held in memory while it streams).
+pub const MAX_ZIP_FILES: usize = 10_000;
+
+/// What a zip of an order holds: the stored files available now, and a notice of the others.
+#[derive(Debug, Clone)]
+pub struct ZipPlan {
+    /// The order.
+    pub order_id: String,
+    /// The files to put in it.
+    pub entries: Vec<granary_stores::archive::ZipEntry>,
+    /// Their order items, in the same order (to record their download).
+    pub files: Vec<Item>,
+    /// What is not in it, and why.
+    pub notice: Vec<String>,
+}
+
+impl OrderApi {
+    /// The zip of the files of order `order_id` available now, for `identity` (404 for anyone but its
+    /// owner and admins, and once it is deleted or expired). Stored files go in it; files in error,
+    /// files still pending, and referenced files (read where they are) are listed in its notice.
+    pub async fn zip_plan(&self, identity: &Identity, order_id: &str) -> Result<ZipPlan, Response<Body>> {
+        let order = self.visible_order(identity, order_id).await?;
+        if !downloadable(order.get_str("status")) {
+            return Err(not_found(&format!("order {order_id} can no longer be downloaded")));
+        }
+        let locations = self.config.locations();
+        let mut plan = ZipPlan { order_id: order_id.to_owned(), entries: vec![], files: vec![], notice: vec![] };
+        let mut names = std::collections::BTreeSet::new();
+        let mut cursor = None;
+        loop {
+            let (items, next) = self.orders.files(&self.backend, order_id, None, cursor, 1000).await.map_err(unavailable_on)?;
+            for item in items {
+                let Some(a) = file_answer(order_id, &item) else { continue };
+                let name = granary_domain::metalink::safe_path(&[&a.product_id, &a.file.filename]);
+                match (a.state.as_str(), source_of(&a.file, &locations)) {
+                    ("AVAILABLE", Source::Online { bucket, key } | Source::Nearline { bucket, key })
+                        if plan.entries.len() < MAX_ZIP_FILES =>
+                    {
+                        // The same file named twice goes in once.
+                        if names.insert(name.clone()) {
+                            plan.entries.push(granary_stores::archive::ZipEntry { name, bucket, key });
+                            plan.files.push(item);
+                        }
+                    }
+                    ("AVAILABLE", Source::Online { .. } | Source::Nearline { .. }) => {
+                        plan.notice.push(format!("{name}: past the {MAX_ZIP_FILES} files of one archive; download it again for the rest"));
+                    }
+                    ("AVAILABLE", _) => plan.notice.push(format!("{name}: read where it is, {}", a.file.url)),
+                    ("PENDING", _) => plan.notice.push(format!("{name}: not available yet")),
+                    ("DOWNLOADED", _) => {}
+                    (state, _) => {
+                        plan.notice.push(format!("{name}: {state}, {}", a.download_error.as_deref().unwrap_or("no cause recorded")))
+                    }
+                }
+            }
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Records the download of the files of `plan` written whole (`written`, indexes into it).
+    pub async fn zip_served(&self, plan: &ZipPlan, written: &[usize]) -> Result<(), granary_stores::StoreError> {
+        let mut suborders = std::collections::BTreeSet::new();
+        for &i in written {
+            let Some(item) = plan.files.get(i) else { continue };
+            if self.fulfilment.downloaded(&self.backend, &plan.order_id, item).await? {
+                suborders.insert(item.get_i64("suborder").unwrap_or(0) as u32);
+            }
+        }
+        let mut events = Vec::new();
+        for n in suborders {
+            events.extend(self.fulfilment.settle(&self.backend, &plan.order_id, n).await?);
+        }
+        if let Err(e) = self.fulfilment.outbox().flush(&self.backend, &events).await {
+            tracing::warn!(error = %e, "dispatch nudge left to the outbox relay");
+        }
+        Ok(())
+    }
+
+    /// The backend the zip's blobs are read from.
+    pub fn backend(&self) -> &granary_ports::Backend {
+        &self.backend
+    }
+}

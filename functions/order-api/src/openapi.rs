@@ -21,6 +21,16 @@ const FILE_PAGING: &[QueryParam] = &[
 /// Every operation order-api serves.
 pub const OPERATIONS: &[Operation] = &[
     Operation {
+        method: "GET",
+        path: "/user/orders/{orderId}/download",
+        summary: "A zip (application/zip) of the order's stored files available now, with a NOTICE.txt of the files not in it and why, streamed as it is written; its files are then DOWNLOADED; 204 when none is available. Granary-local streams it; in the cloud this answers 501 naming the metalink, which fetches the same files",
+        who: "its owner, admins",
+        query: &[],
+        body: None,
+        ok: (200, schema::<String>),
+        problems: &[404, 501],
+    },
+    Operation {
         method: "PUT",
         path: "/user/orders/{orderId}/retry",
         summary: "Retry the files in error of a DONE_WITH_WARNING or FAILED order without processing: RUNNING again, its files in error back to PENDING and their suborders waiting for dispatch again; 409 naming the reason otherwise",

@@ -94,6 +94,7 @@ pub const ROUTES: &[Route] = &[
     Route { method: "GET", template: "/orders/files/{fileId}", target: Target::OrderApi, authorized: true },
     Route { method: "HEAD", template: "/orders/files/{fileId}", target: Target::OrderApi, authorized: true },
     Route { method: "GET", template: "/user/orders/{orderId}/metalink/download", target: Target::OrderApi, authorized: true },
+    Route { method: "GET", template: "/user/orders/{orderId}/download", target: Target::OrderApi, authorized: true },
     Route { method: "PUT", template: "/user/orders/pause/{orderId}", target: Target::OrderApi, authorized: true },
     Route { method: "PUT", template: "/user/orders/resume/{orderId}", target: Target::OrderApi, authorized: true },
     Route { method: "DELETE", template: "/user/orders/{orderId}", target: Target::OrderApi, authorized: true },

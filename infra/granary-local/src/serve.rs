@@ -73,6 +73,7 @@ pub struct ServeOptions {
 
 struct AppState {
     issuer: LocalIssuer,
+    groups_claim: String,
     /// The embedded backend, which serves signed blob URLs itself; S3 serves its own.
     embedded: Option<Embedded>,
     backend_name: &'static str,
@@ -238,6 +239,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
     let backend_name = if embedded.is_some() { "embedded" } else { "aws" };
     let state = Arc::new(AppState {
         issuer,
+        groups_claim: config.groups_claim.clone(),
         embedded,
         backend_name,
         feature_api: FeatureApi::new(backend.clone(), config.clone()),
@@ -249,6 +251,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/openapi.json", get(openapi))
         .route("/blobs/{bucket}/{*key}", get(signed_blob))
+        // The zip of an order streams here: a Lambda answer behind API Gateway cannot.
+        .route("/user/orders/{order_id}/download", get(zip_download))
         .fallback(api_gateway)
         // The API Gateway stand-in reads bodies itself, to answer 413 in problem+json.
         .layer(DefaultBodyLimit::disable())
@@ -330,6 +334,51 @@ async fn signed_blob(
         Err(e @ granary_ports::PortError::NotRestored { .. }) => (StatusCode::FORBIDDEN, e.to_string()).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
+}
+
+/// `GET /user/orders/{orderId}/download`: the zip of the order's files available now, streamed as it
+/// is written (memory does not grow with it), with a NOTICE.txt of the others; the files in it are
+/// then DOWNLOADED. 204 when no file is in it; the caller and the order are checked by order-api.
+async fn zip_download(State(state): State<Arc<AppState>>, Path(order_id): Path<String>, headers: HeaderMap) -> Response {
+    let claims = match state.issuer.verify(headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())) {
+        Ok(claims) => claims,
+        Err(_) => return apigw::into_http(granary_lambda::http::unauthorized()),
+    };
+    let Some(identity) = granary_lambda::Identity::from_claims(&claims, &state.groups_claim) else {
+        return apigw::into_http(granary_lambda::http::unauthorized());
+    };
+    let plan = match state.order_api.zip_plan(&identity, &order_id).await {
+        Ok(plan) => plan,
+        Err(problem) => return apigw::into_http(problem),
+    };
+    if plan.entries.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let (reader, writer) = tokio::io::duplex(256 * 1024);
+    let rt = tokio::runtime::Handle::current();
+    let api = state.order_api.clone();
+    tokio::task::spawn_blocking(move || {
+        let out = tokio_util::io::SyncIoBridge::new_with_handle(writer, rt.clone());
+        match granary_stores::archive::write_zip(&rt, api.backend(), &plan.entries, &plan.notice, out) {
+            Ok(written) => {
+                if let Err(e) = rt.block_on(api.zip_served(&plan, &written)) {
+                    tracing::warn!(order_id = %plan.order_id, error = %e, "zip sent, downloads not all recorded");
+                }
+            }
+            // The client went away, or a file could not be read: nothing is recorded as downloaded.
+            Err(e) => tracing::warn!(order_id = %plan.order_id, error = %e, "zip download interrupted"),
+        }
+    });
+    let now = chrono::Utc::now().format("%Y%m%d%H%M%S");
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(reader));
+    (
+        [
+            (http::header::CONTENT_TYPE, "application/zip".to_owned()),
+            (http::header::CONTENT_DISPOSITION, format!("attachment;filename=order_{order_id}_{now}.zip")),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn api_gateway(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, body: axum::body::Body) -> Response {

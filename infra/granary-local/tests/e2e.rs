@@ -1458,6 +1458,31 @@ async fn orders_are_dispatched_within_limits_and_fetched_with_aria2c_from_the_me
     // Eight files within her quota, the ninth past it.
     assert_eq!(ended["status"], "DONE_WITH_WARNING", "{ended}");
     assert_eq!((ended["filesInErrorCount"].as_u64(), ended["availableFilesCount"].as_u64()), (Some(1), Some(2)));
+    // The zip holds the two files available now, streamed; its NOTICE names the one past the quota.
+    let res = c.get(r.url(&format!("/user/orders/{ann_order}/download"))).bearer_auth(&ann).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/zip");
+    let bytes = res.bytes().await.unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).expect("a zip");
+    let mut names: Vec<String> = (0..zip.len()).map(|i| zip.by_index(i).unwrap().name().to_owned()).collect();
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}");
+    let mut notice = String::new();
+    std::io::Read::read_to_string(&mut zip.by_name("NOTICE.txt").unwrap(), &mut notice).unwrap();
+    assert!(notice.contains("quota exceeded"), "{notice}");
+    for name in names.iter().filter(|n| *n != "NOTICE.txt") {
+        let mut content = Vec::new();
+        std::io::Read::read_to_end(&mut zip.by_name(name).unwrap(), &mut content).unwrap();
+        let product = name.split('/').next().unwrap();
+        let source = std::fs::read(sources.path().join(format!("{product}.bin"))).unwrap();
+        assert_eq!(content, source, "{name} as stored");
+    }
+    let after: Value = c.get(r.url(&format!("/user/orders/{ann_order}"))).bearer_auth(&ann).send().await.unwrap().json().await.unwrap();
+    assert_eq!(after["availableFilesCount"], 0, "the zip's files are downloaded");
+    let none = c.get(r.url(&format!("/user/orders/{ann_order}/download"))).bearer_auth(&ann).send().await.unwrap();
+    assert_eq!(none.status(), 204);
+    assert_eq!(c.get(r.url(&format!("/user/orders/{ann_order}/download"))).bearer_auth(&bob).send().await.unwrap().status(), 404);
+    assert_eq!(c.get(r.url(&format!("/user/orders/{ann_order}/download"))).send().await.unwrap().status(), 401);
     let second = fetch(2).await;
     assert_eq!(second.len(), 8, "every available file, downloaded ones again: {second:?}");
     assert!(first.iter().all(|f| second.contains(f)), "{first:?} {second:?}");

@@ -2,6 +2,7 @@
 //! ports. Each store is a capability (what a function may do), so a function links only the stores it
 //! uses, which maps one-to-one onto its IAM policy.
 
+pub mod archive;
 pub mod baskets;
 pub mod catalog;
 pub mod dissemination;
