@@ -198,8 +198,9 @@ impl OrderApi {
         if head {
             return Ok(Response::builder().status(200).body(Body::Empty).unwrap_or_default());
         }
-        if state == FileState::Available.as_str()
-            && self.fulfilment.downloaded(&self.backend, order_id, &item).await.map_err(unavailable_on)?
+        // A repeated download settles too: a crash after the first one's write must not keep a slot.
+        if state == FileState::Downloaded.as_str()
+            || self.fulfilment.downloaded(&self.backend, order_id, &item).await.map_err(unavailable_on)?
         {
             let events = self.fulfilment.settle(&self.backend, order_id, suborder).await.map_err(unavailable_on)?;
             if let Err(e) = self.fulfilment.outbox().flush(&self.backend, &events).await {

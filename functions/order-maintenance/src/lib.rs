@@ -98,6 +98,11 @@ impl OrderMaintenance {
         for s in self.fulfilment.running_since_before(&self.backend, now - timeout_ms, BATCH).await? {
             let order_id = s.get_str("orderId").unwrap_or_default().to_owned();
             let number = s.get_i64("number").unwrap_or(0) as u32;
+            // A paused order's storage was not asked to go on: its time does not run out.
+            let order = self.orders.get(&self.backend, &order_id).await?;
+            if order.is_none_or(|o| o.get_str("status") != Some(OrderStatus::Running.as_str())) {
+                continue;
+            }
             let cause = format!("storage did not answer within {} hours", self.config.suborder_timeout_hours);
             let mut cursor = None;
             loop {

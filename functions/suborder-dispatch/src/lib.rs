@@ -37,6 +37,8 @@ use std::collections::{BTreeMap, HashMap};
 
 /// Most WAITING suborders one dispatch round reads (smallest first).
 const SCAN: usize = 1000;
+/// Most pages of WAITING suborders one dispatch round reads.
+const MAX_PAGES: usize = 10;
 /// Files reserved per transaction (each may add a waiter item; DynamoDB takes 100 operations).
 const RESERVE_CHUNK: usize = 45;
 /// Most checksums per FilesRestorationRequestEvent (REGARDS's MAX_REQUEST_PER_GROUP).
@@ -149,7 +151,8 @@ impl SuborderDispatch {
                         failed.push(id);
                     }
                 },
-                Ok(DispatchMessage::Remove { order_id }) => match self.fulfilment.remove(&self.backend, &order_id, &self.locations).await {
+                // Released first (again, harmlessly): a removal overtaking its release leaks nothing.
+                Ok(DispatchMessage::Remove { order_id }) => match self.remove(&order_id).await {
                     Ok(n) => tracing::info!(order_id, items = n, "order removed"),
                     Err(e) => {
                         tracing::warn!(order_id, error = %e, "removal interrupted; SQS will redeliver it");
@@ -183,28 +186,36 @@ impl SuborderDispatch {
             if free <= 0 {
                 break;
             }
-            let (waiting, _) = self.fulfilment.in_state(&self.backend, SuborderState::Waiting, None, SCAN).await?;
+            // Page on (smallest first) until there are enough suborders that could start: those of
+            // paused orders or of users at their limit do not hide the others.
             let mut startable = Vec::new();
-            for s in waiting {
-                let order_id = s.get_str("orderId").unwrap_or_default().to_owned();
-                let running = match statuses.get(&order_id) {
-                    Some(r) => *r,
-                    None => {
-                        let order = self.orders.get(&self.backend, &order_id).await?;
-                        let r = order.is_some_and(|o| o.get_str("status") == Some(OrderStatus::Running.as_str()));
-                        statuses.insert(order_id.clone(), r);
-                        r
+            let mut counted: HashMap<String, i64> = HashMap::new();
+            let mut cursor = None;
+            for _ in 0..MAX_PAGES {
+                let (waiting, next) = self.fulfilment.in_state(&self.backend, SuborderState::Waiting, cursor, SCAN).await?;
+                for s in waiting {
+                    let order_id = s.get_str("orderId").unwrap_or_default().to_owned();
+                    let running = match statuses.get(&order_id) {
+                        Some(r) => *r,
+                        None => {
+                            let order = self.orders.get(&self.backend, &order_id).await?;
+                            let r = order.is_some_and(|o| o.get_str("status") == Some(OrderStatus::Running.as_str()));
+                            statuses.insert(order_id.clone(), r);
+                            r
+                        }
+                    };
+                    let owner = s.get_str("slotOwner").unwrap_or_default().to_owned();
+                    if !counted.contains_key(&owner) {
+                        let n = self.fulfilment.user_slots(&self.backend, &owner).await?;
+                        counted.insert(owner.clone(), n);
                     }
-                };
-                if running {
-                    startable.push(s);
+                    if running && counted[&owner] < self.limits.per_user {
+                        startable.push(s);
+                    }
                 }
-            }
-            let mut counted = HashMap::new();
-            for s in &startable {
-                let owner = s.get_str("slotOwner").unwrap_or_default();
-                if !counted.contains_key(owner) {
-                    counted.insert(owner.to_owned(), self.fulfilment.user_slots(&self.backend, owner).await?);
+                match next {
+                    Some(c) if (startable.len() as i64) < free => cursor = Some(c),
+                    _ => break,
                 }
             }
             let candidates: Vec<Candidate> = startable
@@ -265,6 +276,12 @@ impl SuborderDispatch {
         Ok(())
     }
 
+    /// Releases, then removes every item of a deleted order.
+    pub async fn remove(&self, order_id: &str) -> Result<usize, StoreError> {
+        self.release(order_id).await?;
+        self.fulfilment.remove(&self.backend, order_id, &self.locations).await
+    }
+
     /// Puts a retried order's files in error back to PENDING (see [`Fulfilment::retry`]).
     pub async fn retry(&self, order_id: &str) -> Result<(), StoreError> {
         let Some(order) = self.orders.get(&self.backend, order_id).await? else { return Ok(()) };
@@ -297,6 +314,9 @@ impl SuborderDispatch {
         }
         let Some(suborder) = self.orders.suborder(&self.backend, order_id, number).await? else { return Ok(()) };
         if suborder.get_str("state") != Some(SuborderState::Running.as_str()) {
+            // Done already: a delivery after a crash between its last write and the order's settles it.
+            let events = self.fulfilment.settle(&self.backend, order_id, number).await?;
+            self.flush(&events).await;
             return Ok(());
         }
         let owner = suborder.get_str("slotOwner").unwrap_or_default().to_owned();

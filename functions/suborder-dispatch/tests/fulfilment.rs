@@ -305,6 +305,10 @@ async fn nearline_files_wait_for_their_restore_and_service_files_for_the_service
     };
     assert_eq!(used(&world).await, 5, "each file counted once");
 
+    // A storage service's answer for a nearline file's checksum is not its restore: nothing waits on it.
+    let early = json!({"type": "AVAILABLE", "checksum": checksum(cold[0]), "groupIds": ["g0"], "location": {"storage": "tape"}});
+    assert_eq!(world.storage_events(&[early]).await.len(), 1, "dead-lettered");
+    assert_eq!(world.get(&id, ANN).await["availableFilesCount"], 1);
     // The restores complete (S3's EventBridge event), the service answers one file and fails the other.
     let restored: Vec<Value> = cold
         .iter()

@@ -302,8 +302,13 @@ impl Fulfilment {
                 ops.push(TxOp::Put { table: self.orders.clone(), item: waiter, cond: None });
             }
         }
+        // Only while the suborder runs: a released (deleted, expired) order takes no quota.
+        ops.push(self.update(
+            suborder_key(order_id, number),
+            vec![Update::add("pending", -available)],
+            Some(Cond::eq("state", SuborderState::Running.as_str())),
+        ));
         if available > 0 {
-            ops.push(self.update(suborder_key(order_id, number), vec![Update::add("pending", -available)], None));
             ops.push(self.update(
                 order_key(order_id),
                 vec![Update::add("madeAvailable", available), Update::add("availableFilesCount", available)],
@@ -333,7 +338,7 @@ impl Fulfilment {
             .into_iter()
             .filter(|w| match (key, storage) {
                 (Some(k), _) => w.get_str("key") == Some(k),
-                (None, Some(s)) => w.get_str("storage").is_none_or(|ws| ws == s),
+                (None, Some(s)) => w.get_str("storage") == Some(s),
                 (None, None) => w.get_str("storage").is_some(),
             })
             .map(|w| (w.get_str("orderId").unwrap_or_default().to_owned(), w.get_str("fileSk").unwrap_or_default().to_owned()))
@@ -375,12 +380,25 @@ impl Fulfilment {
                     Update::set("failedAt", now),
                     Update::remove("waitingOn"),
                 ],
-                Some(Cond::eq("state", FileState::Pending.as_str())),
+                // As read: the quota given back is the one this copy names, once.
+                Some(Cond::And(vec![
+                    Cond::eq("state", FileState::Pending.as_str()),
+                    match file.get_i64("reservedAt") {
+                        Some(at) => Cond::eq("reservedAt", at),
+                        None => Cond::absent("reservedAt"),
+                    },
+                    match file.get_i64("givenBackAt") {
+                        Some(at) => Cond::eq("givenBackAt", at),
+                        None => Cond::absent("givenBackAt"),
+                    },
+                ])),
             ),
             self.update(suborder_key(order_id, number), vec![Update::add("pending", -1), Update::add("open", -1)], None),
             self.update(order_key(order_id), vec![Update::add("filesInErrorCount", 1)], None),
         ];
-        ops.extend(self.quota_give_back(file));
+        if file.get("givenBackAt").is_none() {
+            ops.extend(self.quota_give_back(file));
+        }
         self.transition(backend, ops).await
     }
 

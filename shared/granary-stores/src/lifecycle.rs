@@ -84,33 +84,7 @@ impl Fulfilment {
         )
         .await?;
         for s in suborders {
-            let state = s.get_str("state").unwrap_or_default();
-            let internal = s.get_str("kind") != Some("EXTERNAL");
-            let owner = s.get_str("slotOwner").unwrap_or_default();
-            let mut ops = vec![self.update(
-                s.key.clone(),
-                vec![
-                    Update::set("state", SuborderState::Finished.as_str()),
-                    Update::set("releasedAt", now),
-                    Update::remove("dispatchState"),
-                    Update::remove("dispatchKey"),
-                ],
-                Some(Cond::eq("state", state)),
-            )];
-            // The slots it held: the pool's while RUNNING, its owner's while RUNNING or DONE.
-            match state {
-                "RUNNING" => {
-                    ops.push(self.update(pool_key(), vec![Update::add("running", -1)], None));
-                    ops.push(self.update(user_key(owner), vec![Update::add("slots", -1)], None));
-                }
-                "DONE" if internal => ops.push(self.update(user_key(owner), vec![Update::add("slots", -1)], None)),
-                "WAITING" | "DONE" => {}
-                _ => continue,
-            }
-            match backend.table.transact(ops).await {
-                Ok(()) | Err(PortError::TransactionCanceled { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.release_suborder(backend, order_id, s, now).await?;
         }
         let mut objects = BTreeSet::new();
         let mut after = None;
@@ -132,8 +106,9 @@ impl Fulfilment {
                     give_back.push((f, pf.size));
                 }
             }
-            // A transaction per 90 files: each file marked once, with the windows' counters.
-            for chunk in give_back.chunks(90) {
+            // A transaction per 45 files: each file marked once, with its window's counter (at most 45
+            // windows): 90 operations at most.
+            for chunk in give_back.chunks(45) {
                 let mut windows: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
                 let mut ops = Vec::new();
                 for (f, size) in chunk {
@@ -165,14 +140,15 @@ impl Fulfilment {
     /// ends the retry. Returns how many files, and the events to send.
     pub async fn retry(&self, backend: &Backend, order_id: &str, created_ms: i64) -> Result<(usize, Vec<OutboxEvent>), StoreError> {
         let partition = order_partition(order_id);
-        let mut by_suborder: BTreeMap<u32, Vec<Key>> = BTreeMap::new();
+        let mut by_suborder: BTreeMap<u32, Vec<(Key, Option<String>)>> = BTreeMap::new();
         let mut after = None;
         loop {
             let mut q = Query::partition(&self.orders, partition.clone()).sorted(SortCond::BeginsWith("F#".into())).limit(1000);
             q.after = after;
             let page = backend.table.query(q).await?;
             for f in page.items.iter().filter(|f| matches!(f.get_str("state"), Some("ERROR" | "DOWNLOAD_ERROR"))) {
-                by_suborder.entry(f.get_i64("suborder").unwrap_or(0) as u32).or_default().push(f.key.clone());
+                let checksum = f.get("file").and_then(|v| v.get("checksum")).and_then(|c| c.as_str()).map(str::to_owned);
+                by_suborder.entry(f.get_i64("suborder").unwrap_or(0) as u32).or_default().push((f.key.clone(), checksum));
             }
             match page.next {
                 Some(c) => after = Some(c),
@@ -181,7 +157,9 @@ impl Fulfilment {
         }
         let mut retried = 0;
         for (number, files) in by_suborder {
-            let chunks: Vec<&[Key]> = files.chunks(90).collect();
+            // 45 files and their waiters a transaction: a late answer to an earlier request must not make a
+            // reset file available before it is reserved again.
+            let chunks: Vec<&[(Key, Option<String>)]> = files.chunks(45).collect();
             for (i, chunk) in chunks.iter().enumerate() {
                 // The suborder's state decides the transition; a change meanwhile is read again.
                 for _ in 0..10 {
@@ -214,7 +192,10 @@ impl Fulfilment {
                         ops.push(self.update(order_key(order_id), vec![Update::add("filesInErrorCount", -n)], None));
                     }
                     ops.push(self.update(s.key.clone(), updates, Some(Cond::eq("state", state.as_str()))));
-                    for key in chunk.iter() {
+                    for (key, checksum) in chunk.iter() {
+                        if let Some(sum) = checksum {
+                            ops.push(TxOp::Delete { table: self.orders.clone(), key: waiter_key(sum, order_id, &key.sk), cond: None });
+                        }
                         ops.push(self.update(
                             key.clone(),
                             vec![
@@ -244,6 +225,48 @@ impl Fulfilment {
         let mut events = vec![self.nudge(&format!("{order_id}:retried:{}", backend.clock.now_ms()))];
         events.extend(self.settle_order(backend, order_id).await?);
         Ok((retried, events))
+    }
+
+    /// Finishes one suborder of a released order, freeing the slots it holds; a state changed meanwhile
+    /// (a storage answer settling it) is read again, so no slot is left behind.
+    async fn release_suborder(&self, backend: &Backend, order_id: &str, mut s: Item, now: i64) -> Result<(), StoreError> {
+        for _ in 0..10 {
+            let state = s.get_str("state").unwrap_or_default().to_owned();
+            let internal = s.get_str("kind") != Some("EXTERNAL");
+            let owner = s.get_str("slotOwner").unwrap_or_default().to_owned();
+            let mut ops = vec![self.update(
+                s.key.clone(),
+                vec![
+                    Update::set("state", SuborderState::Finished.as_str()),
+                    Update::set("releasedAt", now),
+                    Update::remove("dispatchState"),
+                    Update::remove("dispatchKey"),
+                ],
+                Some(Cond::eq("state", state.as_str())),
+            )];
+            // The slots it held: the pool's while RUNNING, its owner's while RUNNING or DONE.
+            match state.as_str() {
+                "RUNNING" => {
+                    ops.push(self.update(pool_key(), vec![Update::add("running", -1)], None));
+                    ops.push(self.update(user_key(&owner), vec![Update::add("slots", -1)], None));
+                }
+                "DONE" if internal => ops.push(self.update(user_key(&owner), vec![Update::add("slots", -1)], None)),
+                "WAITING" | "DONE" => {}
+                _ => return Ok(()),
+            }
+            match backend.table.transact(ops).await {
+                Ok(()) => return Ok(()),
+                Err(PortError::TransactionCanceled { .. }) => {
+                    let number = s.get_i64("number").unwrap_or(0) as u32;
+                    let Some(again) = backend.table.get(&self.orders, &crate::fulfilment::suborder_key(order_id, number)).await? else {
+                        return Ok(());
+                    };
+                    s = again;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Contention(format!("suborder of order {order_id}"), 10))
     }
 
     /// Removes every item of a (released) order: files, suborders, waiters, its label, then the order.
