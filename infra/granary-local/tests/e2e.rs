@@ -527,6 +527,56 @@ async fn aws_backend_on_moto_serves_creation_end_to_end() {
         .await
         .unwrap();
     assert_eq!(feature["feature"]["files"][0]["locations"][1]["url"], format!("s3://storage/online/{checksum}"));
+
+    // Ordered on DynamoDB, SQS and S3: expanded, dispatched, made available, downloaded through a
+    // presigned S3 URL with the stored bytes.
+    let admin = token(dir.path(), "root@example.org", &["--admin"]);
+    let user = token(dir.path(), "bob@example.org", &["--groups", "s2"]);
+    for (name, kind) in [("P", "DATA"), ("D", "DATASET")] {
+        let res = c
+            .put(r.url(&format!("/models/{name}")))
+            .bearer_auth(&admin)
+            .json(&json!({"type": "object", "x-granary-type": kind}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+    let dataset = json!({"type": "Feature", "id": "S2", "entityType": "DATASET", "model": "D", "geometry": null,
+                         "properties": {"label": "Sentinel-2", "accessGroups": ["s2"]}});
+    let product = json!({"type": "Feature", "id": "ordered-on-moto", "entityType": "DATA", "model": "P", "tags": ["S2"], "geometry": null,
+        "properties": {}, "files": [{"locations": [{"url": format!("{server}/ok")}], "attributes": {"dataType": "RAWDATA",
+        "mimeType": "application/octet-stream", "filename": "big.bin", "filesize": content.len(), "algorithm": "MD5", "checksum": checksum}}]});
+    for (feature, storages) in [(dataset, json!([])), (product, json!([{"pluginBusinessId": "online"}]))] {
+        let body = json!({"metadata": {"sessionOwner": "e2e", "session": "moto", "storages": storages}, "features": [feature]});
+        let done = submit_and_wait(&c, &r, &admin, reqwest::Method::POST, &body).await;
+        assert_eq!(done["state"], "SUCCESS", "{done}");
+    }
+    let res = c
+        .post(r.url("/order/basket/selection"))
+        .bearer_auth(&user)
+        .json(&json!({"entityIdsToInclude": ["ordered-on-moto"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let order: Value = c.post(r.url("/user/orders")).bearer_auth(&user).json(&json!({})).send().await.unwrap().json().await.unwrap();
+    let id = order["id"].as_str().unwrap().to_owned();
+    let done = wait_for("the order on moto to be done", Duration::from_secs(60), || async {
+        let v: Value = c.get(r.url(&format!("/user/orders/{id}"))).bearer_auth(&user).send().await.ok()?.json().await.ok()?;
+        (v["status"] == "DONE").then_some(v)
+    })
+    .await;
+    assert_eq!(done["availableFilesCount"], 1);
+    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let res = no_redirect.get(r.url(&format!("/orders/files/{id}.1.0"))).bearer_auth(&user).send().await.unwrap();
+    assert_eq!(res.status(), 302);
+    let presigned = res.headers()["location"].to_str().unwrap().to_owned();
+    assert!(presigned.contains("X-Amz-Signature="), "{presigned}");
+    let bytes = c.get(&presigned).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(hex::encode(Md5::digest(&bytes)), checksum);
+    let after: Value = c.get(r.url(&format!("/user/orders/{id}"))).bearer_auth(&user).send().await.unwrap().json().await.unwrap();
+    assert_eq!(after["suborders"][0]["state"], "FINISHED", "{after}");
 }
 
 #[tokio::test]
