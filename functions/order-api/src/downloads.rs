@@ -13,6 +13,7 @@ use granary_lambda::Identity;
 use granary_lambda::http::{bad_request, json, not_found, problem};
 use granary_ports::{Cursor, Item};
 use granary_stores::orders::file_sk;
+use granary_stores::zips::ZipState;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Serialize;
 use std::time::Duration;
@@ -211,86 +212,69 @@ impl OrderApi {
     }
 }
 
-/// Most files one zip holds (its plan is held in memory while it streams).
-pub const MAX_ZIP_FILES: usize = 10_000;
-
-/// What a zip of an order holds: the stored files available now, and a notice of the others.
-#[derive(Debug, Clone)]
-pub struct ZipPlan {
-    /// The order.
-    pub order_id: String,
-    /// The files to put in it.
-    pub entries: Vec<granary_stores::archive::ZipEntry>,
-    /// Their order items, in the same order (to record their download).
-    pub files: Vec<Item>,
-    /// What is not in it, and why.
-    pub notice: Vec<String>,
-}
+pub use granary_stores::archive::ZipPlan;
 
 impl OrderApi {
-    /// The zip of the files of order `order_id` available now, for `identity` (404 for anyone but its
-    /// owner and admins, and once it is deleted or expired). Stored files go in it; files in error,
-    /// files still pending, and referenced files (read where they are) are listed in its notice.
+    /// The zip plan of order `order_id` for `identity` (404 for anyone but its owner and admins, and
+    /// once it is deleted or expired); see [`granary_stores::archive::plan`].
     pub async fn zip_plan(&self, identity: &Identity, order_id: &str) -> Result<ZipPlan, Response<Body>> {
         let order = self.visible_order(identity, order_id).await?;
         if !downloadable(order.get_str("status")) {
             return Err(not_found(&format!("order {order_id} can no longer be downloaded")));
         }
-        let locations = self.config.locations();
-        let mut plan = ZipPlan { order_id: order_id.to_owned(), entries: vec![], files: vec![], notice: vec![] };
-        let mut names = std::collections::BTreeSet::new();
-        let mut cursor = None;
-        loop {
-            let (items, next) = self.orders.files(&self.backend, order_id, None, cursor, 1000).await.map_err(unavailable_on)?;
-            for item in items {
-                let Some(a) = file_answer(order_id, &item) else { continue };
-                let name = granary_domain::metalink::safe_path(&[&a.product_id, &a.file.filename]);
-                match (a.state.as_str(), source_of(&a.file, &locations)) {
-                    ("AVAILABLE", Source::Online { bucket, key } | Source::Nearline { bucket, key })
-                        if plan.entries.len() < MAX_ZIP_FILES =>
-                    {
-                        // The same file named twice goes in once.
-                        if names.insert(name.clone()) {
-                            plan.entries.push(granary_stores::archive::ZipEntry { name, bucket, key });
-                            plan.files.push(item);
-                        }
-                    }
-                    ("AVAILABLE", Source::Online { .. } | Source::Nearline { .. }) => {
-                        plan.notice.push(format!("{name}: past the {MAX_ZIP_FILES} files of one archive; download it again for the rest"));
-                    }
-                    ("AVAILABLE", _) => plan.notice.push(format!("{name}: read where it is, {}", a.file.url)),
-                    ("PENDING", _) => plan.notice.push(format!("{name}: not available yet")),
-                    ("DOWNLOADED", _) => {}
-                    (state, _) => {
-                        plan.notice.push(format!("{name}: {state}, {}", a.download_error.as_deref().unwrap_or("no cause recorded")))
-                    }
-                }
-            }
-            match next {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
-        Ok(plan)
+        granary_stores::archive::plan(&self.backend, &self.orders, order_id, &self.config.locations()).await.map_err(unavailable_on)
     }
 
     /// Records the download of the files of `plan` written whole (`written`, indexes into it).
     pub async fn zip_served(&self, plan: &ZipPlan, written: &[usize]) -> Result<(), granary_stores::StoreError> {
-        let mut suborders = std::collections::BTreeSet::new();
-        for &i in written {
-            let Some(item) = plan.files.get(i) else { continue };
-            if self.fulfilment.downloaded(&self.backend, &plan.order_id, item).await? {
-                suborders.insert(item.get_i64("suborder").unwrap_or(0) as u32);
-            }
-        }
-        let mut events = Vec::new();
-        for n in suborders {
-            events.extend(self.fulfilment.settle(&self.backend, &plan.order_id, n).await?);
-        }
+        let files: Vec<&Item> = written.iter().filter_map(|&i| plan.files.get(i)).collect();
+        let events = self.fulfilment.record_downloads(&self.backend, &plan.order_id, &files).await?;
         if let Err(e) = self.fulfilment.outbox().flush(&self.backend, &events).await {
             tracing::warn!(error = %e, "dispatch nudge left to the outbox relay");
         }
         Ok(())
+    }
+
+    /// `GET /user/orders/{orderId}/download` behind API Gateway: 202 while suborder-dispatch builds the
+    /// zip of the files available now into the staging bucket, then a redirect to it (once; the next
+    /// request builds a new one), or 204 when there was nothing to put in it.
+    pub(crate) async fn staged_zip(&self, identity: &Identity, order_id: &str) -> RouteResult {
+        let order = self.visible_order(identity, order_id).await?;
+        if !downloadable(order.get_str("status")) {
+            return Err(not_found(&format!("order {order_id} can no longer be downloaded")));
+        }
+        let zips = granary_stores::zips::ZipStore::new(&self.config.orders_table);
+        let state = zips.state(&self.backend, order_id).await.map_err(unavailable_on)?;
+        let building = || problem(202, "Accepted", &format!("the zip of order {order_id} is being built; ask again in a few seconds"), &[]);
+        match &state {
+            ZipState::Building(_) => return Err(building()),
+            ZipState::Ready(id, key) => {
+                let url = self
+                    .backend
+                    .blobs
+                    .signed_get_url(&self.config.staging_bucket, key, Duration::from_secs(self.config.download_url_secs))
+                    .await
+                    .map_err(unavailable_on)?;
+                zips.consume(&self.backend, order_id, *id).await.map_err(unavailable_on)?;
+                return Ok(Response::builder().status(302).header("location", url).body(Body::Empty).unwrap_or_default());
+            }
+            ZipState::Empty(id) => {
+                zips.consume(&self.backend, order_id, *id).await.map_err(unavailable_on)?;
+                return Ok(Response::builder().status(204).body(Body::Empty).unwrap_or_default());
+            }
+            ZipState::None => {}
+        }
+        let zip_id = self.backend.clock.now_ms();
+        if zips.start(&self.backend, order_id, &state, zip_id).await.map_err(unavailable_on)? {
+            let job = granary_stores::outbox::OutboxEvent {
+                event_id: format!("zip:{order_id}:{zip_id}"),
+                queue: self.config.suborder_dispatch_queue.clone(),
+                body: serde_json::json!({ "zip": { "orderId": order_id, "zipId": zip_id } }).to_string(),
+            };
+            // A lost message leaves the build to time out; the next request starts another.
+            self.fulfilment.outbox().flush(&self.backend, &[job]).await.map_err(unavailable_on)?;
+        }
+        Err(building())
     }
 
     /// The backend the zip's blobs are read from.

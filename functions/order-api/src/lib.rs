@@ -246,18 +246,8 @@ impl OrderApi {
             ("DELETE", ["user", "orders", id]) => self.act(&identity, id, OrderAction::Delete, &req).await,
             ("POST", ["user", "orders", id, "restart"]) => self.act(&identity, id, OrderAction::Restart, &req).await,
             ("PUT", ["user", "orders", id, "retry"]) => self.act(&identity, id, OrderAction::Retry, &req).await,
-            // Streamed by granary-local; in the cloud an API Gateway answer cannot stream (see README).
-            ("GET", ["user", "orders", id, "download"]) => {
-                self.visible_order(&identity, id).await?;
-                Err(granary_lambda::http::problem(
-                    501,
-                    "Not Implemented",
-                    &format!(
-                        "the zip of an order is streamed on one machine only; here, fetch its files with the metalink: GET /user/orders/{id}/metalink/download"
-                    ),
-                    &[],
-                ))
-            }
+            // Granary-local streams it; behind API Gateway (no streaming, 6 MB) a worker builds it.
+            ("GET", ["user", "orders", id, "download"]) => self.staged_zip(&identity, id).await,
             ("GET", ["user", "orders", id, "metalink", "download"]) => {
                 let order = self.visible_order(&identity, id).await?;
                 self.metalink(&order, &req).await

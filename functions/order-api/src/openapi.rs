@@ -23,12 +23,12 @@ pub const OPERATIONS: &[Operation] = &[
     Operation {
         method: "GET",
         path: "/user/orders/{orderId}/download",
-        summary: "A zip (application/zip) of the order's stored files available now, with a NOTICE.txt of the files not in it and why, streamed as it is written; its files are then DOWNLOADED; 204 when none is available. Granary-local streams it; in the cloud this answers 501 naming the metalink, which fetches the same files",
+        summary: "A zip (application/zip) of the order's stored files available now, with a NOTICE.txt of the files not in it and why; its files are then DOWNLOADED; 204 when none is available. Granary-local streams it (200); in the cloud a worker builds it: 202 while it is built, then a 302 to it, once",
         who: "its owner, admins",
         query: &[],
         body: None,
         ok: (200, schema::<String>),
-        problems: &[404, 501],
+        problems: &[202, 404],
     },
     Operation {
         method: "PUT",

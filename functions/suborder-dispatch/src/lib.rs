@@ -24,7 +24,7 @@ use granary_domain::dispatch::{Candidate, DispatchLimits, Source, SuborderState,
 use granary_domain::order::{FileState, OrderStatus, Quota};
 use granary_domain::storage::{Locations, ReleaseJob, StoredObject, WorkerJob};
 use granary_lambda::{Config, sqs};
-use granary_ports::{Backend, Item, OutgoingMessage, PortError, RestoreStatus};
+use granary_ports::{Backend, Item, OutgoingMessage, PortError, RestoreStatus, StorageClass};
 use granary_stores::StoreError;
 use granary_stores::fulfilment::{Fulfilment, Reservation, Reserved, Start, Wait};
 use granary_stores::orders::{OrderStore, QuotaStore};
@@ -59,6 +59,14 @@ pub enum DispatchMessage {
     Release {
         /// The order.
         order_id: String,
+    },
+    /// Build the zip of an order's available files in the staging bucket.
+    #[serde(rename_all = "camelCase")]
+    Zip {
+        /// The order.
+        order_id: String,
+        /// Which build (the order's zip item names the one it waits for).
+        zip_id: i64,
     },
     /// Put a retried order's files in error back to PENDING.
     #[serde(rename_all = "camelCase")]
@@ -144,6 +152,12 @@ impl SuborderDispatch {
                         failed.push(id);
                     }
                 },
+                Ok(DispatchMessage::Zip { order_id, zip_id }) => {
+                    if let Err(e) = self.build_zip(&order_id, zip_id).await {
+                        tracing::warn!(order_id, error = %e, "zip interrupted; SQS will redeliver it");
+                        failed.push(id);
+                    }
+                }
                 Ok(DispatchMessage::Retry { order_id }) => match self.retry(&order_id).await {
                     Ok(()) => nudges.push((String::new(), format!("{order_id} retried"))),
                     Err(e) => {
@@ -273,6 +287,42 @@ impl SuborderDispatch {
         }
         self.flush(&events).await;
         tracing::info!(order_id, objects = objects.len(), "order released");
+        Ok(())
+    }
+
+    /// Builds zip `zip_id` of an order into the staging bucket (`zips/<order>/<zip id>.zip`), records
+    /// the downloads of the files in it, and marks the order's zip item READY (EMPTY with nothing to
+    /// put in it), unless another build replaced it.
+    pub async fn build_zip(&self, order_id: &str, zip_id: i64) -> Result<(), StoreError> {
+        let zips = granary_stores::zips::ZipStore::new(&self.config.orders_table);
+        if !zips.building(&self.backend, order_id, zip_id).await? {
+            return Ok(());
+        }
+        let plan = granary_stores::archive::plan(&self.backend, &self.orders, order_id, &self.locations).await?;
+        if plan.entries.is_empty() {
+            zips.finish(&self.backend, order_id, zip_id, None).await?;
+            return Ok(());
+        }
+        let key = format!("zips/{order_id}/{zip_id}.zip");
+        let (reader, writer) = tokio::io::duplex(256 * 1024);
+        let rt = tokio::runtime::Handle::current();
+        let (backend, entries, notice) = (self.backend.clone(), plan.entries.clone(), plan.notice.clone());
+        let writing = tokio::task::spawn_blocking(move || {
+            let out = tokio_util::io::SyncIoBridge::new_with_handle(writer, rt.clone());
+            granary_stores::archive::write_zip(&rt, &backend, &entries, &notice, out)
+        });
+        let stored = self.backend.blobs.put(&self.config.staging_bucket, &key, Box::pin(reader), StorageClass::Online).await;
+        let written = match writing.await {
+            Ok(Ok(written)) => written,
+            Ok(Err(e)) => return Err(StoreError::Port(PortError::Unavailable(format!("writing the zip: {e}")))),
+            Err(e) => return Err(StoreError::Port(PortError::Unavailable(format!("the zip writer stopped: {e}")))),
+        };
+        stored?;
+        let files: Vec<&Item> = written.iter().filter_map(|&i| plan.files.get(i)).collect();
+        let events = self.fulfilment.record_downloads(&self.backend, order_id, &files).await?;
+        self.flush(&events).await;
+        zips.finish(&self.backend, order_id, zip_id, Some(&key)).await?;
+        tracing::info!(order_id, files = files.len(), key, "zip built");
         Ok(())
     }
 

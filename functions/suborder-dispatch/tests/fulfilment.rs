@@ -606,3 +606,37 @@ async fn maintenance_times_out_silent_storage_reminds_and_expires() {
     let fulfilment = Fulfilment::new("orders", "requests", "suborder-dispatch", "order-events");
     assert_eq!(fulfilment.user_slots(&world.site.backend, "bob@example.org").await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn behind_api_gateway_the_zip_is_built_by_a_worker_then_redirected_to_once() {
+    let world = World::new(Config::defaults()).await;
+    let id = world.order(ANN, vec![world.stored_product("z0", KIB, "online").await, world.stored_product("z1", KIB, "online").await]).await;
+    world.pump().await;
+    assert_eq!(world.get(&id, ANN).await["status"], "DONE");
+    let path = format!("/user/orders/{id}/download");
+    assert_eq!(world.call("GET", &path, None, BOB).await.0, 404);
+    assert_eq!(world.call("GET", &path, None, ANN).await.0, 202, "the build starts");
+    assert_eq!(world.call("GET", &path, None, ANN).await.0, 202, "and is under way");
+    world.pump().await;
+    let zips = granary_stores::zips::ZipStore::new("orders");
+    let granary_stores::zips::ZipState::Ready(_, key) = zips.state(&world.site.backend, &id).await.unwrap() else { panic!("no zip built") };
+    let response = world.orders.handle(apigw_request("GET", &path, "", None, ANN)).await.unwrap();
+    assert_eq!(response.status(), 302);
+    assert!(response.headers()["location"].to_str().unwrap().contains("signature="));
+    let (_, mut reader) = world.site.backend.blobs.get("order-staging", &key).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut bytes).await.unwrap();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut names: Vec<String> = (0..archive.len()).map(|i| archive.by_index(i).unwrap().name().to_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["NOTICE.txt", "z0/z0.dat", "z1/z1.dat"]);
+    let mut content = String::new();
+    std::io::Read::read_to_string(&mut archive.by_name("z0/z0.dat").unwrap(), &mut content).unwrap();
+    assert_eq!(content, "content of z0");
+    assert_eq!(world.get(&id, ANN).await["availableFilesCount"], 0, "its files are downloaded");
+    // Handed out once: the next request builds a zip of what is available then, here nothing.
+    assert_eq!(world.call("GET", &path, None, ANN).await.0, 202);
+    world.pump().await;
+    let response = world.orders.handle(apigw_request("GET", &path, "", None, ANN)).await.unwrap();
+    assert_eq!(response.status(), 204);
+}

@@ -88,6 +88,8 @@ pub struct Config {
     /// (`GRANARY_ORDER_TOKEN_SECRET`, at least 32 bytes; order links are off without it). In the cloud a
     /// generated Secrets Manager secret; granary-local generates one in its data directory.
     pub order_token_secret: Secret,
+    /// Where zips of orders are built in the cloud (`GRANARY_STAGING_BUCKET`; its objects expire).
+    pub staging_bucket: String,
     /// How long a signed download URL lives, in seconds (`GRANARY_DOWNLOAD_URL_SECS`, default 300).
     pub download_url_secs: u64,
 }
@@ -179,6 +181,7 @@ impl Config {
             },
             suborder_timeout_hours: lookup("GRANARY_SUBORDER_TIMEOUT_HOURS").and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(48),
             order_token_secret: Secret(lookup("GRANARY_ORDER_TOKEN_SECRET").unwrap_or_default()),
+            staging_bucket: env_or("GRANARY_STAGING_BUCKET", "order-staging"),
             download_url_secs: lookup("GRANARY_DOWNLOAD_URL_SECS").and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(300),
             order_settings: {
                 let number =

@@ -64,7 +64,6 @@ fn reason(status: u16) -> &'static str {
         409 => "Conflict: not allowed in the current state",
         413 => "Content Too Large: over 10 MB",
         422 => "Unprocessable: it ended in error (the cause is given)",
-        501 => "Not Implemented here (the answer says what to use instead)",
         503 => "Service Unavailable: retry later",
         _ => "",
     }

@@ -3,7 +3,13 @@
 //! already), then a NOTICE.txt lists what is not in it and why. The archive goes to any `Write` (an
 //! HTTP response body on one machine), so memory does not grow with it.
 
-use granary_ports::Backend;
+use crate::StoreError;
+use crate::orders::OrderStore;
+use granary_domain::catalog::ProductFile;
+use granary_domain::dispatch::{Source, source_of};
+use granary_domain::metalink::safe_path;
+use granary_domain::storage::Locations;
+use granary_ports::{Backend, Item};
 use std::io::Write;
 use tokio_util::io::SyncIoBridge;
 use zip::write::SimpleFileOptions;
@@ -17,6 +23,58 @@ pub struct ZipEntry {
     pub bucket: String,
     /// Its key there.
     pub key: String,
+}
+
+/// Most files one zip holds (its plan is held in memory while it streams).
+pub const MAX_ZIP_FILES: usize = 10_000;
+
+/// What a zip of an order holds: the stored files available now, and a notice of the others.
+#[derive(Debug, Clone, Default)]
+pub struct ZipPlan {
+    /// The order.
+    pub order_id: String,
+    /// The files to put in it.
+    pub entries: Vec<ZipEntry>,
+    /// Their order items, in the same order (to record their download).
+    pub files: Vec<Item>,
+    /// What is not in it, and why.
+    pub notice: Vec<String>,
+}
+
+/// The zip of the files of order `order_id` available now: stored files go in it (named
+/// `<providerId>/<filename>`, each once); files in error, files still pending, and referenced files
+/// (read where they are) are listed in its notice.
+pub async fn plan(backend: &Backend, orders: &OrderStore, order_id: &str, locations: &Locations) -> Result<ZipPlan, StoreError> {
+    let mut plan = ZipPlan { order_id: order_id.to_owned(), ..ZipPlan::default() };
+    let mut names = std::collections::BTreeSet::new();
+    let mut cursor = None;
+    loop {
+        let (items, next) = orders.files(backend, order_id, None, cursor, 1000).await?;
+        for item in items {
+            let Some(file) = item.get("file").and_then(|f| serde_json::from_value::<ProductFile>(f.clone()).ok()) else { continue };
+            let name = safe_path(&[item.get_str("providerId").unwrap_or_default(), &file.filename]);
+            match (item.get_str("state").unwrap_or_default(), source_of(&file, locations)) {
+                ("AVAILABLE", Source::Online { bucket, key } | Source::Nearline { bucket, key }) if plan.entries.len() < MAX_ZIP_FILES => {
+                    // The same file named twice goes in once.
+                    if names.insert(name.clone()) {
+                        plan.entries.push(ZipEntry { name, bucket, key });
+                        plan.files.push(item);
+                    }
+                }
+                ("AVAILABLE", Source::Online { .. } | Source::Nearline { .. }) => {
+                    plan.notice.push(format!("{name}: past the {MAX_ZIP_FILES} files of one archive; download it again for the rest"))
+                }
+                ("AVAILABLE", _) => plan.notice.push(format!("{name}: read where it is, {}", file.url)),
+                ("PENDING", _) => plan.notice.push(format!("{name}: not available yet")),
+                ("DOWNLOADED", _) => {}
+                (state, _) => plan.notice.push(format!("{name}: {state}, {}", item.get_str("cause").unwrap_or("no cause recorded"))),
+            }
+        }
+        match next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(plan),
+        }
+    }
 }
 
 /// Writes `entries` and a NOTICE.txt of `notice` lines (plus any entry that could not be read) into a

@@ -433,6 +433,22 @@ impl Fulfilment {
         Some(self.update(Key::new(pk, sk), vec![Update::add("files", -1), Update::add("bytes", -size)], None))
     }
 
+    /// Records the download of `files` of `order_id` (those AVAILABLE become DOWNLOADED), then settles
+    /// their suborders; returns the events to send.
+    pub async fn record_downloads(&self, backend: &Backend, order_id: &str, files: &[&Item]) -> Result<Vec<OutboxEvent>, StoreError> {
+        let mut suborders = std::collections::BTreeSet::new();
+        for item in files {
+            if self.downloaded(backend, order_id, item).await? {
+                suborders.insert(item.get_i64("suborder").unwrap_or(0) as u32);
+            }
+        }
+        let mut events = Vec::new();
+        for n in suborders {
+            events.extend(self.settle(backend, order_id, n).await?);
+        }
+        Ok(events)
+    }
+
     /// Applies a restore's completion (the object `key`) or a storage service's answer (`storage`) for
     /// `checksum` to every file waiting on it: AVAILABLE, or ERROR for `error`. Returns how many files
     /// waited (answered or not: the waiters stay, so a repeated answer is known and changes nothing),

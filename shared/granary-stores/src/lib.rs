@@ -19,6 +19,7 @@ pub mod requests;
 pub mod selection;
 pub mod sessions;
 pub mod storage;
+pub mod zips;
 
 use granary_ports::{Backend, Item, PortError, Query};
 use thiserror::Error;
