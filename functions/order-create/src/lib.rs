@@ -15,7 +15,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::{DateTime, Utc};
 use granary_domain::basket::Basket;
 use granary_domain::catalog::{ProductFile, dataset_uuid, product_files};
-use granary_domain::dispatch::SuborderState;
+use granary_domain::dispatch::{PACK_PROCESS, SuborderState, process_id};
 use granary_domain::order::{ClosedSuborder, FileState, OrderSettings, OrderStatus, Splitter, SuborderKind};
 use granary_domain::storage::Locations;
 use granary_lambda::{Config, sqs};
@@ -53,6 +53,9 @@ pub struct DatasetTask {
     pub files_count: u64,
     /// Their bytes.
     pub files_size: u64,
+    /// The processing its suborders go through (only Granary's built-in `granary-pack` runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_business_id: Option<String>,
 }
 
 /// Totals of an order's files.
@@ -209,6 +212,19 @@ impl OrderCreate {
         while let Some(selection) = basket.dataset_selections.get(cp.dataset) {
             cp.current.dataset_ipid.clone_from(&selection.dataset_ipid);
             cp.current.dataset_label.clone_from(&selection.dataset_label);
+            match process_id(selection.process_dataset_description.as_ref()) {
+                Some(PACK_PROCESS) => cp.current.process_business_id = Some(PACK_PROCESS.to_owned()),
+                Some(other) if cp.current.process_business_id.is_none() && cp.warnings.len() < MAX_WARNINGS => {
+                    let warning = format!(
+                        "processing {other:?} of {} is not one Granary runs: its files are ordered as they are",
+                        selection.dataset_label
+                    );
+                    if !cp.warnings.contains(&warning) {
+                        cp.warnings.push(warning);
+                    }
+                }
+                _ => {}
+            }
             let filter = selection.file_filter();
             let dataset = dataset_uuid(&selection.dataset_ipid);
             let mut selected = self.selections.selected(dataset, &selection.items_selections, cp.position.clone());
@@ -237,7 +253,7 @@ impl OrderCreate {
                 }
             }
             for closed in cp.splitter.finish() {
-                items.push(self.suborder_item(&order_ref, &cp.current.dataset_ipid, &closed));
+                items.push(self.suborder_item(&order_ref, &cp.current, &closed));
                 count_suborder(&mut cp.totals, &closed);
             }
             self.orders.put_all(&self.backend, items).await?;
@@ -265,7 +281,7 @@ impl OrderCreate {
             ));
         }
         for closed in &placement.closed {
-            items.push(self.suborder_item(order, &cp.current.dataset_ipid, closed));
+            items.push(self.suborder_item(order, &cp.current, closed));
             count_suborder(&mut cp.totals, closed);
         }
         let state = if file.reference { FileState::Available } else { FileState::Pending };
@@ -287,15 +303,18 @@ impl OrderCreate {
         }
     }
 
-    fn suborder_item(&self, order: &OrderRef, dataset: &str, closed: &ClosedSuborder) -> Item {
+    fn suborder_item(&self, order: &OrderRef, task: &DatasetTask, closed: &ClosedSuborder) -> Item {
         let number = closed.bucket.number;
-        let item = Item::new(Key::new(order_partition(order.id), suborder_sk(number)))
+        let mut item = Item::new(Key::new(order_partition(order.id), suborder_sk(number)))
             .with("orderId", order.id)
             .with("number", number)
-            .with("datasetIpid", dataset)
+            .with("datasetIpid", task.dataset_ipid.clone())
             .with("kind", serde_json::to_value(closed.kind).unwrap_or_default())
             .with("filesCount", closed.bucket.files)
             .with("filesSize", closed.bucket.bytes);
+        if let (Some(process), SuborderKind::Internal) = (&task.process_business_id, closed.kind) {
+            item = item.with("processing", process.clone());
+        }
         match closed.kind {
             // Referenced files are available at once: such a suborder is done when made (REGARDS's
             // ended external FilesTask), and finished once its files are downloaded.

@@ -20,7 +20,7 @@
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use granary_domain::catalog::ProductFile;
-use granary_domain::dispatch::{Candidate, DispatchLimits, Source, SuborderState, pick, source_of};
+use granary_domain::dispatch::{Candidate, DispatchLimits, PROCESSED_STORAGE, Source, SuborderState, pick, source_of};
 use granary_domain::order::{FileState, OrderStatus, Quota};
 use granary_domain::storage::{Locations, ReleaseJob, StoredObject, WorkerJob};
 use granary_lambda::{Config, sqs};
@@ -31,6 +31,7 @@ use granary_stores::orders::{OrderStore, QuotaStore};
 use granary_stores::outbox::OutboxEvent;
 use granary_stores::owners::{Claim, FileOwners};
 use lambda_runtime::LambdaEvent;
+use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +44,27 @@ const MAX_PAGES: usize = 10;
 const RESERVE_CHUNK: usize = 45;
 /// Most checksums per FilesRestorationRequestEvent (REGARDS's MAX_REQUEST_PER_GROUP).
 pub const MAX_CHECKSUMS_PER_EVENT: usize = 1000;
+
+/// The index, in its suborder, of the file a processing makes (past any suborder's 5,000 files).
+pub const OUTPUT_INDEX: u64 = 99_999;
+
+/// A writer that hashes what goes through it (the processed zip's checksum, whatever its upload).
+struct Md5Writer<W> {
+    inner: W,
+    md5: Md5,
+}
+
+impl<W: std::io::Write> std::io::Write for Md5Writer<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.md5.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 /// A message of the dispatch queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +81,14 @@ pub enum DispatchMessage {
     Release {
         /// The order.
         order_id: String,
+    },
+    /// Run a suborder's processing (files made available, before it is done).
+    #[serde(rename_all = "camelCase")]
+    Process {
+        /// The order.
+        order_id: String,
+        /// The suborder.
+        suborder: u32,
     },
     /// Build the zip of an order's available files in the staging bucket.
     #[serde(rename_all = "camelCase")]
@@ -152,6 +182,12 @@ impl SuborderDispatch {
                         failed.push(id);
                     }
                 },
+                Ok(DispatchMessage::Process { order_id, suborder }) => {
+                    if let Err(e) = self.process(&order_id, suborder).await {
+                        tracing::warn!(order_id, suborder, error = %e, "processing interrupted; SQS will redeliver it");
+                        failed.push(id);
+                    }
+                }
                 Ok(DispatchMessage::Zip { order_id, zip_id }) => {
                     if let Err(e) = self.build_zip(&order_id, zip_id).await {
                         tracing::warn!(order_id, error = %e, "zip interrupted; SQS will redeliver it");
@@ -323,6 +359,85 @@ impl SuborderDispatch {
         self.flush(&events).await;
         zips.finish(&self.backend, order_id, zip_id, Some(&key)).await?;
         tracing::info!(order_id, files = files.len(), key, "zip built");
+        Ok(())
+    }
+
+    /// Runs Granary's built-in processing (`granary-pack`) of suborder `number`: its available files
+    /// packed into one zip with a MANIFEST.txt (name, size, checksum of each) in the staging bucket
+    /// (`processed/<order>/<n>.zip`), which replaces them as the suborder's file; then the suborder is
+    /// done. A delivery after a crash skips what is done.
+    pub async fn process(&self, order_id: &str, number: u32) -> Result<(), StoreError> {
+        let Some(s) = self.orders.suborder(&self.backend, order_id, number).await? else { return Ok(()) };
+        if s.get_str("state") != Some(SuborderState::Running.as_str()) || s.get("processedAt").is_some() {
+            let events = self.fulfilment.settle(&self.backend, order_id, number).await?;
+            self.flush(&events).await;
+            return Ok(());
+        }
+        let output_sk = granary_stores::orders::file_sk(number, OUTPUT_INDEX);
+        let mut inputs = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (files, next) = self.orders.files(&self.backend, order_id, Some(number), cursor, 1000).await?;
+            inputs.extend(
+                files.into_iter().filter(|f| f.key.sk != output_sk && matches!(f.get_str("state"), Some("AVAILABLE" | "DOWNLOADED"))),
+            );
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let mut entries = Vec::new();
+        let mut manifest = Vec::new();
+        let mut packed = Vec::new();
+        for f in &inputs {
+            let Some(pf) = product_file(f) else { continue };
+            if let Source::Online { bucket, key } | Source::Nearline { bucket, key } = source_of(&pf, &self.locations) {
+                let name = granary_domain::metalink::safe_path(&[f.get_str("providerId").unwrap_or_default(), &pf.filename]);
+                manifest.push(format!("{name}\t{}\t{}:{}", pf.size, pf.algorithm, pf.checksum));
+                entries.push(granary_stores::archive::ZipEntry { name, bucket, key });
+                packed.push(f.clone());
+            }
+        }
+        let key = format!("processed/{order_id}/{number}.zip");
+        let (reader, writer) = tokio::io::duplex(256 * 1024);
+        let rt = tokio::runtime::Handle::current();
+        let backend = self.backend.clone();
+        let writing = tokio::task::spawn_blocking(move || {
+            let mut out = Md5Writer { inner: tokio_util::io::SyncIoBridge::new_with_handle(writer, rt.clone()), md5: Md5::new() };
+            let written = granary_stores::archive::write_zip_with(&rt, &backend, &entries, &[], Some(&manifest), &mut out)?;
+            Ok::<_, std::io::Error>((written, hex::encode(out.md5.finalize())))
+        });
+        let stored = self.backend.blobs.put(&self.config.staging_bucket, &key, Box::pin(reader), StorageClass::Online).await;
+        let (written, md5) = match writing.await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => return Err(StoreError::Port(PortError::Unavailable(format!("packing the suborder: {e}")))),
+            Err(e) => return Err(StoreError::Port(PortError::Unavailable(format!("the packing stopped: {e}")))),
+        };
+        let meta = stored?;
+        let output_file = ProductFile {
+            data_type: "RAWDATA".into(),
+            filename: format!("order-{}-suborder-{number}.zip", order_id.split('-').next_back().unwrap_or(order_id)),
+            mime_type: "application/zip".into(),
+            size: meta.size,
+            checksum: md5,
+            algorithm: "MD5".into(),
+            online: true,
+            reference: false,
+            storage: Some(PROCESSED_STORAGE.into()),
+            url: format!("s3://{}/{key}", self.config.staging_bucket),
+        };
+        let output = Item::new(granary_ports::Key::new(granary_stores::orders::order_partition(order_id), output_sk))
+            .with("state", FileState::Available.as_str())
+            .with("suborder", number)
+            .with("urn", "")
+            .with("providerId", format!("suborder-{number}"))
+            .with("processedFrom", written.len())
+            .with("availableAt", self.backend.clock.now_ms())
+            .with("file", serde_json::to_value(&output_file).unwrap_or_default());
+        let replaced: Vec<Item> = written.iter().filter_map(|&i| packed.get(i).cloned()).collect();
+        let events = self.fulfilment.replace_with_output(&self.backend, order_id, number, output, &replaced).await?;
+        self.flush(&events).await;
+        tracing::info!(order_id, number, files = replaced.len(), key, "suborder processed");
         Ok(())
     }
 

@@ -640,3 +640,51 @@ async fn behind_api_gateway_the_zip_is_built_by_a_worker_then_redirected_to_once
     let response = world.orders.handle(apigw_request("GET", &path, "", None, ANN)).await.unwrap();
     assert_eq!(response.status(), 204);
 }
+
+#[tokio::test]
+async fn a_selection_with_the_built_in_processing_gets_one_zip_per_suborder_with_a_manifest() {
+    let world = World::new(Config::defaults()).await;
+    let products = vec![
+        world.stored_product("pk0", KIB, "online").await,
+        world.stored_product("pk1", KIB, "online").await,
+        world.stored_product("pk2", KIB, "online").await,
+    ];
+    world.site.create(&products).await;
+    let body = json!({"entityIdsToInclude": ["pk0", "pk1", "pk2"]}).to_string();
+    let (_, basket) = answer(world.basket.handle(apigw_request("POST", "/order/basket/selection", "", Some(&body), ANN)).await.unwrap());
+    let selection = basket["datasetSelections"][0]["id"].as_u64().unwrap();
+    let path = format!("/order/basket/dataset/{selection}/updateProcessing");
+    let (status, _) =
+        answer(world.basket.handle(apigw_request("PUT", &path, "", Some(r#"{"processBusinessId": "granary-pack"}"#), ANN)).await.unwrap());
+    assert_eq!(status, 200);
+    let (status, order) = world.call("POST", "/user/orders", Some(r#"{"label": "packed"}"#), ANN).await;
+    assert_eq!(status, 201);
+    let id = order["id"].as_str().unwrap().to_owned();
+    world.pump().await;
+    let order = world.get(&id, ANN).await;
+    assert_eq!((order["status"].as_str(), order["filesCount"].as_u64()), (Some("DONE"), Some(1)), "{order}");
+    assert_eq!(order["availableFilesCount"], 1);
+    assert_eq!(world.call("PUT", &format!("/user/orders/{id}/retry"), None, ANN).await.0, 409, "no retry with processing");
+    let files = world.files(&id).await;
+    assert_eq!(files.len(), 1, "the inputs are replaced by the output");
+    let file = files[0].get("file").unwrap().clone();
+    assert_eq!(file["storage"], "granary-processed");
+    let key = file["url"].as_str().unwrap().trim_start_matches("s3://order-staging/").to_owned();
+    let (_, mut reader) = world.site.backend.blobs.get("order-staging", &key).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut bytes).await.unwrap();
+    use md5::Digest;
+    assert_eq!(hex::encode(md5::Md5::digest(&bytes)), file["checksum"].as_str().unwrap(), "the checksum is the zip's");
+    assert_eq!(file["size"].as_u64(), Some(bytes.len() as u64));
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut names: Vec<String> = (0..archive.len()).map(|i| archive.by_index(i).unwrap().name().to_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["MANIFEST.txt", "NOTICE.txt", "pk0/pk0.dat", "pk1/pk1.dat", "pk2/pk2.dat"]);
+    let mut manifest = String::new();
+    std::io::Read::read_to_string(&mut archive.by_name("MANIFEST.txt").unwrap(), &mut manifest).unwrap();
+    assert_eq!(manifest.lines().count(), 3);
+    assert!(manifest.contains("pk1/pk1.dat\t1024\tMD5:"), "{manifest}");
+    // Downloaded, the suborder finishes.
+    assert_eq!(world.download_all(&id, ANN).await.len(), 1);
+    assert_eq!(states(&world.get(&id, ANN).await)[0].1, "FINISHED");
+}

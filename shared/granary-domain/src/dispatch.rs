@@ -134,12 +134,27 @@ pub fn parse_s3_url(url: &str) -> Option<(String, String)> {
     (!bucket.is_empty() && !key.is_empty()).then(|| (bucket.to_owned(), key.to_owned()))
 }
 
+/// The built-in processing: a suborder's files packed into one zip with a manifest.
+pub const PACK_PROCESS: &str = "granary-pack";
+/// The storage name of the outputs of processing (objects in the staging bucket).
+pub const PROCESSED_STORAGE: &str = "granary-processed";
+
+/// The processing a dataset selection asks for (`processDatasetDescription.processBusinessId`).
+pub fn process_id(description: Option<&serde_json::Value>) -> Option<&str> {
+    description?.get("processBusinessId")?.as_str().filter(|p| !p.trim().is_empty())
+}
+
 /// Where `file` is made available from.
 pub fn source_of(file: &ProductFile, locations: &Locations) -> Source {
     if file.reference {
         return Source::Reference;
     }
     let storage = file.storage.clone().unwrap_or_default();
+    if storage == PROCESSED_STORAGE
+        && let Some((bucket, key)) = parse_s3_url(&file.url)
+    {
+        return Source::Online { bucket, key };
+    }
     match (locations.get(&storage), parse_s3_url(&file.url)) {
         (Some(l), Some((bucket, key))) if l.class == LocationClass::Online => Source::Online { bucket, key },
         (Some(_), Some((bucket, key))) => Source::Nearline { bucket, key },

@@ -87,6 +87,18 @@ pub fn write_zip(
     notice: &[String],
     out: impl Write,
 ) -> std::io::Result<Vec<usize>> {
+    write_zip_with(rt, backend, entries, notice, None, out)
+}
+
+/// As [`write_zip`], with a MANIFEST.txt of `manifest` lines (one per entry, those written) too.
+pub fn write_zip_with(
+    rt: &tokio::runtime::Handle,
+    backend: &Backend,
+    entries: &[ZipEntry],
+    notice: &[String],
+    manifest: Option<&[String]>,
+    out: impl Write,
+) -> std::io::Result<Vec<usize>> {
     let mut zip = zip::ZipWriter::new_stream(out);
     let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored).large_file(true);
     let mut written = Vec::new();
@@ -104,6 +116,14 @@ pub fn write_zip(
         // A read failing halfway leaves a broken entry the client sees; the whole download fails.
         std::io::copy(&mut bridge, &mut zip)?;
         written.push(i);
+    }
+    if let Some(lines) = manifest {
+        zip.start_file("MANIFEST.txt", options).map_err(std::io::Error::other)?;
+        for (i, line) in lines.iter().enumerate() {
+            if written.contains(&i) {
+                zip.write_all(format!("{line}\n").as_bytes())?;
+            }
+        }
     }
     zip.start_file("NOTICE.txt", options).map_err(std::io::Error::other)?;
     if notes.is_empty() {

@@ -433,6 +433,59 @@ impl Fulfilment {
         Some(self.update(Key::new(pk, sk), vec![Update::add("files", -1), Update::add("bytes", -size)], None))
     }
 
+    /// Replaces the processed `inputs` of suborder `number` by `output` (a new file item, AVAILABLE): the
+    /// output first (once), then the inputs deleted 45 at a time with the counters they held, then the
+    /// suborder marked processed. A run after a crash carries on where it stopped.
+    pub async fn replace_with_output(
+        &self,
+        backend: &Backend,
+        order_id: &str,
+        number: u32,
+        output: Item,
+        inputs: &[Item],
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let now = backend.clock.now_ms();
+        let ops = vec![
+            TxOp::Put { table: self.orders.clone(), item: output, cond: Some(Cond::ItemAbsent) },
+            self.update(suborder_key(order_id, number), vec![Update::add("open", 1), Update::add("filesCount", 1)], None),
+            self.update(
+                order_key(order_id),
+                vec![Update::add("filesCount", 1), Update::add("madeAvailable", 1), Update::add("availableFilesCount", 1)],
+                None,
+            ),
+        ];
+        match backend.table.transact(ops).await {
+            Ok(()) | Err(PortError::TransactionCanceled { index: 0, .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        for chunk in inputs.chunks(45) {
+            let mut ops = Vec::new();
+            let (mut available, mut open) = (0, 0);
+            for f in chunk {
+                let state = f.get_str("state").unwrap_or_default();
+                if state == FileState::Available.as_str() {
+                    available += 1;
+                    open += 1;
+                }
+                ops.push(TxOp::Delete { table: self.orders.clone(), key: f.key.clone(), cond: Some(Cond::eq("state", state)) });
+            }
+            let n = chunk.len() as i64;
+            ops.push(self.update(suborder_key(order_id, number), vec![Update::add("open", -open), Update::add("filesCount", -n)], None));
+            ops.push(self.update(
+                order_key(order_id),
+                vec![Update::add("filesCount", -n), Update::add("madeAvailable", -n), Update::add("availableFilesCount", -available)],
+                None,
+            ));
+            match backend.table.transact(ops).await {
+                // Deleted by an earlier run (or downloaded meanwhile: the next run reads it again).
+                Ok(()) | Err(PortError::TransactionCanceled { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        backend.table.update(&self.orders, &suborder_key(order_id, number), vec![Update::set("processedAt", now)], None).await?;
+        self.settle(backend, order_id, number).await
+    }
+
     /// Records the download of `files` of `order_id` (those AVAILABLE become DOWNLOADED), then settles
     /// their suborders; returns the events to send.
     pub async fn record_downloads(&self, backend: &Backend, order_id: &str, files: &[&Item]) -> Result<Vec<OutboxEvent>, StoreError> {
@@ -486,7 +539,32 @@ impl Fulfilment {
             let state = s.get_str("state").unwrap_or_default();
             let internal = s.get_str("kind") != Some("EXTERNAL");
             let now = backend.clock.now_ms();
-            let step = if state == SuborderState::Running.as_str() && s.get_i64("pending").unwrap_or(1) <= 0 {
+            let ready = state == SuborderState::Running.as_str() && s.get_i64("pending").unwrap_or(1) <= 0;
+            if ready && s.get("processing").is_some() && s.get("processedAt").is_none() {
+                // Its files go through processing first (once asked, the worker finishes it).
+                if s.get("processingStartedAt").is_none() {
+                    let job = OutboxEvent {
+                        event_id: format!("process:{order_id}:{number}"),
+                        queue: self.dispatch_queue.clone(),
+                        body: json!({ "process": { "orderId": order_id, "suborder": number } }).to_string(),
+                    };
+                    let ops = vec![
+                        self.update(
+                            s.key.clone(),
+                            vec![Update::set("processingStartedAt", now)],
+                            Some(Cond::And(vec![Cond::absent("processingStartedAt"), Cond::eq("state", SuborderState::Running.as_str())])),
+                        ),
+                        self.outbox.stage(&job, now),
+                    ];
+                    match backend.table.transact(ops).await {
+                        Ok(()) => events.push(job),
+                        Err(PortError::TransactionCanceled { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                break;
+            }
+            let step = if ready {
                 let nudge = self.nudge(&format!("{order_id}:{number}:done"));
                 let order = backend.table.get(&self.orders, &order_key(order_id)).await?.unwrap_or_else(|| Item::new(order_key(order_id)));
                 let told = self.order_event(&order, "SUBORDER_DONE", Some(number), None);
