@@ -3,18 +3,16 @@
 //! a fresh short-lived signed URL (S3 presigned in the cloud, a signed local URL on one machine), so a
 //! link handed out earlier never outlives the caller's right to it.
 
-use crate::{Link, OrderApi, RouteResult, unavailable_on};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use crate::{Link, OrderApi, RouteResult, next_link, page_error, paging, unavailable_on};
 use granary_domain::catalog::ProductFile;
 use granary_domain::dispatch::{Source, file_id, parse_file_id, source_of};
 use granary_domain::order::{FileState, OrderStatus};
 use granary_lambda::Identity;
 use granary_lambda::http::{bad_request, json, not_found, problem};
-use granary_ports::{Cursor, Item};
+use granary_ports::Item;
 use granary_stores::orders::file_sk;
 use granary_stores::zips::ZipState;
-use lambda_http::{Body, Request, RequestExt, Response};
+use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -110,33 +108,16 @@ impl OrderApi {
     /// again (DOWNLOADED), in suborder order.
     pub(crate) async fn available_files(&self, identity: &Identity, order_id: &str, req: &Request) -> RouteResult {
         let order = self.visible_order(identity, order_id).await?;
-        let params = req.query_string_parameters();
-        let size = match params.first("size").map(str::parse::<usize>) {
-            None => 100,
-            Some(Ok(n)) if (1..=1000).contains(&n) => n,
-            Some(_) => return Err(bad_request("invalid file listing", &["size: must be 1 to 1000".into()])),
-        };
-        let mut cursor = match params.first("page") {
-            None => None,
-            Some(p) => Some(
-                URL_SAFE_NO_PAD
-                    .decode(p)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .map(Cursor)
-                    .ok_or_else(|| bad_request("invalid file listing", &["page: not a cursor this API handed out".into()]))?,
-            ),
-        };
+        let mut errors = Vec::new();
+        let (size, mut cursor) = paging(req, 100, 1000, &mut errors);
+        if !errors.is_empty() {
+            return Err(bad_request("invalid file listing", &errors));
+        }
         let mut content = Vec::new();
         let next = if downloadable(order.get_str("status")) {
             loop {
-                let (items, next) = match self.orders.files(&self.backend, order_id, None, cursor.clone(), size - content.len()).await {
-                    Ok(page) => page,
-                    Err(granary_stores::StoreError::Port(granary_ports::PortError::Invalid(e))) => {
-                        return Err(bad_request("invalid page", &[format!("page: {e}")]));
-                    }
-                    Err(e) => return Err(unavailable_on(e)),
-                };
+                let (items, next) =
+                    self.orders.files(&self.backend, order_id, None, cursor.clone(), size - content.len()).await.map_err(page_error)?;
                 content.extend(
                     items
                         .iter()
@@ -151,13 +132,7 @@ impl OrderApi {
         } else {
             None
         };
-        let links = next
-            .map(|c| Link {
-                rel: "next".into(),
-                href: format!("/orders/{order_id}/files/available?size={size}&page={}", URL_SAFE_NO_PAD.encode(c.0)),
-            })
-            .into_iter()
-            .collect();
+        let links = next.map(|c| next_link(&format!("/orders/{order_id}/files/available"), size, &c)).into_iter().collect();
         let metadata = serde_json::json!({ "size": size, "numberOfElements": content.len() });
         Ok(json(200, &OrderFilePage { content, metadata, links }))
     }

@@ -376,26 +376,8 @@ impl OrderApi {
     /// A page of orders, newest first: `owner`'s, or with `None` (admins) every order matching the
     /// search body.
     async fn list(&self, identity: &Identity, req: &Request, owner: Option<&str>) -> RouteResult {
-        let params = req.query_string_parameters();
         let mut errors = Vec::new();
-        let size = match params.first("size").map(str::parse::<usize>) {
-            None => 20,
-            Some(Ok(n)) if (1..=500).contains(&n) => n,
-            Some(_) => {
-                errors.push("size: must be 1 to 500".to_owned());
-                20
-            }
-        };
-        let after = match params.first("page") {
-            None => None,
-            Some(p) => match URL_SAFE_NO_PAD.decode(p).ok().and_then(|b| String::from_utf8(b).ok()) {
-                Some(c) => Some(Cursor(c)),
-                None => {
-                    errors.push("page: not a cursor this API handed out".into());
-                    None
-                }
-            },
-        };
+        let (size, after) = paging(req, 20, 500, &mut errors);
         let search: OrderSearch = match (owner, req.body()) {
             (None, Body::Text(t)) if !t.trim().is_empty() => serde_json::from_str(t).unwrap_or_else(|e| {
                 errors.push(format!("body: {e}"));
@@ -411,13 +393,7 @@ impl OrderApi {
         let mut cursor = after;
         // A status filter skips orders: read on until the page is full or the orders end.
         let next = loop {
-            let (items, next) = match self.orders.list(&self.backend, owner, cursor.clone(), size - content.len()).await {
-                Ok(page) => page,
-                Err(granary_stores::StoreError::Port(granary_ports::PortError::Invalid(e))) => {
-                    return Err(bad_request("invalid page", &[format!("page: {e}")]));
-                }
-                Err(e) => return Err(unavailable_on(e)),
-            };
+            let (items, next) = self.orders.list(&self.backend, owner, cursor.clone(), size - content.len()).await.map_err(page_error)?;
             content.extend(
                 items
                     .iter()
@@ -429,14 +405,46 @@ impl OrderApi {
                 other => break other,
             }
         };
-        let mut links = Vec::new();
-        if let Some(next) = next {
-            let base = if owner.is_some() && search.owner.is_none() { "/user/orders" } else { "/orders/search" };
-            links.push(Link { rel: "next".into(), href: format!("{base}?size={size}&page={}", URL_SAFE_NO_PAD.encode(next.0)) });
-        }
+        let base = if owner.is_some() && search.owner.is_none() { "/user/orders" } else { "/orders/search" };
+        let links = next.map(|c| next_link(base, size, &c)).into_iter().collect();
         let metadata = serde_json::json!({ "size": size, "numberOfElements": content.len() });
         Ok(json(200, &OrderPage { content, metadata, links }))
     }
+}
+
+/// `size` (1 to `max`, `default` when absent) and `page` (a cursor this API handed out) of a listing;
+/// what is wrong goes to `errors`.
+pub(crate) fn paging(req: &Request, default: usize, max: usize, errors: &mut Vec<String>) -> (usize, Option<Cursor>) {
+    let params = req.query_string_parameters();
+    let size = match params.first("size").map(str::parse::<usize>) {
+        None => default,
+        Some(Ok(n)) if (1..=max).contains(&n) => n,
+        Some(_) => {
+            errors.push(format!("size: must be 1 to {max}"));
+            default
+        }
+    };
+    let page = params.first("page").and_then(|p| {
+        let cursor = URL_SAFE_NO_PAD.decode(p).ok().and_then(|b| String::from_utf8(b).ok()).map(Cursor);
+        if cursor.is_none() {
+            errors.push("page: not a cursor this API handed out".into());
+        }
+        cursor
+    });
+    (size, page)
+}
+
+/// The answer to a failed page read: 400 for a cursor the store refuses, 503 otherwise.
+pub(crate) fn page_error(e: granary_stores::StoreError) -> Response<Body> {
+    match e {
+        granary_stores::StoreError::Port(granary_ports::PortError::Invalid(e)) => bad_request("invalid page", &[format!("page: {e}")]),
+        e => unavailable_on(e),
+    }
+}
+
+/// The `next` link of a page read from `base` (a path without a query).
+pub(crate) fn next_link(base: &str, size: usize, cursor: &Cursor) -> Link {
+    Link { rel: "next".into(), href: format!("{base}?size={size}&page={}", URL_SAFE_NO_PAD.encode(&cursor.0)) }
 }
 
 fn iso(ms: Option<i64>) -> Option<String> {

@@ -104,17 +104,9 @@ impl OrderMaintenance {
                 continue;
             }
             let cause = format!("storage did not answer within {} hours", self.config.suborder_timeout_hours);
-            let mut cursor = None;
-            loop {
-                let (files, next) = self.orders.files(&self.backend, &order_id, Some(number), cursor, 500).await?;
-                for f in files.iter().filter(|f| f.get_str("state") == Some("PENDING")) {
-                    if self.fulfilment.failed(&self.backend, &order_id, f, &cause).await? {
-                        done.timed_out += 1;
-                    }
-                }
-                match next {
-                    Some(c) => cursor = Some(c),
-                    None => break,
+            for f in self.orders.suborder_files(&self.backend, &order_id, number).await? {
+                if f.get_str("state") == Some("PENDING") && self.fulfilment.failed(&self.backend, &order_id, &f, &cause).await? {
+                    done.timed_out += 1;
                 }
             }
             events.extend(self.fulfilment.settle(&self.backend, &order_id, number).await?);

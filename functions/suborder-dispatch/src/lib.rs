@@ -374,18 +374,13 @@ impl SuborderDispatch {
             return Ok(());
         }
         let output_sk = granary_stores::orders::file_sk(number, OUTPUT_INDEX);
-        let mut inputs = Vec::new();
-        let mut cursor = None;
-        loop {
-            let (files, next) = self.orders.files(&self.backend, order_id, Some(number), cursor, 1000).await?;
-            inputs.extend(
-                files.into_iter().filter(|f| f.key.sk != output_sk && matches!(f.get_str("state"), Some("AVAILABLE" | "DOWNLOADED"))),
-            );
-            match next {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
+        let inputs: Vec<Item> = self
+            .orders
+            .suborder_files(&self.backend, order_id, number)
+            .await?
+            .into_iter()
+            .filter(|f| f.key.sk != output_sk && matches!(f.get_str("state"), Some("AVAILABLE" | "DOWNLOADED")))
+            .collect();
         let mut entries = Vec::new();
         let mut manifest = Vec::new();
         let mut packed = Vec::new();
@@ -486,14 +481,9 @@ impl SuborderDispatch {
         }
         let owner = suborder.get_str("slotOwner").unwrap_or_default().to_owned();
         let quota = self.quotas.get(&self.backend, &owner).await?.unwrap_or(self.config.default_quota);
-        let mut cursor = None;
-        loop {
-            let (files, next) = self.orders.files(&self.backend, order_id, Some(number), cursor, 100).await?;
-            self.make_available(order_id, number, &owner, &quota, files).await?;
-            match next {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
+        let files = self.orders.suborder_files(&self.backend, order_id, number).await?;
+        for page in files.chunks(100) {
+            self.make_available(order_id, number, &owner, &quota, page).await?;
         }
         let events = self.fulfilment.settle(&self.backend, order_id, number).await?;
         self.flush(&events).await;
@@ -502,7 +492,7 @@ impl SuborderDispatch {
 
     /// One page of a suborder's files: reserves those not reserved yet, then asks for every one still
     /// waiting.
-    async fn make_available(&self, order_id: &str, number: u32, owner: &str, quota: &Quota, files: Vec<Item>) -> Result<(), StoreError> {
+    async fn make_available(&self, order_id: &str, number: u32, owner: &str, quota: &Quota, files: &[Item]) -> Result<(), StoreError> {
         let order_owner = format!("order:{order_id}");
         let mut reservations = Vec::new();
         for f in files.iter().filter(|f| f.get_str("state") == Some(FileState::Pending.as_str()) && f.get("reservedAt").is_none()) {
@@ -540,7 +530,7 @@ impl SuborderDispatch {
         }
         // Everything reserved and still waiting is asked for (again, on a redelivery).
         let mut by_service: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for f in &files {
+        for f in files {
             let Some(current) = self.fulfilment.file(&self.backend, order_id, &f.key.sk).await? else { continue };
             if current.get_str("state") != Some(FileState::Pending.as_str()) {
                 continue;

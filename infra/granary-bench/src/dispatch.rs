@@ -84,16 +84,7 @@ pub(crate) async fn run(users: usize, sizes: Vec<usize>, products: usize, runner
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let base = format!("http://127.0.0.1:{port}");
-    let tokens: Vec<String> = (0..users)
-        .map(|u| {
-            let out = std::process::Command::new(&runner)
-                .args(["token", "--user", &format!("user{u:03}@example.org"), "--groups", "bench", "--ttl", "7200", "--data-dir"])
-                .arg(dir.path())
-                .output()
-                .expect("granary-local token");
-            String::from_utf8_lossy(&out.stdout).trim().to_owned()
-        })
-        .collect();
+    let tokens: Vec<String> = (0..users).map(|u| crate::order::token(&runner, dir.path(), &format!("user{u:03}@example.org"))).collect();
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let total_orders = users * sizes.len();
     let total_files: usize = users * sizes.iter().sum::<usize>();

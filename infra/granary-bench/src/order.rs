@@ -64,9 +64,10 @@ pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-fn token(runner: &Path, dir: &Path) -> String {
+/// A bearer token of `user` in group `bench`, valid two hours, from the runner of `dir`.
+pub(crate) fn token(runner: &Path, dir: &Path, user: &str) -> String {
     let out = std::process::Command::new(runner)
-        .args(["token", "--user", "bench@example.org", "--groups", "bench", "--data-dir"])
+        .args(["token", "--user", user, "--groups", "bench", "--ttl", "7200", "--data-dir"])
         .arg(dir)
         .output()
         .expect("granary-local token");
@@ -98,7 +99,7 @@ pub(crate) async fn run(products: usize, files: usize, runner: PathBuf) {
     );
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let bearer = format!("Bearer {}", token(&runner, dir.path()));
+    let bearer = format!("Bearer {}", token(&runner, dir.path(), "bench@example.org"));
     let select_start = Instant::now();
     let basket: Value = http
         .post(format!("{base}/order/basket/selection"))

@@ -161,6 +161,20 @@ fn creation_collection(ids: &[&str]) -> Value {
 
 /// Submits one creation collection of `ids` and waits until its first granted request is SUCCESS;
 /// returns the request.
+/// Open models for ordering: `P` for products (DATA), `D` for datasets (DATASET).
+async fn define_order_models(c: &reqwest::Client, r: &Runner, admin: &str) {
+    for (name, kind) in [("P", "DATA"), ("D", "DATASET")] {
+        let res = c
+            .put(r.url(&format!("/models/{name}")))
+            .bearer_auth(admin)
+            .json(&json!({"type": "object", "x-granary-type": kind}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "model {name}: {}", res.status());
+    }
+}
+
 async fn create_and_wait(c: &reqwest::Client, r: &Runner, token: &str, ids: &[&str]) -> Value {
     submit_and_wait(c, r, token, reqwest::Method::POST, &creation_collection(ids)).await
 }
@@ -532,16 +546,7 @@ async fn aws_backend_on_moto_serves_creation_end_to_end() {
     // presigned S3 URL with the stored bytes.
     let admin = token(dir.path(), "root@example.org", &["--admin"]);
     let user = token(dir.path(), "bob@example.org", &["--groups", "s2"]);
-    for (name, kind) in [("P", "DATA"), ("D", "DATASET")] {
-        let res = c
-            .put(r.url(&format!("/models/{name}")))
-            .bearer_auth(&admin)
-            .json(&json!({"type": "object", "x-granary-type": kind}))
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success());
-    }
+    define_order_models(&c, &r, &admin).await;
     let dataset = json!({"type": "Feature", "id": "S2", "entityType": "DATASET", "model": "D", "geometry": null,
                          "properties": {"label": "Sentinel-2", "accessGroups": ["s2"]}});
     let product = json!({"type": "Feature", "id": "ordered-on-moto", "entityType": "DATA", "model": "P", "tags": ["S2"], "geometry": null,
@@ -1222,16 +1227,7 @@ async fn users_search_fill_a_basket_and_order_it_over_http_until_it_ends() {
     let c = client();
     let admin = token(dir.path(), "root@example.org", &["--admin"]);
     let user = token(dir.path(), "ann@example.org", &["--groups", "s2"]);
-    for (name, kind) in [("P", "DATA"), ("D", "DATASET")] {
-        let res = c
-            .put(r.url(&format!("/models/{name}")))
-            .bearer_auth(&admin)
-            .json(&json!({"type": "object", "x-granary-type": kind}))
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success());
-    }
+    define_order_models(&c, &r, &admin).await;
     let stored = |p: usize, f: usize| {
         json!({"locations": [{"storage": "nearline", "url": format!("s3://storage/nearline/{p}/{f}")}],
         "attributes": {"dataType": "RAWDATA", "mimeType": "application/zip", "filename": format!("{p}-{f}.zip"), "filesize": 1000, "algorithm": "MD5", "checksum": format!("{p:016x}{f:016x}")}})
@@ -1346,16 +1342,7 @@ async fn orders_are_dispatched_within_limits_and_fetched_with_aria2c_from_the_me
     let admin = token(dir.path(), "root@example.org", &["--admin"]);
     let ann = token(dir.path(), "ann@example.org", &["--groups", "s2"]);
     let bob = token(dir.path(), "bob@example.org", &["--groups", "s2"]);
-    for (name, kind) in [("P", "DATA"), ("D", "DATASET")] {
-        let res = c
-            .put(r.url(&format!("/models/{name}")))
-            .bearer_auth(&admin)
-            .json(&json!({"type": "object", "x-granary-type": kind}))
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success());
-    }
+    define_order_models(&c, &r, &admin).await;
     let res = c
         .put(r.url("/quotas/ann@example.org"))
         .bearer_auth(&admin)

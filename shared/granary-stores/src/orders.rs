@@ -210,6 +210,13 @@ impl OrderStore {
         Ok((page.items, page.next))
     }
 
+    /// Every file of suborder `number` (at most 5,000, and a processing's output).
+    pub async fn suborder_files(&self, backend: &Backend, order_id: &str, number: u32) -> Result<Vec<Item>, StoreError> {
+        let q =
+            Query::partition(&self.orders, order_partition(order_id)).sorted(SortCond::BeginsWith(format!("F#{number:06}#"))).limit(1000);
+        crate::all_items(backend, q).await
+    }
+
     /// Takes the lease on expanding `order_id` for `lease_ms` as `token`, unless another live lease
     /// holds it or the order is no longer PENDING.
     pub async fn claim(&self, backend: &Backend, order_id: &str, token: &str, lease_ms: i64) -> Result<Claim, StoreError> {
