@@ -53,9 +53,12 @@ pub struct DatasetTask {
     pub files_count: u64,
     /// Their bytes.
     pub files_size: u64,
-    /// The processing its suborders go through (only Granary's built-in `granary-pack` runs).
+    /// The processing its suborders go through (the built-in `granary-pack` or a configured one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_business_id: Option<String>,
+    /// The parameters the selection gives its processing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_parameters: Option<serde_json::Value>,
 }
 
 /// Totals of an order's files.
@@ -110,6 +113,8 @@ pub struct OrderCreate {
     selections: Selections,
     settings: OrderSettings,
     locations: Locations,
+    /// The ids of the configured processings (`GRANARY_PROCESSES`).
+    processes: std::collections::BTreeSet<String>,
     lease_ms: i64,
 }
 
@@ -143,6 +148,7 @@ impl OrderCreate {
             selections: Selections::new(&config.features_table, &config.requests_table, &config.search_date_property),
             settings: config.order_settings,
             locations: config.locations(),
+            processes: config.processes().into_keys().collect(),
             lease_ms: lease_secs * 1000,
             backend,
         }
@@ -213,10 +219,14 @@ impl OrderCreate {
             cp.current.dataset_ipid.clone_from(&selection.dataset_ipid);
             cp.current.dataset_label.clone_from(&selection.dataset_label);
             match process_id(selection.process_dataset_description.as_ref()) {
-                Some(PACK_PROCESS) => cp.current.process_business_id = Some(PACK_PROCESS.to_owned()),
+                Some(id) if id == PACK_PROCESS || self.processes.contains(id) => {
+                    cp.current.process_business_id = Some(id.to_owned());
+                    cp.current.process_parameters =
+                        selection.process_dataset_description.as_ref().and_then(|d| d.get("parameters")).filter(|p| !p.is_null()).cloned();
+                }
                 Some(other) if cp.current.process_business_id.is_none() && cp.warnings.len() < MAX_WARNINGS => {
                     let warning = format!(
-                        "processing {other:?} of {} is not one Granary runs: its files are ordered as they are",
+                        "processing {other:?} of {} is not one Granary runs (built-in granary-pack, or one of GRANARY_PROCESSES): its files are ordered as they are",
                         selection.dataset_label
                     );
                     if !cp.warnings.contains(&warning) {
@@ -314,6 +324,9 @@ impl OrderCreate {
             .with("filesSize", closed.bucket.bytes);
         if let (Some(process), SuborderKind::Internal) = (&task.process_business_id, closed.kind) {
             item = item.with("processing", process.clone());
+            if let Some(parameters) = &task.process_parameters {
+                item = item.with("processParameters", parameters.clone());
+            }
         }
         match closed.kind {
             // Referenced files are available at once: such a suborder is done when made (REGARDS's

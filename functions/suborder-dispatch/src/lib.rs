@@ -20,11 +20,12 @@
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use granary_domain::catalog::ProductFile;
-use granary_domain::dispatch::{Candidate, DispatchLimits, PROCESSED_STORAGE, Source, SuborderState, pick, source_of};
+use granary_domain::dispatch::{Candidate, DispatchLimits, PACK_PROCESS, PROCESSED_STORAGE, Source, SuborderState, pick, source_of};
 use granary_domain::order::{FileState, OrderStatus, Quota};
+use granary_domain::processing::Processes;
 use granary_domain::storage::{Locations, ReleaseJob, StoredObject, WorkerJob};
 use granary_lambda::{Config, sqs};
-use granary_ports::{Backend, Item, OutgoingMessage, PortError, RestoreStatus, StorageClass};
+use granary_ports::{Backend, Functions, Item, NoFunctions, OutgoingMessage, PortError, RestoreStatus, StorageClass};
 use granary_stores::StoreError;
 use granary_stores::fulfilment::{Fulfilment, Reservation, Reserved, Start, Wait};
 use granary_stores::orders::{OrderStore, QuotaStore};
@@ -35,6 +36,9 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+mod processing;
 
 /// Most WAITING suborders one dispatch round reads (smallest first).
 const SCAN: usize = 1000;
@@ -138,6 +142,8 @@ pub struct SuborderDispatch {
     owners: FileOwners,
     locations: Locations,
     limits: DispatchLimits,
+    processes: Processes,
+    functions: Arc<dyn Functions>,
 }
 
 impl SuborderDispatch {
@@ -155,9 +161,18 @@ impl SuborderDispatch {
             owners: FileOwners::new(&config.features_table),
             locations: config.locations(),
             limits: config.dispatch_limits,
+            processes: config.processes(),
+            functions: Arc::new(NoFunctions),
             backend,
             config,
         }
+    }
+
+    /// The same, calling configured processings' Lambda functions through `functions` (without it,
+    /// only command processings run).
+    pub fn with_functions(mut self, functions: Arc<dyn Functions>) -> Self {
+        self.functions = functions;
+        self
     }
 
     /// Handles one SQS batch: every storage job, then one dispatch for all the nudges.
@@ -362,16 +377,28 @@ impl SuborderDispatch {
         Ok(())
     }
 
-    /// Runs Granary's built-in processing (`granary-pack`) of suborder `number`: its available files
-    /// packed into one zip with a MANIFEST.txt (name, size, checksum of each) in the staging bucket
-    /// (`processed/<order>/<n>.zip`), which replaces them as the suborder's file; then the suborder is
-    /// done. A delivery after a crash skips what is done.
+    /// Runs suborder `number`'s processing: a configured one (see the `processing` module), or
+    /// Granary's built-in `granary-pack`: its available files packed into one zip with a MANIFEST.txt
+    /// (name, size, checksum of each) in the staging bucket (`processed/<order>/<n>.zip`), which
+    /// replaces them as the suborder's file; then the suborder is done. A delivery after a crash skips
+    /// what is done.
     pub async fn process(&self, order_id: &str, number: u32) -> Result<(), StoreError> {
         let Some(s) = self.orders.suborder(&self.backend, order_id, number).await? else { return Ok(()) };
         if s.get_str("state") != Some(SuborderState::Running.as_str()) || s.get("processedAt").is_some() {
             let events = self.fulfilment.settle(&self.backend, order_id, number).await?;
             self.flush(&events).await;
             return Ok(());
+        }
+        let process = s.get_str("processing").unwrap_or_default().to_owned();
+        if process != PACK_PROCESS {
+            let Some(spec) = self.processes.get(&process).cloned() else {
+                // Configured when ordered, gone since: the files stay as they are.
+                tracing::warn!(order_id, number, process, "processing no longer configured (GRANARY_PROCESSES): files left as they are");
+                let events = self.fulfilment.processed(&self.backend, order_id, number).await?;
+                self.flush(&events).await;
+                return Ok(());
+            };
+            return self.run_configured(order_id, number, &s, &process, &spec).await;
         }
         let output_sk = granary_stores::orders::file_sk(number, OUTPUT_INDEX);
         let inputs: Vec<Item> = self
@@ -430,7 +457,8 @@ impl SuborderDispatch {
             .with("availableAt", self.backend.clock.now_ms())
             .with("file", serde_json::to_value(&output_file).unwrap_or_default());
         let replaced: Vec<Item> = written.iter().filter_map(|&i| packed.get(i).cloned()).collect();
-        let events = self.fulfilment.replace_with_output(&self.backend, order_id, number, output, &replaced).await?;
+        self.fulfilment.replace(&self.backend, order_id, number, vec![output], &replaced).await?;
+        let events = self.fulfilment.processed(&self.backend, order_id, number).await?;
         self.flush(&events).await;
         tracing::info!(order_id, number, files = replaced.len(), key, "suborder processed");
         Ok(())

@@ -17,6 +17,7 @@ use lambda_runtime::{Context, LambdaEvent};
 use order_api::OrderApi;
 use order_create::OrderCreate;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use storage_ready::StorageReady;
 use suborder_dispatch::SuborderDispatch;
@@ -687,4 +688,181 @@ async fn a_selection_with_the_built_in_processing_gets_one_zip_per_suborder_with
     // Downloaded, the suborder finishes.
     assert_eq!(world.download_all(&id, ANN).await.len(), 1);
     assert_eq!(states(&world.get(&id, ANN).await)[0].1, "FINISHED");
+}
+
+/// Orders `products` (created first) with processing `description` on their dataset selection.
+async fn order_processed(world: &World, products: &[Value], description: Value) -> String {
+    world.site.create(products).await;
+    let ids: Vec<&str> = products.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    let body = json!({"entityIdsToInclude": ids}).to_string();
+    let (_, basket) = answer(world.basket.handle(apigw_request("POST", "/order/basket/selection", "", Some(&body), ANN)).await.unwrap());
+    let selection = basket["datasetSelections"][0]["id"].as_u64().unwrap();
+    let path = format!("/order/basket/dataset/{selection}/updateProcessing");
+    let (status, _) = answer(world.basket.handle(apigw_request("PUT", &path, "", Some(&description.to_string()), ANN)).await.unwrap());
+    assert_eq!(status, 200);
+    let label = json!({"label": format!("processed {}", uuid_like())}).to_string();
+    let (status, order) = world.call("POST", "/user/orders", Some(&label), ANN).await;
+    assert_eq!(status, 201, "{order}");
+    order["id"].as_str().unwrap().to_owned()
+}
+
+async fn read_blob(world: &World, url: &str) -> Vec<u8> {
+    let key = url.trim_start_matches("s3://order-staging/");
+    let (_, mut reader) = world.site.backend.blobs.get("order-staging", key).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut bytes).await.unwrap();
+    bytes
+}
+
+#[tokio::test]
+async fn a_configured_command_processes_each_feature_and_its_outputs_replace_the_files() {
+    let log = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/checksums.py");
+    let mut config = Config::defaults();
+    config.processes = granary_domain::processing::parse_processes(
+        &json!({"checksums": {"command": ["python3", script], "scope": "FEATURE", "timeoutSecs": 60}}).to_string(),
+    );
+    let world = World::new(config).await;
+    let products = vec![
+        world.stored_product("cm0", KIB, "online").await,
+        world.stored_product("cm1", KIB, "online").await,
+        world.stored_product("bad2", KIB, "online").await,
+    ];
+    let parameters = json!({"log": log.path().display().to_string(), "band": "B04"});
+    let id = order_processed(&world, &products, json!({"processBusinessId": "checksums", "parameters": parameters})).await;
+    world.pump().await;
+    let order = world.get(&id, ANN).await;
+    assert_eq!(order["status"], "DONE_WITH_WARNING", "one feature's processing failed: {order}");
+    let runs = std::fs::read_to_string(log.path().join("runs.log")).unwrap();
+    assert_eq!(runs.lines().count(), 3, "one run per feature: {runs}");
+
+    let files = world.files(&id).await;
+    let mut outputs = BTreeMap::new();
+    for f in &files {
+        let file = f.get("file").unwrap();
+        match f.get_str("state").unwrap() {
+            "AVAILABLE" => {
+                assert_eq!(file["storage"], "granary-processed");
+                let bytes = read_blob(&world, file["url"].as_str().unwrap()).await;
+                use md5::Digest;
+                assert_eq!(hex::encode(md5::Md5::digest(&bytes)), file["checksum"].as_str().unwrap());
+                assert_eq!(file["size"].as_u64(), Some(bytes.len() as u64));
+                outputs.insert(file["filename"].as_str().unwrap().to_owned(), (f.get_str("providerId").unwrap().to_owned(), bytes));
+            }
+            "ERROR" => {
+                assert_eq!(f.get_str("providerId"), Some("bad2"));
+                let cause = f.get_str("cause").unwrap();
+                assert!(
+                    cause.contains("processing checksums failed") && cause.contains("cannot process bad2: its pixels are all clouds"),
+                    "{cause}"
+                );
+            }
+            other => panic!("a file {other}: {f:?}"),
+        }
+    }
+    assert_eq!(outputs.keys().collect::<Vec<_>>(), ["cm0.json", "cm0.sha256", "cm1.json", "cm1.sha256"], "the inputs are replaced");
+    assert_eq!(outputs["cm1.sha256"].0, "cm1", "an output belongs to its feature");
+    use sha2::Digest;
+    let expected = format!("{}  cm1.dat\n", hex::encode(sha2::Sha256::digest(b"content of cm1")));
+    assert_eq!(String::from_utf8_lossy(&outputs["cm1.sha256"].1), expected, "the command read the stored file");
+    let summary: Value = serde_json::from_slice(&outputs["cm0.json"].1).unwrap();
+    assert_eq!(summary["parameters"]["band"], "B04", "the selection's parameters reach the process");
+    assert_eq!((order["filesCount"].as_u64(), order["availableFilesCount"].as_u64()), (Some(5), Some(4)), "{order}");
+
+    // A redelivered processing job runs nothing again.
+    let number = files[0].get_i64("suborder").unwrap();
+    let again = json!({"process": {"orderId": id, "suborder": number}}).to_string();
+    world.site.backend.queue.send_batch("suborder-dispatch", vec![OutgoingMessage::new(again)]).await.unwrap();
+    world.pump().await;
+    assert_eq!(std::fs::read_to_string(log.path().join("runs.log")).unwrap().lines().count(), 3);
+    assert_eq!(world.files(&id).await.len(), files.len());
+    // The outputs download like any file; then the suborder finishes.
+    assert_eq!(world.download_all(&id, ANN).await.len(), 4);
+    assert_eq!(states(&world.get(&id, ANN).await)[0].1, "FINISHED");
+}
+
+/// A processing Lambda function as the port sees it: it reads the request, writes one output per
+/// input under the prefix it is given, and answers their keys; `answer` overrides its answer.
+#[derive(Debug)]
+struct Thumbnailer {
+    backend: granary_ports::Backend,
+    answer: Option<Value>,
+    calls: std::sync::Mutex<Vec<Value>>,
+}
+
+#[async_trait::async_trait]
+impl granary_ports::Functions for Thumbnailer {
+    async fn invoke(&self, function: &str, payload: &[u8]) -> granary_ports::PortResult<Vec<u8>> {
+        let request: Value = serde_json::from_slice(payload).unwrap();
+        assert_eq!(function, "arn:aws:lambda:eu-west-1:123456789012:function:thumbs");
+        self.calls.lock().unwrap().push(request.clone());
+        if let Some(answer) = &self.answer {
+            return Ok(answer.to_string().into_bytes());
+        }
+        let (bucket, prefix) = (request["outputBucket"].as_str().unwrap(), request["outputPrefix"].as_str().unwrap());
+        let mut outputs = Vec::new();
+        for input in request["inputs"].as_array().unwrap() {
+            assert!(input["url"].as_str().unwrap().contains("signature="), "inputs come as signed URLs: {input}");
+            let key = format!("{prefix}{}.png", input["providerId"].as_str().unwrap());
+            let body: granary_ports::BlobReader = Box::pin(std::io::Cursor::new(format!("thumb of {}", input["filename"]).into_bytes()));
+            self.backend.blobs.put(bucket, &key, body, StorageClass::Online).await?;
+            outputs.push(json!({"key": key}));
+        }
+        Ok(json!({"outputs": outputs}).to_string().into_bytes())
+    }
+}
+
+#[tokio::test]
+async fn a_configured_lambda_processes_a_suborder_and_a_broken_answer_fails_its_files() {
+    let mut config = Config::defaults();
+    config.processes = granary_domain::processing::parse_processes(
+        r#"{"thumbs": {"lambda": "arn:aws:lambda:eu-west-1:123456789012:function:thumbs", "scope": "SUBORDER"}}"#,
+    );
+    for (answer, ok) in
+        [(None, true), (Some(json!({"outputs": [{"key": "elsewhere/x.png"}]})), false), (Some(json!({"error": "out of memory"})), false)]
+    {
+        let mut world = World::new(config.clone()).await;
+        let thumbnailer = Arc::new(Thumbnailer { backend: world.site.backend.clone(), answer: answer.clone(), calls: Default::default() });
+        world.dispatch =
+            Arc::new(SuborderDispatch::new(world.site.backend.clone(), world.site.config.clone()).with_functions(thumbnailer.clone()));
+        let n = uuid_like();
+        let products = vec![
+            world.stored_product(&format!("lt{n}a"), KIB, "online").await,
+            world.stored_product(&format!("lt{n}b"), KIB, "online").await,
+        ];
+        let id = order_processed(&world, &products, json!({"processBusinessId": "thumbs"})).await;
+        world.pump().await;
+        let calls = thumbnailer.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 1, "one run for the suborder");
+        assert_eq!((calls[0]["scope"].as_str(), calls[0]["inputs"].as_array().unwrap().len()), (Some("SUBORDER"), 2));
+        let order = world.get(&id, ANN).await;
+        let files = world.files(&id).await;
+        if ok {
+            assert_eq!(order["status"], "DONE", "{order}");
+            let names: Vec<&str> = files.iter().map(|f| f.get("file").unwrap()["filename"].as_str().unwrap()).collect();
+            assert_eq!(names, [format!("lt{n}a.png"), format!("lt{n}b.png")]);
+            assert!(files.iter().all(|f| f.get("file").unwrap()["mimeType"] == "image/png"));
+            let bytes = read_blob(&world, files[0].get("file").unwrap()["url"].as_str().unwrap()).await;
+            assert_eq!(bytes, format!("thumb of \"lt{n}a.dat\"").into_bytes());
+        } else {
+            assert_eq!(order["status"], "FAILED", "{order}");
+            let expected = if answer.as_ref().unwrap().get("error").is_some() { "out of memory" } else { "is not under" };
+            assert!(
+                files.iter().all(|f| f.get_str("state") == Some("ERROR") && f.get_str("cause").unwrap().contains(expected)),
+                "{files:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_a_lambda_client_a_lambda_processing_fails_its_files_with_the_reason() {
+    let mut config = Config::defaults();
+    config.processes = granary_domain::processing::parse_processes(r#"{"thumbs": {"lambda": "thumbs"}}"#);
+    let world = World::new(config).await;
+    let id = order_processed(&world, &[world.stored_product("nl0", KIB, "online").await], json!({"processBusinessId": "thumbs"})).await;
+    world.pump().await;
+    assert_eq!(world.get(&id, ANN).await["status"], "FAILED");
+    let cause = world.files(&id).await[0].get_str("cause").unwrap().to_owned();
+    assert!(cause.contains("configure the process as a command"), "{cause}");
 }

@@ -18,6 +18,8 @@ const TRANSIENT: &[&str] = &[
     "SlowDown",
     "RequestThrottled",
     "KMS.ThrottlingException",
+    "TooManyRequestsException",
+    "ServiceException",
 ];
 
 /// Error codes that say a named thing does not exist.

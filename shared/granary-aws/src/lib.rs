@@ -12,12 +12,14 @@ mod count;
 pub mod emulator;
 mod error;
 mod expr;
+mod functions;
 pub mod provision;
 mod queue;
 mod table;
 
 pub use blob::AwsBlobs;
 pub use count::{RequestCounter, RequestCounts};
+pub use functions::AwsFunctions;
 pub use queue::AwsQueue;
 pub use table::AwsTable;
 

@@ -4,6 +4,7 @@
 use granary_domain::Priority;
 use granary_domain::dispatch::DispatchLimits;
 use granary_domain::order::{OrderSettings, Quota};
+use granary_domain::processing::{Processes, parse_processes};
 use granary_domain::storage::{LocationClass, Locations, StorageLocation, parse_locations};
 
 /// Reads `name`, or `default` when unset or empty.
@@ -92,6 +93,9 @@ pub struct Config {
     pub staging_bucket: String,
     /// How long a signed download URL lives, in seconds (`GRANARY_DOWNLOAD_URL_SECS`, default 300).
     pub download_url_secs: u64,
+    /// The configured processings a dataset selection may name besides the built-in `granary-pack`
+    /// (`GRANARY_PROCESSES`, JSON: see `granary_domain::processing`). A wrong value fails the cold start.
+    pub processes: Result<Processes, String>,
 }
 
 /// A secret value: its `Debug` never shows it, so a logged configuration does not leak it.
@@ -183,6 +187,8 @@ impl Config {
             order_token_secret: Secret(lookup("GRANARY_ORDER_TOKEN_SECRET").unwrap_or_default()),
             staging_bucket: env_or("GRANARY_STAGING_BUCKET", "order-staging"),
             download_url_secs: lookup("GRANARY_DOWNLOAD_URL_SECS").and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(300),
+            processes: parse_processes(&lookup("GRANARY_PROCESSES").unwrap_or_default())
+                .map_err(|e| format!("environment variable GRANARY_PROCESSES: {e}")),
             order_settings: {
                 let number =
                     |name: &str, default: i64| lookup(name).and_then(|v| v.parse::<i64>().ok()).filter(|n| *n > 0).unwrap_or(default);
@@ -198,6 +204,7 @@ impl Config {
     /// Fails when a setting is wrong, naming it: a function refuses to start rather than run half-configured.
     pub fn check(&self) -> Result<(), String> {
         self.storage_locations.as_ref().map(drop).map_err(Clone::clone)?;
+        self.processes.as_ref().map(drop).map_err(Clone::clone)?;
         env_number::<u64>("GRANARY_STORAGE_TIMEOUT_SECS", 0).map(drop)?;
         for name in [
             "GRANARY_BASKET_UPLOAD_MAX_LINES",
@@ -219,6 +226,11 @@ impl Config {
     /// The storage locations (none when misconfigured: [`Config::check`] refuses to start then).
     pub fn locations(&self) -> Locations {
         self.storage_locations.clone().unwrap_or_default()
+    }
+
+    /// The configured processings (none when misconfigured: [`Config::check`] refuses to start then).
+    pub fn processes(&self) -> Processes {
+        self.processes.clone().unwrap_or_default()
     }
 
     /// The feature queue serving `priority`.

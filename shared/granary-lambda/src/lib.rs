@@ -24,6 +24,12 @@ pub async fn cold_start() -> Result<(Config, granary_ports::Backend), Box<dyn st
     Ok((config, aws.backend()))
 }
 
+/// The Lambda functions a handler may call (a configured processing's), with clients from the
+/// environment.
+pub async fn functions() -> std::sync::Arc<dyn granary_ports::Functions> {
+    std::sync::Arc::new(granary_aws::AwsFunctions::from_env().await)
+}
+
 /// Installs JSON logs (as CloudWatch and granary-local both want them), once per process.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GRANARY_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

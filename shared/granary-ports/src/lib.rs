@@ -10,6 +10,7 @@
 //! - [`Queue`]: batch send with attributes and delay, receive with a visibility timeout, batch delete,
 //!   approximate depth and redrive to a dead-letter queue.
 //! - [`BlobStore`]: streamed put and get, head, copy, delete, signed URLs, online and nearline classes.
+//! - [`Functions`]: synchronous calls to functions Granary does not own (a configured processing).
 //! - [`Clock`] and [`IdSource`]: injectable so that tests move time and pin ids.
 //!
 //! The contract those guarantees form is the `granary-contract` crate, run against every adapter.
@@ -17,6 +18,7 @@
 pub mod blob;
 pub mod clock;
 mod error;
+pub mod functions;
 pub mod ids;
 pub mod queue;
 pub mod resources;
@@ -25,6 +27,7 @@ pub mod table;
 pub use blob::{BlobMeta, BlobReader, BlobStore, RestoreStatus, StorageClass};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{PortError, PortResult};
+pub use functions::{Functions, NoFunctions};
 pub use ids::{IdSource, RandomIds, SequentialIds};
 pub use queue::{OutgoingMessage, Queue, QueueDepth, ReceivedMessage};
 pub use resources::{AttrKind, IndexSpec, KeyAttr, QueueSpec, Resources, TableSpec};

@@ -433,30 +433,32 @@ impl Fulfilment {
         Some(self.update(Key::new(pk, sk), vec![Update::add("files", -1), Update::add("bytes", -size)], None))
     }
 
-    /// Replaces the processed `inputs` of suborder `number` by `output` (a new file item, AVAILABLE): the
-    /// output first (once), then the inputs deleted 45 at a time with the counters they held, then the
-    /// suborder marked processed. A run after a crash carries on where it stopped.
-    pub async fn replace_with_output(
+    /// Replaces the processed `inputs` of suborder `number` by `outputs` (new file items, AVAILABLE, at
+    /// most 90): the outputs first (once: a run after a crash finds them and goes on), then the inputs
+    /// deleted 45 at a time with the counters they held. [`Fulfilment::processed`] ends the processing.
+    pub async fn replace(
         &self,
         backend: &Backend,
         order_id: &str,
         number: u32,
-        output: Item,
+        outputs: Vec<Item>,
         inputs: &[Item],
-    ) -> Result<Vec<OutboxEvent>, StoreError> {
-        let now = backend.clock.now_ms();
-        let ops = vec![
-            TxOp::Put { table: self.orders.clone(), item: output, cond: Some(Cond::ItemAbsent) },
-            self.update(suborder_key(order_id, number), vec![Update::add("open", 1), Update::add("filesCount", 1)], None),
-            self.update(
+    ) -> Result<(), StoreError> {
+        let n = outputs.len() as i64;
+        if n > 0 {
+            let mut ops: Vec<TxOp> =
+                outputs.into_iter().map(|item| TxOp::Put { table: self.orders.clone(), item, cond: Some(Cond::ItemAbsent) }).collect();
+            ops.push(self.update(suborder_key(order_id, number), vec![Update::add("open", n), Update::add("filesCount", n)], None));
+            ops.push(self.update(
                 order_key(order_id),
-                vec![Update::add("filesCount", 1), Update::add("madeAvailable", 1), Update::add("availableFilesCount", 1)],
+                vec![Update::add("filesCount", n), Update::add("madeAvailable", n), Update::add("availableFilesCount", n)],
                 None,
-            ),
-        ];
-        match backend.table.transact(ops).await {
-            Ok(()) | Err(PortError::TransactionCanceled { index: 0, .. }) => {}
-            Err(e) => return Err(e.into()),
+            ));
+            match backend.table.transact(ops).await {
+                // Written by an earlier run: the outputs are all or none there.
+                Ok(()) | Err(PortError::TransactionCanceled { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         for chunk in inputs.chunks(45) {
             let mut ops = Vec::new();
@@ -482,6 +484,45 @@ impl Fulfilment {
                 Err(e) => return Err(e.into()),
             }
         }
+        Ok(())
+    }
+
+    /// A processing failed on `inputs` of suborder `number`: those still AVAILABLE end in ERROR with
+    /// `cause` (their quota given back); those the user already downloaded stay so.
+    pub async fn processing_failed(
+        &self,
+        backend: &Backend,
+        order_id: &str,
+        number: u32,
+        inputs: &[Item],
+        cause: &str,
+    ) -> Result<(), StoreError> {
+        let now = backend.clock.now_ms();
+        for file in inputs.iter().filter(|f| f.get_str("state") == Some(FileState::Available.as_str())) {
+            let mut ops = vec![
+                self.update(
+                    file.key.clone(),
+                    vec![Update::set("state", FileState::Error.as_str()), Update::set("cause", cause), Update::set("failedAt", now)],
+                    Some(Cond::eq("state", FileState::Available.as_str())),
+                ),
+                self.update(suborder_key(order_id, number), vec![Update::add("open", -1)], None),
+                self.update(
+                    order_key(order_id),
+                    vec![Update::add("filesInErrorCount", 1), Update::add("madeAvailable", -1), Update::add("availableFilesCount", -1)],
+                    None,
+                ),
+            ];
+            if file.get("givenBackAt").is_none() {
+                ops.extend(self.quota_give_back(file));
+            }
+            self.transition(backend, ops).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends suborder `number`'s processing, then settles it; returns the events to send.
+    pub async fn processed(&self, backend: &Backend, order_id: &str, number: u32) -> Result<Vec<OutboxEvent>, StoreError> {
+        let now = backend.clock.now_ms();
         backend.table.update(&self.orders, &suborder_key(order_id, number), vec![Update::set("processedAt", now)], None).await?;
         self.settle(backend, order_id, number).await
     }
