@@ -193,3 +193,204 @@ fn configuration_defaults_are_the_template_names() {
         assert!(documented.contains(k), "template variable {k} is not in the README's configuration table");
     }
 }
+
+/// The template, parsed (tags kept).
+fn template() -> serde_yaml::Value {
+    serde_yaml::from_str(granary_resources::TEMPLATE).unwrap()
+}
+
+/// Visits every value of `v` with its path.
+fn walk<'a>(v: &'a serde_yaml::Value, path: &str, visit: &mut dyn FnMut(&str, &'a serde_yaml::Value)) {
+    visit(path, v);
+    match v {
+        serde_yaml::Value::Mapping(m) => {
+            for (k, child) in m {
+                walk(child, &format!("{path}.{}", k.as_str().unwrap_or("?")), visit);
+            }
+        }
+        serde_yaml::Value::Sequence(s) => {
+            for (i, child) in s.iter().enumerate() {
+                walk(child, &format!("{path}[{i}]"), visit);
+            }
+        }
+        serde_yaml::Value::Tagged(t) => walk(&t.value, path, visit),
+        _ => {}
+    }
+}
+
+/// The attributes `!GetAtt` may read, by resource type (those the template uses are enough).
+fn attributes(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "AWS::SQS::Queue" => &["Arn", "QueueName", "QueueUrl"],
+        "AWS::DynamoDB::Table" => &["Arn", "StreamArn"],
+        "AWS::S3::Bucket" => &["Arn", "DomainName", "RegionalDomainName"],
+        "AWS::Serverless::Function" => &["Arn"],
+        "AWS::Events::Rule" => &["Arn"],
+        "AWS::Logs::LogGroup" => &["Arn"],
+        _ => &[],
+    }
+}
+
+#[test]
+fn every_reference_in_the_template_names_something_declared() {
+    // cfn-lint and sam validate do not look inside SAM function properties (policies, events,
+    // Globals): a wrong name there fails only at deploy time.
+    let t = template();
+    let names = |section: &str| -> BTreeSet<String> {
+        t[section].as_mapping().map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    };
+    let (parameters, resources, conditions) = (names("Parameters"), names("Resources"), names("Conditions"));
+    let pseudo = ["AWS::AccountId", "AWS::NoValue", "AWS::Partition", "AWS::Region", "AWS::StackId", "AWS::StackName", "AWS::URLSuffix"];
+    let kind = |r: &str| t["Resources"][r]["Type"].as_str().unwrap_or_default().to_owned();
+    let mut problems = Vec::new();
+    let check_ref = |at: &str, name: &str, problems: &mut Vec<String>| {
+        if !(parameters.contains(name) || resources.contains(name) || pseudo.contains(&name)) {
+            problems.push(format!("{at}: Ref {name} names no parameter or resource"));
+        }
+    };
+    let check_getatt = |at: &str, target: &str, problems: &mut Vec<String>| {
+        let Some((resource, attribute)) = target.split_once('.') else {
+            return problems.push(format!("{at}: GetAtt {target} is not Resource.Attribute"));
+        };
+        if !resources.contains(resource) {
+            return problems.push(format!("{at}: GetAtt {target} names no resource"));
+        }
+        if !attributes(&kind(resource)).contains(&attribute) {
+            problems.push(format!("{at}: GetAtt {target}: {} has no attribute {attribute} known here", kind(resource)));
+        }
+    };
+    walk(&t, "", &mut |at, v| {
+        let serde_yaml::Value::Tagged(tagged) = v else { return };
+        let tag = tagged.tag.to_string();
+        match (tag.as_str(), &tagged.value) {
+            ("!Ref", serde_yaml::Value::String(name)) => check_ref(at, name, &mut problems),
+            ("!GetAtt", serde_yaml::Value::String(target)) => check_getatt(at, target, &mut problems),
+            ("!Sub", value) => {
+                let text = match value {
+                    serde_yaml::Value::String(s) => s.clone(),
+                    serde_yaml::Value::Sequence(s) => s[0].as_str().unwrap_or_default().to_owned(),
+                    _ => String::new(),
+                };
+                for part in text.split("${").skip(1) {
+                    let name = &part[..part.find('}').unwrap_or(part.len())];
+                    if name.starts_with('!') {
+                        continue;
+                    }
+                    if name.contains('.') && !name.starts_with("AWS::") {
+                        check_getatt(at, name, &mut problems);
+                    } else {
+                        check_ref(at, name, &mut problems);
+                    }
+                }
+            }
+            ("!If", serde_yaml::Value::Sequence(s)) => {
+                let condition = s[0].as_str().unwrap_or_default();
+                if !conditions.contains(condition) {
+                    problems.push(format!("{at}: If {condition} names no condition"));
+                }
+            }
+            _ => {}
+        }
+    });
+    assert!(problems.is_empty(), "template.yaml:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn every_function_of_the_template_is_a_binary_of_the_workspace_with_sound_triggers() {
+    let t = template();
+    let global_timeout = t["Globals"]["Function"]["Timeout"].as_u64().unwrap();
+    let resources = t["Resources"].as_mapping().unwrap();
+    let mut binaries = BTreeSet::new();
+    let mut problems = Vec::new();
+    for (id, r) in resources {
+        let id = id.as_str().unwrap();
+        if r["Type"] != "AWS::Serverless::Function" {
+            continue;
+        }
+        let binary = r["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap_or_else(|| panic!("{id} has no BuildProperties.Binary"));
+        assert_eq!(r["Metadata"]["BuildMethod"], "rust-cargolambda", "{id}");
+        assert!(binaries.insert(binary.to_owned()), "{id}: binary {binary} is used twice");
+        let manifest = root().join("functions").join(binary).join("Cargo.toml");
+        let toml = std::fs::read_to_string(&manifest).unwrap_or_else(|_| panic!("{id}: binary {binary} has no crate functions/{binary}"));
+        assert!(toml.contains("[[bin]]") && toml.contains(&format!("name = \"{binary}\"")), "{id}: {binary} is not a [[bin]]");
+        let timeout = r["Properties"]["Timeout"].as_u64().unwrap_or(global_timeout);
+        for (name, event) in r["Properties"]["Events"].as_mapping().into_iter().flatten() {
+            let at = format!("{id}.Events.{}", name.as_str().unwrap());
+            let p = &event["Properties"];
+            if event["Type"] != "SQS" {
+                continue;
+            }
+            // Lambda's limits for a standard queue: 10 a batch without a batching window, 10,000 with.
+            let batch = p["BatchSize"].as_u64().unwrap_or(10);
+            let window = p["MaximumBatchingWindowInSeconds"].as_u64().unwrap_or(0);
+            if batch == 0 || batch > if window > 0 { 10_000 } else { 10 } {
+                problems.push(format!("{at}: BatchSize {batch} with a batching window of {window} s"));
+            }
+            if p["FunctionResponseTypes"].as_sequence().is_none_or(|s| !s.iter().any(|v| v == "ReportBatchItemFailures")) {
+                problems.push(format!("{at}: no ReportBatchItemFailures"));
+            }
+            let concurrency = p["ScalingConfig"]["MaximumConcurrency"].as_u64();
+            if concurrency.is_some_and(|c| !(2..=1000).contains(&c)) {
+                problems.push(format!("{at}: MaximumConcurrency {concurrency:?} is not between 2 and 1000"));
+            }
+            // AWS's advice: a queue's visibility timeout at least six times its function's timeout.
+            let queue = match &p["Queue"] {
+                serde_yaml::Value::Tagged(g) => g.value.as_str().unwrap_or_default().trim_end_matches(".Arn").to_owned(),
+                other => panic!("{at}: Queue is not a !GetAtt: {other:?}"),
+            };
+            let visibility = t["Resources"][queue.as_str()]["Properties"]["VisibilityTimeout"].as_u64().unwrap_or(30);
+            if visibility < 6 * timeout {
+                problems.push(format!("{at}: queue {queue} has a visibility timeout of {visibility} s, under 6 x {timeout} s"));
+            }
+            if t["Resources"][queue.as_str()]["Properties"]["RedrivePolicy"].is_null() {
+                problems.push(format!("{at}: queue {queue} has no dead-letter queue"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "template.yaml:\n{}", problems.join("\n"));
+    let crates: BTreeSet<String> =
+        std::fs::read_dir(root().join("functions")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(binaries, crates, "functions of the template and of the workspace");
+}
+
+#[test]
+fn every_resource_name_a_function_reads_is_set_by_the_template_to_that_resource() {
+    // A name left to its default would be right on one machine and wrong in the cloud, where the
+    // stack names resources itself.
+    let config = std::fs::read_to_string(root().join("shared/granary-lambda/src/config.rs")).unwrap();
+    let t = template();
+    let vars = &t["Globals"]["Function"]["Environment"]["Variables"];
+    let resources = t["Resources"].as_mapping().unwrap();
+    let mut checked = 0;
+    for part in config.split("env_or(\"").skip(1) {
+        let var = &part[..part.find('"').unwrap()];
+        let default = part[var.len()..].split('"').nth(2).unwrap_or_default();
+        let Some((id, _)) = resources.iter().find(|(id, r)| {
+            let id = id.as_str().unwrap();
+            granary_resources::default_name(id) == default
+                && ["AWS::SQS::Queue", "AWS::DynamoDB::Table", "AWS::S3::Bucket"].contains(&r["Type"].as_str().unwrap_or_default())
+        }) else {
+            continue;
+        };
+        let id = id.as_str().unwrap();
+        let set = match &vars[var] {
+            serde_yaml::Value::Tagged(g) => g.value.as_str().unwrap_or_default().to_owned(),
+            other => panic!("{var} (default {default}, resource {id}) is not set from the template: {other:?}"),
+        };
+        assert!(set == id || set == format!("{id}.QueueName"), "{var} is set to {set}, not to {id}");
+        checked += 1;
+    }
+    assert!(checked >= 15, "only {checked} resource names found in config.rs");
+}
+
+#[test]
+fn every_checkov_check_skipped_is_listed_in_the_template_with_its_reason() {
+    let skips = template()["Metadata"]["CheckovSkips"].as_sequence().cloned().unwrap_or_default();
+    assert!(!skips.is_empty(), "template.yaml lists no Metadata.CheckovSkips (.ci/run reads them there)");
+    let mut ids = BTreeSet::new();
+    for skip in &skips {
+        let id = skip["Id"].as_str().unwrap_or_default();
+        assert!(id.starts_with("CKV_") && ids.insert(id.to_owned()), "skip {id:?} is not a check id, or is listed twice");
+        assert!(skip["Reason"].as_str().is_some_and(|r| r.len() >= 40), "skip {id} gives no reason");
+    }
+}
