@@ -266,14 +266,21 @@ fn every_reference_in_the_template_names_something_declared() {
             ("!Ref", serde_yaml::Value::String(name)) => check_ref(at, name, &mut problems),
             ("!GetAtt", serde_yaml::Value::String(target)) => check_getatt(at, target, &mut problems),
             ("!Sub", value) => {
-                let text = match value {
-                    serde_yaml::Value::String(s) => s.clone(),
-                    serde_yaml::Value::Sequence(s) => s[0].as_str().unwrap_or_default().to_owned(),
-                    _ => String::new(),
+                let (text, local) = match value {
+                    serde_yaml::Value::String(s) => (s.clone(), BTreeSet::new()),
+                    // `!Sub [text, {Name: value}]`: the names the map defines are its own.
+                    serde_yaml::Value::Sequence(s) => (
+                        s[0].as_str().unwrap_or_default().to_owned(),
+                        s.get(1)
+                            .and_then(|m| m.as_mapping())
+                            .map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+                            .unwrap_or_default(),
+                    ),
+                    _ => (String::new(), BTreeSet::new()),
                 };
                 for part in text.split("${").skip(1) {
                     let name = &part[..part.find('}').unwrap_or(part.len())];
-                    if name.starts_with('!') {
+                    if name.starts_with('!') || local.contains(name) {
                         continue;
                     }
                     if name.contains('.') && !name.starts_with("AWS::") {
@@ -393,4 +400,154 @@ fn every_checkov_check_skipped_is_listed_in_the_template_with_its_reason() {
         assert!(id.starts_with("CKV_") && ids.insert(id.to_owned()), "skip {id:?} is not a check id, or is listed twice");
         assert!(skip["Reason"].as_str().is_some_and(|r| r.len() >= 40), "skip {id} gives no reason");
     }
+}
+
+/// A value of the template's Globals as the stack gives it with default parameters (names as the
+/// local side gives them).
+fn deployed_value(t: &serde_yaml::Value, v: &serde_yaml::Value) -> Option<String> {
+    match v {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Tagged(g) => {
+            let tag = g.tag.to_string();
+            match (tag.as_str(), &g.value) {
+                ("!Ref", serde_yaml::Value::String(name)) if !t["Parameters"][name.as_str()].is_null() => {
+                    deployed_value(t, &t["Parameters"][name.as_str()]["Default"])
+                }
+                ("!Ref", serde_yaml::Value::String(name)) => Some(granary_resources::default_name(name)),
+                ("!GetAtt", serde_yaml::Value::String(target)) => Some(granary_resources::default_name(target.split('.').next().unwrap())),
+                ("!Join", serde_yaml::Value::Sequence(parts)) => {
+                    // A list parameter left to its default: an empty string.
+                    let list = deployed_value(t, &parts[1])?;
+                    Some(list.split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>().join(parts[0].as_str()?))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// What the template grants a function, as (kind, logical id, access), with default parameters (the
+/// statements under a condition are off).
+fn template_grants(
+    t: &serde_yaml::Value,
+    function: &str,
+) -> BTreeSet<(granary_ports::access::Kind, String, granary_ports::access::Access)> {
+    use granary_ports::access::{Access, Kind};
+    let target = |v: &serde_yaml::Value| -> String {
+        match v {
+            serde_yaml::Value::Tagged(g) => {
+                let s = g.value.as_str().unwrap_or_default();
+                let s = s.trim_start_matches("${");
+                s.split(['.', '}']).next().unwrap().to_owned()
+            }
+            other => panic!("{function}: a policy names {other:?}, not a !Ref, !GetAtt or !Sub"),
+        }
+    };
+    let mut out = BTreeSet::new();
+    for policy in t["Resources"][function]["Properties"]["Policies"].as_sequence().into_iter().flatten() {
+        if let serde_yaml::Value::Tagged(g) = policy {
+            assert_eq!(g.tag.to_string(), "!If", "{function}: a policy tagged {}", g.tag);
+            // Conditions are false with default parameters.
+            continue;
+        }
+        let (kind, body) = policy.as_mapping().and_then(|m| m.iter().next()).unwrap();
+        let kind = kind.as_str().unwrap();
+        let mut add = |k: Kind, id: String, accesses: &[Access]| {
+            for a in accesses {
+                out.insert((k, id.clone(), *a));
+            }
+        };
+        match kind {
+            "DynamoDBCrudPolicy" => add(Kind::Table, target(&body["TableName"]), &[Access::Read, Access::Write]),
+            "DynamoDBReadPolicy" => add(Kind::Table, target(&body["TableName"]), &[Access::Read]),
+            "SQSSendMessagePolicy" => add(Kind::Queue, target(&body["QueueName"]), &[Access::Send]),
+            "S3CrudPolicy" => add(Kind::Bucket, target(&body["BucketName"]), &[Access::Read, Access::Write, Access::Delete]),
+            "S3ReadPolicy" => add(Kind::Bucket, target(&body["BucketName"]), &[Access::Read]),
+            "S3WritePolicy" => add(Kind::Bucket, target(&body["BucketName"]), &[Access::Write]),
+            "Statement" => {
+                for statement in body.as_sequence().unwrap() {
+                    let resources: Vec<String> = match &statement["Resource"] {
+                        serde_yaml::Value::Sequence(s) => s.iter().map(target).collect(),
+                        one => vec![target(one)],
+                    };
+                    for action in statement["Action"].as_sequence().unwrap() {
+                        let access = match action.as_str().unwrap() {
+                            "s3:GetObject" => Access::Read,
+                            "s3:PutObject" => Access::Write,
+                            "s3:DeleteObject" => Access::Delete,
+                            "s3:RestoreObject" => Access::Restore,
+                            other => panic!("{function}: action {other} has no port access here"),
+                        };
+                        for r in &resources {
+                            add(Kind::Bucket, r.clone(), &[access]);
+                        }
+                    }
+                }
+            }
+            other => panic!("{function}: policy {other} is not one this test reads"),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_function_is_granted_exactly_what_its_stores_use() {
+    use granary_ports::access::{Kind, granted};
+    let t = template();
+    let vars = t["Globals"]["Function"]["Environment"]["Variables"].as_mapping().unwrap();
+    let env: std::collections::BTreeMap<String, String> =
+        vars.iter().filter_map(|(k, v)| Some((k.as_str()?.to_owned(), deployed_value(&t, v)?))).collect();
+    let config = granary_lambda::Config::from_lookup(|name| env.get(name).cloned());
+    let site = granary_testkit::Site::new(config.clone()).await;
+    let (b, c) = (site.backend.clone(), config.clone());
+    // Each handler guards its backend with its grants as it is built.
+    drop(feature_api::FeatureApi::new(b.clone(), c.clone()));
+    drop(feature_ingest::FeatureIngest::new(b.clone(), c.clone()));
+    drop(outbox_relay::OutboxRelay::new(b.clone(), &c).unwrap());
+    drop(delayed_release::DelayedRelease::new(b.clone(), &c));
+    drop(storage_worker::StorageWorker::new(b.clone(), c.clone()).unwrap());
+    drop(storage_ready::StorageReady::new(b.clone(), c.clone()));
+    drop(dissemination::Dissemination::new(b.clone(), c.clone()).unwrap());
+    drop(acknowledgement::Acknowledgement::new(b.clone(), c.clone()));
+    drop(basket_api::BasketApi::new(b.clone(), c.clone()));
+    drop(order_api::OrderApi::new(b.clone(), c.clone()));
+    drop(order_create::OrderCreate::new(b.clone(), c.clone()));
+    drop(suborder_dispatch::SuborderDispatch::new(b.clone(), c.clone()));
+    drop(order_maintenance::OrderMaintenance::new(b, c));
+
+    let resources = t["Resources"].as_mapping().unwrap();
+    let logical_id = |kind: Kind, name: &str| -> String {
+        let wanted = match kind {
+            Kind::Table => "AWS::DynamoDB::Table",
+            Kind::Queue => "AWS::SQS::Queue",
+            Kind::Bucket => "AWS::S3::Bucket",
+        };
+        resources
+            .iter()
+            .map(|(id, r)| (id.as_str().unwrap(), r))
+            .find(|(id, r)| r["Type"] == wanted && granary_resources::default_name(id) == name)
+            .unwrap_or_else(|| panic!("{kind:?} {name} is not a resource of the template"))
+            .0
+            .to_owned()
+    };
+    let mut problems = Vec::new();
+    for (id, r) in resources {
+        if r["Type"] != "AWS::Serverless::Function" {
+            continue;
+        }
+        let id = id.as_str().unwrap();
+        let binary = r["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap();
+        let grants = granted(binary).unwrap_or_else(|| panic!("{binary} guarded no backend with its grants"));
+        let needed: BTreeSet<_> = grants.iter().map(|g| (g.kind, logical_id(g.kind, &g.name), g.access)).collect();
+        let given = template_grants(&t, id);
+        for missing in needed.difference(&given) {
+            problems.push(format!("{id} uses {:?} of {} {:?}, which the template does not grant", missing.2, missing.1, missing.0));
+        }
+        for extra in given.difference(&needed) {
+            problems.push(format!("{id} is granted {:?} of {} {:?}, which its stores do not use", extra.2, extra.1, extra.0));
+        }
+    }
+    assert!(problems.is_empty(), "template.yaml and the functions' grants disagree:\n{}", problems.join("\n"));
 }

@@ -25,11 +25,10 @@ pub struct Acknowledgement {
 impl Acknowledgement {
     /// The handler over `backend`; strays go to `GRANARY_ACK_DEAD_LETTER_QUEUE`.
     pub fn new(backend: Backend, config: Config) -> Self {
-        Self {
-            log: DisseminationLog::new(&config.features_table),
-            dead_letter_queue: granary_lambda::config::env_or("GRANARY_ACK_DEAD_LETTER_QUEUE", "feature-ack-dead-letter"),
-            backend,
-        }
+        let log = DisseminationLog::new(&config.features_table);
+        let dead_letter_queue = granary_lambda::config::env_or("GRANARY_ACK_DEAD_LETTER_QUEUE", "feature-ack-dead-letter");
+        let grants = log.grants().send(&dead_letter_queue);
+        Self { log, dead_letter_queue, backend: granary_ports::access::guard(backend, "acknowledgement", grants) }
     }
 
     /// Handles one SQS batch; only acknowledgements that hit a storage failure are retried.

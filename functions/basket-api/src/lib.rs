@@ -92,6 +92,7 @@ impl BasketApi {
         let baskets = BasketStore::new(&config.orders_table);
         let selections = Selections::new(&config.features_table, &config.requests_table, &config.search_date_property);
         let locations = config.locations();
+        let backend = granary_ports::access::guard(backend, "basket-api", baskets.grants().and(selections.grants()));
         Self { backend, config, baskets, selections, locations }
     }
 

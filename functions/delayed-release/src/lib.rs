@@ -28,10 +28,13 @@ pub struct DelayedRelease {
 impl DelayedRelease {
     /// The handler over `backend`.
     pub fn new(backend: Backend, config: &Config) -> Self {
+        let recovery = Recovery::new(&config.requests_table, &config.response_queue);
+        // Parked requests go back to the feature queue of their priority.
+        let grants = config.feature_queues.iter().fold(recovery.grants(), |g, q| g.send(q));
         Self {
-            backend,
+            backend: granary_ports::access::guard(backend, "delayed-release", grants),
             requests_table: config.requests_table.clone(),
-            recovery: Recovery::new(&config.requests_table, &config.response_queue),
+            recovery,
         }
     }
 

@@ -35,6 +35,8 @@ pub const ATTR_REASON: &str = "granary.dead-letter.reason";
 #[derive(Debug)]
 pub struct Dissemination {
     backend: Backend,
+    /// The plain ports, for recipients' own queues.
+    unguarded: Backend,
     config: Config,
     recipients: RecipientCache,
     log: DisseminationLog,
@@ -72,12 +74,20 @@ impl Dissemination {
             .timeout(Duration::from_secs(15))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let recipients = RecipientCache::new(RecipientStore::new(&config.features_table), ttl);
+        let log = DisseminationLog::new(&config.features_table);
+        let recovery = Recovery::new(&config.requests_table, &config.response_queue);
+        let dead_letter_queue =
+            granary_lambda::config::env_or("GRANARY_NOTIFICATION_DEAD_LETTER_QUEUE", "feature-notification-dead-letter");
+        let grants = recipients.grants().and(log.grants()).and(recovery.grants()).send(&config.notification_queue).send(&dead_letter_queue);
         Ok(Self {
-            recipients: RecipientCache::new(RecipientStore::new(&config.features_table), ttl),
-            log: DisseminationLog::new(&config.features_table),
-            recovery: Recovery::new(&config.requests_table, &config.response_queue),
-            dead_letter_queue: granary_lambda::config::env_or("GRANARY_NOTIFICATION_DEAD_LETTER_QUEUE", "feature-notification-dead-letter"),
-            backend,
+            // Recipients' own queues are theirs to grant (README): delivered to with the plain port.
+            unguarded: backend.clone(),
+            backend: granary_ports::access::guard(backend, "dissemination", grants),
+            recipients,
+            log,
+            recovery,
+            dead_letter_queue,
             config,
             http,
             attempts,
@@ -199,7 +209,7 @@ impl Dissemination {
                 // A queue URL names its queue last.
                 let name = queue.rsplit('/').next().unwrap_or(queue);
                 let message = OutgoingMessage::new(body).attribute("granary.event.id", event_id);
-                self.backend.queue.send_batch(name, vec![message]).await.map(drop).map_err(|e| e.to_string())
+                self.unguarded.queue.send_batch(name, vec![message]).await.map(drop).map_err(|e| e.to_string())
             }
             Target::Webhook { url } => {
                 let signature = sign(recipient.secret.as_deref().unwrap_or_default(), body.as_bytes());

@@ -97,6 +97,16 @@ impl FeatureApi {
         let recipients = RecipientStore::new(&config.features_table);
         let disseminated = DisseminationLog::new(&config.features_table);
         let catalog = Catalog::new(&config.features_table);
+        let grants = [requests.grants(), models.grants(), sessions.grants(), recovery.grants(), locations.grants(), recipients.grants()]
+            .into_iter()
+            .chain([disseminated.grants(), catalog.grants()])
+            .fold(features.grants(), granary_ports::access::Grants::and)
+            // Submissions go to the feature queues; a retried storage error sends its job again.
+            .send(&config.feature_queues[0])
+            .send(&config.feature_queues[1])
+            .send(&config.feature_queues[2])
+            .send(&config.storage_jobs_queue);
+        let backend = granary_ports::access::guard(backend, "feature-api", grants);
         Self { backend, config, features, requests, models, sessions, recovery, locations, recipients, disseminated, catalog }
     }
 
@@ -300,6 +310,13 @@ impl FeatureApi {
         let location = locations.get(name).cloned().ok_or_else(|| bad_request("invalid storage location", &[]))?;
         granary_ports::blob::validate_bucket(&location.bucket)
             .map_err(|e| bad_request("invalid storage location", &[format!("bucket: {e}")]))?;
+        if !self.config.location_bucket_allowed(&location.bucket) {
+            let why = format!(
+                "bucket: {} is not one Granary may store into (GRANARY_LOCATION_BUCKETS, the LocationBuckets parameter)",
+                location.bucket
+            );
+            return Err(bad_request("invalid storage location", &[why]));
+        }
         let created = self.locations.put(&self.backend, name, &location, &identity.user).await.map_err(unavailable_on)?;
         Ok(json(if created { 201 } else { 200 }, &LocationList { locations }))
     }

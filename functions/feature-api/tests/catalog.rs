@@ -180,3 +180,20 @@ async fn the_catalog_follows_new_versions_patches_and_deletions() {
     site.ingest_raw(&[delete(format!("URN:FEATURE:DATA:granary:{uuid}:V1"), "del-2")]).await;
     assert!(!count("size=100").await.contains(&"tile-02".to_owned()));
 }
+
+#[tokio::test]
+async fn storage_locations_may_only_use_the_listed_buckets() {
+    let mut config = Config::defaults();
+    config.location_buckets = Some(["archive".to_owned()].into());
+    let site = Site::new(config).await;
+    let api = FeatureApi::new(site.backend.clone(), site.config.clone());
+    let put = |name: &str, bucket: &str| {
+        let body = json!({"bucket": bucket, "prefix": "p", "class": "ONLINE"}).to_string();
+        apigw_request("PUT", &format!("/storage-locations/{name}"), "", Some(&body), ADMIN)
+    };
+    assert_eq!(answer(api.handle(put("listed", "archive")).await.unwrap()).0, 201);
+    assert_eq!(answer(api.handle(put("configured", "storage")).await.unwrap()).0, 201, "the configured locations' bucket");
+    let (status, problem) = answer(api.handle(put("other", "someone-elses")).await.unwrap());
+    assert_eq!(status, 400);
+    assert!(problem.to_string().contains("someone-elses is not one Granary may store into"), "{problem}");
+}

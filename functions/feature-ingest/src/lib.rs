@@ -179,6 +179,10 @@ impl FeatureIngest {
             std::time::Duration::from_secs(ttl),
         ));
         let recipients = Arc::new(RecipientCache::new(RecipientStore::new(&config.features_table), std::time::Duration::from_secs(ttl)));
+        let grants = [requests.grants(), recovery.grants(), models.grants(), locations.grants(), recipients.grants()]
+            .into_iter()
+            .fold(store.grants(), granary_ports::access::Grants::and);
+        let backend = granary_ports::access::guard(backend, "feature-ingest", grants);
         Self { backend, config, store, requests, recovery, models, locations, recipients, notifying }
     }
 

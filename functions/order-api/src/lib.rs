@@ -187,19 +187,21 @@ pub struct OrderApi {
 impl OrderApi {
     /// The handler over `backend`, configured by `config`.
     pub fn new(backend: Backend, config: Config) -> Self {
-        Self {
-            orders: OrderStore::new(&config.orders_table, &config.requests_table),
-            baskets: BasketStore::new(&config.orders_table),
-            quotas: QuotaStore::new(&config.orders_table),
-            fulfilment: Fulfilment::new(
-                &config.orders_table,
-                &config.requests_table,
-                &config.suborder_dispatch_queue,
-                &config.order_events_queue,
-            ),
-            backend,
-            config,
-        }
+        let orders = OrderStore::new(&config.orders_table, &config.requests_table);
+        let baskets = BasketStore::new(&config.orders_table);
+        let quotas = QuotaStore::new(&config.orders_table);
+        let fulfilment =
+            Fulfilment::new(&config.orders_table, &config.requests_table, &config.suborder_dispatch_queue, &config.order_events_queue);
+        let zips = granary_stores::zips::ZipStore::new(&config.orders_table);
+        let grants = [baskets.grants(), quotas.grants(), fulfilment.grants(), zips.grants()]
+            .into_iter()
+            .fold(orders.grants(), granary_ports::access::Grants::and)
+            .send(&config.order_create_queue)
+            // Signed download URLs carry the right to read stored files and staged zips; on one
+            // machine the zip is streamed from the stored files.
+            .bucket(&config.staging_bucket, granary_ports::access::Access::Read)
+            .and(config.location_grants(&[granary_ports::access::Access::Read]));
+        Self { orders, baskets, quotas, fulfilment, backend: granary_ports::access::guard(backend, "order-api", grants), config }
     }
 
     /// Answers one API Gateway (HTTP API) request.

@@ -137,15 +137,16 @@ impl OrderCreate {
     /// (default 900, the function's timeout).
     pub fn new(backend: Backend, config: Config) -> Self {
         let lease_secs = granary_lambda::config::env_number::<i64>("GRANARY_ORDER_LEASE_SECS", 900).unwrap_or(900).max(1);
+        let orders = OrderStore::new(&config.orders_table, &config.requests_table);
+        let fulfilment =
+            Fulfilment::new(&config.orders_table, &config.requests_table, &config.suborder_dispatch_queue, &config.order_events_queue);
+        let selections = Selections::new(&config.features_table, &config.requests_table, &config.search_date_property);
+        let backend =
+            granary_ports::access::guard(backend, "order-create", orders.grants().and(fulfilment.grants()).and(selections.grants()));
         Self {
-            orders: OrderStore::new(&config.orders_table, &config.requests_table),
-            fulfilment: Fulfilment::new(
-                &config.orders_table,
-                &config.requests_table,
-                &config.suborder_dispatch_queue,
-                &config.order_events_queue,
-            ),
-            selections: Selections::new(&config.features_table, &config.requests_table, &config.search_date_property),
+            orders,
+            fulfilment,
+            selections,
             settings: config.order_settings,
             locations: config.locations(),
             processes: config.processes().into_keys().collect(),

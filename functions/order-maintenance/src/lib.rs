@@ -48,18 +48,11 @@ impl OrderMaintenance {
     /// REGARDS's `delayBeforeEmailNotification`).
     pub fn new(backend: Backend, config: Config) -> Self {
         let hours = granary_lambda::config::env_number::<i64>("GRANARY_ORDER_REMINDER_HOURS", 72).unwrap_or(72).max(1);
-        Self {
-            fulfilment: Fulfilment::new(
-                &config.orders_table,
-                &config.requests_table,
-                &config.suborder_dispatch_queue,
-                &config.order_events_queue,
-            ),
-            orders: OrderStore::new(&config.orders_table, &config.requests_table),
-            reminder_ms: hours * 3_600_000,
-            backend,
-            config,
-        }
+        let fulfilment =
+            Fulfilment::new(&config.orders_table, &config.requests_table, &config.suborder_dispatch_queue, &config.order_events_queue);
+        let orders = OrderStore::new(&config.orders_table, &config.requests_table);
+        let backend = granary_ports::access::guard(backend, "order-maintenance", fulfilment.grants().and(orders.grants()));
+        Self { fulfilment, orders, reminder_ms: hours * 3_600_000, backend, config }
     }
 
     /// One scheduled run.

@@ -22,7 +22,19 @@ impl OutboxRelay {
     /// The relay over `backend`. `GRANARY_OUTBOX_GRACE_MS` (default 10000) is how old a pending event
     /// must be before the relay sends it, leaving the writing handler time to send it itself.
     pub fn new(backend: Backend, config: &Config) -> Result<Self, String> {
-        Ok(Self { backend, outbox: Outbox::new(&config.requests_table), grace_ms: env_number("GRANARY_OUTBOX_GRACE_MS", 10_000)? })
+        let outbox = Outbox::new(&config.requests_table);
+        // Every queue an event is staged for.
+        let queues = [
+            &config.response_queue,
+            &config.notification_queue,
+            &config.storage_jobs_queue,
+            &config.order_create_queue,
+            &config.suborder_dispatch_queue,
+            &config.order_events_queue,
+        ];
+        let grants = queues.into_iter().fold(outbox.grants(), |g, q| g.send(q));
+        let backend = granary_ports::access::guard(backend, "outbox-relay", grants);
+        Ok(Self { backend, outbox, grace_ms: env_number("GRANARY_OUTBOX_GRACE_MS", 10_000)? })
     }
 
     /// Handles one scheduled event; returns how many events were sent.

@@ -46,7 +46,13 @@ impl StorageReady {
         let tracker = StorageTracker::new(&config.features_table, &config.requests_table, &config.response_queue);
         let fulfilment =
             Fulfilment::new(&config.orders_table, &config.requests_table, &config.suborder_dispatch_queue, &config.order_events_queue);
-        Self { backend, config, tracker, fulfilment }
+        let grants = tracker
+            .grants()
+            .and(fulfilment.grants())
+            .send(&config.storage_ready_dead_letter_queue)
+            // An override's stored files let go the previous version's: a release job for the worker.
+            .send(&config.storage_jobs_queue);
+        Self { backend: granary_ports::access::guard(backend, "storage-ready", grants), config, tracker, fulfilment }
     }
 
     /// Handles one SQS batch; only messages that hit a transient failure are retried.

@@ -547,3 +547,28 @@ async fn s3_sources_are_copied_in_place_when_the_etag_is_the_md5_and_streamed_ot
     let streamed = f.backend.blobs.head("storage", &format!("nearline/{sha256}")).await.unwrap().unwrap();
     assert_eq!((streamed.size, streamed.class), (data.len() as u64, granary_ports::StorageClass::Nearline));
 }
+
+#[tokio::test]
+async fn s3_sources_outside_the_listed_buckets_are_storage_errors_before_any_read() {
+    let f = fixture().await;
+    let mut listed = config();
+    listed.storage_source_buckets = Some(["incoming".to_owned()].into());
+    let data = b"a producer's object".to_vec();
+    for bucket in ["incoming", "elsewhere"] {
+        let reader: granary_ports::BlobReader = Box::pin(std::io::Cursor::new(data.clone()));
+        f.backend.blobs.put(bucket, "p/raw.bin", reader, granary_ports::StorageClass::Online).await.unwrap();
+    }
+    let worker = StorageWorker::with_settings(f.backend.clone(), listed, vec![], Duration::from_secs(5)).unwrap();
+    let files = |bucket: &str| vec![file_entry(&format!("s3://{bucket}/p/raw.bin"), "RAWDATA", data.len(), &md5_hex(&data))];
+    f.submit("ok", &creation("from-incoming", files("incoming"), json!([{"pluginBusinessId": "online"}]))).await;
+    f.submit("no", &creation("from-elsewhere", files("elsewhere"), json!([{"pluginBusinessId": "online"}]))).await;
+    let jobs = f.drain("storage-jobs").await;
+    let r = worker.handle(LambdaEvent::new(sqs_event("storage-jobs", &jobs).unwrap(), Context::default())).await.unwrap();
+    assert!(r.batch_item_failures.is_empty(), "a refused source is an answer, not a retry");
+    let events = f.drain("storage-ready").await;
+    f.deliver_events(&events).await;
+    assert_eq!(state(&f.request("ok").await), pair("SUCCESS", "DONE"));
+    let refused = f.request("no").await;
+    assert_eq!(state(&refused), pair("ERROR", "REMOTE_STORAGE_ERROR"));
+    assert!(refused["errors"][0].as_str().unwrap().contains("bucket elsewhere is not one Granary may read"), "{refused}");
+}

@@ -15,6 +15,7 @@ use granary_domain::storage::{
     FileToStore, LocationClass, ReleaseJob, StorageJob, StorageLocation, StoredObject, WorkerJob, file_reference_event,
 };
 use granary_lambda::{Config, sqs};
+use granary_ports::access::Access;
 use granary_ports::{Backend, BlobReader, OutgoingMessage, PortError, StorageClass};
 use granary_stores::locations::{LocationCache, LocationStore};
 use granary_stores::owners::{Claim, FileOwners};
@@ -74,7 +75,23 @@ impl StorageWorker {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let ttl = granary_lambda::config::env_number("GRANARY_MODEL_CACHE_SECS", 30u64)?;
         let locations = LocationCache::new(LocationStore::new(&config.features_table), config.locations(), Duration::from_secs(ttl));
-        Ok(Self { locations: Arc::new(locations), owners: FileOwners::new(&config.features_table), backend, config, file_roots, http })
+        let owners = FileOwners::new(&config.features_table);
+        let mut grants = locations.grants().and(owners.grants()).send(&config.storage_ready_queue).and(config.location_grants(&[
+            Access::Read,
+            Access::Write,
+            Access::Delete,
+        ]));
+        // Sources: objects of the buckets the configuration lists (IAM grants the same in the cloud).
+        match &config.storage_source_buckets {
+            None => grants = grants.any(granary_ports::access::Kind::Bucket, Access::Read),
+            Some(buckets) => {
+                for bucket in buckets {
+                    grants = grants.bucket(bucket, Access::Read);
+                }
+            }
+        }
+        let backend = granary_ports::access::guard(backend, "storage-worker", grants);
+        Ok(Self { locations: Arc::new(locations), owners, backend, config, file_roots, http })
     }
 
     /// Runs a batch of storage jobs concurrently; a job whose files could not all be copied or
@@ -252,6 +269,11 @@ impl StorageWorker {
             "s3" => {
                 let from_bucket = parsed.host_str().unwrap_or_default().to_owned();
                 let from_key = parsed.path().trim_start_matches('/').to_owned();
+                if !self.config.source_bucket_allowed(&from_bucket) {
+                    return refused(format!(
+                        "bucket {from_bucket} is not one Granary may read files from (GRANARY_STORAGE_SOURCE_BUCKETS)"
+                    ));
+                }
                 let blobs = &self.backend.blobs;
                 let meta = match blobs.head(&from_bucket, &from_key).await {
                     Ok(Some(m)) => m,

@@ -25,6 +25,7 @@ use granary_domain::order::{FileState, OrderStatus, Quota};
 use granary_domain::processing::Processes;
 use granary_domain::storage::{Locations, ReleaseJob, StoredObject, WorkerJob};
 use granary_lambda::{Config, sqs};
+use granary_ports::access::Access;
 use granary_ports::{Backend, Functions, Item, NoFunctions, OutgoingMessage, PortError, RestoreStatus, StorageClass};
 use granary_stores::StoreError;
 use granary_stores::fulfilment::{Fulfilment, Reservation, Reserved, Start, Wait};
@@ -149,21 +150,32 @@ pub struct SuborderDispatch {
 impl SuborderDispatch {
     /// The handler over `backend`, configured by `config`.
     pub fn new(backend: Backend, config: Config) -> Self {
+        let fulfilment =
+            Fulfilment::new(&config.orders_table, &config.requests_table, &config.suborder_dispatch_queue, &config.order_events_queue);
+        let orders = OrderStore::new(&config.orders_table, &config.requests_table);
+        let quotas = QuotaStore::new(&config.orders_table);
+        let owners = FileOwners::new(&config.features_table);
+        let zips = granary_stores::zips::ZipStore::new(&config.orders_table);
+        let grants = [orders.grants(), quotas.grants(), owners.grants(), zips.grants()]
+            .into_iter()
+            .fold(fulfilment.grants(), granary_ports::access::Grants::and)
+            .send(&config.files_restoration_queue)
+            // Released orders let go of their stored objects through the storage worker.
+            .send(&config.storage_jobs_queue)
+            // Zips and processing outputs are written to the staging bucket, and outputs read back.
+            .bucket(&config.staging_bucket, Access::Write)
+            .bucket(&config.staging_bucket, Access::Read)
+            .and(config.location_grants(&[Access::Read, Access::Restore]));
         Self {
-            fulfilment: Fulfilment::new(
-                &config.orders_table,
-                &config.requests_table,
-                &config.suborder_dispatch_queue,
-                &config.order_events_queue,
-            ),
-            orders: OrderStore::new(&config.orders_table, &config.requests_table),
-            quotas: QuotaStore::new(&config.orders_table),
-            owners: FileOwners::new(&config.features_table),
+            backend: granary_ports::access::guard(backend, "suborder-dispatch", grants),
+            fulfilment,
+            orders,
+            quotas,
+            owners,
             locations: config.locations(),
             limits: config.dispatch_limits,
             processes: config.processes(),
             functions: Arc::new(NoFunctions),
-            backend,
             config,
         }
     }

@@ -6,6 +6,7 @@ use granary_domain::dispatch::DispatchLimits;
 use granary_domain::order::{OrderSettings, Quota};
 use granary_domain::processing::{Processes, parse_processes};
 use granary_domain::storage::{LocationClass, Locations, StorageLocation, parse_locations};
+use granary_ports::access::{Access, Grants, Kind};
 
 /// Reads `name`, or `default` when unset or empty.
 pub fn env_or(name: &str, default: &str) -> String {
@@ -96,6 +97,24 @@ pub struct Config {
     /// The configured processings a dataset selection may name besides the built-in `granary-pack`
     /// (`GRANARY_PROCESSES`, JSON: see `granary_domain::processing`). A wrong value fails the cold start.
     pub processes: Result<Processes, String>,
+    /// The buckets an `s3://` file source may name (`GRANARY_STORAGE_SOURCE_BUCKETS`, comma-separated;
+    /// unset or `*`: any bucket the backend reaches, as on one machine; empty: none). The template sets
+    /// it from the `SourceBuckets` parameter, which also grants the storage worker their reading.
+    pub storage_source_buckets: Option<std::collections::BTreeSet<String>>,
+    /// The buckets storage locations an admin defines may use besides the configured locations'
+    /// (`GRANARY_LOCATION_BUCKETS`, comma-separated; unset or `*`: any, as on one machine; empty: none).
+    /// The template sets it from the `LocationBuckets` parameter, which also grants their use.
+    pub location_buckets: Option<std::collections::BTreeSet<String>>,
+}
+
+/// A list of buckets from the environment: unset or `*` for any, otherwise the names given (none when
+/// empty).
+fn bucket_list(value: Option<String>) -> Option<std::collections::BTreeSet<String>> {
+    let list = value?;
+    if list.trim() == "*" {
+        return None;
+    }
+    Some(list.split(',').map(str::trim).filter(|b| !b.is_empty()).map(str::to_owned).collect())
 }
 
 /// A secret value: its `Debug` never shows it, so a logged configuration does not leak it.
@@ -137,7 +156,7 @@ impl Config {
     }
 
     /// The configuration from `lookup`, which gives a variable's value.
-    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
         let env_or = |name: &str, default: &str| lookup(name).filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned());
         Self {
             tenant: env_or("GRANARY_TENANT", "granary"),
@@ -187,6 +206,8 @@ impl Config {
             order_token_secret: Secret(lookup("GRANARY_ORDER_TOKEN_SECRET").unwrap_or_default()),
             staging_bucket: env_or("GRANARY_STAGING_BUCKET", "order-staging"),
             download_url_secs: lookup("GRANARY_DOWNLOAD_URL_SECS").and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(300),
+            storage_source_buckets: bucket_list(lookup("GRANARY_STORAGE_SOURCE_BUCKETS")),
+            location_buckets: bucket_list(lookup("GRANARY_LOCATION_BUCKETS")),
             processes: parse_processes(&lookup("GRANARY_PROCESSES").unwrap_or_default())
                 .map_err(|e| format!("environment variable GRANARY_PROCESSES: {e}")),
             order_settings: {
@@ -226,6 +247,33 @@ impl Config {
     /// The storage locations (none when misconfigured: [`Config::check`] refuses to start then).
     pub fn locations(&self) -> Locations {
         self.storage_locations.clone().unwrap_or_default()
+    }
+
+    /// Whether a storage location may be in `bucket`.
+    pub fn location_bucket_allowed(&self, bucket: &str) -> bool {
+        self.location_buckets.as_ref().is_none_or(|listed| listed.contains(bucket)) || self.locations().values().any(|l| l.bucket == bucket)
+    }
+
+    /// `accesses` to every bucket a storage location may be in (every bucket where no list narrows it).
+    pub fn location_grants(&self, accesses: &[Access]) -> Grants {
+        let mut grants = Grants::new();
+        for &access in accesses {
+            match &self.location_buckets {
+                None => grants = grants.any(Kind::Bucket, access),
+                Some(listed) => {
+                    let configured = self.locations().into_values().map(|l| l.bucket);
+                    for bucket in listed.iter().cloned().chain(configured) {
+                        grants = grants.bucket(&bucket, access);
+                    }
+                }
+            }
+        }
+        grants
+    }
+
+    /// Whether an `s3://` file source may name `bucket`.
+    pub fn source_bucket_allowed(&self, bucket: &str) -> bool {
+        self.storage_source_buckets.as_ref().is_none_or(|allowed| allowed.contains(bucket))
     }
 
     /// The configured processings (none when misconfigured: [`Config::check`] refuses to start then).

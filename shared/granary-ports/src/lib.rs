@@ -11,10 +11,12 @@
 //!   approximate depth and redrive to a dead-letter queue.
 //! - [`BlobStore`]: streamed put and get, head, copy, delete, signed URLs, online and nearline classes.
 //! - [`Functions`]: synchronous calls to functions Granary does not own (a configured processing).
+//! - [`access`]: what a function may touch, and a backend that holds it to that.
 //! - [`Clock`] and [`IdSource`]: injectable so that tests move time and pin ids.
 //!
 //! The contract those guarantees form is the `granary-contract` crate, run against every adapter.
 
+pub mod access;
 pub mod blob;
 pub mod clock;
 mod error;

@@ -32,6 +32,10 @@ pub struct BasketStore {
 }
 
 impl BasketStore {
+    /// What it touches (see `granary_ports::access`).
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().write_table(&self.orders)
+    }
     /// Baskets kept in the `orders` table.
     pub fn new(orders: &str) -> Self {
         Self { orders: orders.to_owned() }

@@ -65,6 +65,10 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// What it touches: searches read the features table (catalog copies are written by `FeatureStore`'s transactions).
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().read_table(&self.features)
+    }
     /// The catalog kept in the `features` table.
     pub fn new(features: &str) -> Self {
         Self { features: features.to_owned() }

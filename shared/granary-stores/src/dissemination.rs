@@ -27,6 +27,10 @@ pub struct RecipientStore {
 }
 
 impl RecipientStore {
+    /// What it touches (see `granary_ports::access`).
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().write_table(&self.table)
+    }
     /// Kept in `table` (the features table).
     pub fn new(table: &str) -> Self {
         Self { table: table.to_owned() }
@@ -93,6 +97,10 @@ pub struct Recipients {
 }
 
 impl RecipientCache {
+    /// What it touches: it only reads recipients.
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().read_table(&self.store.table)
+    }
     /// A cache over `store`.
     pub fn new(store: RecipientStore, ttl: Duration) -> Self {
         Self { store, ttl, cached: Mutex::new(None) }
@@ -143,6 +151,10 @@ pub struct DisseminationLog {
 }
 
 impl DisseminationLog {
+    /// What it touches (see `granary_ports::access`).
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().write_table(&self.table)
+    }
     /// Kept in `table` (the features table).
     pub fn new(table: &str) -> Self {
         Self { table: table.to_owned() }

@@ -153,6 +153,18 @@ pub struct Notifier {
 }
 
 impl FeatureStore {
+    /// What it touches (see `granary_ports::access`).
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        let mut grants =
+            granary_ports::access::Grants::new().write_table(&self.features).write_table(&self.requests).and(self.outbox.grants());
+        if let Some((_, queue)) = &self.release {
+            grants = grants.send(queue);
+        }
+        if let Some(notifier) = &self.notifier {
+            grants = grants.send(&notifier.queue);
+        }
+        grants
+    }
     /// Features in `features`, requests and outbox in `requests`.
     pub fn new(features: &str, requests: &str) -> Self {
         Self { features: features.to_owned(), requests: requests.to_owned(), outbox: Outbox::new(requests), release: None, notifier: None }

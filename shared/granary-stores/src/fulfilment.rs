@@ -109,6 +109,14 @@ pub struct Fulfilment {
 }
 
 impl Fulfilment {
+    /// What it touches: the orders table, the outbox, and the queues its staged events are sent to at once.
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new()
+            .write_table(&self.orders)
+            .and(self.outbox.grants())
+            .send(&self.dispatch_queue)
+            .send(&self.events_queue)
+    }
     /// Over `orders`, with its outbox in `requests`; nudges go to `dispatch_queue`, order events to
     /// `events_queue`.
     pub fn new(orders: &str, requests: &str, dispatch_queue: &str, events_queue: &str) -> Self {

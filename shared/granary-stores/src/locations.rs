@@ -17,6 +17,10 @@ pub struct LocationStore {
 }
 
 impl LocationStore {
+    /// What it touches (see `granary_ports::access`).
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().write_table(&self.table)
+    }
     /// Locations kept in `table` (the features table).
     pub fn new(table: &str) -> Self {
         Self { table: table.to_owned() }
@@ -61,6 +65,10 @@ pub struct LocationCache {
 }
 
 impl LocationCache {
+    /// What it touches: it only reads locations.
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().read_table(&self.store.table)
+    }
     /// The configured locations, with those defined in `store`.
     pub fn new(store: LocationStore, configured: Locations, ttl: Duration) -> Self {
         Self { store, configured, ttl, cached: Mutex::new(None) }

@@ -34,6 +34,10 @@ pub struct ModelStore {
 }
 
 impl ModelStore {
+    /// What it touches (see `granary_ports::access`).
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().write_table(&self.table)
+    }
     /// Models kept in `table` (the features table).
     pub fn new(table: &str) -> Self {
         Self { table: table.to_owned() }
@@ -90,6 +94,10 @@ pub struct ModelCache {
 }
 
 impl ModelCache {
+    /// What it touches: it only reads models.
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().read_table(&self.store.table)
+    }
     /// A cache over `store`.
     pub fn new(store: ModelStore, ttl: Duration) -> Self {
         Self { store, ttl, entries: Mutex::new(HashMap::new()) }

@@ -45,6 +45,10 @@ pub struct QuotaStore {
 }
 
 impl QuotaStore {
+    /// What it touches (see `granary_ports::access`).
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().write_table(&self.orders)
+    }
     /// Quotas kept in `orders`.
     pub fn new(orders: &str) -> Self {
         Self { orders: orders.to_owned() }
@@ -96,6 +100,10 @@ pub struct OrderStore {
 }
 
 impl OrderStore {
+    /// What it touches (see `granary_ports::access`).
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().write_table(&self.orders).and(self.outbox.grants())
+    }
     /// Orders in `orders`, the outbox in `requests`.
     pub fn new(orders: &str, requests: &str) -> Self {
         Self { orders: orders.to_owned(), outbox: Outbox::new(requests) }

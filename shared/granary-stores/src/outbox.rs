@@ -30,6 +30,10 @@ fn key(event_id: &str) -> Key {
 }
 
 impl Outbox {
+    /// What it touches: events are staged in and relayed from its table (the queues they go to are their senders' grants).
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().write_table(&self.table)
+    }
     /// The outbox kept in `table`.
     pub fn new(table: &str) -> Self {
         Self { table: table.to_owned() }

@@ -49,6 +49,10 @@ pub struct FileOwners {
 }
 
 impl FileOwners {
+    /// What it touches (see `granary_ports::access`).
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().write_table(&self.table)
+    }
     /// Owners kept in `table` (the features table).
     pub fn new(table: &str) -> Self {
         Self { table: table.to_owned() }

@@ -64,6 +64,10 @@ pub struct Recovery {
 }
 
 impl Recovery {
+    /// What it touches (see `granary_ports::access`).
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().write_table(&self.table).and(self.outbox.grants()).send(&self.response_queue)
+    }
     /// Requests (and the outbox) in `table`; ERROR and GRANTED events go to `response_queue`.
     pub fn new(table: &str, response_queue: &str) -> Self {
         Self { table: table.to_owned(), response_queue: response_queue.to_owned(), outbox: Outbox::new(table) }

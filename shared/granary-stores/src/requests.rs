@@ -256,6 +256,10 @@ pub struct RequestReader {
 }
 
 impl RequestReader {
+    /// What it touches: reads requests, and records a dead letter as a request in error.
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().write_table(&self.table)
+    }
     /// Requests kept in `table`.
     pub fn new(table: &str) -> Self {
         Self { table: table.to_owned() }

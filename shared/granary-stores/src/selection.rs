@@ -51,6 +51,10 @@ pub struct Selected<'a> {
 }
 
 impl Selections {
+    /// What it touches: selections only read the catalog and feature versions.
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        self.catalog.grants()
+    }
     /// Over the features table `features` (catalog and versions) and `requests`; `date_property`
     /// is the property time-range searches read.
     pub fn new(features: &str, requests: &str, date_property: &str) -> Self {

@@ -69,6 +69,10 @@ pub struct SessionReader {
 }
 
 impl SessionReader {
+    /// What it touches (see `granary_ports::access`).
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().write_table(&self.table)
+    }
     /// Sessions kept in `table` (the requests table).
     pub fn new(table: &str) -> Self {
         Self { table: table.to_owned() }

@@ -112,6 +112,14 @@ pub struct StorageTracker {
 }
 
 impl StorageTracker {
+    /// What it touches (see `granary_ports::access`).
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new()
+            .write_table(&self.features)
+            .write_table(&self.requests)
+            .and(self.outbox.grants())
+            .send(&self.response_queue)
+    }
     /// Features in `features`, requests, tasks and outbox in `requests`; request events to `response_queue`.
     pub fn new(features: &str, requests: &str, response_queue: &str) -> Self {
         Self {

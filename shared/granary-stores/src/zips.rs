@@ -33,6 +33,10 @@ pub struct ZipStore {
 }
 
 impl ZipStore {
+    /// What it touches (see `granary_ports::access`).
+    pub fn grants(&self) -> granary_ports::access::Grants {
+        granary_ports::access::Grants::new().write_table(&self.orders)
+    }
     /// Kept in `orders`.
     pub fn new(orders: &str) -> Self {
         Self { orders: orders.to_owned() }
