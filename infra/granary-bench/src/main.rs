@@ -17,6 +17,7 @@
 //! - `aws-storage`: the same files through feature-ingest, storage-worker and storage-ready in this
 //!   process on the AWS backend against moto, counting every AWS request per file.
 
+mod coldstart;
 mod dispatch;
 mod order;
 mod storage;
@@ -140,6 +141,16 @@ enum Command {
         /// Stored files per product.
         #[arg(long, default_value_t = 100)]
         files: usize,
+    },
+    /// Every function's release binary started against a local Lambda Runtime API, beside the
+    /// lambda-hello baseline: init and first answer, median of `--runs` starts, and binary size.
+    ColdStart {
+        /// Starts of each binary.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Where the binaries are (the directory of this one by default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Creation requests through the release granary-local's queues.
     Ingest {
@@ -511,6 +522,10 @@ async fn main() {
             order::run(products, files, runner).await;
         }
         Command::AwsOrder { products, files } => order::aws(products, files).await,
+        Command::ColdStart { runs, dir } => {
+            let dir = dir.unwrap_or_else(|| std::env::current_exe().expect("exe").parent().expect("a directory").to_owned());
+            coldstart::run(dir, runs.max(1)).await;
+        }
         Command::Dispatch { users, sizes, products, runner } => {
             let runner = runner.unwrap_or_else(|| std::env::current_exe().expect("exe").with_file_name("granary-local"));
             dispatch::run(users, sizes, products, runner).await;
