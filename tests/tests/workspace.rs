@@ -542,6 +542,12 @@ async fn every_function_is_granted_exactly_what_its_stores_use() {
         let grants = granted(binary).unwrap_or_else(|| panic!("{binary} guarded no backend with its grants"));
         let needed: BTreeSet<_> = grants.iter().map(|g| (g.kind, logical_id(g.kind, &g.name), g.access)).collect();
         let given = template_grants(&t, id);
+        // The S3 client is linked into the functions that touch buckets, and only those.
+        let manifest = std::fs::read_to_string(root().join("functions").join(binary).join("Cargo.toml")).unwrap();
+        let links_s3 = manifest.lines().any(|l| l.starts_with("granary-lambda") && l.contains("\"s3\""));
+        if links_s3 != grants.iter().any(|g| g.kind == Kind::Bucket) {
+            problems.push(format!("{binary}: granary-lambda's s3 feature is {links_s3} but its grants say otherwise"));
+        }
         for missing in needed.difference(&given) {
             problems.push(format!("{id} uses {:?} of {} {:?}, which the template does not grant", missing.2, missing.1, missing.0));
         }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) enum Service {
     DynamoDb,
     Sqs,
+    #[cfg_attr(not(feature = "s3"), allow(dead_code))]
     S3,
 }
 

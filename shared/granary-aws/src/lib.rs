@@ -7,24 +7,28 @@
 //! moto. Where moto is laxer than AWS (batch sizes, signatures), the rules are enforced here before the
 //! call, by the same helpers the embedded backend uses.
 
+#[cfg(feature = "s3")]
 mod blob;
 mod count;
 pub mod emulator;
 mod error;
 mod expr;
+#[cfg(feature = "lambda")]
 mod functions;
 pub mod provision;
 mod queue;
 mod table;
 
+#[cfg(feature = "s3")]
 pub use blob::AwsBlobs;
 pub use count::{RequestCounter, RequestCounts};
+#[cfg(feature = "lambda")]
 pub use functions::AwsFunctions;
 pub use queue::AwsQueue;
 pub use table::AwsTable;
 
 use aws_config::{BehaviorVersion, Region};
-use granary_ports::{Backend, Clock, IdSource, RandomIds, Resources, SystemClock};
+use granary_ports::{Backend, BlobStore, Clock, IdSource, RandomIds, Resources, SystemClock};
 use std::sync::Arc;
 
 /// How to reach AWS (or an emulator).
@@ -49,12 +53,14 @@ pub struct Aws {
     pub table: Arc<AwsTable>,
     /// SQS queues.
     pub queue: Arc<AwsQueue>,
-    /// S3 buckets.
-    pub blobs: Arc<AwsBlobs>,
+    /// S3 buckets (without the `s3` feature, a port that says so: the function links no S3 client).
+    pub blobs: Arc<dyn BlobStore>,
     clock: Arc<dyn Clock>,
     ids: Arc<dyn IdSource>,
     prefix: String,
-    clients: (aws_sdk_dynamodb::Client, aws_sdk_sqs::Client, aws_sdk_s3::Client),
+    clients: (aws_sdk_dynamodb::Client, aws_sdk_sqs::Client),
+    #[cfg(feature = "s3")]
+    s3: aws_sdk_s3::Client,
 }
 
 impl Aws {
@@ -76,24 +82,30 @@ impl Aws {
         let ddb = aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(counter.interceptor(count::Service::DynamoDb));
         let sqs = aws_sdk_sqs::config::Builder::from(&sdk).interceptor(counter.interceptor(count::Service::Sqs));
         // An emulator serves buckets by path, not by virtual host.
-        let s3 = aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(sdk.endpoint_url().is_some())
-            .interceptor(counter.interceptor(count::Service::S3));
+        #[cfg(feature = "s3")]
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(sdk.endpoint_url().is_some())
+                .interceptor(counter.interceptor(count::Service::S3))
+                .build(),
+        );
 
         let prefix = options.name_prefix.clone();
-        let clients = (
-            aws_sdk_dynamodb::Client::from_conf(ddb.build()),
-            aws_sdk_sqs::Client::from_conf(sqs.build()),
-            aws_sdk_s3::Client::from_conf(s3.build()),
-        );
+        let clients = (aws_sdk_dynamodb::Client::from_conf(ddb.build()), aws_sdk_sqs::Client::from_conf(sqs.build()));
+        #[cfg(feature = "s3")]
+        let blobs: Arc<dyn BlobStore> = Arc::new(AwsBlobs::new(s3.clone(), &prefix));
+        #[cfg(not(feature = "s3"))]
+        let blobs: Arc<dyn BlobStore> = Arc::new(NoBlobs);
         Self {
             table: Arc::new(AwsTable::new(clients.0.clone(), &prefix, resources)),
             queue: Arc::new(AwsQueue::new(clients.1.clone(), &prefix, resources)),
-            blobs: Arc::new(AwsBlobs::new(clients.2.clone(), &prefix)),
+            blobs,
             clock: Arc::new(SystemClock),
             ids: Arc::new(RandomIds),
             prefix,
             clients,
+            #[cfg(feature = "s3")]
+            s3,
         }
     }
 
@@ -109,8 +121,9 @@ impl Aws {
         self.clients.1.clone()
     }
 
+    #[cfg(feature = "s3")]
     pub(crate) fn blob_client(&self) -> aws_sdk_s3::Client {
-        self.clients.2.clone()
+        self.s3.clone()
     }
 
     /// The ports as the handlers take them.
@@ -122,5 +135,56 @@ impl Aws {
             clock: self.clock.clone(),
             ids: self.ids.clone(),
         }
+    }
+}
+
+/// The blob port of a function built without the `s3` feature: it touches no bucket (its grants name
+/// none), and links no S3 client.
+#[cfg(not(feature = "s3"))]
+struct NoBlobs;
+
+#[cfg(not(feature = "s3"))]
+impl NoBlobs {
+    fn refuse<T>(bucket: &str) -> granary_ports::PortResult<T> {
+        Err(granary_ports::PortError::Backend(format!("bucket {bucket}: this function is built without granary-aws's s3 feature")))
+    }
+}
+
+#[cfg(not(feature = "s3"))]
+#[async_trait::async_trait]
+impl BlobStore for NoBlobs {
+    async fn put(
+        &self,
+        bucket: &str,
+        _: &str,
+        _: granary_ports::BlobReader,
+        _: granary_ports::StorageClass,
+    ) -> granary_ports::PortResult<granary_ports::BlobMeta> {
+        Self::refuse(bucket)
+    }
+    async fn get(&self, bucket: &str, _: &str) -> granary_ports::PortResult<(granary_ports::BlobMeta, granary_ports::BlobReader)> {
+        Self::refuse(bucket)
+    }
+    async fn head(&self, bucket: &str, _: &str) -> granary_ports::PortResult<Option<granary_ports::BlobMeta>> {
+        Self::refuse(bucket)
+    }
+    async fn copy(
+        &self,
+        bucket: &str,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: granary_ports::StorageClass,
+    ) -> granary_ports::PortResult<granary_ports::BlobMeta> {
+        Self::refuse(bucket)
+    }
+    async fn delete(&self, bucket: &str, _: &str) -> granary_ports::PortResult<()> {
+        Self::refuse(bucket)
+    }
+    async fn request_restore(&self, bucket: &str, _: &str, _: u32) -> granary_ports::PortResult<granary_ports::RestoreStatus> {
+        Self::refuse(bucket)
+    }
+    async fn signed_get_url(&self, bucket: &str, _: &str, _: std::time::Duration) -> granary_ports::PortResult<String> {
+        Self::refuse(bucket)
     }
 }

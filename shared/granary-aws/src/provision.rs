@@ -89,8 +89,9 @@ pub async fn provision(aws: &Aws, resources: &Resources) -> PortResult<()> {
         }
         create.send().await.map_err(|e| port_error("CreateQueue", e))?;
     }
-    let s3 = aws.blob_client();
+    #[cfg(feature = "s3")]
     for b in &resources.buckets {
+        let s3 = aws.blob_client();
         match s3.create_bucket().bucket(format!("{}{b}", aws.prefix())).send().await {
             Ok(_) => {}
             Err(e) if matches!(code(&e), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => {}

@@ -26,6 +26,7 @@ pub async fn cold_start() -> Result<(Config, granary_ports::Backend), Box<dyn st
 
 /// The Lambda functions a handler may call (a configured processing's), with clients from the
 /// environment.
+#[cfg(feature = "lambda")]
 pub async fn functions() -> std::sync::Arc<dyn granary_ports::Functions> {
     std::sync::Arc::new(granary_aws::AwsFunctions::from_env().await)
 }
