@@ -347,7 +347,6 @@ async fn md5_of(reader: &mut BlobReader) -> std::io::Result<String> {
 }
 
 async fn md5_of_file(path: &Path) -> std::io::Result<String> {
-    let file: BlobReader = Box::pin(tokio::fs::File::open(path).await?);
-    let mut file = file;
+    let mut file: BlobReader = Box::pin(tokio::fs::File::open(path).await?);
     md5_of(&mut file).await
 }
