@@ -474,7 +474,8 @@ fn template_grants(
                     };
                     for action in statement["Action"].as_sequence().unwrap() {
                         let access = match action.as_str().unwrap() {
-                            "s3:GetObject" => Access::Read,
+                            // ListBucket only makes a missing key a 404: part of reading.
+                            "s3:GetObject" | "s3:ListBucket" => Access::Read,
                             "s3:PutObject" => Access::Write,
                             "s3:DeleteObject" => Access::Delete,
                             "s3:RestoreObject" => Access::Restore,

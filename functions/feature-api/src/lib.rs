@@ -333,7 +333,14 @@ impl FeatureApi {
         let text = body_text(req.body()).map_err(|e| bad_request(&e, &[]))?;
         let recipient: granary_domain::dissemination::Recipient =
             serde_json::from_str(text).map_err(|e| bad_request("the body is not a recipient", &[format!("body: {e}")]))?;
-        let errors = granary_domain::dissemination::check_recipient(label, &recipient);
+        let mut errors = granary_domain::dissemination::check_recipient(label, &recipient);
+        if let granary_domain::dissemination::Target::Queue { queue } = &recipient.target {
+            // A queue URL names its queue last; Granary's own queues would loop or forge its messages.
+            let name = queue.rsplit('/').next().unwrap_or(queue);
+            if self.config.internal_queues().contains(&name) {
+                errors.push(format!("target.queue: {name} is one of Granary's own queues"));
+            }
+        }
         if !errors.is_empty() {
             return Err(bad_request("invalid recipient", &errors));
         }

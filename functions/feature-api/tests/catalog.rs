@@ -197,3 +197,17 @@ async fn storage_locations_may_only_use_the_listed_buckets() {
     assert_eq!(status, 400);
     assert!(problem.to_string().contains("someone-elses is not one Granary may store into"), "{problem}");
 }
+
+#[tokio::test]
+async fn a_recipient_may_not_be_one_of_granarys_own_queues() {
+    let site = Site::new(Config::defaults()).await;
+    let api = FeatureApi::new(site.backend.clone(), site.config.clone());
+    let put = |queue: &str| {
+        let body = json!({"target": {"type": "queue", "queue": queue}, "ackRequired": false, "blocking": false}).to_string();
+        apigw_request("PUT", "/recipients/r1", "", Some(&body), ADMIN)
+    };
+    let (status, problem) = answer(api.handle(put("https://sqs.eu-west-1.amazonaws.com/1/feature-notification")).await.unwrap());
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem.to_string().contains("feature-notification is one of Granary's own queues"), "{problem}");
+    assert_eq!(answer(api.handle(put("partner-inbox")).await.unwrap()).0, 201);
+}

@@ -197,6 +197,10 @@ impl StorageWorker {
             LocationClass::Nearline => StorageClass::Nearline,
         };
         let url = format!("s3://{}/{}", location.bucket, file.key);
+        // A location defined before the allowed buckets changed: refused, not retried.
+        if !self.config.location_bucket_allowed(&location.bucket) {
+            return Ok(Err(format!("bucket {} is not one Granary may store into (GRANARY_LOCATION_BUCKETS)", location.bucket)));
+        }
         let blobs = &self.backend.blobs;
         match blobs.head(&location.bucket, &file.key).await {
             Ok(Some(meta)) if meta.size == file.filesize => return Ok(Ok(url)),

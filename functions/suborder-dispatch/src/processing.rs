@@ -29,6 +29,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
+/// How the cause of a file whose processing failed starts.
+const FAILED_PREFIX: &str = "processing ";
+
+/// How much of a command's standard error is kept (its end makes the cause).
+const STDERR_KEPT: usize = 64 * 1024;
+
+/// The cause of a file a processing run failed on.
+fn failed_cause(file: &Item) -> Option<&str> {
+    file.get_str("cause").filter(|c| file.get_str("state") == Some(FileState::Error.as_str()) && c.starts_with(FAILED_PREFIX))
+}
+
 /// What a run came to.
 enum Outcome {
     /// Its outputs, stored in the staging bucket.
@@ -68,11 +79,18 @@ impl SuborderDispatch {
         spec: &ProcessSpec,
     ) -> Result<(), StoreError> {
         let files = self.orders.suborder_files(&self.backend, order_id, number).await?;
+        // Only stored files are processed: referenced files and an external service's stay as they
+        // are. Files a run already failed on stay with their run, so that a delivery after a crash in
+        // the middle of marking them fails the rest the same way rather than running it again.
         let inputs: Vec<Item> = files
             .into_iter()
             .filter(|f| {
                 let index = index_of(f);
-                !is_output_index(index) && index != OUTPUT_INDEX && matches!(f.get_str("state"), Some("AVAILABLE" | "DOWNLOADED"))
+                let state = f.get_str("state").unwrap_or_default();
+                (matches!(state, "AVAILABLE" | "DOWNLOADED") || failed_cause(f).is_some())
+                    && !is_output_index(index)
+                    && index != OUTPUT_INDEX
+                    && self.object_of(f).is_some()
             })
             .collect();
         // Runs by their first input's index: the whole suborder, or each feature.
@@ -96,6 +114,12 @@ impl SuborderDispatch {
         }
         let parameters = suborder.get("processParameters").cloned().unwrap_or(Value::Null);
         for (run, inputs) in runs {
+            if let Some(cause) = inputs.iter().find_map(failed_cause) {
+                // This run failed before a crash: the rest of its files fail with it.
+                let cause = cause.to_owned();
+                self.fulfilment.processing_failed(&self.backend, order_id, number, &inputs, &cause).await?;
+                continue;
+            }
             let first_output = file_sk(number, output_index(run, 0));
             let written = self.backend.table.get(&self.config.orders_table, &Key::new(order_partition(order_id), first_output)).await?;
             if written.is_some() {
@@ -161,7 +185,7 @@ impl SuborderDispatch {
                     tracing::info!(order_id, number, run, process, inputs = inputs.len(), "processing run done");
                 }
                 Outcome::Failed(cause) => {
-                    let cause = format!("processing {process} failed: {cause}");
+                    let cause = format!("{FAILED_PREFIX}{process} failed: {cause}");
                     tracing::warn!(order_id, number, run, cause, "processing run failed: its files are in error");
                     self.fulfilment.processing_failed(&self.backend, order_id, number, &inputs, &cause).await?;
                 }
@@ -229,6 +253,12 @@ impl SuborderDispatch {
         let mut child = match tokio::process::Command::new(&command[0])
             .args(&command[1..])
             .current_dir(work.path())
+            // The process gets no credentials of Granary's, only a path to find its tools.
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
+            .env("HOME", work.path())
+            // Its own process group: a timeout stops whatever it started too.
+            .process_group(0)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -238,24 +268,57 @@ impl SuborderDispatch {
             Ok(child) => child,
             Err(e) => return Ok(Outcome::Failed(format!("{} could not be started: {e}", command[0]))),
         };
-        if let Some(mut stdin) = child.stdin.take() {
-            // A command that does not read its request is its own business.
-            let _ = stdin.write_all(&body).await;
-        }
-        let finished = tokio::time::timeout(Duration::from_secs(timeout_secs), child.wait_with_output()).await;
-        let output = match finished {
-            Err(_) => return Ok(Outcome::Failed(format!("it took longer than {timeout_secs} s"))),
-            Ok(Err(e)) => return Ok(Outcome::Failed(format!("waiting for {}: {e}", command[0]))),
-            Ok(Ok(output)) => output,
+        let (stdin, stderr) = (child.stdin.take(), child.stderr.take());
+        let feeding = async move {
+            if let Some(mut stdin) = stdin {
+                // A command that does not read its request is its own business.
+                let _ = stdin.write_all(&body).await;
+            }
         };
-        if !output.status.success() {
-            return Ok(Outcome::Failed(format!("{} ({})", error_tail(&output.stderr, 400), output.status)));
+        let reading = async move {
+            let mut kept = Vec::new();
+            if let Some(mut stderr) = stderr {
+                let mut buf = vec![0u8; 8192];
+                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stderr, &mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    kept.extend_from_slice(&buf[..n]);
+                    // Its end makes the cause: keep the last STDERR_KEPT bytes.
+                    if kept.len() > 2 * STDERR_KEPT {
+                        kept.drain(..kept.len() - STDERR_KEPT);
+                    }
+                }
+            }
+            kept
+        };
+        let group = child.id();
+        let finished =
+            tokio::time::timeout(Duration::from_secs(timeout_secs), async { tokio::join!(feeding, reading, child.wait()) }).await;
+        let (stderr, status) = match finished {
+            Err(_) => {
+                if let Some(group) = group {
+                    // The whole group: a shell's or an interpreter's children too.
+                    let _ = tokio::process::Command::new("kill").args(["-s", "KILL", "--", &format!("-{group}")]).status().await;
+                }
+                return Ok(Outcome::Failed(format!("it took longer than {timeout_secs} s")));
+            }
+            Ok(((), stderr, Err(e))) => {
+                return Ok(Outcome::Failed(format!("waiting for {}: {e} {}", command[0], error_tail(&stderr, 200))));
+            }
+            Ok(((), stderr, Ok(status))) => (stderr, status),
+        };
+        if !status.success() {
+            return Ok(Outcome::Failed(format!("{} ({status})", error_tail(&stderr, 400))));
         }
         let mut names = Vec::new();
         let mut entries = tokio::fs::read_dir(&dir_out).await.map_err(|e| interrupted(format!("reading {}: {e}", dir_out.display())))?;
         while let Some(entry) = entries.next_entry().await.map_err(|e| interrupted(format!("reading {}: {e}", dir_out.display())))? {
             if entry.file_type().await.map(|t| t.is_file()).unwrap_or(false) {
-                names.push(entry.file_name().to_string_lossy().into_owned());
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                    return Ok(Outcome::Failed(format!("output {:?} is not named in UTF-8", entry.file_name())));
+                };
+                names.push(name);
             }
         }
         names.sort();
@@ -264,6 +327,12 @@ impl SuborderDispatch {
         }
         if names.len() > MAX_OUTPUTS_PER_RUN {
             return Ok(Outcome::Failed(format!("the process produced {} files, more than {MAX_OUTPUTS_PER_RUN}", names.len())));
+        }
+        let safe: std::collections::BTreeSet<String> = names.iter().map(|n| safe_path(&[n])).collect();
+        if safe.len() != names.len() {
+            return Ok(Outcome::Failed(
+                "two outputs have the same name once made safe (':', '\\' and control characters become '_')".into(),
+            ));
         }
         let prefix = output_prefix(&request);
         let mut produced = Vec::new();
@@ -301,10 +370,11 @@ impl SuborderDispatch {
         request.output_bucket = Some(self.config.staging_bucket.clone());
         request.output_prefix = Some(prefix.clone());
         let body = serde_json::to_vec(&request).unwrap_or_default();
-        let answer = match self.functions.invoke(function, &body).await {
-            Ok(answer) => answer,
-            Err(e) if e.is_transient() => return Err(e.into()),
-            Err(e) => return Ok(Outcome::Failed(e.to_string())),
+        let answer = match tokio::time::timeout(Duration::from_secs(timeout_secs), self.functions.invoke(function, &body)).await {
+            Err(_) => return Ok(Outcome::Failed(format!("it took longer than {timeout_secs} s"))),
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) if e.is_transient() => return Err(e.into()),
+            Ok(Err(e)) => return Ok(Outcome::Failed(e.to_string())),
         };
         let outputs = match serde_json::from_slice::<ProcessResponse>(&answer) {
             Ok(response) => match response.checked(&prefix) {
@@ -328,9 +398,10 @@ impl SuborderDispatch {
     }
 }
 
-/// The staging prefix of a run's outputs.
+/// The staging prefix of one attempt at a run: two deliveries running at once write apart, and the
+/// items written first name their own objects (the others expire by the bucket's rule).
 fn output_prefix(request: &ProcessRequest) -> String {
-    format!("processed/{}/{}/{}/", request.order_id, request.suborder, request.run)
+    format!("processed/{}/{}/{}/{}/", request.order_id, request.suborder, request.run, uuid::Uuid::new_v4().simple())
 }
 
 async fn md5_of(reader: &mut BlobReader) -> std::io::Result<String> {

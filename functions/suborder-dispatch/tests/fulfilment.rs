@@ -839,10 +839,12 @@ async fn a_configured_lambda_processes_a_suborder_and_a_broken_answer_fails_its_
         let files = world.files(&id).await;
         if ok {
             assert_eq!(order["status"], "DONE", "{order}");
-            let names: Vec<&str> = files.iter().map(|f| f.get("file").unwrap()["filename"].as_str().unwrap()).collect();
+            let mut names: Vec<&str> = files.iter().map(|f| f.get("file").unwrap()["filename"].as_str().unwrap()).collect();
+            names.sort_unstable();
             assert_eq!(names, [format!("lt{n}a.png"), format!("lt{n}b.png")]);
             assert!(files.iter().all(|f| f.get("file").unwrap()["mimeType"] == "image/png"));
-            let bytes = read_blob(&world, files[0].get("file").unwrap()["url"].as_str().unwrap()).await;
+            let a = files.iter().find(|f| f.get("file").unwrap()["filename"] == format!("lt{n}a.png")).unwrap();
+            let bytes = read_blob(&world, a.get("file").unwrap()["url"].as_str().unwrap()).await;
             assert_eq!(bytes, format!("thumb of \"lt{n}a.dat\"").into_bytes());
         } else {
             assert_eq!(order["status"], "FAILED", "{order}");
@@ -865,4 +867,37 @@ async fn without_a_lambda_client_a_lambda_processing_fails_its_files_with_the_re
     assert_eq!(world.get(&id, ANN).await["status"], "FAILED");
     let cause = world.files(&id).await[0].get_str("cause").unwrap().to_owned();
     assert!(cause.contains("configure the process as a command"), "{cause}");
+}
+
+#[tokio::test]
+async fn a_command_past_its_timeout_fails_its_files_and_is_killed_with_what_it_started() {
+    let log = tempfile::tempdir().unwrap();
+    // It starts a child that would outlive it, notes the child's pid, then hangs.
+    let script = "import json, os, subprocess, sys, time\n\
+                  p = json.load(sys.stdin)['parameters']\n\
+                  child = subprocess.Popen(['sleep', '120'])\n\
+                  open(os.path.join(p['log'], 'child.pid'), 'w').write(str(child.pid))\n\
+                  time.sleep(120)\n";
+    let mut config = Config::defaults();
+    config.processes =
+        granary_domain::processing::parse_processes(&json!({"hang": {"command": ["python3", "-c", script], "timeoutSecs": 2}}).to_string());
+    let world = World::new(config).await;
+    let parameters = json!({"log": log.path().display().to_string()});
+    let products = [world.stored_product("hg0", KIB, "online").await];
+    let id = order_processed(&world, &products, json!({"processBusinessId": "hang", "parameters": parameters})).await;
+    world.pump().await;
+    assert_eq!(world.get(&id, ANN).await["status"], "FAILED");
+    let cause = world.files(&id).await[0].get_str("cause").unwrap().to_owned();
+    assert!(cause.contains("processing hang failed: it took longer than 2 s"), "{cause}");
+    let pid = std::fs::read_to_string(log.path().join("child.pid")).unwrap();
+    // Killed with its group: gone, or a zombie waiting for init to reap it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the command's child {pid} outlived it: {stat}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

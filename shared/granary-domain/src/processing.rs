@@ -30,7 +30,7 @@ pub const MAX_RUNS: u64 = 5_000;
 /// The first file index of processing outputs (past any suborder's inputs).
 pub const FIRST_OUTPUT_INDEX: u64 = 100_000;
 /// How long a run may take when its entry does not say, in seconds.
-pub const DEFAULT_TIMEOUT_SECS: u64 = 900;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
 
 /// What one run covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -274,6 +274,26 @@ impl Config {
     /// Whether an `s3://` file source may name `bucket`.
     pub fn source_bucket_allowed(&self, bucket: &str) -> bool {
         self.storage_source_buckets.as_ref().is_none_or(|allowed| allowed.contains(bucket))
+            || self.locations().values().any(|l| l.bucket == bucket)
+    }
+
+    /// The names of Granary's own queues, which no recipient may be.
+    pub fn internal_queues(&self) -> Vec<&str> {
+        let mut queues: Vec<&str> = self.feature_queues.iter().map(String::as_str).collect();
+        queues.extend([
+            self.response_queue.as_str(),
+            self.feature_dead_letter_queue.as_str(),
+            self.notification_queue.as_str(),
+            self.storage_jobs_queue.as_str(),
+            self.storage_ready_queue.as_str(),
+            self.storage_ready_dead_letter_queue.as_str(),
+            self.ack_queue.as_str(),
+            self.order_create_queue.as_str(),
+            self.suborder_dispatch_queue.as_str(),
+            self.order_events_queue.as_str(),
+            self.files_restoration_queue.as_str(),
+        ]);
+        queues
     }
 
     /// The configured processings (none when misconfigured: [`Config::check`] refuses to start then).

@@ -456,18 +456,26 @@ impl Fulfilment {
         if n > 0 {
             let mut ops: Vec<TxOp> =
                 outputs.into_iter().map(|item| TxOp::Put { table: self.orders.clone(), item, cond: Some(Cond::ItemAbsent) }).collect();
-            ops.push(self.update(suborder_key(order_id, number), vec![Update::add("open", n), Update::add("filesCount", n)], None));
+            // Only while the suborder runs: a late run after a release or removal writes nothing.
+            let running = Some(Cond::eq("state", SuborderState::Running.as_str()));
+            ops.push(self.update(suborder_key(order_id, number), vec![Update::add("open", n), Update::add("filesCount", n)], running));
             ops.push(self.update(
                 order_key(order_id),
                 vec![Update::add("filesCount", n), Update::add("madeAvailable", n), Update::add("availableFilesCount", n)],
                 None,
             ));
             match backend.table.transact(ops).await {
-                // Written by an earlier run: the outputs are all or none there.
-                Ok(()) | Err(PortError::TransactionCanceled { .. }) => {}
+                Ok(()) => {}
+                // Written by an earlier run (the outputs are all or none there), or the suborder is
+                // no longer running: its inputs are not touched.
+                Err(PortError::TransactionCanceled { index, .. }) if index as i64 >= n => return Ok(()),
+                Err(PortError::TransactionCanceled { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
+        // The run's first input (its number) goes last, so a delivery after a crash still finds the run.
+        let mut inputs = inputs.to_vec();
+        inputs.sort_by(|a, b| b.key.sk.cmp(&a.key.sk));
         for chunk in inputs.chunks(45) {
             let mut ops = Vec::new();
             let (mut available, mut open) = (0, 0);
@@ -487,8 +495,40 @@ impl Fulfilment {
                 None,
             ));
             match backend.table.transact(ops).await {
-                // Deleted by an earlier run (or downloaded meanwhile: the next run reads it again).
-                Ok(()) | Err(PortError::TransactionCanceled { .. }) => {}
+                Ok(()) => {}
+                // One file changed meanwhile (downloaded, or deleted by an earlier run): each alone.
+                Err(PortError::TransactionCanceled { .. }) => {
+                    for f in chunk {
+                        self.remove_input(backend, order_id, number, &f.key).await?;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes one processed input as it is now, with the counters it holds.
+    async fn remove_input(&self, backend: &Backend, order_id: &str, number: u32, key: &Key) -> Result<(), StoreError> {
+        for _ in 0..3 {
+            let Some(f) = backend.table.get(&self.orders, key).await? else { return Ok(()) };
+            let state = f.get_str("state").unwrap_or_default().to_owned();
+            if state != FileState::Available.as_str() && state != FileState::Downloaded.as_str() {
+                return Ok(());
+            }
+            let available = i64::from(state == FileState::Available.as_str());
+            let ops = vec![
+                TxOp::Delete { table: self.orders.clone(), key: key.clone(), cond: Some(Cond::eq("state", state.as_str())) },
+                self.update(suborder_key(order_id, number), vec![Update::add("open", -available), Update::add("filesCount", -1)], None),
+                self.update(
+                    order_key(order_id),
+                    vec![Update::add("filesCount", -1), Update::add("madeAvailable", -1), Update::add("availableFilesCount", -available)],
+                    None,
+                ),
+            ];
+            match backend.table.transact(ops).await {
+                Ok(()) => return Ok(()),
+                Err(PortError::TransactionCanceled { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -506,7 +546,10 @@ impl Fulfilment {
         cause: &str,
     ) -> Result<(), StoreError> {
         let now = backend.clock.now_ms();
-        for file in inputs.iter().filter(|f| f.get_str("state") == Some(FileState::Available.as_str())) {
+        // The run's first input (its number) goes last, so a delivery after a crash still finds the run.
+        let mut inputs: Vec<&Item> = inputs.iter().filter(|f| f.get_str("state") == Some(FileState::Available.as_str())).collect();
+        inputs.sort_by(|a, b| b.key.sk.cmp(&a.key.sk));
+        for file in inputs {
             let mut ops = vec![
                 self.update(
                     file.key.clone(),
