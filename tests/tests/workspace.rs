@@ -320,6 +320,9 @@ fn every_function_of_the_template_is_a_binary_of_the_workspace_with_sound_trigge
         let manifest = root().join("functions").join(binary).join("Cargo.toml");
         let toml = std::fs::read_to_string(&manifest).unwrap_or_else(|_| panic!("{id}: binary {binary} has no crate functions/{binary}"));
         assert!(toml.contains("[[bin]]") && toml.contains(&format!("name = \"{binary}\"")), "{id}: {binary} is not a [[bin]]");
+        // Built from its own crate's directory, cargo resolves that crate's features alone: a function
+        // links only the SDK clients it asks for (from the workspace root, every member's are unified).
+        assert_eq!(r["Properties"]["CodeUri"].as_str(), Some(format!("functions/{binary}").as_str()), "{id}: CodeUri");
         let timeout = r["Properties"]["Timeout"].as_u64().unwrap_or(global_timeout);
         for (name, event) in r["Properties"]["Events"].as_mapping().into_iter().flatten() {
             let at = format!("{id}.Events.{}", name.as_str().unwrap());
