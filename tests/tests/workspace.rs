@@ -431,50 +431,67 @@ fn deployed_value(t: &serde_yaml::Value, v: &serde_yaml::Value) -> Option<String
     }
 }
 
-/// What the template grants a function, as (kind, logical id, access), with default parameters (the
-/// statements under a condition are off).
+/// What the template grants a function, as (kind, logical id or bucket name, access), with the list
+/// parameters `lists` (a policy under a condition counts when the list its condition tests is not empty).
 fn template_grants(
     t: &serde_yaml::Value,
     function: &str,
+    lists: &std::collections::BTreeMap<&str, Vec<&str>>,
 ) -> BTreeSet<(granary_ports::access::Kind, String, granary_ports::access::Access)> {
     use granary_ports::access::{Access, Kind};
-    let target = |v: &serde_yaml::Value| -> String {
-        match v {
-            serde_yaml::Value::Tagged(g) => {
-                let s = g.value.as_str().unwrap_or_default();
-                let s = s.trim_start_matches("${");
-                s.split(['.', '}']).next().unwrap().to_owned()
-            }
-            other => panic!("{function}: a policy names {other:?}, not a !Ref, !GetAtt or !Sub"),
+    // The resources a policy names: `!Ref X`, `!GetAtt X.Arn`, `!Sub "${X.Arn}/..."`, or bucket ARNs
+    // built from a list parameter (`!Split [",", !Sub [text, {Name: !Join [sep, !Ref List]}]]`).
+    let targets = |v: &serde_yaml::Value| -> Vec<String> {
+        let serde_yaml::Value::Tagged(g) = v else { panic!("{function}: a policy names {v:?}, not a !Ref, !GetAtt, !Sub or !Split") };
+        if g.tag.to_string() != "!Split" {
+            let s = g.value.as_str().unwrap_or_default().trim_start_matches("${");
+            return vec![s.split(['.', '}']).next().unwrap().to_owned()];
         }
+        let serde_yaml::Value::Tagged(sub) = &g.value[1] else { panic!("{function}: a !Split of no !Sub") };
+        let mut text = sub.value[0].as_str().unwrap().to_owned();
+        for (name, join) in sub.value[1].as_mapping().unwrap() {
+            let serde_yaml::Value::Tagged(join) = join else { panic!("{function}: a !Sub variable that is no !Join") };
+            let serde_yaml::Value::Tagged(list) = &join.value[1] else { panic!("{function}: a !Join of no !Ref") };
+            let values = lists.get(list.value.as_str().unwrap()).cloned().unwrap_or_default();
+            text = text.replace(&format!("${{{}}}", name.as_str().unwrap()), &values.join(join.value[0].as_str().unwrap()));
+        }
+        text.split(',').map(|arn| arn.trim_start_matches("arn:aws:s3:::").trim_end_matches("/*").to_owned()).collect()
+    };
+    let condition_holds = |name: &str| -> bool {
+        // Each condition tests that one list parameter is not empty.
+        let text = serde_yaml::to_string(&t["Conditions"][name]).unwrap();
+        lists.iter().any(|(list, values)| text.contains(&format!("!Ref {list}")) && !values.is_empty())
     };
     let mut out = BTreeSet::new();
     for policy in t["Resources"][function]["Properties"]["Policies"].as_sequence().into_iter().flatten() {
-        if let serde_yaml::Value::Tagged(g) = policy {
-            assert_eq!(g.tag.to_string(), "!If", "{function}: a policy tagged {}", g.tag);
-            // Conditions are false with default parameters.
-            continue;
-        }
+        let policy = match policy {
+            serde_yaml::Value::Tagged(g) => {
+                assert_eq!(g.tag.to_string(), "!If", "{function}: a policy tagged {}", g.tag);
+                if !condition_holds(g.value[0].as_str().unwrap()) {
+                    continue;
+                }
+                &g.value[1]
+            }
+            plain => plain,
+        };
         let (kind, body) = policy.as_mapping().and_then(|m| m.iter().next()).unwrap();
         let kind = kind.as_str().unwrap();
-        let mut add = |k: Kind, id: String, accesses: &[Access]| {
-            for a in accesses {
-                out.insert((k, id.clone(), *a));
+        let mut add = |k: Kind, ids: Vec<String>, accesses: &[Access]| {
+            for id in ids {
+                for a in accesses {
+                    out.insert((k, id.clone(), *a));
+                }
             }
         };
         match kind {
-            "DynamoDBCrudPolicy" => add(Kind::Table, target(&body["TableName"]), &[Access::Read, Access::Write]),
-            "DynamoDBReadPolicy" => add(Kind::Table, target(&body["TableName"]), &[Access::Read]),
-            "SQSSendMessagePolicy" => add(Kind::Queue, target(&body["QueueName"]), &[Access::Send]),
-            "S3CrudPolicy" => add(Kind::Bucket, target(&body["BucketName"]), &[Access::Read, Access::Write, Access::Delete]),
-            "S3ReadPolicy" => add(Kind::Bucket, target(&body["BucketName"]), &[Access::Read]),
-            "S3WritePolicy" => add(Kind::Bucket, target(&body["BucketName"]), &[Access::Write]),
+            "DynamoDBCrudPolicy" => add(Kind::Table, targets(&body["TableName"]), &[Access::Read, Access::Write]),
+            "DynamoDBReadPolicy" => add(Kind::Table, targets(&body["TableName"]), &[Access::Read]),
+            "SQSSendMessagePolicy" => add(Kind::Queue, targets(&body["QueueName"]), &[Access::Send]),
+            "S3CrudPolicy" => add(Kind::Bucket, targets(&body["BucketName"]), &[Access::Read, Access::Write, Access::Delete]),
+            "S3ReadPolicy" => add(Kind::Bucket, targets(&body["BucketName"]), &[Access::Read]),
+            "S3WritePolicy" => add(Kind::Bucket, targets(&body["BucketName"]), &[Access::Write]),
             "Statement" => {
                 for statement in body.as_sequence().unwrap() {
-                    let resources: Vec<String> = match &statement["Resource"] {
-                        serde_yaml::Value::Sequence(s) => s.iter().map(target).collect(),
-                        one => vec![target(one)],
-                    };
                     for action in statement["Action"].as_sequence().unwrap() {
                         let access = match action.as_str().unwrap() {
                             // ListBucket only makes a missing key a 404: part of reading.
@@ -482,11 +499,15 @@ fn template_grants(
                             "s3:PutObject" => Access::Write,
                             "s3:DeleteObject" => Access::Delete,
                             "s3:RestoreObject" => Access::Restore,
+                            // A processing's functions are no port: the operator names them.
+                            "lambda:InvokeFunction" => continue,
                             other => panic!("{function}: action {other} has no port access here"),
                         };
-                        for r in &resources {
-                            add(Kind::Bucket, r.clone(), &[access]);
-                        }
+                        let resources: Vec<String> = match &statement["Resource"] {
+                            serde_yaml::Value::Sequence(s) => s.iter().flat_map(&targets).collect(),
+                            one => targets(one),
+                        };
+                        add(Kind::Bucket, resources, &[access]);
                     }
                 }
             }
@@ -498,11 +519,27 @@ fn template_grants(
 
 #[tokio::test]
 async fn every_function_is_granted_exactly_what_its_stores_use() {
+    // With the template's defaults, then with every list parameter set (the conditional policies on).
+    grants_agree(&std::collections::BTreeMap::new()).await;
+    let lists = std::collections::BTreeMap::from([
+        ("SourceBuckets", vec!["producer-drop", "partner-archive"]),
+        ("LocationBuckets", vec!["mission-archive"]),
+        ("ProcessFunctionArns", vec!["arn:aws:lambda:eu-west-1:123456789012:function:thumbs"]),
+    ]);
+    grants_agree(&lists).await;
+}
+
+async fn grants_agree(lists: &std::collections::BTreeMap<&str, Vec<&str>>) {
     use granary_ports::access::{Kind, granted};
     let t = template();
     let vars = t["Globals"]["Function"]["Environment"]["Variables"].as_mapping().unwrap();
-    let env: std::collections::BTreeMap<String, String> =
+    let mut env: std::collections::BTreeMap<String, String> =
         vars.iter().filter_map(|(k, v)| Some((k.as_str()?.to_owned(), deployed_value(&t, v)?))).collect();
+    for (var, list) in [("GRANARY_STORAGE_SOURCE_BUCKETS", "SourceBuckets"), ("GRANARY_LOCATION_BUCKETS", "LocationBuckets")] {
+        if let Some(values) = lists.get(list) {
+            env.insert(var.to_owned(), values.join(","));
+        }
+    }
     let config = granary_lambda::Config::from_lookup(|name| env.get(name).cloned());
     let site = granary_testkit::Site::new(config.clone()).await;
     let (b, c) = (site.backend.clone(), config.clone());
@@ -523,6 +560,10 @@ async fn every_function_is_granted_exactly_what_its_stores_use() {
 
     let resources = t["Resources"].as_mapping().unwrap();
     let logical_id = |kind: Kind, name: &str| -> String {
+        // A bucket a list parameter names is no resource of the stack: its name stands.
+        if kind == Kind::Bucket && lists.values().flatten().any(|b| *b == name) {
+            return name.to_owned();
+        }
         let wanted = match kind {
             Kind::Table => "AWS::DynamoDB::Table",
             Kind::Queue => "AWS::SQS::Queue",
@@ -545,7 +586,7 @@ async fn every_function_is_granted_exactly_what_its_stores_use() {
         let binary = r["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap();
         let grants = granted(binary).unwrap_or_else(|| panic!("{binary} guarded no backend with its grants"));
         let needed: BTreeSet<_> = grants.iter().map(|g| (g.kind, logical_id(g.kind, &g.name), g.access)).collect();
-        let given = template_grants(&t, id);
+        let given = template_grants(&t, id, lists);
         // The S3 client is linked into the functions that touch buckets, and only those.
         let manifest = std::fs::read_to_string(root().join("functions").join(binary).join("Cargo.toml")).unwrap();
         let links_s3 = manifest.lines().any(|l| l.starts_with("granary-lambda") && l.contains("\"s3\""));
