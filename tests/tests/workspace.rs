@@ -443,7 +443,7 @@ fn template_grants(
     // built from a list parameter (`!Split [",", !Sub [text, {Name: !Join [sep, !Ref List]}]]`).
     let targets = |v: &serde_yaml::Value| -> Vec<String> {
         let serde_yaml::Value::Tagged(g) = v else { panic!("{function}: a policy names {v:?}, not a !Ref, !GetAtt, !Sub or !Split") };
-        if g.tag.to_string() != "!Split" {
+        if g.tag != "!Split" {
             let s = g.value.as_str().unwrap_or_default().trim_start_matches("${");
             return vec![s.split(['.', '}']).next().unwrap().to_owned()];
         }
