@@ -102,6 +102,15 @@ impl OrderMaintenance {
                     done.timed_out += 1;
                 }
             }
+            // A processing that never ended (its job dead-lettered): the files stay as they are.
+            let stuck = s.get("processing").is_some()
+                && s.get("processedAt").is_none()
+                && s.get_i64("processingStartedAt").is_some_and(|at| at < now - timeout_ms);
+            if stuck {
+                tracing::warn!(order_id, number, "processing did not end in time: the suborder's files are left as they are");
+                events.extend(self.fulfilment.processed(&self.backend, &order_id, number).await?);
+                continue;
+            }
             events.extend(self.fulfilment.settle(&self.backend, &order_id, number).await?);
         }
         let mut after = None;

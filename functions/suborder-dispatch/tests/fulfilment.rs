@@ -901,3 +901,43 @@ async fn a_command_past_its_timeout_fails_its_files_and_is_killed_with_what_it_s
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn maintenance_ends_a_processing_whose_job_was_lost() {
+    let mut config = Config::defaults();
+    config.suborder_timeout_hours = 2;
+    config.processes = granary_domain::processing::parse_processes(r#"{"slow": {"command": ["true"]}}"#);
+    let world = World::new(config).await;
+    let maintenance = order_maintenance::OrderMaintenance::new(world.site.backend.clone(), world.site.config.clone());
+    let id = order_processed(&world, &[world.stored_product("lost0", KIB, "online").await], json!({"processBusinessId": "slow"})).await;
+    // The processing job is lost (as one dead-lettered after every delivery failed).
+    let mut lost = 0;
+    for _ in 0..20 {
+        for m in world.site.drain("order-create").await {
+            world.create.handle(LambdaEvent::new(sqs_event("order-create", &[m]).unwrap(), Context::default())).await.unwrap();
+        }
+        let messages: Vec<_> = world.site.drain("suborder-dispatch").await;
+        if messages.is_empty() {
+            break;
+        }
+        for m in messages {
+            if m.body.contains("\"process\"") {
+                lost += 1;
+                continue;
+            }
+            world.dispatch.handle(LambdaEvent::new(sqs_event("suborder-dispatch", &[m]).unwrap(), Context::default())).await.unwrap();
+        }
+    }
+    assert_eq!(lost, 1);
+    assert_eq!(world.get(&id, ANN).await["status"], "RUNNING", "stuck behind its processing");
+    assert_eq!(maintenance.run().await.unwrap(), order_maintenance::Maintained::default());
+    world.site.clock.advance(chrono::Duration::hours(3));
+    maintenance.run().await.unwrap();
+    world.pump().await;
+    let order = world.get(&id, ANN).await;
+    assert_eq!(
+        (order["status"].as_str(), order["availableFilesCount"].as_u64()),
+        (Some("DONE"), Some(1)),
+        "files left as they are: {order}"
+    );
+}
