@@ -41,7 +41,9 @@ pub struct Dissemination {
     recipients: RecipientCache,
     log: DisseminationLog,
     recovery: Recovery,
-    http: reqwest::Client,
+    /// Built at its first use: reading the machine's CA certificates costs a cold start milliseconds
+    /// that a batch without webhook recipients need not pay.
+    http: std::sync::OnceLock<reqwest::Client>,
     attempts: u32,
     first_delay: Duration,
     dead_letter_queue: String,
@@ -69,11 +71,6 @@ impl Dissemination {
     /// first retry after `first_delay`.
     pub fn with_settings(backend: Backend, config: Config, ttl: Duration, attempts: u32, first_delay: Duration) -> Result<Self, String> {
         let attempts = attempts.max(1);
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let recipients = RecipientCache::new(RecipientStore::new(&config.features_table), ttl);
         let log = DisseminationLog::new(&config.features_table);
         let recovery = Recovery::new(&config.requests_table, &config.response_queue);
@@ -89,7 +86,7 @@ impl Dissemination {
             recovery,
             dead_letter_queue,
             config,
-            http,
+            http: std::sync::OnceLock::new(),
             attempts,
             first_delay,
         })
@@ -203,6 +200,18 @@ impl Dissemination {
         }
     }
 
+    fn http(&self) -> Result<&reqwest::Client, String> {
+        if let Some(http) = self.http.get() {
+            return Ok(http);
+        }
+        let built = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(self.http.get_or_init(|| built))
+    }
+
     async fn deliver(&self, recipient: &Recipient, body: &str, event_id: &str) -> Result<(), String> {
         match &recipient.target {
             Target::Queue { queue } => {
@@ -214,7 +223,7 @@ impl Dissemination {
             Target::Webhook { url } => {
                 let signature = sign(recipient.secret.as_deref().unwrap_or_default(), body.as_bytes());
                 let response = self
-                    .http
+                    .http()?
                     .post(url)
                     .header("content-type", "application/json")
                     .header(SIGNATURE_HEADER, signature)

@@ -34,7 +34,10 @@ pub struct StorageWorker {
     config: Config,
     locations: Arc<LocationCache>,
     file_roots: Vec<PathBuf>,
-    http: reqwest::Client,
+    /// Built at its first use: reading the machine's CA certificates costs a cold start milliseconds
+    /// that a worker without http(s) sources need not pay.
+    http: Arc<std::sync::OnceLock<reqwest::Client>>,
+    source_timeout: Duration,
     owners: FileOwners,
 }
 
@@ -68,11 +71,6 @@ impl StorageWorker {
             .into_iter()
             .map(|r| std::fs::canonicalize(&r).map_err(|e| format!("GRANARY_STORAGE_FILE_ROOTS: {}: {e}", r.display())))
             .collect::<Result<Vec<_>, _>>()?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(source_timeout)
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let ttl = granary_lambda::config::env_number("GRANARY_MODEL_CACHE_SECS", 30u64)?;
         let locations = LocationCache::new(LocationStore::new(&config.features_table), config.locations(), Duration::from_secs(ttl));
         let owners = FileOwners::new(&config.features_table);
@@ -91,7 +89,7 @@ impl StorageWorker {
             }
         }
         let backend = granary_ports::access::guard(backend, "storage-worker", grants);
-        Ok(Self { locations: Arc::new(locations), owners, backend, config, file_roots, http })
+        Ok(Self { locations: Arc::new(locations), owners, backend, config, file_roots, http: Arc::default(), source_timeout })
     }
 
     /// Runs a batch of storage jobs concurrently; a job whose files could not all be copied or
@@ -191,6 +189,18 @@ impl StorageWorker {
 
     /// Copies one file: `Ok(Ok(url))` stored, `Ok(Err(cause))` the file cannot be stored (its source or
     /// its declaration is wrong), `Err` the destination failed and a retry may work.
+    fn http(&self) -> Result<&reqwest::Client, String> {
+        if let Some(http) = self.http.get() {
+            return Ok(http);
+        }
+        let built = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(self.source_timeout)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(self.http.get_or_init(|| built))
+    }
+
     async fn store(&self, file: &FileToStore, location: &StorageLocation) -> Result<Result<String, String>, Transient> {
         let class = match location.class {
             LocationClass::Online => StorageClass::Online,
@@ -259,7 +269,11 @@ impl StorageWorker {
                 }
             }
             "http" | "https" => {
-                let response = match self.http.get(parsed).send().await {
+                let http = match self.http() {
+                    Ok(http) => http,
+                    Err(e) => return Err(SourceError::Transient(e)),
+                };
+                let response = match http.get(parsed).send().await {
                     Ok(r) => r,
                     Err(e) => return refused(format!("cannot be fetched: {e}")),
                 };
