@@ -251,7 +251,7 @@ impl Config {
 
     /// Whether a storage location may be in `bucket`.
     pub fn location_bucket_allowed(&self, bucket: &str) -> bool {
-        self.location_buckets.as_ref().is_none_or(|listed| listed.contains(bucket)) || self.locations().values().any(|l| l.bucket == bucket)
+        self.location_buckets.as_ref().is_none_or(|listed| listed.contains(bucket)) || self.configured_buckets().any(|b| b == bucket)
     }
 
     /// `accesses` to every bucket a storage location may be in (every bucket where no list narrows it).
@@ -261,9 +261,8 @@ impl Config {
             match &self.location_buckets {
                 None => grants = grants.any(Kind::Bucket, access),
                 Some(listed) => {
-                    let configured = self.locations().into_values().map(|l| l.bucket);
-                    for bucket in listed.iter().cloned().chain(configured) {
-                        grants = grants.bucket(&bucket, access);
+                    for bucket in listed.iter().map(String::as_str).chain(self.configured_buckets()) {
+                        grants = grants.bucket(bucket, access);
                     }
                 }
             }
@@ -274,7 +273,12 @@ impl Config {
     /// Whether an `s3://` file source may name `bucket`.
     pub fn source_bucket_allowed(&self, bucket: &str) -> bool {
         self.storage_source_buckets.as_ref().is_none_or(|allowed| allowed.contains(bucket))
-            || self.locations().values().any(|l| l.bucket == bucket)
+            || self.configured_buckets().any(|b| b == bucket)
+    }
+
+    /// The buckets of the configured storage locations (read in place: these checks run per file).
+    fn configured_buckets(&self) -> impl Iterator<Item = &str> {
+        self.storage_locations.as_ref().into_iter().flat_map(|l| l.values()).map(|l| l.bucket.as_str())
     }
 
     /// The names of Granary's own queues, which no recipient may be.
