@@ -12,6 +12,7 @@
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use granary_domain::dissemination::{EVENT_ID_HEADER, NotificationFacts, Recipient, SIGNATURE_HEADER, Target, notification_id, sign};
+use granary_lambda::outbound::{OutboundHttp, Timeouts, describe};
 use granary_lambda::{Config, sqs};
 use granary_ports::{Backend, OutgoingMessage};
 use granary_stores::StoreError;
@@ -41,9 +42,8 @@ pub struct Dissemination {
     recipients: RecipientCache,
     log: DisseminationLog,
     recovery: Recovery,
-    /// Built at its first use: reading the machine's CA certificates costs a cold start milliseconds
-    /// that a batch without webhook recipients need not pay.
-    http: std::sync::OnceLock<reqwest::Client>,
+    /// For webhooks, held to the outbound policy and built at its first use.
+    http: OutboundHttp,
     attempts: u32,
     first_delay: Duration,
     dead_letter_queue: String,
@@ -85,8 +85,11 @@ impl Dissemination {
             log,
             recovery,
             dead_letter_queue,
+            http: OutboundHttp::new(
+                config.outbound(),
+                Timeouts { connect: Duration::from_secs(5), read: None, total: Some(Duration::from_secs(15)) },
+            ),
             config,
-            http: std::sync::OnceLock::new(),
             attempts,
             first_delay,
         })
@@ -200,18 +203,6 @@ impl Dissemination {
         }
     }
 
-    fn http(&self) -> Result<&reqwest::Client, String> {
-        if let Some(http) = self.http.get() {
-            return Ok(http);
-        }
-        let built = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(self.http.get_or_init(|| built))
-    }
-
     async fn deliver(&self, recipient: &Recipient, body: &str, event_id: &str) -> Result<(), String> {
         match &recipient.target {
             Target::Queue { queue } => {
@@ -222,16 +213,18 @@ impl Dissemination {
             }
             Target::Webhook { url } => {
                 let signature = sign(recipient.secret.as_deref().unwrap_or_default(), body.as_bytes());
+                // A webhook the outbound policy forbids is refused before anything is sent.
                 let response = self
-                    .http()?
-                    .post(url)
+                    .http
+                    .request(reqwest::Method::POST, url)
+                    .map_err(|e| format!("cannot call {url}: {e}"))?
                     .header("content-type", "application/json")
                     .header(SIGNATURE_HEADER, signature)
                     .header(EVENT_ID_HEADER, event_id)
                     .body(body.to_owned())
                     .send()
                     .await
-                    .map_err(|e| format!("cannot reach {url}: {e}"))?;
+                    .map_err(|e| format!("cannot reach {url}: {}", describe(&e)))?;
                 if response.status().is_success() { Ok(()) } else { Err(format!("{url} answered {}", response.status())) }
             }
             Target::Sns { .. } => Err("SNS topics are not available yet".into()),

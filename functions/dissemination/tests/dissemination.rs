@@ -133,3 +133,22 @@ async fn a_recipient_that_never_recovers_ends_in_the_dead_letter_queue_and_its_r
     let item = f.backend.table.get("requests", &Key::new("R#c2", "R")).await.unwrap().unwrap();
     assert_eq!((item.get_str("state"), item.get_str("step")), (Some("ERROR"), Some("REMOTE_NOTIFICATION_ERROR")));
 }
+
+#[tokio::test]
+async fn in_the_cloud_a_webhook_on_an_internal_address_is_never_called() {
+    let mut f = fixture().await;
+    // The template's setting: no internal network is reachable.
+    f.config.outbound = granary_domain::outbound::OutboundPolicy::parse(None, None, Some(""));
+    let (url, accepted, calls) = granary_testkit::webhook(SECRET, 0).await;
+    let store = RecipientStore::new("features");
+    store.put(&f.backend, "internal", &recipient(Target::Webhook { url }, false), "admin").await.unwrap();
+    f.create("c3", "p3").await;
+    let d = Dissemination::with_settings(f.backend.clone(), f.config.clone(), Duration::ZERO, 2, Duration::ZERO).unwrap();
+    f.disseminate(&d).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "no connection reached the webhook");
+    assert!(accepted.lock().unwrap().is_empty());
+    let dead = f.take("feature-notification-dead-letter").await;
+    assert_eq!(dead.len(), 1);
+    let reason = &dead[0].attributes[dissemination::ATTR_REASON];
+    assert!(reason.contains("loopback address Granary may not connect to"), "{reason}");
+}

@@ -14,6 +14,7 @@ use granary_domain::file::ChecksumAlgorithm;
 use granary_domain::storage::{
     FileToStore, LocationClass, ReleaseJob, StorageJob, StorageLocation, StoredObject, WorkerJob, file_reference_event,
 };
+use granary_lambda::outbound::{OutboundHttp, Refusal, Timeouts, describe};
 use granary_lambda::{Config, sqs};
 use granary_ports::access::Access;
 use granary_ports::{Backend, BlobReader, OutgoingMessage, PortError, StorageClass};
@@ -34,10 +35,8 @@ pub struct StorageWorker {
     config: Config,
     locations: Arc<LocationCache>,
     file_roots: Vec<PathBuf>,
-    /// Built at its first use: reading the machine's CA certificates costs a cold start milliseconds
-    /// that a worker without http(s) sources need not pay.
-    http: Arc<std::sync::OnceLock<reqwest::Client>>,
-    source_timeout: Duration,
+    /// For `http(s)` sources, held to the outbound policy and built at its first use.
+    http: Arc<OutboundHttp>,
     owners: FileOwners,
 }
 
@@ -89,7 +88,9 @@ impl StorageWorker {
             }
         }
         let backend = granary_ports::access::guard(backend, "storage-worker", grants);
-        Ok(Self { locations: Arc::new(locations), owners, backend, config, file_roots, http: Arc::default(), source_timeout })
+        let timeouts = Timeouts { connect: Duration::from_secs(10), read: Some(source_timeout), total: None };
+        let http = Arc::new(OutboundHttp::new(config.outbound(), timeouts));
+        Ok(Self { locations: Arc::new(locations), owners, backend, config, file_roots, http })
     }
 
     /// Runs a batch of storage jobs concurrently; a job whose files could not all be copied or
@@ -189,18 +190,6 @@ impl StorageWorker {
 
     /// Copies one file: `Ok(Ok(url))` stored, `Ok(Err(cause))` the file cannot be stored (its source or
     /// its declaration is wrong), `Err` the destination failed and a retry may work.
-    fn http(&self) -> Result<&reqwest::Client, String> {
-        if let Some(http) = self.http.get() {
-            return Ok(http);
-        }
-        let built = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(self.source_timeout)
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(self.http.get_or_init(|| built))
-    }
-
     async fn store(&self, file: &FileToStore, location: &StorageLocation) -> Result<Result<String, String>, Transient> {
         let class = match location.class {
             LocationClass::Online => StorageClass::Online,
@@ -269,13 +258,15 @@ impl StorageWorker {
                 }
             }
             "http" | "https" => {
-                let http = match self.http() {
-                    Ok(http) => http,
-                    Err(e) => return Err(SourceError::Transient(e)),
+                // Refused before anything is resolved or sent when the outbound policy forbids it.
+                let request = match self.http.request(reqwest::Method::GET, parsed.as_str()) {
+                    Ok(request) => request,
+                    Err(Refusal::Refused(e)) => return refused(e),
+                    Err(Refusal::Client(e)) => return Err(SourceError::Transient(e)),
                 };
-                let response = match http.get(parsed).send().await {
+                let response = match request.send().await {
                     Ok(r) => r,
-                    Err(e) => return refused(format!("cannot be fetched: {e}")),
+                    Err(e) => return refused(format!("cannot be fetched: {}", describe(&e))),
                 };
                 if !response.status().is_success() {
                     return refused(format!("the source answered {}", response.status()));

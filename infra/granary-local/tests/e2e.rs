@@ -1071,6 +1071,63 @@ async fn files_are_stored_from_http_and_file_sources_and_bad_sources_end_in_stor
 }
 
 #[tokio::test]
+async fn in_the_cloud_configuration_sources_on_internal_addresses_are_refused_before_any_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    // A listener that only counts the connections it is offered.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((_socket, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    // The template's setting: no internal network reachable, only https to listed hosts.
+    let r = Runner::start(
+        dir.path(),
+        &[("GRANARY_OUTBOUND_INTERNAL", ""), ("GRANARY_OUTBOUND_SCHEMES", "http,https"), ("GRANARY_OUTBOUND_HOSTS", "*")],
+    );
+    let c = client();
+    let producer = token(dir.path(), "ann@example.org", &["--groups", "producer"]);
+    define_model(&c, &r, dir.path(), "M", &model_m()).await;
+    let cases = [
+        (format!("http://127.0.0.1:{port}/f"), "loopback"),
+        (format!("http://localhost:{port}/f"), "loopback"),
+        (format!("http://2130706433:{port}/f"), "loopback"),
+        (format!("http://[::ffff:127.0.0.1]:{port}/f"), "loopback"),
+        ("http://169.254.169.254/latest/meta-data/iam/security-credentials/".to_owned(), "link-local"),
+        ("http://10.0.0.1/f".to_owned(), "private"),
+    ];
+    let ids: Vec<String> = (0..cases.len()).map(|i| format!("internal-{i}")).collect();
+    let mut body = creation_collection(&ids.iter().map(String::as_str).collect::<Vec<_>>());
+    body["metadata"]["storages"] = json!([{"pluginBusinessId": "online"}]);
+    for (i, (url, _)) in cases.iter().enumerate() {
+        body["features"][i]["files"] = json!([{"locations": [{"url": url}], "attributes": {"dataType": "RAWDATA",
+            "mimeType": "application/octet-stream", "filename": "f.bin", "filesize": 10, "algorithm": "MD5",
+            "checksum": "0123456789abcdef0123456789abcdef"}}]);
+    }
+    let res = c.post(r.url("/features")).bearer_auth(&producer).json(&body).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let info: Value = res.json().await.unwrap();
+    let requests: Vec<String> = info["granted"].as_array().unwrap().iter().map(|g| g["requestId"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(requests.len(), cases.len(), "{info}");
+    for (id, (url, why)) in requests.iter().zip(&cases) {
+        let request_url = r.url(&format!("/features/requests/{id}"));
+        let done = wait_for("the request to finish", Duration::from_secs(30), || async {
+            let v: Value = c.get(&request_url).bearer_auth(&producer).send().await.ok()?.json().await.ok()?;
+            (v["state"] == "SUCCESS" || v["state"] == "ERROR").then_some(v)
+        })
+        .await;
+        assert_eq!((done["state"].as_str(), done["step"].as_str()), (Some("ERROR"), Some("REMOTE_STORAGE_ERROR")), "{url}: {done}");
+        let error = done["errors"][0].as_str().unwrap();
+        assert!(error.contains(why), "{url}: {error}");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "no source on an internal address was connected to");
+}
+
+#[tokio::test]
 async fn a_storage_worker_killed_mid_copy_copies_again_after_a_restart_into_one_object() {
     use md5::{Digest, Md5};
     use std::sync::Arc;

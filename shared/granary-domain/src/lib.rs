@@ -12,6 +12,7 @@ pub mod geometry;
 pub mod metalink;
 pub mod model;
 pub mod order;
+pub mod outbound;
 pub mod processing;
 pub mod request;
 pub mod session;

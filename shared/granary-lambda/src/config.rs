@@ -4,6 +4,7 @@
 use granary_domain::Priority;
 use granary_domain::dispatch::DispatchLimits;
 use granary_domain::order::{OrderSettings, Quota};
+use granary_domain::outbound::OutboundPolicy;
 use granary_domain::processing::{Processes, parse_processes};
 use granary_domain::storage::{LocationClass, Locations, StorageLocation, parse_locations};
 use granary_ports::access::{Access, Grants, Kind};
@@ -105,6 +106,11 @@ pub struct Config {
     /// (`GRANARY_LOCATION_BUCKETS`, comma-separated; unset or `*`: any, as on one machine; empty: none).
     /// The template sets it from the `LocationBuckets` parameter, which also grants their use.
     pub location_buckets: Option<std::collections::BTreeSet<String>>,
+    /// Where URLs users and admins give (`http(s)` file sources, webhooks) may lead
+    /// (`GRANARY_OUTBOUND_SCHEMES`, default `http,https`; `GRANARY_OUTBOUND_HOSTS`, unset or `*` for any
+    /// host; `GRANARY_OUTBOUND_INTERNAL`, the internal networks reachable anyway, unset or `*` for all
+    /// as on one machine, empty for none as the template sets it). A wrong value fails the cold start.
+    pub outbound: Result<OutboundPolicy, String>,
 }
 
 /// A list of buckets from the environment: unset or `*` for any, otherwise the names given (none when
@@ -208,6 +214,11 @@ impl Config {
             download_url_secs: lookup("GRANARY_DOWNLOAD_URL_SECS").and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(300),
             storage_source_buckets: bucket_list(lookup("GRANARY_STORAGE_SOURCE_BUCKETS")),
             location_buckets: bucket_list(lookup("GRANARY_LOCATION_BUCKETS")),
+            outbound: OutboundPolicy::parse(
+                lookup("GRANARY_OUTBOUND_SCHEMES").as_deref(),
+                lookup("GRANARY_OUTBOUND_HOSTS").as_deref(),
+                lookup("GRANARY_OUTBOUND_INTERNAL").as_deref(),
+            ),
             processes: parse_processes(&lookup("GRANARY_PROCESSES").unwrap_or_default())
                 .map_err(|e| format!("environment variable GRANARY_PROCESSES: {e}")),
             order_settings: {
@@ -226,6 +237,7 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         self.storage_locations.as_ref().map(drop).map_err(Clone::clone)?;
         self.processes.as_ref().map(drop).map_err(Clone::clone)?;
+        self.outbound.as_ref().map(drop).map_err(Clone::clone)?;
         env_number::<u64>("GRANARY_STORAGE_TIMEOUT_SECS", 0).map(drop)?;
         for name in [
             "GRANARY_BASKET_UPLOAD_MAX_LINES",
@@ -303,6 +315,12 @@ impl Config {
     /// The configured processings (none when misconfigured: [`Config::check`] refuses to start then).
     pub fn processes(&self) -> Processes {
         self.processes.clone().unwrap_or_default()
+    }
+
+    /// The outbound policy (when misconfigured, the strictest: no internal address at all;
+    /// [`Config::check`] refuses to start then).
+    pub fn outbound(&self) -> OutboundPolicy {
+        self.outbound.clone().unwrap_or_else(|_| OutboundPolicy { internal: Some(vec![]), ..OutboundPolicy::default() })
     }
 
     /// The feature queue serving `priority`.

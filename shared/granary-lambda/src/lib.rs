@@ -7,6 +7,8 @@ pub mod config;
 pub mod http;
 pub mod identity;
 pub mod openapi;
+#[cfg(feature = "outbound")]
+pub mod outbound;
 pub mod sqs;
 
 pub use config::Config;
