@@ -751,7 +751,39 @@ impl FeatureIngest {
         }
         let names: Vec<&str> = storages.iter().map(|s| s.plugin_business_id.as_str()).collect();
         let locations = self.locations.get(&self.backend, &names).await?;
-        Ok(plan_storage(feature, storages, &locations))
+        Ok(plan_storage(feature, storages, &locations).and_then(|files| {
+            let refused = self.refused_sources(&files);
+            if refused.is_empty() { Ok(files) } else { Err(refused) }
+        }))
+    }
+
+    /// The files whose source the storage worker would refuse anyway: denied at once, with the reason,
+    /// rather than granted and failed later (`file://` roots are the worker's own setting, checked there).
+    fn refused_sources(&self, files: &[FileToStore]) -> Vec<String> {
+        let mut errors = Vec::new();
+        for f in files {
+            let at = format!("feature.files ({}).locations[0].url", f.filename);
+            let Ok(url) = url::Url::parse(&f.source) else {
+                errors.push(format!("{at}: {:?} is not a URL", f.source));
+                continue;
+            };
+            let refusal = match url.scheme() {
+                "file" => None,
+                "s3" => {
+                    let bucket = url.host_str().unwrap_or_default();
+                    (!self.config.source_bucket_allowed(bucket))
+                        .then(|| format!("bucket {bucket} is not one Granary may read files from (GRANARY_STORAGE_SOURCE_BUCKETS)"))
+                }
+                "http" | "https" => self.config.outbound.as_ref().ok().and_then(|policy| policy.check_url(&url).err()),
+                other => Some(format!("scheme {other}:// is not one Granary copies from (file, http, https, s3)")),
+            };
+            if let Some(why) = refusal
+                && !errors.iter().any(|e: &String| e.starts_with(&at))
+            {
+                errors.push(format!("{at}: {why}"));
+            }
+        }
+        errors
     }
 
     /// The storage step of a request with `files` to store, none without.

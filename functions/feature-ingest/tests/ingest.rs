@@ -1084,3 +1084,49 @@ async fn changed_features_are_notified_only_while_notification_is_on_and_someone
     ingest.handle(LambdaEvent::new(event, Context::default())).await.unwrap();
     assert!(notifications(&f).await.is_empty());
 }
+
+#[tokio::test]
+async fn files_whose_source_granary_may_not_read_are_denied_before_anything_is_staged() {
+    let dir = tempfile::tempdir().unwrap();
+    let resources = granary_resources::from_template(granary_resources::TEMPLATE, |_| None).unwrap();
+    let backend = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).unwrap().backend();
+    define_model(&backend, "S2_L1C", &json!({"type": "object", "x-granary-type": "DATA"})).await;
+    // The cloud's settings: listed hosts and buckets only, no internal address.
+    let config = Config::from_lookup(|name| match name {
+        "GRANARY_OUTBOUND_HOSTS" => Some("files.example.invalid".into()),
+        "GRANARY_OUTBOUND_INTERNAL" => Some(String::new()),
+        "GRANARY_STORAGE_SOURCE_BUCKETS" => Some("incoming".into()),
+        _ => None,
+    });
+    let f = Fixture { _dir: dir, backend: backend.clone(), config: config.clone(), ingest: FeatureIngest::new(backend, config) };
+    let with_source = |id: &str, url: &str| {
+        let mut c = creation(id);
+        c["metadata"]["storages"] = json!([{"pluginBusinessId": "online"}]);
+        c["feature"]["files"] = json!([{"locations": [{"url": url}], "attributes": {"dataType": "RAWDATA",
+            "mimeType": "application/zip", "filename": "f.zip", "filesize": 3, "algorithm": "MD5",
+            "checksum": "0123456789abcdef0123456789abcdef"}}]);
+        c.to_string()
+    };
+    let cases = [
+        ("evil", "https://evil.invalid/f.zip", "host evil.invalid is not one Granary may connect to"),
+        ("metadata", "http://169.254.169.254/latest/meta-data/", "host 169.254.169.254 is not one"),
+        ("bucket", "s3://someone-elses/f.zip", "bucket someone-elses is not one Granary may read files from"),
+        ("gopher", "gopher://files.example.invalid/f.zip", "scheme gopher:// is not one Granary copies from"),
+        ("ok", "https://files.example.invalid/f.zip", ""),
+        ("ok-s3", "s3://incoming/f.zip", ""),
+    ];
+    let messages: Vec<_> = cases.iter().map(|(id, url, _)| message(id, &with_source(id, url), &[])).collect();
+    assert!(f.deliver(&messages).await.is_empty());
+    let events = f.responses().await;
+    for (id, url, why) in cases {
+        let first = events.iter().find(|e| e["requestId"] == id).unwrap_or_else(|| panic!("no answer to {id}"));
+        if why.is_empty() {
+            assert_eq!(first["state"], "GRANTED", "{url}: {first}");
+        } else {
+            assert_eq!(first["state"], "DENIED", "{url}: {first}");
+            assert!(first["errors"].to_string().contains(why), "{url}: {first}");
+        }
+    }
+    let staged = f.backend.queue.receive(&f.config.storage_jobs_queue, 10, None, Duration::ZERO).await.unwrap();
+    assert!(staged.iter().all(|m| !m.body.contains("evil.invalid") && !m.body.contains("169.254")), "nothing refused was staged");
+}
