@@ -120,6 +120,22 @@ impl BasketApi {
                 let text = body_text(req.body()).map_err(|e| bad_request(&e, &[]))?;
                 let request: BasketSelectionRequest = serde_json::from_str(text)
                     .map_err(|e| bad_request("the body is not a BasketSelectionRequest", &[format!("body: {e}")]))?;
+                // As many ids as an uploaded file may hold: a selection of more is a search's job.
+                let ids = request.entity_ids_to_include.len() + request.entity_ids_to_exclude.len();
+                if ids > self.config.basket_upload_max_lines {
+                    let limit = self.config.basket_upload_max_lines;
+                    return Err(bad_request(
+                        "too many ids",
+                        &[format!("entityIdsToInclude, entityIdsToExclude: {ids} ids; at most {limit}")],
+                    ));
+                }
+                if let Some(engine) = request.engine_type.as_deref().filter(|e| !e.eq_ignore_ascii_case("legacy")) {
+                    let shown: String = engine.chars().take(64).collect();
+                    return Err(bad_request(
+                        "unknown search engine",
+                        &[format!("engineType: {shown:?} is not legacy, Granary's one search")],
+                    ));
+                }
                 self.add_selection(owner, &reader, request).await
             }
             ("POST", ["order", "basket", "selection", "upload"]) => self.upload(owner, &reader, &req).await,
@@ -148,10 +164,41 @@ impl BasketApi {
             ("PUT", ["order", "basket", "dataset", id, "updateProcessing"]) => {
                 let id = dataset_id(id).map_err(|p| *p)?;
                 let processing: Option<Value> = optional_body(&req, "ProcessDatasetDescription").map_err(|p| *p)?;
+                if let Some(p) = &processing {
+                    let errors = self.processing_errors(p);
+                    if !errors.is_empty() {
+                        return Err(bad_request("invalid processing", &errors));
+                    }
+                }
                 self.change(owner, vec![], |b| b.set_processing(id, processing.clone()).map(|()| vec![])).await
             }
             (method, _) => Err(not_found(&format!("no route {method} {path}"))),
         }
+    }
+
+    /// What is wrong with a ProcessDatasetDescription: it names the built-in `granary-pack` or a
+    /// configured processing, with parameters as an object, and nothing else.
+    fn processing_errors(&self, p: &Value) -> Vec<String> {
+        let mut errors = Vec::new();
+        match p.get("processBusinessId") {
+            Some(Value::String(id)) if id == granary_domain::dispatch::PACK_PROCESS || self.config.processes().contains_key(id) => {}
+            Some(Value::String(id)) => {
+                let mut known = vec![granary_domain::dispatch::PACK_PROCESS.to_owned()];
+                known.extend(self.config.processes().into_keys());
+                let shown: String = id.chars().take(64).collect();
+                errors.push(format!("processBusinessId: {shown:?} is not a processing of this site ({})", known.join(", ")));
+            }
+            Some(_) => errors.push("processBusinessId: must be a string".into()),
+            None => errors.push("processBusinessId: required".into()),
+        }
+        if p.get("parameters").is_some_and(|v| !v.is_object() && !v.is_null()) {
+            errors.push("parameters: must be an object".into());
+        }
+        if let Some(other) = p.as_object().and_then(|o| o.keys().find(|k| *k != "processBusinessId" && *k != "parameters")) {
+            let shown: String = other.chars().take(64).collect();
+            errors.push(format!("{shown}: unknown field (processBusinessId, parameters)"));
+        }
+        errors
     }
 
     async fn empty(&self, owner: &str) -> RouteResult {
@@ -412,16 +459,9 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// An optional JSON body of type `T`: none when the body is empty or `null`.
+/// An optional JSON object body of type `T`: none when the body is empty.
 fn optional_body<T: serde::de::DeserializeOwned>(req: &Request, what: &str) -> Result<Option<T>, Box<Response<Body>>> {
-    let text = match req.body() {
-        Body::Empty => return Ok(None),
-        body => body_text(body).map_err(|e| Box::new(bad_request(&e, &[])))?,
-    };
-    if text.trim().is_empty() || text.trim() == "null" {
-        return Ok(None);
-    }
-    serde_json::from_str(text).map(Some).map_err(|e| Box::new(bad_request(&format!("the body is not a {what}"), &[format!("body: {e}")])))
+    granary_lambda::http::optional_object(req.body(), what)
 }
 
 fn answer(basket: Basket, unmatched_ids: Vec<String>) -> BasketAnswer {

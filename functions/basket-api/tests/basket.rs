@@ -113,10 +113,14 @@ async fn filters_recount_and_selections_come_out_one_by_one() {
     let (status, problem) = call(&api, "PUT", &filters, Some(r#"{"fileTypes": ["PICTURE"], "fileNamePattern": "("}"#), ANN).await;
     assert_eq!((status, problem["errors"].as_array().unwrap().len()), (400, 2));
     let processing = format!("/order/basket/dataset/{id}/updateProcessing");
-    assert_eq!(call(&api, "PUT", &processing, Some(r#"{"processBusinessId": "p"}"#), ANN).await.0, 409);
+    assert_eq!(call(&api, "PUT", &processing, Some(r#"{"processBusinessId": "granary-pack"}"#), ANN).await.0, 409);
     let (_, basket) = call(&api, "PUT", &filters, None, ANN).await;
     assert_eq!(counts(selection(&basket, "S2 label")), (10, 20, 10100));
-    assert_eq!(call(&api, "PUT", &processing, Some(r#"{"processBusinessId": "p", "parameters": {}}"#), ANN).await.0, 200);
+    assert_eq!(call(&api, "PUT", &processing, Some(r#"{"processBusinessId": "granary-pack", "parameters": {}}"#), ANN).await.0, 200);
+    let (status, problem) = call(&api, "PUT", &processing, Some(r#"{"processBusinessId": "p", "parameters": []}"#), ANN).await;
+    assert_eq!(status, 400);
+    let errors: Vec<&str> = problem["errors"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(errors, ["processBusinessId: \"p\" is not a processing of this site (granary-pack)", "parameters: must be an object"]);
     assert_eq!(call(&api, "PUT", "/order/basket/dataset/99/updateFileFilters", None, ANN).await.0, 404);
 
     // A second dated selection, then each removed by its date.

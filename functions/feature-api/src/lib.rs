@@ -280,6 +280,11 @@ impl FeatureApi {
             return Err(bad_request("invalid model name", &[format!("name: {name:?} must be 1 to 128 letters, digits, '_' or '-'")]));
         }
         let text = body_text(req.body()).map_err(|e| bad_request(&e, &[]))?;
+        // Measured before parsing too: repeated keys would shrink an oversized body below the limit.
+        let limit = granary_domain::model::MAX_DEFINITION_BYTES;
+        if text.len() > limit {
+            return Err(bad_request("invalid data model", &[format!("model: {} bytes of JSON; at most {limit}", text.len())]));
+        }
         let definition: Value = serde_json::from_str(text).map_err(|e| bad_request("the body is not JSON", &[format!("body: {e}")]))?;
         let compiled = compile_model(name, &definition).map_err(|ModelError(errors)| bad_request("invalid data model", &errors))?;
         let revision = self.models.put(&self.backend, &definition, &compiled, &identity.user).await.map_err(unavailable_on)?;
@@ -340,6 +345,13 @@ impl FeatureApi {
             if self.config.internal_queues().contains(&name) {
                 errors.push(format!("target.queue: {name} is one of Granary's own queues"));
             }
+        }
+        // A webhook dissemination may not call is refused now, not at every delivery.
+        if let granary_domain::dissemination::Target::Webhook { url } = &recipient.target
+            && let (Ok(parsed), Ok(policy)) = (url::Url::parse(url), &self.config.outbound)
+            && let Err(e) = policy.check_url(&parsed)
+        {
+            errors.push(format!("target.url: {e}"));
         }
         if !errors.is_empty() {
             return Err(bad_request("invalid recipient", &errors));

@@ -251,6 +251,7 @@ impl FeatureIngest {
         let Ok(body) = &env.body else { return Ok(None) };
         let Ok((event, valid)) = parse_creation(body) else { return Ok(None) };
         if event.feature.get("urn").is_some()
+            || env.attributes.contains_key(ATTR_FILE_UPDATE_MODE)
             || !event.metadata.storages.is_empty()
             || run.iter().any(|c| c.prepared.provider_id == valid.provider_id || c.env.request_id == env.request_id)
         {
@@ -758,7 +759,7 @@ impl FeatureIngest {
     }
 
     /// The files whose source the storage worker would refuse anyway: denied at once, with the reason,
-    /// rather than granted and failed later (`file://` roots are the worker's own setting, checked there).
+    /// rather than granted and failed later.
     fn refused_sources(&self, files: &[FileToStore]) -> Vec<String> {
         let mut errors = Vec::new();
         for f in files {
@@ -768,7 +769,17 @@ impl FeatureIngest {
                 continue;
             };
             let refusal = match url.scheme() {
-                "file" => None,
+                // Lexically here (the worker resolves links and checks again): a path with `..` or
+                // outside every root is refused.
+                "file" => match url.to_file_path() {
+                    Ok(path)
+                        if !path.components().any(|c| c == std::path::Component::ParentDir)
+                            && self.config.storage_file_roots.iter().any(|root| path.starts_with(root)) =>
+                    {
+                        None
+                    }
+                    _ => Some("file:// sources are read only under the directories of GRANARY_STORAGE_FILE_ROOTS".to_owned()),
+                },
                 "s3" => {
                     let bucket = url.host_str().unwrap_or_default();
                     (!self.config.source_bucket_allowed(bucket))
@@ -805,6 +816,10 @@ impl FeatureIngest {
                 return self.deny(msg, env, kind, provider_id, errors).await;
             }
         };
+        // The mode matters to patches only, but a wrong one is an error wherever it is sent.
+        if let Err(error) = FileUpdateMode::parse(env.attributes.get(ATTR_FILE_UPDATE_MODE).map(String::as_str)) {
+            return self.deny(msg, env, kind, Some(valid.provider_id.clone()), vec![error]).await;
+        }
         let mut record = self.record(msg, env, kind, RequestState::Success, "DONE");
         record.provider_id = Some(valid.provider_id.clone());
         record.action = Some("CREATED".into());

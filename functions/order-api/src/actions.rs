@@ -17,7 +17,7 @@ use crate::{OrderApi, OrderRequest, RouteResult, answer, unavailable_on};
 use granary_domain::basket::Basket;
 use granary_domain::order::{OrderAction, OrderStatus, check_action};
 use granary_lambda::Identity;
-use granary_lambda::http::{bad_request, conflict, json};
+use granary_lambda::http::{conflict, json};
 use granary_ports::Update;
 use granary_stores::outbox::OutboxEvent;
 use lambda_http::{Body, Request, Response};
@@ -74,7 +74,7 @@ impl OrderApi {
             ),
             OrderAction::Restart => {
                 let basket = basket.ok_or_else(|| conflict("the order kept no readable basket to restart from"))?;
-                let request = Self::order_request(req).map_err(|e| bad_request("invalid order request", &[e]))?;
+                let request = Self::order_request(req).map_err(|p| *p)?;
                 // A new order of the same basket, for the same owner; the user's own basket is untouched.
                 let owner = Identity { user: basket.owner.clone(), ..identity.clone() };
                 return match self.place(&owner, &basket, None, &request as &OrderRequest).await? {

@@ -33,7 +33,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use downloads::Access;
 use granary_domain::dispatch::percent_completed;
 use granary_domain::order::{OrderAction, OrderStatus, Quota, allowed_actions, check_label, default_label};
-use granary_lambda::http::{bad_request, body_text, conflict, forbidden, json, not_found, percent_decode, unauthorized, unavailable};
+use granary_lambda::http::{
+    bad_request, body_text, conflict, forbidden, json, not_found, optional_object, percent_decode, unauthorized, unavailable,
+};
 use granary_lambda::{Config, Identity};
 use granary_ports::{Backend, Cursor, Item};
 use granary_stores::baskets::BasketStore;
@@ -47,9 +49,26 @@ use serde_json::Value;
 /// How often a creation is redone when the basket keeps changing under it.
 const MAX_ATTEMPTS: usize = 5;
 
+/// A user named in a path, as the identity provider's claims could name one (`sub`, an e-mail): 1
+/// to 256 characters, valid UTF-8, no control character, `/` or `\`.
+fn user_param(raw: &str) -> Result<String, Box<Response<Body>>> {
+    let user = percent_decode(raw);
+    let ok = !user.trim().is_empty()
+        && user.chars().count() <= 256
+        && !user.chars().any(|c| c.is_control() || matches!(c, '/' | '\\' | '\u{FFFD}'));
+    if ok {
+        return Ok(user);
+    }
+    let shown: String = user.chars().take(64).collect();
+    Err(Box::new(bad_request(
+        "invalid user",
+        &[format!("user: {shown:?} must be 1 to 256 characters of valid UTF-8, none a control character, '/' or '\\'")],
+    )))
+}
+
 /// REGARDS's OrderRequest.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrderRequest {
     /// At most 50 characters, unique among the caller's orders; default `Order of <date>`.
     #[serde(default)]
@@ -236,9 +255,9 @@ impl OrderApi {
                 if !identity.is_admin() {
                     return Err(forbidden("reading another user's quota needs the admin group"));
                 }
-                self.quota(&percent_decode(user)).await
+                self.quota(&user_param(user).map_err(|p| *p)?).await
             }
-            ("PUT", ["quotas", user]) => self.set_quota(&identity, &percent_decode(user), &req).await,
+            ("PUT", ["quotas", user]) => self.set_quota(&identity, &user_param(user).map_err(|p| *p)?, &req).await,
             ("GET", ["orders", id, "files", "available"]) => self.available_files(&identity, id, &req).await,
             ("GET", ["orders", "files", id]) => self.download(Access::User(&identity), id, false).await,
             ("HEAD", ["orders", "files", id]) => self.download(Access::User(&identity), id, true).await,
@@ -265,26 +284,16 @@ impl OrderApi {
     }
 
     /// The body's OrderRequest (none: the defaults), its label checked; or what is wrong with it.
-    fn order_request(req: &Request) -> Result<OrderRequest, String> {
-        let request: OrderRequest = match req.body() {
-            Body::Empty => OrderRequest::default(),
-            body => {
-                let text = body_text(body)?;
-                if text.trim().is_empty() {
-                    OrderRequest::default()
-                } else {
-                    serde_json::from_str(text).map_err(|e| format!("body: not an OrderRequest: {e}"))?
-                }
-            }
-        };
+    fn order_request(req: &Request) -> Result<OrderRequest, Box<Response<Body>>> {
+        let request: OrderRequest = optional_object(req.body(), "OrderRequest")?.unwrap_or_default();
         if let Some(label) = &request.label {
-            check_label(label)?;
+            check_label(label).map_err(|e| Box::new(bad_request("invalid order", &[e])))?;
         }
         Ok(request)
     }
 
     async fn create(&self, identity: &Identity, req: &Request) -> RouteResult {
-        let request = Self::order_request(req).map_err(|e| bad_request("invalid order request", &[e]))?;
+        let request = Self::order_request(req).map_err(|p| *p)?;
         for _ in 0..MAX_ATTEMPTS {
             let (basket, version) = self.baskets.read(&self.backend, &identity.user).await.map_err(unavailable_on)?;
             if basket.is_empty() {
@@ -380,12 +389,9 @@ impl OrderApi {
     async fn list(&self, identity: &Identity, req: &Request, owner: Option<&str>) -> RouteResult {
         let mut errors = Vec::new();
         let (size, after) = paging(req, 20, 500, &mut errors);
-        let search: OrderSearch = match (owner, req.body()) {
-            (None, Body::Text(t)) if !t.trim().is_empty() => serde_json::from_str(t).unwrap_or_else(|e| {
-                errors.push(format!("body: {e}"));
-                OrderSearch::default()
-            }),
-            _ => OrderSearch::default(),
+        let search: OrderSearch = match owner {
+            None => optional_object(req.body(), "OrderSearch").map_err(|p| *p)?.unwrap_or_default(),
+            Some(_) => OrderSearch::default(),
         };
         if !errors.is_empty() {
             return Err(bad_request("invalid order listing", &errors));

@@ -56,8 +56,7 @@ impl StorageWorker {
     /// under the directories listed in `GRANARY_STORAGE_FILE_ROOTS` (comma-separated; none by default),
     /// and `http(s)` sources time out after `GRANARY_STORAGE_SOURCE_TIMEOUT_SECS` (default 60) without data.
     pub fn new(backend: Backend, config: Config) -> Result<Self, String> {
-        let roots = granary_lambda::config::env_or("GRANARY_STORAGE_FILE_ROOTS", "");
-        let file_roots = roots.split(',').map(str::trim).filter(|r| !r.is_empty()).map(PathBuf::from).collect();
+        let file_roots = config.storage_file_roots.clone();
         let timeout = granary_lambda::config::env_number("GRANARY_STORAGE_SOURCE_TIMEOUT_SECS", 60u64)?;
         Self::with_settings(backend, config, file_roots, Duration::from_secs(timeout))
     }

@@ -12,6 +12,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "e2e/corpus.rs"]
+mod corpus;
+
 const BIN: &str = env!("CARGO_BIN_EXE_granary-local");
 
 /// A running granary-local, killed when dropped.

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BasketSelectionRequest {
-    /// REGARDS's search engine (`legacy`); accepted and ignored: Granary has one search.
+    /// REGARDS's search engine: `legacy` or none (Granary has one search); another is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_type: Option<String>,
     /// The dataset searched (URN or providerId); required unless ids are included.
@@ -111,7 +111,7 @@ pub struct DatedItemsSelection {
 
 /// REGARDS's `FileSelectionDescriptionDto`: which files of a dataset's products to order.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileSelectionDescription {
     /// File types to keep (RAWDATA, QUICKLOOK_SD, QUICKLOOK_MD, QUICKLOOK_HD); all when empty.
     #[serde(default)]

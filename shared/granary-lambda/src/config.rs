@@ -111,6 +111,9 @@ pub struct Config {
     /// host; `GRANARY_OUTBOUND_INTERNAL`, the internal networks reachable anyway, unset or `*` for all
     /// as on one machine, empty for none as the template sets it). A wrong value fails the cold start.
     pub outbound: Result<OutboundPolicy, String>,
+    /// The directories `file://` sources may be read from (`GRANARY_STORAGE_FILE_ROOTS`,
+    /// comma-separated; none by default, as in the cloud).
+    pub storage_file_roots: Vec<std::path::PathBuf>,
 }
 
 /// A list of buckets from the environment: unset or `*` for any, otherwise the names given (none when
@@ -214,6 +217,13 @@ impl Config {
             download_url_secs: lookup("GRANARY_DOWNLOAD_URL_SECS").and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(300),
             storage_source_buckets: bucket_list(lookup("GRANARY_STORAGE_SOURCE_BUCKETS")),
             location_buckets: bucket_list(lookup("GRANARY_LOCATION_BUCKETS")),
+            storage_file_roots: lookup("GRANARY_STORAGE_FILE_ROOTS")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(std::path::PathBuf::from)
+                .collect(),
             outbound: OutboundPolicy::parse(
                 lookup("GRANARY_OUTBOUND_SCHEMES").as_deref(),
                 lookup("GRANARY_OUTBOUND_HOSTS").as_deref(),

@@ -81,6 +81,25 @@ pub fn body_text(body: &Body) -> Result<&str, String> {
     }
 }
 
+/// A JSON object body of type `T`, or `None` when the request has none (empty, or white space only).
+/// A body that is not UTF-8, not JSON, not an object or not a `what` is the 400 naming why: a
+/// malformed body never falls back to a default.
+pub fn optional_object<T: serde::de::DeserializeOwned>(body: &Body, what: &str) -> Result<Option<T>, Box<Response<Body>>> {
+    let refuse = |e: String| Box::new(bad_request(&format!("the body is not a {what}"), &[format!("body: {e}")]));
+    let text = match body {
+        Body::Empty => return Ok(None),
+        body => body_text(body).map_err(refuse)?,
+    };
+    let start = text.trim_start();
+    if start.is_empty() {
+        return Ok(None);
+    }
+    if !start.starts_with('{') {
+        return Err(refuse("must be a JSON object".into()));
+    }
+    serde_json::from_str(text).map(Some).map_err(|e| refuse(e.to_string()))
+}
+
 /// The request a `lambda_http` handler receives from API Gateway's HTTP API for `method` `path?query`
 /// with `body`, called by `caller` (`(user, groups)`, whose claims the JWT authorizer passes on) or
 /// anonymously: what tests and tools hand to a handler in process.

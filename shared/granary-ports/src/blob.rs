@@ -12,9 +12,16 @@ pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
 
 /// Checks a bucket name against S3's rules.
 pub fn validate_bucket(bucket: &str) -> PortResult<()> {
+    // S3's general purpose bucket naming rules, all of them: a name S3 refuses would otherwise be a
+    // 5xx at the first write instead of a 400 where it was given.
     let ok = (3..=63).contains(&bucket.len())
         && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !bucket.starts_with(['-', '.']);
+        && !bucket.starts_with(['-', '.'])
+        && !bucket.ends_with(['-', '.'])
+        && !bucket.contains("..")
+        && bucket.parse::<std::net::Ipv4Addr>().is_err()
+        && !["xn--", "sthree-", "amzn-s3-demo-"].iter().any(|p| bucket.starts_with(p))
+        && !["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"].iter().any(|s| bucket.ends_with(s));
     if ok { Ok(()) } else { Err(PortError::Invalid(format!("bucket name {bucket:?} is not a valid S3 bucket name"))) }
 }
 
@@ -114,4 +121,37 @@ pub trait BlobStore: Send + Sync {
 
     /// A URL that reads the object without other credentials until `expires_in` has passed.
     async fn signed_get_url(&self, bucket: &str, key: &str, expires_in: Duration) -> PortResult<String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names_follow_every_s3_rule() {
+        for good in ["storage", "order-staging", "a.b-c.d", "abc", "my-bucket-2026"] {
+            assert!(validate_bucket(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "ab",
+            "Storage",
+            "under_score",
+            "-lead",
+            "trail-",
+            "trail.",
+            "two..dots",
+            "192.168.1.1",
+            "xn--bucket",
+            "sthree-b",
+            "b-s3alias",
+            "b--ol-s3",
+            "b.mrap",
+            "b--x-s3",
+            "../x",
+            "bucket/key",
+        ] {
+            assert!(validate_bucket(bad).is_err(), "{bad}");
+        }
+        assert!(validate_bucket(&"a".repeat(64)).is_err());
+    }
 }

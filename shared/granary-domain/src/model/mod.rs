@@ -84,7 +84,14 @@ fn scalar_schema(base: &str) -> Value {
 /// The restriction as schema keywords for one value of base type `base`.
 fn restriction_schema(base: &str, r: &Value, path: &str, errors: &mut Vec<String>) -> Map<String, Value> {
     let mut out = Map::new();
-    let kind = r.get("type").and_then(Value::as_str).unwrap_or("NO_RESTRICTION");
+    let kind = match r.get("type") {
+        None | Some(Value::Null) => "NO_RESTRICTION",
+        Some(Value::String(k)) => k.as_str(),
+        Some(_) => {
+            errors.push(format!("{path}.restriction.type: must be a string"));
+            return out;
+        }
+    };
     match kind {
         "NO_RESTRICTION" => {}
         "PATTERN" => match r.get("pattern").and_then(Value::as_str) {
@@ -120,6 +127,13 @@ fn restriction_schema(base: &str, r: &Value, path: &str, errors: &mut Vec<String
                     Some(_) => errors.push(format!("{path}.restriction.{bound}: must be a number")),
                 }
             }
+            // An empty range would refuse every value: a mistake, said now rather than at each feature.
+            if let (Some(min), Some(max)) = (r.get("min").and_then(Value::as_f64), r.get("max").and_then(Value::as_f64)) {
+                let excluded = |k: &str| r.get(k).and_then(Value::as_bool).unwrap_or(false);
+                if min > max || (min == max && (excluded("minExcluded") || excluded("maxExcluded"))) {
+                    errors.push(format!("{path}.restriction: the range from {min} to {max} holds no value"));
+                }
+            }
         }
         "JSON_SCHEMA" => match r.get("jsonSchema") {
             Some(s) if s.is_object() || s.is_boolean() => {
@@ -132,11 +146,24 @@ fn restriction_schema(base: &str, r: &Value, path: &str, errors: &mut Vec<String
     out
 }
 
+/// Whether `name` may name an attribute or a fragment: 1 to 64 letters, digits, `_` or `-`, the
+/// first a letter or `_` (no `.` or `$`, which would read as a path or a JSON Schema keyword).
+fn is_attribute_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 fn attribute_schema(attr: &Value, path: &str, errors: &mut Vec<String>) -> Option<(String, Value, bool)> {
     let Some(name) = attr.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) else {
-        errors.push(format!("{path}.name: required"));
+        errors.push(format!("{path}.name: required (a string)"));
         return None;
     };
+    if !is_attribute_name(name) {
+        let shown: String = name.chars().take(64).collect();
+        errors.push(format!("{path}.name: {shown:?} must be 1 to 64 letters, digits, '_' or '-', the first a letter or '_'"));
+        return None;
+    }
     let path = format!("{path}({name})");
     let Some(ty) = attr.get("type").and_then(Value::as_str) else {
         errors.push(format!("{path}.type: required"));
@@ -146,7 +173,14 @@ fn attribute_schema(attr: &Value, path: &str, errors: &mut Vec<String>) -> Optio
         errors.push(format!("{path}.type: unknown type {ty:?}"));
         return None;
     }
-    let optional = attr.get("optional").and_then(Value::as_bool).unwrap_or(false);
+    let optional = match attr.get("optional") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            errors.push(format!("{path}.optional: must be true or false"));
+            false
+        }
+    };
     let (base, shape) = match ty.rsplit_once('_') {
         Some((b, "ARRAY")) => (b, "ARRAY"),
         Some((b, "RANGE" | "INTERVAL")) => (b, "RANGE"),
@@ -157,8 +191,10 @@ fn attribute_schema(attr: &Value, path: &str, errors: &mut Vec<String>) -> Optio
         Value::Object(m) => m,
         _ => Map::new(),
     };
-    if let Some(r) = attr.get("restriction") {
-        value.extend(restriction_schema(base, r, &path, errors));
+    match attr.get("restriction") {
+        None | Some(Value::Null) => {}
+        Some(r @ Value::Object(_)) => value.extend(restriction_schema(base, r, &path, errors)),
+        Some(_) => errors.push(format!("{path}.restriction: must be an object with a type")),
     }
     let schema = match shape {
         "ARRAY" => json!({"type": "array", "items": value}),
@@ -191,6 +227,10 @@ fn object_schema(attrs: &[Value], fragments: &[Value], path: &str, required_mode
             errors.push(format!("{fpath}.name: required"));
             continue;
         };
+        if !is_attribute_name(name) {
+            errors.push(format!("{fpath}.name: {name:?} must be 1 to 64 letters, digits, '_' or '-', the first a letter or '_'"));
+            continue;
+        }
         let inner: Vec<Value> = f.get("attributes").and_then(Value::as_array).cloned().unwrap_or_default();
         let schema = object_schema(&inner, &[], &format!("{fpath}."), required_mode, errors);
         // A fragment is required when it holds a mandatory attribute.
@@ -208,13 +248,31 @@ fn object_schema(attrs: &[Value], fragments: &[Value], path: &str, required_mode
     out
 }
 
+/// The largest model definition accepted, in bytes of JSON.
+pub const MAX_DEFINITION_BYTES: usize = 64 * 1024;
+
 /// Compiles a model definition named `name`, in REGARDS's vocabulary or as a JSON Schema.
 pub fn compile_model(name: &str, definition: &Value) -> Result<CompiledModel, ModelError> {
     let Some(def) = definition.as_object() else {
         return Err(ModelError(vec!["model: must be a JSON object".into()]));
     };
     let mut errors = Vec::new();
+    // A model is one item of the features table (at most 400 KB on DynamoDB), with its compiled forms.
+    let size = definition.to_string().len();
+    if size > MAX_DEFINITION_BYTES {
+        return Err(ModelError(vec![format!("model: {size} bytes of JSON; at most {MAX_DEFINITION_BYTES}")]));
+    }
     let regards_form = def.contains_key("attributes") || def.contains_key("fragments");
+    if regards_form {
+        for key in ["type", "name"] {
+            if def.get(key).is_some_and(|v| !v.is_string()) {
+                errors.push(format!("model.{key}: must be a string"));
+            }
+        }
+        if def.get("fragments").is_some_and(|f| !f.is_array()) {
+            errors.push("model.fragments: must be a list".into());
+        }
+    }
     let type_field = if regards_form { def.get("type") } else { def.get("x-granary-type") }.and_then(Value::as_str);
     let entity_type = match type_field {
         Some(t) => match t.parse::<EntityType>() {

@@ -133,3 +133,26 @@ fn bad_models_are_refused_with_every_problem() {
     assert!(compile_model("N", &json!({"name": "M", "attributes": []})).is_err(), "name must match the path");
     assert!(compile_model("M", &json!([1])).is_err());
 }
+
+#[test]
+fn malformed_vocabulary_models_are_refused_not_read_as_json_schema() {
+    let base = json!({"name": "C", "type": "DATA", "attributes": [
+        {"name": "n", "type": "INTEGER", "optional": true, "restriction": {"type": "INTEGER_RANGE", "min": 0, "max": 9}}]});
+    assert!(compile_model("C", &base).is_ok());
+    let broken = |pointer: &str, value: Value| {
+        let mut m = base.clone();
+        *m.pointer_mut(pointer).unwrap() = value;
+        compile_model("C", &m).err().map(|e| e.0.join("; ")).unwrap_or_default()
+    };
+    assert!(broken("/type", json!(12345)).contains("model.type: must be a string"));
+    assert!(broken("/name", json!([])).contains("model.name: must be a string"));
+    assert!(broken("/attributes/0/optional", json!("yes")).contains("optional: must be true or false"));
+    assert!(broken("/attributes/0/restriction", json!(true)).contains("restriction: must be an object"));
+    assert!(broken("/attributes/0/restriction/type", json!(1)).contains("restriction.type: must be a string"));
+    assert!(broken("/attributes/0/restriction/min", json!(10)).contains("holds no value"));
+    for bad_name in ["", "a.b", "$ref", "../n", "1st"] {
+        assert!(broken("/attributes/0/name", json!(bad_name)).contains(".name:"), "{bad_name:?}");
+    }
+    let huge = json!({"type": "object", "description": "x".repeat(MAX_DEFINITION_BYTES)});
+    assert!(compile_model("C", &huge).unwrap_err().0[0].contains("at most"));
+}
