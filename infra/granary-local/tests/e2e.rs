@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 #[path = "e2e/corpus.rs"]
 mod corpus;
+#[path = "e2e/security.rs"]
+mod security;
 
 const BIN: &str = env!("CARGO_BIN_EXE_granary-local");
 
