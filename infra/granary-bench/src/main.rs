@@ -19,6 +19,7 @@
 
 mod coldstart;
 mod dispatch;
+mod http_load;
 mod order;
 mod storage;
 
@@ -129,6 +130,19 @@ enum Command {
         /// Products in the catalog.
         #[arg(long, default_value_t = 2000)]
         products: usize,
+        /// The granary-local binary (the release build beside this one by default).
+        #[arg(long)]
+        runner: Option<PathBuf>,
+    },
+    /// The HTTP API under load: keep-alive connections, each a distinct user, on a basket read then a
+    /// basket mutation: requests per second, p50/p99 latency, errors.
+    HttpLoad {
+        /// Connection counts, each run in turn.
+        #[arg(long, value_delimiter = ',', default_values_t = [50, 200])]
+        connections: Vec<usize>,
+        /// Seconds of each phase.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
         /// The granary-local binary (the release build beside this one by default).
         #[arg(long)]
         runner: Option<PathBuf>,
@@ -525,6 +539,10 @@ async fn main() {
         Command::ColdStart { runs, dir } => {
             let dir = dir.unwrap_or_else(|| std::env::current_exe().expect("exe").parent().expect("a directory").to_owned());
             coldstart::run(dir, runs.max(1)).await;
+        }
+        Command::HttpLoad { connections, secs, runner } => {
+            let runner = runner.unwrap_or_else(|| std::env::current_exe().expect("exe").with_file_name("granary-local"));
+            http_load::run(connections, secs, runner).await;
         }
         Command::Dispatch { users, sizes, products, runner } => {
             let runner = runner.unwrap_or_else(|| std::env::current_exe().expect("exe").with_file_name("granary-local"));
