@@ -17,6 +17,14 @@ use tokio::sync::watch;
 /// How long an idle poller waits on its lowest-priority queue before looking at the higher ones again.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
+/// Whether every batch is delivered twice, at once, to two concurrent invocations
+/// (`GRANARY_LOCAL_DUPLICATE_DELIVERY=1`): SQS delivers at least once, and a message can be in two
+/// invocations at the same time; with this on, a run shows whether every handler holds to that.
+fn duplicate_delivery() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("GRANARY_LOCAL_DUPLICATE_DELIVERY").is_ok_and(|v| v == "1" || v == "true"))
+}
+
 /// A scheduled event, as EventBridge sends it to a rule's target.
 pub fn scheduled_event(rule: &str, now: chrono::DateTime<chrono::Utc>) -> Result<CloudWatchEvent, String> {
     serde_json::from_value(json!({
@@ -73,7 +81,15 @@ pub async fn run_sqs_source<H, F>(
         // Run the invocation as its own task, so that a panic fails the invocation (as on Lambda) and
         // not the poller.
         let h = handler.clone();
+        let twin = duplicate_delivery().then(|| {
+            let (h, event) = (handler.clone(), event.clone());
+            tokio::spawn(async move { h(LambdaEvent::new(event, Context::default())).await })
+        });
         let outcome = tokio::spawn(async move { h(LambdaEvent::new(event, Context::default())).await }).await;
+        // The twin's outcome does not matter: what it did must be what the first did.
+        if let Some(twin) = twin {
+            let _ = twin.await;
+        }
         let failed: HashSet<String> = match outcome {
             Ok(Ok(response)) => response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect(),
             Ok(Err(e)) => {

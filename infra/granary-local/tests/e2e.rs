@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 #[path = "e2e/corpus.rs"]
 mod corpus;
+#[path = "e2e/duplicates.rs"]
+mod duplicates;
 #[path = "e2e/security.rs"]
 mod security;
 
