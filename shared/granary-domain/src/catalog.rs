@@ -5,7 +5,7 @@
 
 use crate::storage::{LocationClass, Locations};
 use crate::urn::{Urn, entity_uuid};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -134,9 +134,14 @@ impl ProductSearch {
         let mut errors = Vec::new();
         for (name, value) in params {
             match name {
-                "from" | "to" => match DateTime::parse_from_rfc3339(value) {
-                    Ok(t) if name == "from" => search.from = Some(t.with_timezone(&Utc)),
-                    Ok(t) => search.to = Some(t.with_timezone(&Utc)),
+                "from" | "to" => match DateTime::parse_from_rfc3339(value).map(|t| t.with_timezone(&Utc)) {
+                    // In UTC the instant may leave RFC 3339's years (0000-01-01T00:00:00+01:00 is in
+                    // year -1), and to_params then wrote what this refuses (found by tests/fuzz.rs).
+                    Ok(t) if !(0..=9999).contains(&t.year()) => {
+                        errors.push(format!("{name}: {value:?} is outside years 0000 to 9999 in UTC"))
+                    }
+                    Ok(t) if name == "from" => search.from = Some(t),
+                    Ok(t) => search.to = Some(t),
                     Err(_) => errors.push(format!("{name}: {value:?} is not an ISO-8601 date with a time zone")),
                 },
                 "bbox" => match parse_bbox(value) {
@@ -147,8 +152,15 @@ impl ProductSearch {
                     search.properties.insert(name[PROPERTY_PARAM.len()..].to_owned(), value.to_owned());
                 }
                 _ if ignored.contains(&name) => {}
+                // A name that is not plain is quoted: a blank one (`?=x`) left the error with no name
+                // at all, and one holding ": " made it ambiguous (found by tests/fuzz.rs).
                 _ => errors.push(format!(
-                    "{name}: not a search parameter (from, to, bbox, {PROPERTY_PARAM}<name>{})",
+                    "{}: not a search parameter (from, to, bbox, {PROPERTY_PARAM}<name>{})",
+                    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-[]".contains(c)) {
+                        name.to_owned()
+                    } else {
+                        format!("{name:?}")
+                    },
                     if ignored.is_empty() { String::new() } else { format!(", {}", ignored.join(", ")) }
                 )),
             }

@@ -3,6 +3,7 @@
 
 use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesText, Event};
+use std::borrow::Cow;
 
 /// One file of a metalink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +49,23 @@ pub fn safe_path(parts: &[&str]) -> String {
         .join("/")
 }
 
+/// Whether `c` may appear in an XML 1.0 document (its `Char` production).
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..='\u{10ffff}')
+}
+
+/// `text` with each character XML cannot carry replaced by U+FFFD. quick-xml escapes markup but writes
+/// other characters as they are: one U+FFFF in a producer's file name (which [`safe_path`] keeps, not
+/// being a control character) made the whole document malformed, and a downloader refused every file
+/// of the order (found by tests/fuzz.rs).
+fn xml_text(text: &str) -> Cow<'_, str> {
+    if text.chars().all(is_xml_char) {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(text.chars().map(|c| if is_xml_char(c) { c } else { '\u{fffd}' }).collect())
+    }
+}
+
 /// The metalink document of `files`, published at `published` (RFC 3339).
 pub fn metalink(files: &[MetalinkFile], published: &str) -> String {
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
@@ -60,14 +78,14 @@ fn write(w: &mut Writer<Vec<u8>>, files: &[MetalinkFile], published: &str) -> st
     w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
     w.create_element("metalink").with_attribute(("xmlns", "urn:ietf:params:xml:ns:metalink")).write_inner_content(|w| {
         w.create_element("generator").write_text_content(BytesText::new(concat!("Granary/", env!("CARGO_PKG_VERSION"))))?;
-        w.create_element("published").write_text_content(BytesText::new(published))?;
+        w.create_element("published").write_text_content(BytesText::new(&xml_text(published)))?;
         for f in files {
-            w.create_element("file").with_attribute(("name", f.name.as_str())).write_inner_content(|w| {
+            w.create_element("file").with_attribute(("name", &*xml_text(&f.name))).write_inner_content(|w| {
                 w.create_element("size").write_text_content(BytesText::new(&f.size.to_string()))?;
                 if let Some(kind) = hash_type(&f.algorithm) {
-                    w.create_element("hash").with_attribute(("type", kind)).write_text_content(BytesText::new(&f.checksum))?;
+                    w.create_element("hash").with_attribute(("type", kind)).write_text_content(BytesText::new(&xml_text(&f.checksum)))?;
                 }
-                w.create_element("url").write_text_content(BytesText::new(&f.url))?;
+                w.create_element("url").write_text_content(BytesText::new(&xml_text(&f.url)))?;
                 Ok::<(), std::io::Error>(())
             })?;
         }

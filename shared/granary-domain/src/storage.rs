@@ -286,7 +286,9 @@ pub fn parse_storage_event(body: &Value) -> Result<Vec<StorageOutcome>, String> 
         }
     };
     let groups: Vec<String> = match body.get("groupIds") {
-        Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        // A blank id names no group (as a FileRequestsGroupEvent's blank groupId): it was answered as
+        // an outcome for the group "" (found by tests/fuzz.rs).
+        Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_str).filter(|g| !g.trim().is_empty()).map(str::to_owned).collect(),
         _ => vec![],
     };
     if groups.is_empty() {
