@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 mod corpus;
 #[path = "e2e/duplicates.rs"]
 mod duplicates;
+#[path = "e2e/faults.rs"]
+mod faults;
 #[path = "e2e/security.rs"]
 mod security;
 
@@ -33,8 +35,12 @@ impl Runner {
     }
 
     fn start_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Runner {
+        Self::start_listening(dir, "127.0.0.1:0", args, env)
+    }
+
+    fn start_listening(dir: &Path, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Runner {
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(dir)
             .args(args)
             .env("GRANARY_LOG", "warn")
