@@ -36,7 +36,15 @@ pub struct LocalIssuer {
     kid: String,
     jwk: Value,
     groups_claim: String,
+    /// Tokens already verified, with their claims and expiry: an RS256 verification is the largest
+    /// cost of a small request (a fifth of the runner's CPU under load), and a client sends the same
+    /// token again and again. Only a token byte for byte the same is found, and its expiry is checked
+    /// at each use.
+    verified: std::sync::Mutex<HashMap<String, (HashMap<String, String>, i64)>>,
 }
+
+/// Most tokens kept verified; the cache starts over when full.
+const MAX_VERIFIED: usize = 10_000;
 
 fn key_error(path: &Path, e: impl std::fmt::Display) -> String {
     format!("signing key {}: {e}", path.display())
@@ -84,6 +92,7 @@ impl LocalIssuer {
             jwk: json!({ "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": n, "e": e }),
             kid,
             groups_claim: groups_claim.to_owned(),
+            verified: std::sync::Mutex::default(),
         })
     }
 
@@ -117,6 +126,13 @@ impl LocalIssuer {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::Missing)?;
+        let now = chrono::Utc::now().timestamp();
+        if let Some((claims, exp)) = self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(token) {
+            if *exp > now {
+                return Ok(claims.clone());
+            }
+            return Err(AuthError::Invalid("ExpiredSignature".into()));
+        }
         // Only RS256 is accepted: a token declaring `none` or HS256 fails here, before any key is used.
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_issuer(&[ISSUER]);
@@ -125,7 +141,14 @@ impl LocalIssuer {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        Ok(data.claims.into_iter().map(|(k, v)| (k, api_gateway_claim(&v))).collect())
+        let exp = data.claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        let claims: HashMap<String, String> = data.claims.into_iter().map(|(k, v)| (k, api_gateway_claim(&v))).collect();
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= MAX_VERIFIED {
+            verified.clear();
+        }
+        verified.insert(token.to_owned(), (claims.clone(), exp));
+        Ok(claims)
     }
 }
 
@@ -145,6 +168,30 @@ fn api_gateway_claim(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verified_token_is_taken_again_until_it_expires_and_a_forged_one_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = LocalIssuer::load_or_create(dir.path(), "cognito:groups").unwrap();
+        let now = chrono::Utc::now().timestamp();
+        let token = issuer.mint("ann@example.org", &["s2".into()], 2, now).unwrap();
+        let header = format!("Bearer {token}");
+        assert_eq!(issuer.verify(Some(&header)).unwrap()["sub"], "ann@example.org");
+        assert_eq!(issuer.verify(Some(&header)).unwrap()["sub"], "ann@example.org", "from the cache");
+        // A token differing in one byte of its signature is verified on its own, and refused.
+        let mut forged = header.clone();
+        let at = forged.len() - 10;
+        let flipped = if &forged[at..=at] == "A" { "B" } else { "A" };
+        forged.replace_range(at..=at, flipped);
+        assert!(issuer.verify(Some(&forged)).is_err());
+        // Once expired, the cached one is refused too.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while issuer.verify(Some(&header)).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "still accepted 10 s after its expiry");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(chrono::Utc::now().timestamp() >= now + 2, "refused only once expired");
+    }
 
     #[test]
     fn claims_take_api_gateway_form() {
