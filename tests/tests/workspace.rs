@@ -154,6 +154,12 @@ fn the_openapi_document_covers_every_route_and_only_those() {
             assert!(served, "the OpenAPI document describes {method} {path}, which granary-local does not serve");
         }
     }
+    // Each operation is described once: a second description of it silently replaced the first.
+    let tables = [feature_api::openapi::OPERATIONS, basket_api::openapi::OPERATIONS, order_api::openapi::OPERATIONS];
+    let mut seen = std::collections::BTreeSet::new();
+    for op in tables.iter().flat_map(|t| t.iter()) {
+        assert!(seen.insert((op.method, op.path)), "{} {} is described twice in the operation tables", op.method, op.path);
+    }
     // Every schema reference resolves, in the whole document as served.
     let text = doc.to_string();
     let schemas = doc["components"]["schemas"].as_object().unwrap();

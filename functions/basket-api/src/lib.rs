@@ -49,8 +49,8 @@ pub struct BasketAnswer {
     pub owner: String,
     /// One per dataset, with its dated selections and counts.
     pub dataset_selections: Vec<granary_domain::basket::DatasetSelection>,
-    /// Ids of this change that name no product the caller may see.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Ids of this change that name no product the caller may see (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unmatched_ids: Vec<String>,
 }
 

@@ -7,7 +7,7 @@ use crate::answers::{
 };
 use granary_domain::FeatureCreationCollection;
 use granary_domain::request::{FeatureDeletionCollection, FeatureNotificationCollection, FeatureUpdateCollection};
-use granary_lambda::openapi::{ANYONE, Operation, QueryParam, schema};
+use granary_lambda::openapi::{ANYONE, Operation, QueryKind, QueryParam, schema};
 use granary_stores::requests::RequestRecord;
 use schemars::JsonSchema;
 use serde_json::Value;
@@ -22,15 +22,20 @@ struct ModelDefinition(Value);
 const SUBMISSION_PROBLEMS: &[u16] = &[400, 403, 413];
 
 const SEARCH_QUERY: &[QueryParam] = &[
-    QueryParam { name: "from", description: "ISO-8601: the date property (GRANARY_SEARCH_DATE_PROPERTY) at or after this instant" },
-    QueryParam { name: "to", description: "ISO-8601: the date property at or before this instant" },
-    QueryParam { name: "bbox", description: "minLon,minLat,maxLon,maxLat: the geometry intersects this box" },
+    QueryParam {
+        name: "from",
+        description: "ISO-8601: the date property (GRANARY_SEARCH_DATE_PROPERTY) at or after this instant",
+        kind: QueryKind::Instant,
+    },
+    QueryParam { name: "to", description: "ISO-8601: the date property at or before this instant", kind: QueryKind::Instant },
+    QueryParam { name: "bbox", description: "minLon,minLat,maxLon,maxLat: the geometry intersects this box", kind: QueryKind::Text },
     QueryParam {
         name: "property.<name>",
         description: "a property (dotted path under properties) equal to this value; repeatable with other names",
+        kind: QueryKind::Text,
     },
-    QueryParam { name: "size", description: "products per page, 1 to 500 (default 20)" },
-    QueryParam { name: "page", description: "the cursor of the previous page's next link" },
+    QueryParam { name: "size", description: "products per page, 1 to 500 (default 20)", kind: QueryKind::Size(500) },
+    QueryParam { name: "page", description: "the cursor of the previous page's next link", kind: QueryKind::Text },
 ];
 
 /// Every operation feature-api serves.
@@ -81,14 +86,22 @@ pub const OPERATIONS: &[Operation] = &[
         summary: "List requests by state or by session, oldest first, page by page",
         who: "admin",
         query: &[
-            QueryParam { name: "state", description: "GRANTED, DENIED, SUCCESS or ERROR (this or a session is required)" },
-            QueryParam { name: "sessionOwner", description: "with session: the requests of one session" },
-            QueryParam { name: "session", description: "with sessionOwner" },
-            QueryParam { name: "type", description: "CREATION, PATCH, DELETION or NOTIFICATION" },
-            QueryParam { name: "from", description: "registered at or after (ISO-8601)" },
-            QueryParam { name: "to", description: "registered at or before (ISO-8601)" },
-            QueryParam { name: "size", description: "1 to 1000, default 20" },
-            QueryParam { name: "page", description: "the cursor of the previous page's next link" },
+            QueryParam {
+                name: "state",
+                description: "GRANTED, DENIED, SUCCESS or ERROR (this or a session is required)",
+                kind: QueryKind::OneOf(&["GRANTED", "DENIED", "SUCCESS", "ERROR"]),
+            },
+            QueryParam { name: "sessionOwner", description: "with session: the requests of one session", kind: QueryKind::Text },
+            QueryParam { name: "session", description: "with sessionOwner", kind: QueryKind::Text },
+            QueryParam {
+                name: "type",
+                description: "CREATION, PATCH, DELETION or NOTIFICATION",
+                kind: QueryKind::OneOf(&["CREATION", "PATCH", "DELETION", "NOTIFICATION"]),
+            },
+            QueryParam { name: "from", description: "registered at or after (ISO-8601)", kind: QueryKind::Instant },
+            QueryParam { name: "to", description: "registered at or before (ISO-8601)", kind: QueryKind::Instant },
+            QueryParam { name: "size", description: "1 to 1000, default 20", kind: QueryKind::Size(1000) },
+            QueryParam { name: "page", description: "the cursor of the previous page's next link", kind: QueryKind::Text },
         ],
         body: None,
         ok: (200, schema::<RequestPageAnswer>),

@@ -3,19 +3,22 @@
 use crate::downloads::OrderFilePage;
 use crate::{OrderAnswer, OrderPage, OrderRequest, OrderSearch, QuotaAnswer};
 use granary_domain::order::Quota;
-use granary_lambda::openapi::{ORDER_TOKEN_HOLDER, Operation, QueryParam, schema};
+use granary_lambda::openapi::{ORDER_TOKEN_HOLDER, Operation, QueryKind, QueryParam, schema};
 
 const PAGING: &[QueryParam] = &[
-    QueryParam { name: "size", description: "orders per page, 1 to 500 (default 20)" },
-    QueryParam { name: "page", description: "the cursor of the previous page's next link" },
+    QueryParam { name: "size", description: "orders per page, 1 to 500 (default 20)", kind: QueryKind::Size(500) },
+    QueryParam { name: "page", description: "the cursor of the previous page's next link", kind: QueryKind::Text },
 ];
 
-const ORDER_TOKEN: &[QueryParam] =
-    &[QueryParam { name: "orderToken", description: "the order token of the order's metalink (a JWT expiring with the order)" }];
+const ORDER_TOKEN: &[QueryParam] = &[QueryParam {
+    name: "orderToken",
+    description: "the order token of the order's metalink (a JWT expiring with the order)",
+    kind: QueryKind::Text,
+}];
 
 const FILE_PAGING: &[QueryParam] = &[
-    QueryParam { name: "size", description: "files per page, 1 to 1000 (default 100)" },
-    QueryParam { name: "page", description: "the cursor of the previous page's next link" },
+    QueryParam { name: "size", description: "files per page, 1 to 1000 (default 100)", kind: QueryKind::Size(1000) },
+    QueryParam { name: "page", description: "the cursor of the previous page's next link", kind: QueryKind::Text },
 ];
 
 /// Every operation order-api serves.
@@ -218,37 +221,7 @@ pub const OPERATIONS: &[Operation] = &[
         query: &[],
         body: None,
         ok: (200, schema::<QuotaAnswer>),
-        problems: &[403],
-    },
-    Operation {
-        method: "PUT",
-        path: "/quotas/{user}",
-        summary: "Set a user's quota {maxFiles, maxBytes, periodHours}; 400 naming each bad limit",
-        who: "admin",
-        query: &[],
-        body: Some(schema::<Quota>),
-        ok: (200, schema::<QuotaAnswer>),
         problems: &[400, 403],
-    },
-    Operation {
-        method: "GET",
-        path: "/user/quota",
-        summary: "The caller's quota of stored files and bytes made available per rolling period (-1: no limit)",
-        who: "any authenticated user",
-        query: &[],
-        body: None,
-        ok: (200, schema::<QuotaAnswer>),
-        problems: &[],
-    },
-    Operation {
-        method: "GET",
-        path: "/quotas/{user}",
-        summary: "A user's quota: the one an admin set, else the deployment's default (custom false)",
-        who: "admin",
-        query: &[],
-        body: None,
-        ok: (200, schema::<QuotaAnswer>),
-        problems: &[403],
     },
     Operation {
         method: "PUT",

@@ -27,7 +27,7 @@ pub struct Problem {
     /// What exactly is wrong.
     pub detail: String,
     /// Every error, each naming its path (absent when there is only the detail).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
 }
 

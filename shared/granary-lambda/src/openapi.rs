@@ -22,6 +22,45 @@ pub struct QueryParam {
     pub name: &'static str,
     /// What it does.
     pub description: &'static str,
+    /// The values it takes.
+    pub kind: QueryKind,
+}
+
+/// The values a query parameter takes, as its schema says them.
+#[derive(Debug, Clone, Copy)]
+pub enum QueryKind {
+    /// Any text.
+    Text,
+    /// A whole number from 1 to this.
+    Size(u32),
+    /// An ISO-8601 instant with its time zone.
+    Instant,
+    /// One of these words.
+    OneOf(&'static [&'static str]),
+}
+
+impl QueryKind {
+    fn schema(self) -> Value {
+        match self {
+            QueryKind::Text => json!({"type": "string"}),
+            QueryKind::Size(max) => json!({"type": "integer", "minimum": 1, "maximum": max}),
+            QueryKind::Instant => json!({"type": "string", "format": "date-time"}),
+            QueryKind::OneOf(words) => json!({"type": "string", "enum": words}),
+        }
+    }
+}
+
+/// The schema of a path parameter, by its name (each name has one meaning across the API).
+fn path_schema(name: &str) -> Value {
+    match name {
+        "datasetSelectionId" => json!({"type": "integer", "minimum": 0}),
+        "orderId" => json!({"type": "string", "format": "uuid"}),
+        "itemsSelectionDate" => json!({"type": "string", "format": "date-time"}),
+        "urn" => json!({"type": "string", "pattern": "^URN:FEATURE:(DATA|DATASET|COLLECTION):[^:]+:[0-9a-fA-F-]{32,36}:V[1-9][0-9]{0,2}$"}),
+        "fileId" => json!({"type": "string", "pattern": "^[0-9a-f-]{36}\\.[0-9]+\\.[0-9]+$"}),
+        "name" | "label" => json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}),
+        _ => json!({"type": "string", "minLength": 1}),
+    }
 }
 
 /// One operation of the HTTP API.
@@ -80,10 +119,10 @@ pub fn document(tables: &[&[Operation]]) -> Value {
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": path_schema(name)}))
             .collect();
         parameters.extend(
-            op.query.iter().map(|q| json!({"name": q.name, "in": "query", "description": q.description, "schema": {"type": "string"}})),
+            op.query.iter().map(|q| json!({"name": q.name, "in": "query", "description": q.description, "schema": q.kind.schema()})),
         );
         let mut responses = Map::new();
         let ok = match op.ok.0 {
@@ -91,6 +130,12 @@ pub fn document(tables: &[&[Operation]]) -> Value {
             status if matches!(status, 204 | 302) || op.method == "HEAD" => json!({"description": reason(status)}),
             status => json!({"description": reason(status), "content": {"application/json": {"schema": (op.ok.1)(&mut g)}}}),
         };
+        // A PUT that answers 201 when it creates answers 200 when it replaces.
+        if op.method == "PUT" && op.ok.0 == 201 {
+            let mut replaced = ok.clone();
+            replaced["description"] = json!("OK: replaced");
+            responses.insert("200".into(), replaced);
+        }
         responses.insert(op.ok.0.to_string(), ok);
         let anonymous = op.who == ANYONE || op.who == ORDER_TOKEN_HOLDER;
         let always: &[u16] = if anonymous { &[503] } else { &[401, 503] };
