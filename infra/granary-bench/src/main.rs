@@ -21,6 +21,7 @@ mod coldstart;
 mod dispatch;
 mod http_load;
 mod order;
+mod soak;
 mod storage;
 
 use clap::{Parser, Subcommand};
@@ -143,6 +144,19 @@ enum Command {
         /// Seconds of each phase.
         #[arg(long, default_value_t = 10)]
         secs: u64,
+        /// The granary-local binary (the release build beside this one by default).
+        #[arg(long)]
+        runner: Option<PathBuf>,
+    },
+    /// A steady mixed workload on the release granary-local for a while: its memory, open file
+    /// descriptors and queues sampled every ten seconds, the first and last minute compared.
+    Soak {
+        /// Minutes to run.
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// Producer creations a second (each with a stored file).
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
         /// The granary-local binary (the release build beside this one by default).
         #[arg(long)]
         runner: Option<PathBuf>,
@@ -539,6 +553,10 @@ async fn main() {
         Command::ColdStart { runs, dir } => {
             let dir = dir.unwrap_or_else(|| std::env::current_exe().expect("exe").parent().expect("a directory").to_owned());
             coldstart::run(dir, runs.max(1)).await;
+        }
+        Command::Soak { minutes, rate, runner } => {
+            let runner = runner.unwrap_or_else(|| std::env::current_exe().expect("exe").with_file_name("granary-local"));
+            soak::run(minutes.max(2), rate.max(1), runner).await;
         }
         Command::HttpLoad { connections, secs, runner } => {
             let runner = runner.unwrap_or_else(|| std::env::current_exe().expect("exe").with_file_name("granary-local"));

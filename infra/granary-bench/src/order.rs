@@ -74,6 +74,16 @@ pub(crate) fn token(runner: &Path, dir: &Path, user: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// An admin's bearer token, valid two hours (the soak run is shorter), from the runner of `dir`.
+pub(crate) fn admin_token(runner: &Path, dir: &Path) -> String {
+    let out = std::process::Command::new(runner)
+        .args(["token", "--user", "root@example.org", "--admin", "--ttl", "7200", "--data-dir"])
+        .arg(dir)
+        .output()
+        .expect("granary-local token");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// The embedded benchmark: `products` products of `files` files, ordered whole.
 pub(crate) async fn run(products: usize, files: usize, runner: PathBuf) {
     let dir = tempfile::tempdir().expect("temporary directory");
