@@ -115,9 +115,9 @@ pub(crate) async fn run(minutes: u64, rate: u32, runner: PathBuf) {
         for chunk in granary_ports::queue::batches(batch) {
             b.queue.send_batch("feature-normal", chunk).await.expect("send");
         }
-        // The recipient's queue and the producers' response queue are read as a partner and the
-        // producers would: what is left queued is Granary's own backlog.
-        for queue in [mirror_queue.as_str(), "feature-response"] {
+        // The recipient's queue, the producers' response queue and the order events are read as a
+        // partner, the producers and a client would: what is left queued is Granary's own backlog.
+        for queue in [mirror_queue.as_str(), "feature-response", "order-events"] {
             loop {
                 let got = b.queue.receive(queue, 10, None, Duration::ZERO).await.expect("receive");
                 if got.is_empty() {
