@@ -118,6 +118,14 @@ fn template_with_visibility(dir: &Path, prefix: &str, secs: u32) -> std::path::P
     path
 }
 
+/// Adds a queue named `mirror` (a recipient's own) to the template at `path`, or to a copy of the
+/// built-in one written there when it does not exist yet; returns `path`.
+fn with_mirror_queue(path: std::path::PathBuf) -> std::path::PathBuf {
+    let template = std::fs::read_to_string(&path).unwrap_or_else(|_| granary_resources::TEMPLATE.to_owned());
+    std::fs::write(&path, template.replacen("Resources:\n", "Resources:\n  MirrorQueue:\n    Type: AWS::SQS::Queue\n\n", 1)).unwrap();
+    path
+}
+
 /// Waits for `check` to return `Some`, up to `limit`, looking again every 50 ms.
 async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
@@ -1224,9 +1232,7 @@ async fn recipients_defined_over_http_get_each_notification_once_and_acknowledge
     let (hook_url, accepted, calls) = granary_testkit::webhook(SECRET, 2).await;
     let dir = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let template = granary_resources::TEMPLATE.replacen("Resources:\n", "Resources:\n  MirrorQueue:\n    Type: AWS::SQS::Queue\n\n", 1);
-    let template_path = scratch.path().join("template.yaml");
-    std::fs::write(&template_path, template).unwrap();
+    let template_path = with_mirror_queue(scratch.path().join("template.yaml"));
     let template_path = template_path.to_str().unwrap().to_owned();
     let env =
         [("GRANARY_LOCAL_TEMPLATE", template_path.as_str()), ("GRANARY_NOTIFICATION_RETRY_SECS", "1"), ("GRANARY_MODEL_CACHE_SECS", "0")];

@@ -13,9 +13,7 @@ async fn workload(duplicates: bool) -> (Value, usize) {
     let sources = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let roots = sources.path().to_str().unwrap().to_owned();
-    let template = granary_resources::TEMPLATE.replacen("Resources:\n", "Resources:\n  MirrorQueue:\n    Type: AWS::SQS::Queue\n\n", 1);
-    let template_path = scratch.path().join("template.yaml");
-    std::fs::write(&template_path, template).unwrap();
+    let template_path = with_mirror_queue(scratch.path().join("template.yaml"));
     let mut env = vec![
         ("GRANARY_LOCAL_TEMPLATE", template_path.to_str().unwrap().to_owned()),
         ("GRANARY_STORAGE_FILE_ROOTS", roots),

@@ -30,10 +30,7 @@ async fn ten_kill_9_during_a_mixed_workload_leave_nothing_lost_duplicated_or_hel
     let scratch = tempfile::tempdir().unwrap();
     // Short visibility timeouts everywhere, so what a killed invocation held comes back within
     // seconds, and a queue for the recipient.
-    let template_path = template_with_visibility(scratch.path(), "", 3);
-    let template = std::fs::read_to_string(&template_path).unwrap();
-    let template = template.replacen("Resources:\n", "Resources:\n  MirrorQueue:\n    Type: AWS::SQS::Queue\n\n", 1);
-    std::fs::write(&template_path, template).unwrap();
+    let template_path = with_mirror_queue(template_with_visibility(scratch.path(), "", 3));
     let roots = sources.path().to_str().unwrap().to_owned();
     let env = [
         ("GRANARY_LOCAL_TEMPLATE", template_path.to_str().unwrap()),
