@@ -40,8 +40,11 @@ pub struct LocalIssuer {
     /// cost of a small request (a fifth of the runner's CPU under load), and a client sends the same
     /// token again and again. Only a token byte for byte the same is found, and its expiry is checked
     /// at each use.
-    verified: std::sync::Mutex<HashMap<String, (HashMap<String, String>, i64)>>,
+    verified: std::sync::Mutex<HashMap<String, (Claims, i64)>>,
 }
+
+/// Claims in API Gateway's form, by name.
+type Claims = HashMap<String, String>;
 
 /// Most tokens kept verified; the cache starts over when full.
 const MAX_VERIFIED: usize = 10_000;
