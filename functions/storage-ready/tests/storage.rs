@@ -45,9 +45,12 @@ async fn fixture() -> Fixture {
     granary_stores::models::ModelStore::new("features").put(&backend, &model, &compiled, "admin").await.unwrap();
     let sources = dir.path().join("sources");
     std::fs::create_dir_all(&sources).unwrap();
+    // Ingest denies a file:// source outside the roots it is told of: the same as the worker's.
+    let mut ingest_config = config();
+    ingest_config.storage_file_roots = vec![sources.clone()];
     let worker = StorageWorker::with_settings(backend.clone(), config(), vec![sources], Duration::from_secs(5)).unwrap();
     Fixture {
-        ingest: FeatureIngest::new(backend.clone(), config()),
+        ingest: FeatureIngest::new(backend.clone(), ingest_config),
         ready: StorageReady::new(backend.clone(), config()),
         worker,
         backend,
@@ -232,7 +235,12 @@ async fn stored_files_succeed_the_request_once_every_file_is_confirmed() {
 
 #[tokio::test]
 async fn a_wrong_checksum_or_a_missing_source_is_a_storage_error_and_leaves_nothing() {
-    let f = fixture().await;
+    let mut f = fixture().await;
+    // Ingest told that every path may be read, so that what refuses these sources is the worker's own
+    // check (ingest's, which denies a source outside the roots at once, has its test in feature-ingest).
+    let mut permissive = config();
+    permissive.storage_file_roots = vec!["/".into()];
+    f.ingest = FeatureIngest::new(f.backend.clone(), permissive);
     let good = b"good content".to_vec();
     let (path, url) = f.source("bad.bin", b"tampered content");
     let files = vec![
