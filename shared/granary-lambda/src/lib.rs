@@ -19,11 +19,22 @@ pub use identity::Identity;
 /// was made from, named by the environment the template sets).
 pub async fn cold_start() -> Result<(Config, granary_ports::Backend), Box<dyn std::error::Error + Send + Sync>> {
     init_logging();
-    let config = Config::from_env();
+    let config = in_the_cloud(Config::from_env(), std::env::var_os("GRANARY_OUTBOUND_INTERNAL").is_some());
     config.check()?;
     let resources = granary_resources::deployed()?;
     let aws = granary_aws::Aws::connect(&resources, granary_aws::AwsOptions::default()).await;
     Ok((config, aws.backend()))
+}
+
+/// The configuration as a Lambda uses it: with `GRANARY_OUTBOUND_INTERNAL` unset (`internal_set`
+/// false), no internal address is reachable. One machine's default (all of them) would otherwise give
+/// a function deployed without the template's setting (another tool, a hand-made function) the
+/// instance metadata service.
+pub fn in_the_cloud(mut config: Config, internal_set: bool) -> Config {
+    if !internal_set && let Ok(policy) = &mut config.outbound {
+        policy.internal = Some(Vec::new());
+    }
+    config
 }
 
 /// The Lambda functions a handler may call (a configured processing's), with clients from the
@@ -37,4 +48,21 @@ pub async fn functions() -> std::sync::Arc<dyn granary_ports::Functions> {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GRANARY_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false).without_time().try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_the_cloud_internal_addresses_are_refused_unless_listed() {
+        let metadata: std::net::IpAddr = "169.254.169.254".parse().unwrap();
+        let unset = in_the_cloud(Config::defaults(), false);
+        assert!(unset.outbound().check_addr("h", metadata).is_err(), "unset: none reachable in the cloud");
+        assert!(Config::defaults().outbound().check_addr("h", metadata).is_ok(), "unset: all reachable on one machine");
+        let listed = Config::from_lookup(|n| (n == "GRANARY_OUTBOUND_INTERNAL").then(|| "10.0.0.0/8".to_owned()));
+        let listed = in_the_cloud(listed, true);
+        assert!(listed.outbound().check_addr("h", "10.1.2.3".parse().unwrap()).is_ok(), "a listed network stays reachable");
+        assert!(listed.outbound().check_addr("h", metadata).is_err());
+    }
 }
