@@ -122,7 +122,7 @@ async fn head_only(r: &Runner, method: &str, path: &str, length: usize, authoriz
 }
 
 /// Every entry's cases sent over HTTP, 8 at a time; returns the failures.
-async fn replay_http(c: &reqwest::Client, r: &Runner, dir: &Path, tokens: &Tokens, selection: u64) -> (Vec<String>, usize) {
+async fn replay_http(c: &reqwest::Client, r: &Runner, tokens: &Tokens, selection: u64) -> (Vec<String>, usize) {
     let entries = [
         "http-features-create",
         "http-features-patch",
@@ -173,7 +173,6 @@ async fn replay_http(c: &reqwest::Client, r: &Runner, dir: &Path, tokens: &Token
             failures.push(failure(&case, format!("granted, then {}", state)));
         }
     }
-    let _ = dir;
     (failures, total)
 }
 
@@ -287,7 +286,7 @@ async fn every_corpus_input_is_refused_cleanly() {
 
     let backend = open(&dir);
     let started = Instant::now();
-    let (mut failures, http_cases) = replay_http(&c, &r, &dir, &tokens, selection).await;
+    let (mut failures, http_cases) = replay_http(&c, &r, &tokens, selection).await;
     let http_secs = started.elapsed().as_secs_f64();
 
     // Feature request messages: one DENIED event each, nothing granted.
