@@ -101,6 +101,9 @@ pub async fn run_sqs_source<H, F>(
                 continue;
             }
         };
+        if !failed.is_empty() {
+            tracing::warn!(function, %queue, failed = failed.len(), "messages reported as failed come back after their visibility timeout");
+        }
         let done: Vec<String> = messages.iter().filter(|m| !failed.contains(&m.message_id)).map(|m| m.receipt_handle.clone()).collect();
         if !done.is_empty()
             && let Err(e) = backend.queue.delete_batch(&queue, done).await

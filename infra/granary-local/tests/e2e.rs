@@ -12,6 +12,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "e2e/clock.rs"]
+mod clock;
 #[path = "e2e/corpus.rs"]
 mod corpus;
 #[path = "e2e/duplicates.rs"]
@@ -20,6 +22,8 @@ mod duplicates;
 mod faults;
 #[path = "e2e/security.rs"]
 mod security;
+#[path = "e2e/throttling.rs"]
+mod throttling;
 
 const BIN: &str = env!("CARGO_BIN_EXE_granary-local");
 
@@ -27,6 +31,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_granary-local");
 struct Runner {
     child: Child,
     base: String,
+    /// The lines it logged (warnings and errors: the tests run it with `GRANARY_LOG=warn`).
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Runner {
@@ -56,8 +62,19 @@ impl Runner {
         let base =
             first.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("no address in {first:?}")).to_owned();
         // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Runner { child, base }
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        Runner { child, base, log }
+    }
+
+    /// The logged lines that contain `text`.
+    fn logged(&self, text: &str) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|l| l.contains(text)).cloned().collect()
     }
 
     fn url(&self, path: &str) -> String {
@@ -139,6 +156,57 @@ where
         }
         assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A small deterministic generator (the seed is printed, so a failing run can be replayed).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// Places Ann's order of the products `ids` once they are stored; `None` while it cannot be (the runner
+/// down, the products not stored yet). A lost answer is safe: `label` is unique, so a second try is
+/// refused and the order is found by its label.
+async fn place_order(c: &reqwest::Client, r: &Runner, ann: &str, ids: &[String], label: &str) -> Option<String> {
+    // Only once the four are stored: ordered before, their files would be the producer's references.
+    for id in ids {
+        let urn = format!("URN:FEATURE:DATA:granary:{}:V1", granary_domain::entity_uuid(id));
+        let product: Value = c.get(r.url(&format!("/products/{urn}"))).bearer_auth(ann).send().await.ok()?.json().await.ok()?;
+        if product["files"][0]["reference"] != false {
+            return None;
+        }
+    }
+    let res = c.post(r.url("/order/basket/selection")).bearer_auth(ann).json(&json!({"entityIdsToInclude": ids}));
+    let basket: Value = res.send().await.ok()?.json().await.ok()?;
+    if basket["datasetSelections"][0]["objectsCount"].as_u64() != Some(ids.len() as u64) {
+        let _ = c.delete(r.url("/order/basket")).bearer_auth(ann).send().await;
+        return None;
+    }
+    let res = c.post(r.url("/user/orders")).bearer_auth(ann).json(&json!({"label": label})).send().await.ok()?;
+    if res.status() == 201 {
+        return res.json::<Value>().await.ok()?["id"].as_str().map(str::to_owned);
+    }
+    let mine: Value = c.get(r.url("/user/orders")).bearer_auth(ann).send().await.ok()?.json().await.ok()?;
+    mine["content"].as_array()?.iter().find(|o| o["label"] == label).and_then(|o| o["id"].as_str()).map(str::to_owned)
+}
+
+/// Downloads (follows the Granary link of) every file of `order` available now.
+async fn download_available(c: &reqwest::Client, r: &Runner, ann: &str, order: &str, done: &mut BTreeSet<String>) {
+    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let Ok(res) = c.get(r.url(&format!("/orders/{order}/files/available"))).bearer_auth(ann).send().await else { return };
+    let Ok(page) = res.json::<Value>().await else { return };
+    for f in page["content"].as_array().into_iter().flatten().filter(|f| f["state"] == "AVAILABLE") {
+        let Some(link) = f["download"].as_str() else { continue };
+        if let Ok(res) = no_redirect.get(r.url(link)).bearer_auth(ann).send().await
+            && res.status() == 302
+        {
+            done.insert(link.to_owned());
+        }
     }
 }
 
@@ -1378,17 +1446,21 @@ async fn users_search_fill_a_basket_and_order_it_over_http_until_it_ends() {
 
 /// Installs Debian's aria2 when `aria2c` is missing (as the tests install moto): `.ci/run` runs as root.
 fn ensure_aria2c() {
-    let present = || Command::new("aria2c").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+    ensure_debian_package("aria2", || Command::new("aria2c").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success()));
+}
+
+/// Installs Debian's `package` unless `present` says it is there (`.ci/run` runs as root).
+fn ensure_debian_package(package: &str, present: impl Fn() -> bool) {
     if present() {
         return;
     }
     let install =
-        || Command::new("apt-get").args(["install", "-y", "-q", "aria2"]).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+        || Command::new("apt-get").args(["install", "-y", "-q", package]).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
     if !install() {
         let _ = Command::new("apt-get").args(["update", "-q"]).stdout(Stdio::null()).status();
         install();
     }
-    assert!(present(), "aria2c is needed: install Debian's aria2 (apt-get install aria2)");
+    assert!(present(), "Debian's {package} is needed: apt-get install {package}");
 }
 
 /// Runs `aria2c -M` on `metalink` into `out`: its exit status (0 when every file came and matched its hash).

@@ -135,6 +135,14 @@ impl Db {
         .map_err(|e| PortError::Backend(format!("database task failed: {e}")))?
     }
 
+    /// When the newest queued message was sent (milliseconds), if any message is queued.
+    pub(crate) fn newest_message_sent_at(&self) -> PortResult<Option<i64>> {
+        let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop().map_or_else(|| self.connect(false), Ok)?;
+        let newest = conn.query_row("SELECT max(sent_at) FROM queue_messages", [], |r| r.get(0)).map_err(map_sql)?;
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        Ok(newest)
+    }
+
     /// Creates the schema and every declared table and index, idempotently.
     pub(crate) fn provision(&self, resources: &Resources) -> PortResult<()> {
         let mut conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop().map_or_else(|| self.connect(false), Ok)?;

@@ -72,7 +72,7 @@ impl Embedded {
         db.provision(&options.resources)?;
         db::Db::checkpoint_in_background(&db)?;
         let table = Arc::new(EmbeddedTable::new(db.clone(), &options.resources));
-        let queue = Arc::new(EmbeddedQueue::new(db.clone(), &options.resources, options.clock.clone(), options.ids.clone()));
+        let queue = Arc::new(EmbeddedQueue::new(db.clone(), &options.resources, options.clock.clone(), options.ids.clone())?);
         let blobs = Arc::new(EmbeddedBlobs::open(
             db,
             &options.data_dir,

@@ -7,19 +7,36 @@ use granary_ports::queue::{validate_batch_len, validate_send_batch};
 use granary_ports::{Clock, IdSource, OutgoingMessage, PortError, PortResult, Queue, QueueDepth, QueueSpec, ReceivedMessage, Resources};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
 /// How often a waiting receive looks again for messages sent by another process or made due by time.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
+/// How far a clock reading may fall behind the latest one before it counts as the clock having gone
+/// back (concurrent operations read the clock in no particular order).
+const CLOCK_STEP_TOLERANCE_MS: i64 = 2_000;
+
 /// Queues on SQLite.
+///
+/// A message's `visible_at` is a wall-clock time, while what it stands for (a delay, a visibility
+/// timeout) is a duration. When the machine's clock is set back, every pending message would wait for
+/// as long as the clock went back, so the queue moves them back with it: in the process that notices
+/// first, from the latest time it read (or, after a restart, from the newest message), once (after
+/// the move no message is dated after the clock, so no other process moves them again). A clock set
+/// forward needs no move: delays end and hidden messages come back sooner, which at-least-once
+/// delivery allows.
 pub struct EmbeddedQueue {
     db: Arc<Db>,
     specs: HashMap<String, QueueSpec>,
     arrivals: HashMap<String, Arc<Notify>>,
     clock: Arc<dyn Clock>,
     ids: Arc<dyn IdSource>,
+    /// The latest clock reading of this process (at open, the newest message's sending time).
+    latest: AtomicI64,
+    /// Held while pending messages are moved back, so that one task of this process moves them.
+    moving_back: tokio::sync::Mutex<()>,
 }
 
 fn receipt(seq: i64, receive_count: i64) -> String {
@@ -38,10 +55,49 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl EmbeddedQueue {
-    pub(crate) fn new(db: Arc<Db>, resources: &Resources, clock: Arc<dyn Clock>, ids: Arc<dyn IdSource>) -> Self {
+    pub(crate) fn new(db: Arc<Db>, resources: &Resources, clock: Arc<dyn Clock>, ids: Arc<dyn IdSource>) -> PortResult<Self> {
         let specs: HashMap<_, _> = resources.queues.iter().map(|q| (q.name.clone(), q.clone())).collect();
         let arrivals = specs.keys().map(|k| (k.clone(), Arc::new(Notify::new()))).collect();
-        Self { db, specs, arrivals, clock, ids }
+        let latest = AtomicI64::new(db.newest_message_sent_at()?.unwrap_or(i64::MIN));
+        Ok(Self { db, specs, arrivals, clock, ids, latest, moving_back: tokio::sync::Mutex::new(()) })
+    }
+
+    /// The time now, in milliseconds; when the clock has gone back since the latest reading, pending
+    /// messages are first moved back with it (see [`EmbeddedQueue`]).
+    async fn now(&self) -> PortResult<i64> {
+        let now = self.clock.now_ms();
+        let latest = self.latest.fetch_max(now, Ordering::SeqCst);
+        if now.saturating_add(CLOCK_STEP_TOLERANCE_MS) >= latest {
+            return Ok(now);
+        }
+        let _one_at_a_time = self.moving_back.lock().await;
+        let latest = self.latest.load(Ordering::SeqCst);
+        if now.saturating_add(CLOCK_STEP_TOLERANCE_MS) >= latest {
+            return Ok(now);
+        }
+        let moved = self
+            .db
+            .write(move |conn| {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
+                let newest: Option<i64> = tx.query_row("SELECT max(sent_at) FROM queue_messages", [], |r| r.get(0)).map_err(map_sql)?;
+                // Nothing dated after the clock: no message to move (or another process moved them).
+                let Some(newest) = newest.filter(|n| *n > now.saturating_add(CLOCK_STEP_TOLERANCE_MS)) else { return Ok(None) };
+                let back = latest.max(newest).saturating_sub(now);
+                let n = tx
+                    .execute("UPDATE queue_messages SET visible_at = visible_at - ?1, sent_at = sent_at - ?1", [back])
+                    .map_err(map_sql)?;
+                tx.commit().map_err(map_sql)?;
+                Ok(Some((back, n)))
+            })
+            .await?;
+        if let Some((back_ms, messages)) = moved {
+            tracing::warn!(back_ms, messages, "the clock went back: pending messages' delays and visibility timeouts moved back with it");
+            for n in self.arrivals.values() {
+                n.notify_waiters();
+            }
+        }
+        self.latest.store(now, Ordering::SeqCst);
+        Ok(now)
     }
 
     fn spec(&self, queue: &str) -> PortResult<&QueueSpec> {
@@ -49,7 +105,7 @@ impl EmbeddedQueue {
     }
 
     async fn receive_now(&self, spec: &QueueSpec, max: usize, visibility: Duration) -> PortResult<Vec<ReceivedMessage>> {
-        let now = self.clock.now_ms();
+        let now = self.now().await?;
         let queue = spec.name.clone();
         let redrive = spec.dead_letter_queue.clone().filter(|_| spec.max_receive_count > 0).map(|d| (d, spec.max_receive_count));
         let hidden_until = now.saturating_add(ms(visibility));
@@ -140,7 +196,7 @@ impl Queue for EmbeddedQueue {
     async fn send_batch(&self, queue: &str, messages: Vec<OutgoingMessage>) -> PortResult<Vec<String>> {
         let spec = self.spec(queue)?;
         validate_send_batch(queue, &messages)?;
-        let now = self.clock.now_ms();
+        let now = self.now().await?;
         let rows: Vec<(String, String, String, i64)> = messages
             .into_iter()
             .map(|m| {
@@ -217,7 +273,7 @@ impl Queue for EmbeddedQueue {
     async fn change_visibility(&self, queue: &str, receipt_handle: &str, timeout: Duration) -> PortResult<()> {
         self.spec(queue)?;
         let (seq, count) = parse_receipt(receipt_handle)?;
-        let visible_at = self.clock.now_ms().saturating_add(ms(timeout));
+        let visible_at = self.now().await?.saturating_add(ms(timeout));
         let (queue, handle) = (queue.to_owned(), receipt_handle.to_owned());
         let changed = self
             .db
@@ -233,7 +289,7 @@ impl Queue for EmbeddedQueue {
 
     async fn depth(&self, queue: &str) -> PortResult<QueueDepth> {
         self.spec(queue)?;
-        let now = self.clock.now_ms();
+        let now = self.now().await?;
         let queue = queue.to_owned();
         self.db
             .run(move |conn| {

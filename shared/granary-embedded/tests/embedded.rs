@@ -210,3 +210,46 @@ async fn two_processes_on_one_data_directory() {
     received.sort();
     assert_eq!(received, (0..500).collect::<Vec<_>>(), "every message received once across both processes");
 }
+
+#[tokio::test]
+async fn a_clock_set_back_holds_no_pending_message_back() {
+    let h = harness().await;
+    let b = h.open().backend();
+    b.queue.send_batch(WORK, vec![OutgoingMessage::new("now")]).await.unwrap();
+    b.queue.send_batch(WORK, vec![OutgoingMessage::new("in 10 s").delayed(Duration::from_secs(10))]).await.unwrap();
+    // The machine's clock is set back an hour: the message due now is still due now, and the
+    // delayed one still 10 s after it was sent, not an hour and 10 s.
+    h.clock.advance(chrono::Duration::hours(-1));
+    let got = b.queue.receive(WORK, 10, None, Duration::ZERO).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["now"]);
+    assert!(got[0].sent_at_ms <= granary_ports::Clock::now_ms(h.clock.as_ref()), "the sending time moved back with the clock");
+    h.clock.advance(chrono::Duration::seconds(9));
+    assert!(b.queue.receive(WORK, 10, None, Duration::ZERO).await.unwrap().is_empty(), "the delay is not cut short");
+    h.clock.advance(chrono::Duration::seconds(1));
+    let got = b.queue.receive(WORK, 10, None, Duration::ZERO).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["in 10 s"]);
+    // A received message stays hidden for its visibility timeout measured on the moved clock.
+    h.clock.advance(chrono::Duration::hours(-2));
+    assert!(b.queue.receive(WORK, 10, None, Duration::ZERO).await.unwrap().is_empty(), "hidden messages stay hidden");
+    h.clock.advance(chrono::Duration::from_std(VISIBILITY).unwrap());
+    assert_eq!(b.queue.receive(WORK, 10, None, Duration::ZERO).await.unwrap().len(), 2, "both come back after the timeout");
+}
+
+#[tokio::test]
+async fn a_restart_with_the_clock_set_back_moves_pending_messages_back_once() {
+    let h = harness().await;
+    h.open().backend().queue.send_batch(WORK, vec![OutgoingMessage::new("before the restart")]).await.unwrap();
+    // Two processes open the data directory after the clock was set back a day; the first to look
+    // moves the messages back, the second finds nothing to move (moving twice would cut delays short).
+    h.clock.advance(chrono::Duration::days(-1));
+    let (first, second) = (h.open().backend(), h.open().backend());
+    second.queue.send_batch(WORK, vec![OutgoingMessage::new("in 60 s").delayed(Duration::from_secs(60))]).await.unwrap();
+    let got = first.queue.receive(WORK, 10, None, Duration::ZERO).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["before the restart"]);
+    first.queue.delete_batch(WORK, vec![got[0].receipt_handle.clone()]).await.unwrap();
+    assert_eq!(second.queue.depth(WORK).await.unwrap().delayed, 1, "the delayed message was not moved a second time");
+    h.clock.advance(chrono::Duration::seconds(59));
+    assert!(second.queue.receive(WORK, 10, None, Duration::ZERO).await.unwrap().is_empty());
+    h.clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(second.queue.receive(WORK, 10, None, Duration::ZERO).await.unwrap().len(), 1);
+}

@@ -6,16 +6,6 @@
 
 use super::*;
 
-/// A small deterministic generator (the seed is printed, so a failing run can be replayed).
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % n
-    }
-}
-
 #[tokio::test]
 async fn ten_kill_9_during_a_mixed_workload_leave_nothing_lost_duplicated_or_held() {
     use md5::{Digest, Md5};
@@ -86,6 +76,7 @@ async fn ten_kill_9_during_a_mixed_workload_leave_nothing_lost_duplicated_or_hel
     // while they go on, retried through the kills.
     let order_url = |id: &str| format!("http://{listen}/user/orders/{id}");
     let mut order: Option<String> = None;
+    let ordered = ORDERED.map(|i| format!("k-{i}"));
     let mut downloaded = BTreeSet::new();
     for kill in 0..WAVES {
         let mut wave: Vec<OutgoingMessage> = (kill * PER_WAVE..(kill + 1) * PER_WAVE).map(creation).collect();
@@ -113,7 +104,7 @@ async fn ten_kill_9_during_a_mixed_workload_leave_nothing_lost_duplicated_or_hel
         while Instant::now() < until {
             // Placed in the fourth wave, so its creation, dispatch and downloads meet kills.
             if order.is_none() && kill >= 3 {
-                order = place_order(&c, &r, &ann).await;
+                order = place_order(&c, &r, &ann, &ordered, "through the kills").await;
             }
             if let Some(id) = &order {
                 download_available(&c, &r, &ann, id, &mut downloaded).await;
@@ -140,7 +131,9 @@ async fn ten_kill_9_during_a_mixed_workload_leave_nothing_lost_duplicated_or_hel
     assert_eq!(final_states["SUCCESS"], sent, "every request succeeded: {final_states:?}");
     let order = match order {
         Some(id) => id,
-        None => wait_for("the order to be placed", Duration::from_secs(30), || place_order(&c, &r, &ann)).await,
+        None => {
+            wait_for("the order to be placed", Duration::from_secs(30), || place_order(&c, &r, &ann, &ordered, "through the kills")).await
+        }
     };
     let deadline = Instant::now() + Duration::from_secs(90);
     let done: Value = loop {
@@ -207,45 +200,3 @@ async fn ten_kill_9_during_a_mixed_workload_leave_nothing_lost_duplicated_or_hel
 
 /// The products Ann orders: of the third wave.
 const ORDERED: [u32; 4] = [65, 66, 67, 68];
-
-/// Places Ann's order of four products once they are stored; `None` while it cannot be (the runner
-/// down, the products not stored yet). A lost answer is safe: the label is unique, so a second
-/// try is refused and the order is found by its label.
-async fn place_order(c: &reqwest::Client, r: &Runner, ann: &str) -> Option<String> {
-    // Only once the four are stored: ordered before, their files would be the producer's references.
-    for i in ORDERED {
-        let urn = format!("URN:FEATURE:DATA:granary:{}:V1", granary_domain::entity_uuid(&format!("k-{i}")));
-        let product: Value = c.get(r.url(&format!("/products/{urn}"))).bearer_auth(ann).send().await.ok()?.json().await.ok()?;
-        if product["files"][0]["reference"] != false {
-            return None;
-        }
-    }
-    let res =
-        c.post(r.url("/order/basket/selection")).bearer_auth(ann).json(&json!({"entityIdsToInclude": ORDERED.map(|i| format!("k-{i}"))}));
-    let basket: Value = res.send().await.ok()?.json().await.ok()?;
-    if basket["datasetSelections"][0]["objectsCount"].as_u64() != Some(4) {
-        let _ = c.delete(r.url("/order/basket")).bearer_auth(ann).send().await;
-        return None;
-    }
-    let res = c.post(r.url("/user/orders")).bearer_auth(ann).json(&json!({"label": "through the kills"})).send().await.ok()?;
-    if res.status() == 201 {
-        return res.json::<Value>().await.ok()?["id"].as_str().map(str::to_owned);
-    }
-    let mine: Value = c.get(r.url("/user/orders")).bearer_auth(ann).send().await.ok()?.json().await.ok()?;
-    mine["content"].as_array()?.iter().find(|o| o["label"] == "through the kills").and_then(|o| o["id"].as_str()).map(str::to_owned)
-}
-
-/// Downloads (follows the Granary link of) every file of `order` available now.
-async fn download_available(c: &reqwest::Client, r: &Runner, ann: &str, order: &str, done: &mut BTreeSet<String>) {
-    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let Ok(res) = c.get(r.url(&format!("/orders/{order}/files/available"))).bearer_auth(ann).send().await else { return };
-    let Ok(page) = res.json::<Value>().await else { return };
-    for f in page["content"].as_array().into_iter().flatten().filter(|f| f["state"] == "AVAILABLE") {
-        let Some(link) = f["download"].as_str() else { continue };
-        if let Ok(res) = no_redirect.get(r.url(link)).bearer_auth(ann).send().await
-            && res.status() == 302
-        {
-            done.insert(link.to_owned());
-        }
-    }
-}
