@@ -51,7 +51,8 @@ impl OutboundPolicy {
         if let Some(bad) = schemes.iter().find(|s| !matches!(s.as_str(), "http" | "https")) {
             return Err(format!("GRANARY_OUTBOUND_SCHEMES: {bad:?} is not http or https"));
         }
-        let hosts = list(hosts);
+        // A fully qualified name's final dot names the same host: compared without it.
+        let hosts = list(hosts).map(|h| h.into_iter().map(|h| h.trim_end_matches('.').to_owned()).collect::<Vec<_>>());
         if let Some(bad) = hosts.iter().flatten().find(|h| h.is_empty() || h.contains(['/', ':', ' ']) && h.parse::<IpAddr>().is_err()) {
             return Err(format!("GRANARY_OUTBOUND_HOSTS: {bad:?} is not a host name, an IP address or *.domain"));
         }
@@ -175,6 +176,10 @@ fn internal_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("link-local (instance metadata)")
     } else if s[0] & 0xfe00 == 0xfc00 || s[0] & 0xffc0 == 0xfec0 {
         Some("private")
+    } else if (s[0], s[1], s[2]) == (0x64, 0xff9b, 1) {
+        // NAT64 for local use (RFC 8215): the operator's own translator, to any IPv4 address
+        // including internal ones, embedded at a place the prefix length decides.
+        Some("local NAT64")
     } else if ip.is_multicast() {
         Some("multicast")
     } else if (s[0], s[1]) == (0x2001, 0xdb8) || (s[0], s[1]) == (0x2001, 0) {
@@ -219,6 +224,7 @@ mod tests {
             "::ffff:169.254.169.254",
             "::127.0.0.1",
             "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1:a9fe:a9:fe00::",
             "2002:7f00:1::",
             "ff02::1",
         ] {
@@ -271,6 +277,11 @@ mod tests {
         assert!(p.check_addr("x", "10.2.0.1".parse().unwrap()).is_err());
         assert!(p.check_addr("x", "127.0.0.2".parse().unwrap()).is_err());
         assert!(p.check_addr("x", "127.0.0.1".parse().unwrap()).is_ok());
+        // An entry written with the final dot of a fully qualified name names the same host.
+        let dotted = OutboundPolicy::parse(None, Some("data.example.org., *.mirror.example.net."), None).unwrap();
+        assert!(dotted.check_url(&url("https://data.example.org/a")).is_ok());
+        assert!(dotted.check_url(&url("https://eu.mirror.example.net./a")).is_ok());
+        assert!(dotted.check_url(&url("https://other.example.org/a")).is_err());
     }
 
     #[test]

@@ -252,18 +252,16 @@ impl Table for EmbeddedTable {
         self.check_table(table)?;
         let ident = table_ident(table)?;
         let key = key.clone();
-        self.db
-            .run(move |conn| {
-                let doc: Option<String> = conn
-                    .prepare_cached(&format!("SELECT doc FROM {ident} WHERE pk = ?1 AND sk = ?2"))
-                    .map_err(map_sql)?
-                    .query_row([&key.pk, &key.sk], |r| r.get(0))
-                    .map(Some)
-                    .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
-                    .map_err(map_sql)?;
-                doc.map(|d| Ok(Item { key, attrs: parse_doc(&d)? })).transpose()
-            })
-            .await
+        self.db.read_by_key(move |conn| {
+            let doc: Option<String> = conn
+                .prepare_cached(&format!("SELECT doc FROM {ident} WHERE pk = ?1 AND sk = ?2"))
+                .map_err(map_sql)?
+                .query_row([&key.pk, &key.sk], |r| r.get(0))
+                .map(Some)
+                .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
+                .map_err(map_sql)?;
+            doc.map(|d| Ok(Item { key, attrs: parse_doc(&d)? })).transpose()
+        })
     }
 
     async fn put(&self, table: &str, item: Item, cond: Option<Cond>) -> PortResult<()> {

@@ -27,6 +27,16 @@ pub struct Timeouts {
     pub total: Option<Duration>,
 }
 
+/// Why a redirect from `from` to `to` is not followed, if it is not: `to` is outside the policy, or it
+/// leaves HTTPS for plain HTTP (the request, a signed webhook body among them, would then travel in
+/// the clear).
+fn redirect_refusal(policy: &OutboundPolicy, from: &url::Url, to: &url::Url) -> Option<String> {
+    if from.scheme() == "https" && to.scheme() != "https" {
+        return Some(format!("redirected from {from} to {to}: a redirect may not leave HTTPS"));
+    }
+    policy.check_url(to).err().map(|e| format!("redirected to {to}: {e}"))
+}
+
 /// A lazily built HTTP client held to an outbound policy.
 #[derive(Debug)]
 pub struct OutboundHttp {
@@ -55,12 +65,9 @@ impl OutboundHttp {
             if attempt.previous().len() >= MAX_REDIRECTS {
                 return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
             }
-            match policy.check_url(attempt.url()) {
-                Ok(()) => attempt.follow(),
-                Err(e) => {
-                    let e = format!("redirected to {}: {e}", attempt.url());
-                    attempt.error(e)
-                }
+            match attempt.previous().last().and_then(|from| redirect_refusal(&policy, from, attempt.url())) {
+                None => attempt.follow(),
+                Some(e) => attempt.error(e),
             }
         });
         let mut builder = reqwest::Client::builder()
@@ -235,5 +242,20 @@ mod tests {
         struct Outer(#[source] std::io::Error);
         let e = Outer(std::io::Error::other("10.0.0.1 is refused"));
         assert_eq!(describe(&e), "outer: 10.0.0.1 is refused");
+    }
+
+    #[test]
+    fn a_redirect_may_not_leave_https() {
+        let any = OutboundPolicy::default();
+        let url = |u: &str| url::Url::parse(u).unwrap();
+        let down = redirect_refusal(&any, &url("https://hooks.example.org/a"), &url("http://hooks.example.org/a"));
+        assert!(down.is_some_and(|e| e.contains("may not leave HTTPS")));
+        assert_eq!(redirect_refusal(&any, &url("https://a.example.org/"), &url("https://b.example.org/")), None);
+        assert_eq!(redirect_refusal(&any, &url("http://a.example.org/"), &url("https://b.example.org/")), None, "upgrading is fine");
+        assert_eq!(redirect_refusal(&any, &url("http://a.example.org/"), &url("http://b.example.org/")), None);
+        let cloud = OutboundPolicy::parse(None, None, Some("")).unwrap();
+        assert!(
+            redirect_refusal(&cloud, &url("http://a.example.org/"), &url("http://10.0.0.1/")).is_some_and(|e| e.contains("redirected to"))
+        );
     }
 }
