@@ -57,19 +57,26 @@ impl Runner {
         }
         let mut child = cmd.spawn().expect("start granary-local");
         let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().expect("granary-local printed nothing").unwrap();
-        let base =
-            first.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("no address in {first:?}")).to_owned();
-        // Keep draining stdout so the child never blocks on a full pipe.
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let kept = log.clone();
+        // Held from here, so that the child is killed if it never says where it listens.
+        let mut runner = Runner { child, base: String::new(), log: log.clone() };
+        let mut lines = BufReader::new(stdout).lines();
+        // Log lines (JSON) may come before the one naming the address: pollers start at once.
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")).filter(|_| line.contains("listening on")) {
+                runner.base = url.to_owned();
+                break;
+            }
+            log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        }
+        assert!(!runner.base.is_empty(), "granary-local exited without listening: {:?}", log.lock().unwrap_or_else(|p| p.into_inner()));
+        // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
-                kept.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
-        Runner { child, base, log }
+        runner
     }
 
     /// The logged lines that contain `text`.

@@ -340,7 +340,7 @@ pub(crate) async fn announce_completed_restores(blobs: &EmbeddedBlobs, queue: &d
         blobs
             .db
             .write(move |conn| {
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
+                let tx = conn.savepoint().map_err(map_sql)?;
                 for (b, k, ready) in &marks {
                     tx.execute(
                         "UPDATE blobs SET restore_announced = 1 WHERE bucket = ?1 AND key = ?2 AND restore_ready_at = ?3",

@@ -78,7 +78,7 @@ impl EmbeddedQueue {
         let moved = self
             .db
             .write(move |conn| {
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
+                let tx = conn.savepoint().map_err(map_sql)?;
                 let newest: Option<i64> = tx.query_row("SELECT max(sent_at) FROM queue_messages", [], |r| r.get(0)).map_err(map_sql)?;
                 // Nothing dated after the clock: no message to move (or another process moved them).
                 let Some(newest) = newest.filter(|n| *n > now.saturating_add(CLOCK_STEP_TOLERANCE_MS)) else { return Ok(None) };
@@ -126,7 +126,7 @@ impl EmbeddedQueue {
         let (moved, mut got) = self
             .db
             .write(move |conn| {
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
+                let tx = conn.savepoint().map_err(map_sql)?;
                 // Messages already received max_receive_count times go to the dead-letter queue instead
                 // of being delivered again, as SQS's redrive policy does.
                 let mut moved = 0;
@@ -209,7 +209,7 @@ impl Queue for EmbeddedQueue {
         let queue_name = queue.to_owned();
         self.db
             .write(move |conn| {
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
+                let tx = conn.savepoint().map_err(map_sql)?;
                 {
                     let mut stmt = tx
                         .prepare_cached(
@@ -256,7 +256,7 @@ impl Queue for EmbeddedQueue {
         let queue = queue.to_owned();
         self.db
             .write(move |conn| {
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
+                let tx = conn.savepoint().map_err(map_sql)?;
                 {
                     let mut stmt = tx
                         .prepare_cached("DELETE FROM queue_messages WHERE seq = ?1 AND receive_count = ?2 AND queue = ?3")

@@ -281,7 +281,7 @@ impl Table for EmbeddedTable {
         let (table, key) = (table.to_owned(), key.clone());
         self.db
             .write(move |conn| {
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
+                let tx = conn.savepoint().map_err(map_sql)?;
                 let out = delete_on(&tx, &table, &key, cond.as_ref())?;
                 tx.commit().map_err(map_sql)?;
                 Ok(out)
@@ -296,7 +296,7 @@ impl Table for EmbeddedTable {
         }
         self.db
             .write(move |conn| {
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
+                let tx = conn.savepoint().map_err(map_sql)?;
                 for (index, op) in ops.iter().enumerate() {
                     let result = match op {
                         TxOp::Put { table, item, cond } => put_on(&tx, table, item, cond.as_ref()),

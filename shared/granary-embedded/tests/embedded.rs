@@ -253,3 +253,47 @@ async fn a_restart_with_the_clock_set_back_moves_pending_messages_back_once() {
     h.clock.advance(chrono::Duration::seconds(1));
     assert_eq!(second.queue.receive(WORK, 10, None, Duration::ZERO).await.unwrap().len(), 1);
 }
+
+/// Concurrent writes are committed in groups, each write in a savepoint of its own: a write whose
+/// condition fails, or a transaction cancelled half-way, changes nothing, and the writes committed
+/// with it in the same group are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_committed_together_stay_all_or_nothing_each() {
+    use granary_ports::TxOp;
+    let h = harness().await;
+    let b = h.open().backend();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let b = b.clone();
+        tasks.push(tokio::spawn(async move {
+            // Each key twice: one creation wins, the other fails its condition.
+            let put = b.table.put(TABLE, Item::new(Key::new(format!("k#{}", i / 2), "x")).with("by", i), Some(Cond::ItemAbsent)).await;
+            // A transaction whose second operation fails: its first must not be written.
+            let tx = b
+                .table
+                .transact(vec![
+                    TxOp::Put { table: TABLE.into(), item: Item::new(Key::new(format!("half#{i}"), "x")), cond: None },
+                    TxOp::Check { table: TABLE.into(), key: Key::new("absent", "x"), cond: Cond::ItemExists },
+                ])
+                .await;
+            (put, tx)
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        let (put, tx) = t.await.unwrap();
+        match put {
+            Ok(()) => won += 1,
+            Err(PortError::ConditionFailed { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(matches!(tx, Err(PortError::TransactionCanceled { index: 1, .. })), "{tx:?}");
+    }
+    assert_eq!(won, 100, "one creation per key");
+    for i in 0..100 {
+        assert!(b.table.get(TABLE, &Key::new(format!("k#{i}"), "x")).await.unwrap().is_some());
+    }
+    for i in 0..200 {
+        assert_eq!(b.table.get(TABLE, &Key::new(format!("half#{i}"), "x")).await.unwrap(), None, "half of a cancelled transaction");
+    }
+}

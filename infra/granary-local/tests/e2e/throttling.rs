@@ -284,7 +284,27 @@ async fn throttling_errors_and_resets_from_aws_are_retried_and_nothing_is_lost()
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.set_per_mille(per_mille);
     let ordered: Vec<String> = (0..4).map(|i| format!("t-{i}")).collect();
-    let order = wait_for("the order to be placed", patience, || place_order(&c, &r, &ann, &ordered, "through the faults")).await;
+    let deadline = Instant::now() + patience;
+    let order = loop {
+        if let Some(order) = place_order(&c, &r, &ann, &ordered, "through the faults").await {
+            break order;
+        }
+        if Instant::now() > deadline {
+            let get = |path: String| {
+                let (c, url, admin) = (c.clone(), r.url(&path), admin.clone());
+                async move { c.get(url).bearer_auth(admin).send().await.unwrap().text().await.unwrap() }
+            };
+            let mut products = String::new();
+            for id in &ordered {
+                let urn = format!("URN:FEATURE:DATA:granary:{}:V1", granary_domain::entity_uuid(id));
+                products.push_str(&format!("\n{id}: {}", get(format!("/products/{urn}")).await));
+            }
+            let basket = c.get(r.url("/order/basket")).bearer_auth(&ann).send().await.unwrap().text().await.unwrap();
+            let orders = c.get(r.url("/user/orders")).bearer_auth(&ann).send().await.unwrap().text().await.unwrap();
+            panic!("the order was not placed within {patience:?}{products}\nbasket: {basket}\norders: {orders}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let mut downloaded = BTreeSet::new();
     let deadline = Instant::now() + patience;
     while downloaded.len() < 4 {
@@ -323,11 +343,32 @@ async fn throttling_errors_and_resets_from_aws_are_retried_and_nothing_is_lost()
         if states.len() == 4 && states["GRANTED"] == 0 && states.values().sum::<usize>() == sent {
             break states;
         }
-        assert!(
-            Instant::now() < deadline,
-            "not every request ended within {patience:?}: {states:?} of {sent}; granted: {granted:?}; {} batches reported failures",
-            r.logged("messages reported as failed").len()
-        );
+        if Instant::now() > deadline {
+            let mut dead = Vec::new();
+            for queue in &dead_letter_queues {
+                let depth = aws.queue.depth(queue).await.map(|d| d.total()).unwrap_or(0);
+                if depth > 0 {
+                    let got = aws.queue.receive(queue, 10, Some(Duration::from_secs(1)), Duration::ZERO).await.unwrap_or_default();
+                    let bodies: Vec<String> =
+                        got.iter().map(|m| format!("{:?} {}", m.attributes, m.body.chars().take(300).collect::<String>())).collect();
+                    dead.push(format!("{queue}: {depth}: {bodies:?}"));
+                }
+            }
+            // What the requests table holds for each request still waiting, and the outbox.
+            let requests = Config::from_env().requests_table;
+            let mut held = Vec::new();
+            for id in granted.iter().filter_map(|g| g.split('"').nth(1)) {
+                let page = aws.table.query(Query::partition(&requests, format!("R#{id}"))).await;
+                held.push(format!("{id}: {:?}", page.map(|p| p.items)));
+            }
+            let outbox = aws.table.query(Query::partition(&requests, "pending").on_index("outbox")).await.map(|p| p.items.len());
+            panic!(
+                "not every request ended within {patience:?}: {states:?} of {sent}; granted: {granted:?}; {} batches reported failures; dead letters: {dead:?}; outbox: {outbox:?}\n{}\nlog: {:?}",
+                r.logged("messages reported as failed").len(),
+                held.join("\n"),
+                r.logged("c-")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let injected = proxy.injected();
