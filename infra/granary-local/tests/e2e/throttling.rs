@@ -437,6 +437,10 @@ async fn throttling_errors_and_resets_from_aws_are_retried_and_nothing_is_lost()
     // Nothing went to a dead-letter queue.
     for queue in &dead_letter_queues {
         let depth = aws.queue.depth(queue).await.unwrap().total();
-        assert_eq!(depth, 0, "{queue} holds {depth} messages");
+        if depth > 0 {
+            let got = aws.queue.receive(queue, 10, None, Duration::ZERO).await.unwrap();
+            let held: Vec<String> = got.iter().map(|m| format!("{:?} {}", m.attributes, m.body)).collect();
+            panic!("{queue} holds {depth} messages: {held:#?}\nlog: {:#?}", r.logged("storage"));
+        }
     }
 }
