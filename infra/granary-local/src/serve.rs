@@ -358,9 +358,11 @@ async fn zip_download(State(state): State<Arc<AppState>>, Path(order_id): Path<S
     let rt = tokio::runtime::Handle::current();
     let api = state.order_api.clone();
     tokio::task::spawn_blocking(move || {
-        let out = tokio_util::io::SyncIoBridge::new_with_handle(writer, rt.clone());
-        match granary_stores::archive::write_zip(&rt, api.backend(), &plan.entries, &plan.notice, out) {
+        let mut out = tokio_util::io::SyncIoBridge::new_with_handle(writer, rt.clone());
+        match granary_stores::archive::write_zip(&rt, api.backend(), &plan.entries, &plan.notice, &mut out) {
             Ok(written) => {
+                // Recorded before the stream ends (`out` dropped), so that a client reading the order
+                // once it has the whole zip sees its files downloaded.
                 if let Err(e) = rt.block_on(api.zip_served(&plan, &written)) {
                     tracing::warn!(order_id = %plan.order_id, error = %e, "zip sent, downloads not all recorded");
                 }
@@ -368,6 +370,7 @@ async fn zip_download(State(state): State<Arc<AppState>>, Path(order_id): Path<S
             // The client went away, or a file could not be read: nothing is recorded as downloaded.
             Err(e) => tracing::warn!(order_id = %plan.order_id, error = %e, "zip download interrupted"),
         }
+        drop(out);
     });
     let now = chrono::Utc::now().format("%Y%m%d%H%M%S");
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(reader));

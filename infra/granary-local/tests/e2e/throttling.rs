@@ -105,6 +105,11 @@ impl Drop for FaultProxy {
 }
 
 struct ProxyState {
+    /// Held while a DynamoDB call is forwarded. moto serves requests on threads but keeps DynamoDB
+    /// tables without a lock: under concurrent calls it answered a TransactWriteItems with its own
+    /// HTML 500 and once left a finished request's feature without the location its transaction
+    /// wrote. DynamoDB makes each call atomic; one call at a time gives moto that too.
+    dynamodb_one_at_a_time: tokio::sync::Mutex<()>,
     upstream: String,
     client: reqwest::Client,
     per_mille: Arc<AtomicU32>,
@@ -119,6 +124,7 @@ impl FaultProxy {
         let per_mille = Arc::new(AtomicU32::new(0));
         let injected = Arc::new(Mutex::new(BTreeMap::new()));
         let state = Arc::new(ProxyState {
+            dynamodb_one_at_a_time: tokio::sync::Mutex::new(()),
             upstream: upstream.trim_end_matches('/').to_owned(),
             client: reqwest::Client::builder().no_proxy().build().unwrap(),
             per_mille: per_mille.clone(),
@@ -152,7 +158,8 @@ impl FaultProxy {
 
 impl ProxyState {
     async fn handle(&self, req: hyper::Request<Incoming>) -> Result<hyper::Response<Full<Bytes>>, Reset> {
-        let fault = Service::of(&req).and_then(|service| {
+        let service = Service::of(&req);
+        let fault = service.and_then(|service| {
             let mut rng = self.rng.lock().unwrap();
             (rng.below(1000) < u64::from(self.per_mille.load(Ordering::SeqCst))).then(|| (service, FAULTS[rng.below(4) as usize]))
         });
@@ -166,6 +173,10 @@ impl ProxyState {
             Some((service, f @ (Fault::Throttle | Fault::ServerError))) => return Ok(service.answer(f)),
             _ => {}
         }
+        let _one_at_a_time = match service {
+            Some(Service::DynamoDb) => Some(self.dynamodb_one_at_a_time.lock().await),
+            _ => None,
+        };
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut forward = self.client.request(parts.method, format!("{}{path}", self.upstream)).body(body);
         for (name, value) in &parts.headers {
