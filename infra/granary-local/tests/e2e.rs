@@ -217,6 +217,22 @@ async fn download_available(c: &reqwest::Client, r: &Runner, ann: &str, order: &
     }
 }
 
+/// A loopback address nobody listens on, for a runner restarted on the same address.
+fn free_loopback_address() -> String {
+    format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+}
+
+/// The ordering set-up of the fault tests: the order models, a queue recipient `mirror` told of
+/// everything, and two users, the admin and Ann (group s2); returns their tokens.
+async fn ordering_with_a_mirror(c: &reqwest::Client, r: &Runner, dir: &Path) -> (String, String) {
+    let admin = token(dir, "root@example.org", &["--admin"]);
+    let ann = token(dir, "ann@example.org", &["--groups", "s2"]);
+    define_order_models(c, r, &admin).await;
+    let mirror = json!({"target": {"type": "queue", "queue": "mirror"}, "ackRequired": false});
+    assert_eq!(c.put(r.url("/recipients/mirror")).bearer_auth(&admin).json(&mirror).send().await.unwrap().status(), 201);
+    (admin, ann)
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::new()
 }

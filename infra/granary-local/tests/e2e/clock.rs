@@ -52,7 +52,7 @@ async fn delayed_requests_and_expirations_hold_across_a_restart_and_a_moved_cloc
         ("GRANARY_STORAGE_FILE_ROOTS", roots.as_str()),
         ("GRANARY_MODEL_CACHE_SECS", "0"),
     ];
-    let listen = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let listen = free_loopback_address();
     let start = || Runner::start_listening(dir.path(), &listen, &[], &env);
     let mut r = start();
     let clock = Arc::new(MovedClock(AtomicI64::new(0)));

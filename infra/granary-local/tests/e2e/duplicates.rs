@@ -25,11 +25,7 @@ async fn workload(duplicates: bool) -> (Value, usize) {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let r = Runner::start(dir.path(), &env);
     let c = client();
-    let admin = token(dir.path(), "root@example.org", &["--admin"]);
-    let ann = token(dir.path(), "ann@example.org", &["--groups", "s2"]);
-    define_order_models(&c, &r, &admin).await;
-    let mirror = json!({"target": {"type": "queue", "queue": "mirror"}, "ackRequired": false});
-    assert_eq!(c.put(r.url("/recipients/mirror")).bearer_auth(&admin).json(&mirror).send().await.unwrap().status(), 201);
+    let (admin, ann) = ordering_with_a_mirror(&c, &r, dir.path()).await;
 
     // Ingest: a dataset and six products whose files are stored online.
     let product = |i: u32| {

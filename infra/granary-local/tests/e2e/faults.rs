@@ -27,15 +27,11 @@ async fn ten_kill_9_during_a_mixed_workload_leave_nothing_lost_duplicated_or_hel
         ("GRANARY_STORAGE_FILE_ROOTS", roots.as_str()),
         ("GRANARY_MODEL_CACHE_SECS", "0"),
     ];
-    let listen = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let listen = free_loopback_address();
     let start = || Runner::start_listening(dir.path(), &listen, &[], &env);
     let mut r = start();
     let c = client();
-    let admin = token(dir.path(), "root@example.org", &["--admin"]);
-    let ann = token(dir.path(), "ann@example.org", &["--groups", "s2"]);
-    define_order_models(&c, &r, &admin).await;
-    let mirror = json!({"target": {"type": "queue", "queue": "mirror"}, "ackRequired": false});
-    assert_eq!(c.put(r.url("/recipients/mirror")).bearer_auth(&admin).json(&mirror).send().await.unwrap().status(), 201);
+    let (admin, ann) = ordering_with_a_mirror(&c, &r, dir.path()).await;
     let resources = granary_local::resources::load(Some(&template_path)).unwrap();
     let dead_letter_queues: BTreeSet<String> = resources.queues.iter().filter_map(|q| q.dead_letter_queue.clone()).collect();
     let backend = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).unwrap().backend();

@@ -252,11 +252,7 @@ async fn throttling_errors_and_resets_from_aws_are_retried_and_nothing_is_lost()
 
     // Set up with the faults off: models, the recipient, the users.
     let c = client();
-    let admin = token(dir.path(), "root@example.org", &["--admin"]);
-    let ann = token(dir.path(), "ann@example.org", &["--groups", "s2"]);
-    define_order_models(&c, &r, &admin).await;
-    let mirror = json!({"target": {"type": "queue", "queue": "mirror"}, "ackRequired": false});
-    assert_eq!(c.put(r.url("/recipients/mirror")).bearer_auth(&admin).json(&mirror).send().await.unwrap().status(), 201);
+    let (admin, ann) = ordering_with_a_mirror(&c, &r, dir.path()).await;
 
     let meta = json!({"sessionOwner": "throttling", "session": "s1", "storages": [{"pluginBusinessId": "online"}]});
     let message = |id: String, feature: Value| {
