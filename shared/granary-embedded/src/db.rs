@@ -137,7 +137,8 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> PortResult<T> + Send + 'static,
     {
-        self.on_connection(f).await
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.read_here(f)).await.map_err(|e| PortError::Backend(format!("database task failed: {e}")))?
     }
 
     /// Runs `f`, which writes, in a savepoint of a transaction committed on a blocking thread: `f` is all
@@ -221,10 +222,10 @@ impl Db {
         }
     }
 
-    /// Runs `f`, a read of a few rows by key, on the calling thread: it takes tens of microseconds,
-    /// less than handing it to a blocking thread and back (a read never waits for a writer in WAL
-    /// mode). Longer reads go through [`Db::run`].
-    pub(crate) fn read_by_key<T>(&self, f: impl FnOnce(&mut Connection) -> PortResult<T>) -> PortResult<T> {
+    /// Runs `f`, which only reads, with a pooled connection on the calling thread. For a read of a few
+    /// rows by key this takes tens of microseconds, less than handing it to a blocking thread and back
+    /// (a read never waits for a writer in WAL mode); longer reads go through [`Db::run`].
+    pub(crate) fn read_here<T>(&self, f: impl FnOnce(&mut Connection) -> PortResult<T>) -> PortResult<T> {
         let mut conn = match self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             Some(c) => c,
             None => self.connect(false)?,
@@ -244,23 +245,9 @@ impl Db {
         }
     }
 
-    async fn on_connection<T, F>(self: &std::sync::Arc<Self>, f: F) -> PortResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> PortResult<T> + Send + 'static,
-    {
-        let db = self.clone();
-        tokio::task::spawn_blocking(move || db.read_by_key(f))
-            .await
-            .map_err(|e| PortError::Backend(format!("database task failed: {e}")))?
-    }
-
     /// When the newest queued message was sent (milliseconds), if any message is queued.
     pub(crate) fn newest_message_sent_at(&self) -> PortResult<Option<i64>> {
-        let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop().map_or_else(|| self.connect(false), Ok)?;
-        let newest = conn.query_row("SELECT max(sent_at) FROM queue_messages", [], |r| r.get(0)).map_err(map_sql)?;
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-        Ok(newest)
+        self.read_here(|conn| conn.query_row("SELECT max(sent_at) FROM queue_messages", [], |r| r.get(0)).map_err(map_sql))
     }
 
     /// Creates the schema and every declared table and index, idempotently.

@@ -252,7 +252,7 @@ impl Table for EmbeddedTable {
         self.check_table(table)?;
         let ident = table_ident(table)?;
         let key = key.clone();
-        self.db.read_by_key(move |conn| {
+        self.db.read_here(move |conn| {
             let doc: Option<String> = conn
                 .prepare_cached(&format!("SELECT doc FROM {ident} WHERE pk = ?1 AND sk = ?2"))
                 .map_err(map_sql)?

@@ -27,11 +27,11 @@ pub struct Timeouts {
     pub total: Option<Duration>,
 }
 
-/// Why a redirect from `from` to `to` is not followed, if it is not: `to` is outside the policy, or it
-/// leaves HTTPS for plain HTTP (the request, a signed webhook body among them, would then travel in
-/// the clear).
-fn redirect_refusal(policy: &OutboundPolicy, from: &url::Url, to: &url::Url) -> Option<String> {
-    if from.scheme() == "https" && to.scheme() != "https" {
+/// Why a redirect from `from` (the URL answered with it) to `to` is not followed, if it is not: `to` is
+/// outside the policy, or it leaves HTTPS for plain HTTP (the request, a signed webhook body among
+/// them, would then travel in the clear).
+fn redirect_refusal(policy: &OutboundPolicy, from: Option<&url::Url>, to: &url::Url) -> Option<String> {
+    if let Some(from) = from.filter(|f| f.scheme() == "https" && to.scheme() != "https") {
         return Some(format!("redirected from {from} to {to}: a redirect may not leave HTTPS"));
     }
     policy.check_url(to).err().map(|e| format!("redirected to {to}: {e}"))
@@ -65,7 +65,7 @@ impl OutboundHttp {
             if attempt.previous().len() >= MAX_REDIRECTS {
                 return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
             }
-            match attempt.previous().last().and_then(|from| redirect_refusal(&policy, from, attempt.url())) {
+            match redirect_refusal(&policy, attempt.previous().last(), attempt.url()) {
                 None => attempt.follow(),
                 Some(e) => attempt.error(e),
             }
@@ -248,14 +248,16 @@ mod tests {
     fn a_redirect_may_not_leave_https() {
         let any = OutboundPolicy::default();
         let url = |u: &str| url::Url::parse(u).unwrap();
-        let down = redirect_refusal(&any, &url("https://hooks.example.org/a"), &url("http://hooks.example.org/a"));
+        let down = redirect_refusal(&any, Some(&url("https://hooks.example.org/a")), &url("http://hooks.example.org/a"));
         assert!(down.is_some_and(|e| e.contains("may not leave HTTPS")));
-        assert_eq!(redirect_refusal(&any, &url("https://a.example.org/"), &url("https://b.example.org/")), None);
-        assert_eq!(redirect_refusal(&any, &url("http://a.example.org/"), &url("https://b.example.org/")), None, "upgrading is fine");
-        assert_eq!(redirect_refusal(&any, &url("http://a.example.org/"), &url("http://b.example.org/")), None);
+        assert_eq!(redirect_refusal(&any, Some(&url("https://a.example.org/")), &url("https://b.example.org/")), None);
+        assert_eq!(redirect_refusal(&any, Some(&url("http://a.example.org/")), &url("https://b.example.org/")), None, "upgrading is fine");
+        assert_eq!(redirect_refusal(&any, Some(&url("http://a.example.org/")), &url("http://b.example.org/")), None);
         let cloud = OutboundPolicy::parse(None, None, Some("")).unwrap();
+        assert!(redirect_refusal(&cloud, None, &url("http://10.0.0.1/")).is_some(), "the policy holds without a previous URL");
         assert!(
-            redirect_refusal(&cloud, &url("http://a.example.org/"), &url("http://10.0.0.1/")).is_some_and(|e| e.contains("redirected to"))
+            redirect_refusal(&cloud, Some(&url("http://a.example.org/")), &url("http://10.0.0.1/"))
+                .is_some_and(|e| e.contains("redirected to"))
         );
     }
 }

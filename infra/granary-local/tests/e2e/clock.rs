@@ -130,9 +130,10 @@ async fn delayed_requests_and_expirations_hold_across_a_restart_and_a_moved_cloc
     let signed = res.headers()["location"].to_str().unwrap().to_owned();
     assert_eq!(no_redirect.get(&signed).send().await.unwrap().status(), 200);
 
-    // Two delayed creations: one due in a day, one in 8 s. Parked, then the runner is killed and
-    // restarted before the second is due: it is still waiting, and is processed once due.
-    let soon = Utc::now() + chrono::Duration::seconds(8);
+    // Two delayed creations: one due in a day, one in 12 s (room for parking and a restart on a slow
+    // machine). Parked, then the runner is killed and restarted before the second is due: it is still
+    // waiting, and is processed once due.
+    let soon = Utc::now() + chrono::Duration::seconds(12);
     let tomorrow = Utc::now() + chrono::Duration::days(1);
     backend
         .queue
