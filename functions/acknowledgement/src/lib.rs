@@ -1,6 +1,8 @@
 //! `acknowledgement`: records a recipient's acknowledgement of a feature (REGARDS's
 //! DisseminationAckEvent `{urn, recipientLabel}`): the acknowledgement date of that feature and
-//! recipient, set once (a repeated acknowledgement keeps the first date). An acknowledgement of
+//! recipient, set once (a repeated acknowledgement keeps the first date), the recipient's session
+//! counters moved from pending to done, and the requests held by that blocking recipient released
+//! once every blocking recipient they wait for has acknowledged. An acknowledgement of
 //! something never sent to that recipient, or that cannot be read, is moved to the dead-letter queue at
 //! once with its reason (attribute `granary.dead-letter.reason`).
 
@@ -25,7 +27,7 @@ pub struct Acknowledgement {
 impl Acknowledgement {
     /// The handler over `backend`; strays go to `GRANARY_ACK_DEAD_LETTER_QUEUE`.
     pub fn new(backend: Backend, config: Config) -> Self {
-        let log = DisseminationLog::new(&config.features_table);
+        let log = DisseminationLog::new(&config.features_table, &config.requests_table, &config.response_queue);
         let dead_letter_queue = granary_lambda::config::env_or("GRANARY_ACK_DEAD_LETTER_QUEUE", "feature-ack-dead-letter");
         let grants = log.grants().send(&dead_letter_queue);
         Self { log, dead_letter_queue, backend: granary_ports::access::guard(backend, "acknowledgement", grants) }
@@ -62,10 +64,19 @@ impl Acknowledgement {
         let (Some(urn), Some(label)) = (text("urn"), text("recipientLabel")) else {
             return Ok(Some("a DisseminationAckEvent needs urn and recipientLabel, both non-blank strings".into()));
         };
-        match self.log.acknowledge(&self.backend, urn, label).await.map_err(|e| e.to_string())? {
-            Ack::Recorded => tracing::info!(%urn, %label, "acknowledged"),
-            Ack::AlreadyAcknowledged => tracing::info!(%urn, %label, "acknowledged again; the first date is kept"),
+        let released = match self.log.acknowledge(&self.backend, urn, label).await.map_err(|e| e.to_string())? {
+            Ack::Recorded(released) => {
+                tracing::info!(%urn, %label, "acknowledged");
+                released
+            }
+            Ack::AlreadyAcknowledged(released) => {
+                tracing::info!(%urn, %label, "acknowledged again; the first date is kept");
+                released
+            }
             Ack::Unknown => return Ok(Some(format!("nothing of {urn} was disseminated to recipient {label:?}"))),
+        };
+        if let Err(e) = self.log.outbox().flush(&self.backend, &released).await {
+            tracing::warn!(error = %e, "events left to the outbox relay");
         }
         Ok(None)
     }

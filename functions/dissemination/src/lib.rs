@@ -16,7 +16,7 @@ use granary_lambda::outbound::{OutboundHttp, Timeouts, describe};
 use granary_lambda::{Config, sqs};
 use granary_ports::{Backend, OutgoingMessage};
 use granary_stores::StoreError;
-use granary_stores::dissemination::{DisseminationLog, RecipientCache, RecipientStore};
+use granary_stores::dissemination::{Delivery, DisseminationLog, RecipientCache, RecipientStore};
 use granary_stores::outbox::OutboxEvent;
 use granary_stores::recovery::Recovery;
 use granary_stores::requests::Parked;
@@ -72,7 +72,7 @@ impl Dissemination {
     pub fn with_settings(backend: Backend, config: Config, ttl: Duration, attempts: u32, first_delay: Duration) -> Result<Self, String> {
         let attempts = attempts.max(1);
         let recipients = RecipientCache::new(RecipientStore::new(&config.features_table), ttl);
-        let log = DisseminationLog::new(&config.features_table);
+        let log = DisseminationLog::new(&config.features_table, &config.requests_table, &config.response_queue);
         let recovery = Recovery::new(&config.requests_table, &config.response_queue);
         let dead_letter_queue =
             granary_lambda::config::env_or("GRANARY_NOTIFICATION_DEAD_LETTER_QUEUE", "feature-notification-dead-letter");
@@ -146,11 +146,16 @@ impl Dissemination {
                 None => r.filter.accepts(&facts),
             })
             .collect();
+        let session = match (body.pointer("/metadata/sessionOwner"), body.pointer("/metadata/session")) {
+            (Some(Value::String(owner)), Some(Value::String(session))) => Some((owner.as_str(), session.as_str())),
+            _ => None,
+        };
         let mut failures = Vec::new();
         for (label, recipient) in targets {
             match self.deliver(recipient, text, &event_id).await {
                 Ok(()) => {
-                    if let Err(e) = self.log.delivered(&self.backend, &urn, label, recipient, &event_id).await {
+                    let delivery = Delivery { urn: &urn, label, recipient, event_id: &event_id, request_id: &request_id, session };
+                    if let Err(e) = self.log.delivered(&self.backend, &delivery).await {
                         return Fate::Retry(e.to_string());
                     }
                     tracing::info!(%label, %event_id, "notification delivered");

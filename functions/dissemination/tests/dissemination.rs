@@ -27,6 +27,7 @@ async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mut resources = granary_resources::from_template(granary_resources::TEMPLATE, |_| None).unwrap();
     resources.queues.push(QueueSpec::new("mirror"));
+    resources.queues.push(QueueSpec::new("second"));
     let backend = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).unwrap().backend();
     let model = json!({"type": "object", "x-granary-type": "DATA"});
     let compiled = granary_domain::model::compile_model("M", &model).unwrap();
@@ -42,11 +43,17 @@ impl Fixture {
     async fn create(&self, request_id: &str, provider_id: &str) {
         let body = json!({"metadata": {"sessionOwner": "o", "session": "s"},
             "feature": {"type": "Feature", "id": provider_id, "entityType": "DATA", "model": "M", "geometry": null, "properties": {}}});
+        self.ingest(request_id, "CREATION", body).await;
+    }
+
+    /// Runs feature-ingest on one request of `kind` (REGARDS's request type) carrying `body`.
+    async fn ingest(&self, request_id: &str, kind: &str, body: Value) {
         let msg = ReceivedMessage {
             message_id: request_id.into(),
             receipt_handle: format!("{request_id}.1"),
             body: body.to_string(),
-            attributes: [("regards.request.id".to_owned(), request_id.to_owned())].into(),
+            attributes: [("regards.request.id".to_owned(), request_id.to_owned()), ("regards.request.type".to_owned(), kind.to_owned())]
+                .into(),
             receive_count: 1,
             sent_at_ms: 0,
         };
@@ -94,7 +101,7 @@ async fn every_recipient_gets_each_notification_once_and_a_failing_one_alone_is_
     assert_eq!(*accepted.lock().unwrap(), vec![id.clone()], "the webhook accepted it once it recovered");
     assert_eq!(calls.load(Ordering::SeqCst), 3, "two failures, then one success");
 
-    let log = DisseminationLog::new("features");
+    let log = DisseminationLog::new("features", "requests", "feature-response");
     let info = log.of(&f.backend, &urn).await.unwrap();
     assert_eq!(info.len(), 2);
     let hook = info.iter().find(|i| i.label == "hook").unwrap();
@@ -151,4 +158,94 @@ async fn in_the_cloud_a_webhook_on_an_internal_address_is_never_called() {
     assert_eq!(dead.len(), 1);
     let reason = &dead[0].attributes[dissemination::ATTR_REASON];
     assert!(reason.contains("loopback address Granary may not connect to"), "{reason}");
+}
+
+/// The state and step of request `id`.
+async fn request_state(f: &Fixture, id: &str) -> (String, String) {
+    let r = granary_stores::requests::RequestReader::new("requests").get(&f.backend, id).await.unwrap().unwrap();
+    (r.state.as_str().to_owned(), r.step)
+}
+
+/// Session o/s's counter `name` (0 when absent).
+async fn counter(f: &Fixture, name: &str) -> i64 {
+    let counters = granary_stores::sessions::SessionReader::new("requests").get(&f.backend, "o", "s").await.unwrap().unwrap();
+    counters.get(name).and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// The ids of the SUCCESS responses sent so far, by request id.
+async fn successes(f: &Fixture) -> Vec<String> {
+    let mut ids: Vec<String> = f
+        .take("feature-response")
+        .await
+        .iter()
+        .map(|m| serde_json::from_str::<Value>(&m.body).unwrap())
+        .filter(|b| b["state"] == "SUCCESS")
+        .map(|b| b["requestId"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn a_blocking_recipient_holds_requests_until_it_acknowledges_and_a_patch_acknowledges_for_another() {
+    let f = fixture().await;
+    let store = RecipientStore::new("features");
+    let gate = Recipient { blocking: true, ..recipient(Target::Queue { queue: "mirror".into() }, true) };
+    store.put(&f.backend, "gate", &gate, "admin").await.unwrap();
+    store.put(&f.backend, "tally", &recipient(Target::Queue { queue: "second".into() }, true), "admin").await.unwrap();
+    let d = Dissemination::with_settings(f.backend.clone(), f.config.clone(), Duration::ZERO, 6, Duration::ZERO).unwrap();
+    let acks = acknowledgement::Acknowledgement::new(f.backend.clone(), f.config.clone());
+    let run_acks = || async {
+        let got = f.take("feature-ack").await;
+        let r = acks.handle(LambdaEvent::new(sqs_event("feature-ack", &got).unwrap(), Context::default())).await.unwrap();
+        assert!(r.batch_item_failures.is_empty());
+        got.len()
+    };
+
+    // The creation is done with its feature but held: GRANTED, no SUCCESS yet.
+    f.create("c1", "p1").await;
+    let urn = format!("URN:FEATURE:DATA:granary:{}:V1", granary_domain::entity_uuid("p1"));
+    assert_eq!(request_state(&f, "c1").await, ("GRANTED".into(), "WAITING_BLOCKING_DISSEMINATION".into()));
+    f.disseminate(&d).await;
+    assert!(successes(&f).await.is_empty(), "no SUCCESS before the blocking recipient acknowledges");
+    assert_eq!((counter(&f, "gate.pending").await, counter(&f, "tally.pending").await), (1, 1));
+
+    // A patch naming tally acknowledges for tally; it is itself held by gate.
+    let patch = json!({"metadata": {"acknowledgedRecipient": "tally"},
+        "feature": {"type": "Feature", "urn": urn, "id": "p1", "entityType": "DATA", "model": "M", "geometry": null, "properties": {}}});
+    f.ingest("u1", "PATCH", patch).await;
+    f.disseminate(&d).await;
+    assert_eq!(f.take("mirror").await.len(), 2, "gate got the creation and the patch");
+    assert_eq!(run_acks().await, 1, "the patch sent one acknowledgement");
+    assert_eq!((counter(&f, "tally.pending").await, counter(&f, "tally.done").await), (0, 1));
+    assert_eq!(
+        (counter(&f, "gate.pending").await, counter(&f, "gate.done").await),
+        (1, 0),
+        "one acknowledgement outstanding for gate, the patch's notification counted with the creation's"
+    );
+    assert_eq!(request_state(&f, "c1").await.1, "WAITING_BLOCKING_DISSEMINATION");
+    assert_eq!(request_state(&f, "u1").await.1, "WAITING_BLOCKING_DISSEMINATION");
+    assert!(successes(&f).await.is_empty());
+
+    // Gate acknowledges, twice: both requests are done, each with one SUCCESS.
+    let ack = OutgoingMessage::new(json!({"urn": urn, "recipientLabel": "gate"}).to_string());
+    f.backend.queue.send_batch("feature-ack", vec![ack.clone()]).await.unwrap();
+    run_acks().await;
+    f.backend.queue.send_batch("feature-ack", vec![ack]).await.unwrap();
+    run_acks().await;
+    assert_eq!(request_state(&f, "c1").await, ("SUCCESS".into(), "DONE".into()));
+    assert_eq!(request_state(&f, "u1").await, ("SUCCESS".into(), "DONE".into()));
+    assert_eq!(successes(&f).await, vec!["c1".to_owned(), "u1".to_owned()]);
+    assert_eq!((counter(&f, "gate.pending").await, counter(&f, "gate.done").await), (0, 1));
+    let info = DisseminationLog::new("features", "requests", "feature-response").of(&f.backend, &urn).await.unwrap();
+    assert!(info.iter().all(|i| i.ack_date.is_some()), "{info:?}");
+    assert!(info.iter().find(|i| i.label == "gate").unwrap().blocking);
+
+    // A recipient needing no acknowledgement counts done at once and holds nothing.
+    store.delete(&f.backend, "gate").await.unwrap();
+    store.put(&f.backend, "open", &recipient(Target::Queue { queue: "mirror".into() }, false), "admin").await.unwrap();
+    f.create("c2", "p2").await;
+    assert_eq!(request_state(&f, "c2").await, ("SUCCESS".into(), "DONE".into()));
+    f.disseminate(&d).await;
+    assert_eq!((counter(&f, "open.pending").await, counter(&f, "open.done").await), (0, 1));
 }

@@ -78,7 +78,8 @@ pub struct SessionAnswer {
     pub session_owner: String,
     /// The session.
     pub session: String,
-    /// REGARDS's counters by name (`referencingRequests`, `runningUpdateRequests`, …).
+    /// REGARDS's counters by name (`referencingRequests`, `runningUpdateRequests`, …), and per
+    /// recipient `<label>.pending` (delivered, acknowledgement awaited) and `<label>.done`.
     pub counters: Map<String, Value>,
 }
 

@@ -95,7 +95,7 @@ impl FeatureApi {
         let recovery = Recovery::new(&config.requests_table, &config.response_queue);
         let locations = LocationStore::new(&config.features_table);
         let recipients = RecipientStore::new(&config.features_table);
-        let disseminated = DisseminationLog::new(&config.features_table);
+        let disseminated = DisseminationLog::new(&config.features_table, &config.requests_table, &config.response_queue);
         let catalog = Catalog::new(&config.features_table);
         let grants = [requests.grants(), models.grants(), sessions.grants(), recovery.grants(), locations.grants(), recipients.grants()]
             .into_iter()

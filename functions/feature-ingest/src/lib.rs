@@ -17,7 +17,7 @@ use granary_domain::{FeatureRequestEvent, FeatureRequestType, RequestState};
 use granary_lambda::{Config, sqs};
 use granary_ports::Backend;
 use granary_stores::StoreError;
-use granary_stores::dissemination::{RecipientCache, RecipientStore};
+use granary_stores::dissemination::{RecipientCache, RecipientStore, Recipients};
 use granary_stores::features::{ChangeOutcome, CreationOutcome, FeatureStore, NewVersion, Notifier, PatchChange};
 use granary_stores::locations::{LocationCache, LocationStore};
 use granary_stores::models::{ModelCache, ModelStore};
@@ -29,7 +29,6 @@ use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Message attribute naming the request kind.
 pub const ATTR_TYPE: &str = "regards.request.type";
@@ -59,7 +58,9 @@ pub struct FeatureIngest {
     models: Arc<ModelCache>,
     locations: Arc<LocationCache>,
     recipients: Arc<RecipientCache>,
-    notifying: Arc<AtomicBool>,
+    /// The recipients changed features are notified to, while automatic notification is on and
+    /// there is one (the store reads it).
+    notifying: Arc<std::sync::RwLock<Option<Arc<Recipients>>>>,
 }
 
 /// A message's request as far as it could be read.
@@ -162,10 +163,10 @@ fn envelope(msg: &SqsMessage) -> Envelope {
 impl FeatureIngest {
     /// The handler over `backend`, configured by `config`.
     pub fn new(backend: Backend, config: Config) -> Self {
-        let notifying = Arc::new(AtomicBool::new(false));
+        let notifying = Arc::new(std::sync::RwLock::new(None));
         let store = FeatureStore::new(&config.features_table, &config.requests_table)
             .releasing_files(config.locations(), &config.storage_jobs_queue)
-            .notifying(Notifier { queue: config.notification_queue.clone(), enabled: notifying.clone() });
+            .notifying(Notifier { queue: config.notification_queue.clone(), recipients: notifying.clone() });
         let ttl = granary_lambda::config::env_number("GRANARY_MODEL_CACHE_SECS", 30u64).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "using the default model cache time of 30 s");
             30
@@ -181,7 +182,9 @@ impl FeatureIngest {
         let recipients = Arc::new(RecipientCache::new(RecipientStore::new(&config.features_table), std::time::Duration::from_secs(ttl)));
         let grants = [requests.grants(), recovery.grants(), models.grants(), locations.grants(), recipients.grants()]
             .into_iter()
-            .fold(store.grants(), granary_ports::access::Grants::and);
+            .fold(store.grants(), granary_ports::access::Grants::and)
+            // A patch naming an acknowledged recipient sends the acknowledgement.
+            .send(&config.ack_queue);
         let backend = granary_ports::access::guard(backend, "feature-ingest", grants);
         Self { backend, config, store, requests, recovery, models, locations, recipients, notifying }
     }
@@ -194,7 +197,7 @@ impl FeatureIngest {
     pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
         // Changed features are notified while automatic notification is on and someone may receive them.
         match self.recipients.get(&self.backend).await {
-            Ok(r) => self.notifying.store(r.active && !r.all.is_empty(), Ordering::Relaxed),
+            Ok(r) => *self.notifying.write().unwrap_or_else(|p| p.into_inner()) = (r.active && !r.all.is_empty()).then_some(r),
             Err(e) => tracing::warn!(error = %e, "recipients not read; notifying as before"),
         }
         let mut failed = Vec::new();
@@ -462,6 +465,7 @@ impl FeatureIngest {
             waiting_for: None,
             message_id: msg.message_id.clone().unwrap_or_default(),
             replaces_parked: env.released,
+            blocked_by: vec![],
         }
     }
 
@@ -560,7 +564,9 @@ impl FeatureIngest {
     async fn change(&self, msg: &SqsMessage, env: &Envelope, kind: FeatureRequestType, body: Value) -> Result<(), StoreError> {
         let tenant = &self.config.tenant;
         let parsed = if kind == FeatureRequestType::Patch {
-            parse_patch(&body).and_then(|p| validate_patch(&p, tenant).map(|urn| (urn, Some((p.feature, p.metadata.storages)))))
+            parse_patch(&body).and_then(|p| {
+                validate_patch(&p, tenant).map(|urn| (urn, Some((p.feature, p.metadata.storages, p.metadata.acknowledged_recipient))))
+            })
         } else {
             parse_deletion(&body).and_then(|d| validate_deletion(&d, tenant).map(|urn| (urn, None)))
         };
@@ -572,10 +578,10 @@ impl FeatureIngest {
             Ok(mode) => mode,
             Err(error) => return self.deny(msg, env, kind, None, vec![error]).await,
         };
-        let (patch, to_store) = match patch {
-            None => (None, vec![]),
-            Some((feature, storages)) => match self.plan(&feature, &storages).await? {
-                Ok(files) => (Some(feature), files),
+        let (patch, to_store, acknowledged) = match patch {
+            None => (None, vec![], None),
+            Some((feature, storages, acknowledged)) => match self.plan(&feature, &storages).await? {
+                Ok(files) => (Some(feature), files, acknowledged.filter(|label| !label.trim().is_empty())),
                 Err(errors) => return self.deny(msg, env, kind, None, errors).await,
             },
         };
@@ -596,7 +602,7 @@ impl FeatureIngest {
             if self.park_if_early(msg, env, kind, priority, None, None).await? {
                 return Ok(());
             }
-            return self.apply_change(msg, env, kind, &urn, None).await;
+            return self.apply_change(msg, env, kind, &urn, None, None).await;
         };
         if let Some(p) = &patch {
             let model = stored.feature.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -610,7 +616,7 @@ impl FeatureIngest {
             return Ok(());
         }
         let change = patch.as_ref().map(|p| PatchChange { patch: p, known: Some(&stored), mode, storage: self.pending_storage(to_store) });
-        self.apply_change(msg, env, kind, &urn, change).await
+        self.apply_change(msg, env, kind, &urn, change, acknowledged.as_deref()).await
     }
 
     /// A notification of one feature version to recipients (action NOTIFIED).
@@ -706,7 +712,9 @@ impl FeatureIngest {
         }
     }
 
-    /// Applies a validated patch (or, without one, the deletion) of `urn`.
+    /// Applies a validated patch (or, without one, the deletion) of `urn`. A patch naming an
+    /// `acknowledged` recipient acknowledges the feature for it (an acknowledgement staged with the
+    /// patch, for the acknowledgement function, as REGARDS's internal DisseminationAckEvent).
     async fn apply_change(
         &self,
         msg: &SqsMessage,
@@ -714,6 +722,7 @@ impl FeatureIngest {
         kind: FeatureRequestType,
         urn: &Urn,
         patch: Option<PatchChange<'_>>,
+        acknowledged: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut record = self.record(msg, env, kind, RequestState::Success, "DONE");
         self.keep_parked_session(env, &mut record).await?;
@@ -727,6 +736,13 @@ impl FeatureIngest {
             let mut events = self.done_events(kind, env, urn, None);
             if waits_for_storage {
                 events.retain(|e| !e.event_id.ends_with(":SUCCESS"));
+            }
+            if let Some(label) = acknowledged {
+                events.push(OutboxEvent {
+                    event_id: format!("{urn}:ACK:{label}:{}", env.request_id),
+                    queue: self.config.ack_queue.clone(),
+                    body: serde_json::json!({ "urn": urn, "recipientLabel": label }).to_string(),
+                });
             }
             events
         };
@@ -846,8 +862,11 @@ impl FeatureIngest {
                     }
                     if self.store.get(&self.backend, &urn).await?.is_some() {
                         if event.metadata.update_if_exists {
-                            let patch =
-                                serde_json::json!({ "feature": event.feature, "metadata": { "priority": event.metadata.priority } });
+                            let mut metadata = serde_json::json!({ "priority": event.metadata.priority });
+                            if let Some(label) = &event.metadata.acknowledged_recipient {
+                                metadata["acknowledgedRecipient"] = Value::from(label.clone());
+                            }
+                            let patch = serde_json::json!({ "feature": event.feature, "metadata": metadata });
                             return self.change(msg, env, FeatureRequestType::Patch, patch).await;
                         }
                         let error = format!("feature.urn: {urn} already exists (set metadata.updateIfExists to patch it)");

@@ -1,10 +1,23 @@
 //! Recipients, the automatic-notification switch and what was disseminated, in the features table:
 //! recipients in one partition sorted by label, the switch as one item, and one item per feature and
 //! recipient (`N#<urn>` / `<label>`) with the dissemination and acknowledgement dates.
+//!
+//! Per session and recipient, the REGARDS counters `<recipient>.pending` (delivered, acknowledgement
+//! awaited) and `<recipient>.done` (delivered and acknowledged, or needing no acknowledgement) are kept
+//! in the requests table next to the session's own counters, one item per session and recipient (a
+//! label may hold characters an attribute name may not). They move in the transaction that records
+//! the delivery or the acknowledgement, so each notification counts once.
+//!
+//! A request whose notification goes to a blocking recipient waits, GRANTED in step
+//! WAITING_BLOCKING_DISSEMINATION, until every blocking recipient it names (`blockedBy`) has
+//! acknowledged its feature; then it is SUCCESS with its event.
 
 use crate::StoreError;
+use crate::outbox::{Outbox, OutboxEvent};
+use crate::requests::{RequestRecord, request_key};
 use granary_domain::dissemination::Recipient;
-use granary_ports::{Backend, Cond, Item, Key, PortError, Query, Update};
+use granary_domain::{FeatureRequestEvent, RequestState};
+use granary_ports::{Backend, Cond, Item, Key, PortError, Query, TxOp, Update};
 use serde::Serialize;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -119,6 +132,12 @@ impl RecipientCache {
     }
 }
 
+/// The step of a request waiting for its blocking recipients' acknowledgements.
+pub const BLOCKING_STEP: &str = "WAITING_BLOCKING_DISSEMINATION";
+
+/// How often a delivery or an acknowledgement racing another on the same item is tried.
+const MAX_ATTEMPTS: u32 = 10;
+
 /// What was disseminated of a feature to one recipient (REGARDS's FeatureDisseminationInfo).
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -134,64 +153,257 @@ pub struct DisseminationInfo {
 }
 
 /// What an acknowledgement came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Ack {
-    /// Recorded now.
-    Recorded,
+    /// Recorded now; the events of the requests it let finish are to be sent.
+    Recorded(Vec<OutboxEvent>),
     /// Acknowledged before; the first date is kept.
-    AlreadyAcknowledged,
+    AlreadyAcknowledged(Vec<OutboxEvent>),
     /// Nothing was disseminated of that URN to that recipient.
     Unknown,
 }
 
-/// Deliveries and acknowledgements.
+/// One notification delivered to one recipient.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    /// The feature notified.
+    pub urn: &'a str,
+    /// The recipient's label.
+    pub label: &'a str,
+    /// The recipient.
+    pub recipient: &'a Recipient,
+    /// The notification's id.
+    pub event_id: &'a str,
+    /// The request that changed the feature (empty when unknown).
+    pub request_id: &'a str,
+    /// The session of the notification (`sessionOwner`, `session`), for the recipient's counters.
+    pub session: Option<(&'a str, &'a str)>,
+}
+
+/// The item of one session's counters for one recipient. The owner's length comes first so that no
+/// two (owner, session) pairs share a partition.
+fn recipient_counters_key(owner: &str, session: &str, label: &str) -> Key {
+    Key::new(recipient_counters_partition(owner, session), label)
+}
+
+fn recipient_counters_partition(owner: &str, session: &str) -> String {
+    format!("SR#{}#{owner}#{session}", owner.len())
+}
+
+/// The session an item names (`sessionOwner`, `session`).
+fn session_of(item: &Item) -> Option<(String, String)> {
+    Some((item.get_str("sessionOwner")?.to_owned(), item.get_str("session")?.to_owned()))
+}
+
+/// Deliveries and acknowledgements, and the requests held by blocking recipients.
 #[derive(Debug, Clone)]
 pub struct DisseminationLog {
     table: String,
+    requests: String,
+    response_queue: String,
+    outbox: Outbox,
 }
 
 impl DisseminationLog {
     /// What it touches (see `granary_ports::access`).
     pub fn grants(&self) -> granary_ports::access::Grants {
-        granary_ports::access::Grants::new().write_table(&self.table)
+        granary_ports::access::Grants::new()
+            .write_table(&self.table)
+            .write_table(&self.requests)
+            .and(self.outbox.grants())
+            .send(&self.response_queue)
     }
-    /// Kept in `table` (the features table).
-    pub fn new(table: &str) -> Self {
-        Self { table: table.to_owned() }
-    }
-
-    /// Records that notification `event_id` of `urn` reached recipient `label`, once per notification
-    /// (a redelivered one does not move the date). True when recorded now.
-    pub async fn delivered(&self, backend: &Backend, urn: &str, label: &str, r: &Recipient, event_id: &str) -> Result<bool, StoreError> {
-        let now = backend.clock.now_ms();
-        let mut updates = vec![
-            Update::set("label", label),
-            Update::set("disseminationDate", now),
-            Update::set("blocking", r.blocking),
-            Update::set("lastEventId", event_id),
-        ];
-        updates.push(if r.ack_required { Update::remove("ackDate") } else { Update::set("ackDate", now) });
-        match backend.table.update(&self.table, &info_key(urn, label), updates, Some(Cond::ne("lastEventId", event_id))).await {
-            Ok(_) => Ok(true),
-            Err(PortError::ConditionFailed { .. }) => Ok(false),
-            Err(e) => Err(e.into()),
+    /// Deliveries in `table` (the features table); the recipients' session counters, the requests
+    /// and the outbox in `requests`; the events of released requests to `response_queue`.
+    pub fn new(table: &str, requests: &str, response_queue: &str) -> Self {
+        Self {
+            table: table.to_owned(),
+            requests: requests.to_owned(),
+            response_queue: response_queue.to_owned(),
+            outbox: Outbox::new(requests),
         }
     }
 
-    /// Records `label`'s acknowledgement of `urn`, keeping the first date.
-    pub async fn acknowledge(&self, backend: &Backend, urn: &str, label: &str) -> Result<Ack, StoreError> {
-        let cond = Cond::And(vec![Cond::ItemExists, Cond::absent("ackDate")]);
-        match backend
-            .table
-            .update(&self.table, &info_key(urn, label), vec![Update::set("ackDate", backend.clock.now_ms())], Some(cond))
-            .await
-        {
-            Ok(_) => Ok(Ack::Recorded),
-            Err(PortError::ConditionFailed { .. }) => Ok(if backend.table.get(&self.table, &info_key(urn, label)).await?.is_some() {
-                Ack::AlreadyAcknowledged
+    /// The outbox the events of released requests are staged in.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// The update of recipient `label`'s counters in `session` by (`pending`, `done`).
+    fn counters_op(&self, session: &(String, String), label: &str, pending: i64, done: i64) -> TxOp {
+        let (owner, name) = session;
+        let mut updates =
+            vec![Update::set("label", label), Update::set("sessionOwner", owner.clone()), Update::set("session", name.clone())];
+        updates.push(Update::add("pending", pending));
+        updates.push(Update::add("done", done));
+        TxOp::Update { table: self.requests.clone(), key: recipient_counters_key(owner, name, label), updates, cond: None }
+    }
+
+    /// Records that notification `d.event_id` of `d.urn` reached recipient `d.label`, once per
+    /// notification (a redelivered one does not move the date), with the recipient's session counters.
+    /// True when recorded now.
+    ///
+    /// A recipient that needs an acknowledgement has one outstanding per feature: a new notification
+    /// before the acknowledgement keeps it pending (counted once), and the one acknowledgement answers
+    /// both, releasing every request that waits for it.
+    pub async fn delivered(&self, backend: &Backend, d: &Delivery<'_>) -> Result<bool, StoreError> {
+        let key = info_key(d.urn, d.label);
+        let session = d.session.map(|(o, s)| (o.to_owned(), s.to_owned()));
+        for _ in 0..MAX_ATTEMPTS {
+            let now = backend.clock.now_ms();
+            let previous = backend.table.get(&self.table, &key).await?;
+            if previous.as_ref().and_then(|i| i.get_str("lastEventId")) == Some(d.event_id) {
+                return Ok(false);
+            }
+            let outstanding = previous.as_ref().is_some_and(|i| i.get("ackDate").is_none());
+            let mut updates = vec![
+                Update::set("label", d.label),
+                Update::set("disseminationDate", now),
+                Update::set("blocking", d.recipient.blocking),
+                Update::set("lastEventId", d.event_id),
+            ];
+            let mut counters = Vec::new();
+            let mut counted_in = session.clone();
+            if d.recipient.ack_required {
+                updates.push(Update::remove("ackDate"));
+                if outstanding {
+                    // Still the one acknowledgement awaited, counted where it was first pending.
+                    counted_in = previous.as_ref().and_then(session_of);
+                } else if let Some(s) = &session {
+                    counters.push((s.clone(), 1, 0));
+                }
+                // The requests this acknowledgement will release: those still waiting, and this one.
+                let mut awaiting: Vec<String> = match (&previous, outstanding) {
+                    (Some(p), true) => serde_json::from_value(p.get("awaiting").cloned().unwrap_or_default()).unwrap_or_default(),
+                    _ => vec![],
+                };
+                if d.recipient.blocking && !d.request_id.is_empty() && !awaiting.iter().any(|r| r == d.request_id) {
+                    awaiting.push(d.request_id.to_owned());
+                }
+                updates.push(Update::set("awaiting", Value::from(awaiting)));
             } else {
-                Ack::Unknown
-            }),
+                updates.push(Update::set("ackDate", now));
+                updates.push(Update::set("awaiting", Value::Array(vec![])));
+                if outstanding && let Some(s) = previous.as_ref().and_then(session_of) {
+                    counters.push((s, -1, 0));
+                }
+                if let Some(s) = &session {
+                    counters.push((s.clone(), 0, 1));
+                }
+            }
+            match &counted_in {
+                Some((owner, name)) => {
+                    updates.push(Update::set("sessionOwner", owner.clone()));
+                    updates.push(Update::set("session", name.clone()));
+                }
+                None => {
+                    updates.push(Update::remove("sessionOwner"));
+                    updates.push(Update::remove("session"));
+                }
+            }
+            // Only over the state read: a racing delivery or acknowledgement makes this one read again.
+            let state = if outstanding {
+                Cond::And(vec![Cond::ItemExists, Cond::absent("ackDate")])
+            } else {
+                Cond::Or(vec![Cond::ItemAbsent, Cond::exists("ackDate")])
+            };
+            let mut ops = vec![TxOp::Update {
+                table: self.table.clone(),
+                key: key.clone(),
+                updates,
+                cond: Some(Cond::And(vec![Cond::ne("lastEventId", d.event_id), state])),
+            }];
+            ops.extend(crate::sessions::merge_session_ops(
+                counters.iter().map(|(s, pending, done)| self.counters_op(s, d.label, *pending, *done)).collect(),
+            ));
+            match backend.table.transact(ops).await {
+                Ok(()) => return Ok(true),
+                Err(PortError::TransactionCanceled { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Contention(format!("{}/{}", d.urn, d.label), MAX_ATTEMPTS))
+    }
+
+    /// Records `label`'s acknowledgement of `urn`, keeping the first date, moves the recipient's
+    /// session counters from pending to done, and releases the requests that waited for it (and for
+    /// no other blocking recipient still unacknowledged).
+    pub async fn acknowledge(&self, backend: &Backend, urn: &str, label: &str) -> Result<Ack, StoreError> {
+        let key = info_key(urn, label);
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(info) = backend.table.get(&self.table, &key).await? else { return Ok(Ack::Unknown) };
+            let awaiting: Vec<String> = serde_json::from_value(info.get("awaiting").cloned().unwrap_or_default()).unwrap_or_default();
+            if info.get("ackDate").is_some() {
+                // Released before, unless a crash came between the acknowledgement and the release.
+                return Ok(Ack::AlreadyAcknowledged(self.release_all(backend, &awaiting).await?));
+            }
+            let mut ops = vec![TxOp::Update {
+                table: self.table.clone(),
+                key: key.clone(),
+                updates: vec![Update::set("ackDate", backend.clock.now_ms())],
+                cond: Some(Cond::And(vec![Cond::ItemExists, Cond::absent("ackDate")])),
+            }];
+            ops.extend(session_of(&info).map(|s| self.counters_op(&s, label, -1, 1)));
+            match backend.table.transact(ops).await {
+                Ok(()) => return Ok(Ack::Recorded(self.release_all(backend, &awaiting).await?)),
+                Err(PortError::TransactionCanceled { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Contention(format!("{urn}/{label}"), MAX_ATTEMPTS))
+    }
+
+    async fn release_all(&self, backend: &Backend, request_ids: &[String]) -> Result<Vec<OutboxEvent>, StoreError> {
+        let mut events = Vec::new();
+        for id in request_ids {
+            events.extend(self.release_if_acknowledged(backend, id).await?);
+        }
+        Ok(events)
+    }
+
+    /// Finishes request `request_id` (SUCCESS, with its event) if it waits in
+    /// [`BLOCKING_STEP`] and every recipient it waits for has acknowledged its feature. Returns the
+    /// events to send; none when it still waits or was not waiting.
+    ///
+    /// Whoever changes one side calls this after its own write (the acknowledgement after recording
+    /// it; storage-ready after moving the request into the step), so the later of the two sees both.
+    pub async fn release_if_acknowledged(&self, backend: &Backend, request_id: &str) -> Result<Vec<OutboxEvent>, StoreError> {
+        let Some(item) = backend.table.get(&self.requests, &request_key(request_id)).await? else { return Ok(vec![]) };
+        let record = RequestRecord::from_item(&item)?;
+        if record.state != RequestState::Granted || record.step != BLOCKING_STEP {
+            return Ok(vec![]);
+        }
+        let urn = record.urn.clone().unwrap_or_default();
+        for label in &record.blocked_by {
+            let acked = backend.table.get(&self.table, &info_key(&urn, label)).await?.is_some_and(|i| i.get("ackDate").is_some());
+            if !acked {
+                return Ok(vec![]);
+            }
+        }
+        let mut e = FeatureRequestEvent::new(record.request_type, &record.request_id, &record.request_owner, RequestState::Success);
+        e.id = record.provider_id.clone();
+        e.urn = record.urn.clone();
+        let event = OutboxEvent {
+            event_id: e.event_id.clone(),
+            queue: self.response_queue.clone(),
+            body: serde_json::to_string(&e).unwrap_or_default(),
+        };
+        let ops = vec![
+            TxOp::Update {
+                table: self.requests.clone(),
+                key: item.key.clone(),
+                updates: vec![Update::set("state", RequestState::Success.as_str()), Update::set("step", "DONE")],
+                cond: Some(Cond::And(vec![Cond::eq("state", RequestState::Granted.as_str()), Cond::eq("step", BLOCKING_STEP)])),
+            },
+            self.outbox.stage(&event, backend.clock.now_ms()),
+        ];
+        match backend.table.transact(ops).await {
+            Ok(()) => {
+                tracing::info!(request_id, %urn, "every blocking recipient acknowledged: request done");
+                Ok(vec![event])
+            }
+            // Released by a racing acknowledgement.
+            Err(PortError::TransactionCanceled { .. }) => Ok(vec![]),
             Err(e) => Err(e.into()),
         }
     }
@@ -209,4 +421,17 @@ impl DisseminationLog {
             })
             .collect())
     }
+}
+
+/// The recipients' counters of session (`owner`, `session`) in the requests table `table`, named as
+/// REGARDS names them: `<recipient>.pending` and `<recipient>.done`.
+pub async fn recipient_counters(backend: &Backend, table: &str, owner: &str, session: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    let items = crate::all_items(backend, Query::partition(table, recipient_counters_partition(owner, session))).await?;
+    Ok(items
+        .iter()
+        .flat_map(|i| {
+            let label = &i.key.sk;
+            [(format!("{label}.pending"), i.get_i64("pending").unwrap_or(0)), (format!("{label}.done"), i.get_i64("done").unwrap_or(0))]
+        })
+        .collect())
 }

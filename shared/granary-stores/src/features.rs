@@ -5,6 +5,7 @@ use crate::StoreError;
 use crate::outbox::{Outbox, OutboxEvent};
 use crate::requests::{Parked, RequestRecord, request_key};
 use crate::sessions::{merge_session_ops, session_op};
+use granary_domain::RequestState;
 use granary_domain::feature::FileUpdateMode;
 use granary_domain::session::Outcome;
 use granary_domain::storage::{Locations, ReleaseJob, WorkerJob, objects_of};
@@ -143,13 +144,38 @@ pub struct FeatureStore {
     notifier: Option<Notifier>,
 }
 
-/// Notifications of changed features: the queue dissemination reads, and whether to send them.
+/// Notifications of changed features: the queue dissemination reads, and the recipients to send them to.
 #[derive(Debug, Clone)]
 pub struct Notifier {
     /// The notification queue.
     pub queue: String,
-    /// Whether automatic notification is on (and there is a recipient); the caller keeps it current.
-    pub enabled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The recipients while automatic notification is on and there is one (none otherwise); the
+    /// caller keeps it current.
+    pub recipients: std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<crate::dissemination::Recipients>>>>,
+}
+
+/// What notifying a change came to: the notification to stage, and the blocking recipients (those
+/// that must acknowledge) its request waits for.
+struct Notice {
+    event: OutboxEvent,
+    blocked_by: Vec<String>,
+}
+
+impl Notice {
+    /// Holds `request`, done with its feature, until its blocking recipients acknowledge: GRANTED in
+    /// step WAITING_BLOCKING_DISSEMINATION, its SUCCESS event left to the last acknowledgement.
+    /// A request still waiting on storage only learns whom it waits for; storage-ready holds it.
+    fn hold(&self, request: &mut RequestRecord, events: &mut Vec<OutboxEvent>) {
+        if self.blocked_by.is_empty() {
+            return;
+        }
+        request.blocked_by = self.blocked_by.clone();
+        if request.state == RequestState::Success {
+            request.state = RequestState::Granted;
+            request.step = crate::dissemination::BLOCKING_STEP.into();
+            events.retain(|e| !e.event_id.ends_with(":SUCCESS"));
+        }
+    }
 }
 
 impl FeatureStore {
@@ -184,9 +210,11 @@ impl FeatureStore {
         self
     }
 
-    /// The notification of `feature` for `action` by `request`, when automatic notification is on.
-    fn notification(&self, action: &str, feature: &Value, request: &RequestRecord) -> Option<OutboxEvent> {
-        let notifier = self.notifier.as_ref().filter(|n| n.enabled.load(std::sync::atomic::Ordering::Relaxed))?;
+    /// The notification of `feature` for `action` by `request`, when automatic notification is on,
+    /// with the blocking recipients that will receive it.
+    fn notification(&self, action: &str, feature: &Value, request: &RequestRecord) -> Option<Notice> {
+        let notifier = self.notifier.as_ref()?;
+        let recipients = notifier.recipients.read().unwrap_or_else(|p| p.into_inner()).clone()?;
         let urn = feature.get("urn").and_then(Value::as_str).or(request.urn.as_deref()).unwrap_or_default();
         let body = serde_json::json!({
             "metadata": {
@@ -198,11 +226,19 @@ impl FeatureStore {
             },
             "payload": feature,
         });
-        Some(OutboxEvent {
+        let facts = granary_domain::dissemination::NotificationFacts::of(&body);
+        let blocked_by = recipients
+            .all
+            .iter()
+            .filter(|(_, r)| r.blocking && r.ack_required && r.filter.accepts(&facts))
+            .map(|(label, _)| label.clone())
+            .collect();
+        let event = OutboxEvent {
             event_id: granary_domain::dissemination::notification_id(urn, action, &request.request_id),
             queue: notifier.queue.clone(),
             body: body.to_string(),
-        })
+        };
+        Some(Notice { event, blocked_by })
     }
 
     /// The release job of the feature version stored in `item`, if it has files that may be stored.
@@ -331,7 +367,10 @@ impl FeatureStore {
         let mut record = new.request.clone();
         record.urn = Some(urn.clone());
         let mut events = (new.events)(&urn);
-        events.extend(notice);
+        if let Some(notice) = notice {
+            notice.hold(&mut record, &mut events);
+            events.push(notice.event);
+        }
         // The previous version's stored files, let go when it is deleted by this override: at once, or,
         // when this version has files to store, once they are (so that a file both share is kept).
         let release = match (new.override_previous, latest_page.items.first()) {
@@ -463,16 +502,21 @@ impl FeatureStore {
                 vec![]
             };
             let mut staged = events(&urn_text);
-            staged.extend(self.notification("UPDATED", &patched, &request));
+            // Held per attempt: a retry starts again from the request as given.
+            let mut held = request.clone();
+            if let Some(notice) = self.notification("UPDATED", &patched, &request) {
+                notice.hold(&mut held, &mut staged);
+                staged.push(notice.event);
+            }
             // Files a REPLACE no longer wants are let go at once.
             let removed = serde_json::json!({ "files": removed });
             staged.extend(self.release_event_of(&urn_text, &removed, &format!("{urn_text}:RELEASE:{}", request.request_id)));
             let (request_op, tasks, outcome) = match &storage {
-                None => (self.request_op(&request), vec![], Some(Outcome::Done { released: request.replaces_parked, changed: true })),
+                None => (self.request_op(&held), vec![], Some(Outcome::Done { released: request.replaces_parked, changed: true })),
                 Some(pending) => {
-                    let stored_files = crate::storage::stage(&self.requests, &request, &urn_text, pending, now);
+                    let stored_files = crate::storage::stage(&self.requests, &held, &urn_text, pending, now);
                     staged.push(stored_files.job);
-                    let TxOp::Put { cond, .. } = self.request_op(&request) else { unreachable!("write_op is a put") };
+                    let TxOp::Put { cond, .. } = self.request_op(&held) else { unreachable!("write_op is a put") };
                     let put = TxOp::Put { table: self.requests.clone(), item: stored_files.request_item, cond };
                     (put, stored_files.tasks, (!request.replaces_parked).then_some(Outcome::Parked))
                 }
@@ -526,8 +570,12 @@ impl FeatureStore {
             staged.extend(existing.as_ref().and_then(|item| self.release_event(item)));
             let deleted =
                 existing.as_ref().and_then(|i| i.get("feature").cloned()).unwrap_or_else(|| serde_json::json!({ "urn": urn_text }));
-            staged.extend(self.notification(action, &deleted, &request));
-            let mut ops = vec![self.request_op(&request)];
+            let mut held = request.clone();
+            if let Some(notice) = self.notification(action, &deleted, &request) {
+                notice.hold(&mut held, &mut staged);
+                staged.push(notice.event);
+            }
+            let mut ops = vec![self.request_op(&held)];
             if let Some(item) = &existing {
                 // Guarded by what was read: whether it is the latest (the catalog is moved on that
                 // basis) and its revision.

@@ -40,6 +40,10 @@ pub struct RequestRecord {
     /// The creation this request waits behind (a patch or deletion of a feature not created yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+    /// The blocking recipients whose acknowledgement it waits for (step
+    /// WAITING_BLOCKING_DISSEMINATION) once its feature is changed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocked_by: Vec<String>,
     /// The SQS message that carried it, to tell a redelivery from a new message reusing the id.
     #[serde(skip)]
     pub message_id: String,
@@ -121,6 +125,9 @@ impl RequestRecord {
         if let (Some(owner), Some(session)) = (&self.session_owner, &self.session) {
             item = item.with("sessionKey", session_key(owner, session));
         }
+        if !self.blocked_by.is_empty() {
+            item = item.with("blockedBy", Value::from(self.blocked_by.clone()));
+        }
         for (name, v) in [
             ("providerId", &self.provider_id),
             ("urn", &self.urn),
@@ -154,6 +161,8 @@ impl RequestRecord {
             session: s("session"),
             registered_at: item.get_i64("registeredAt").unwrap_or_default(),
             waiting_for: s("waitingFor"),
+            blocked_by: serde_json::from_value(item.get("blockedBy").cloned().unwrap_or(Value::Array(vec![])))
+                .map_err(|_| bad("blockedBy"))?,
             message_id: s("messageId").unwrap_or_default(),
             replaces_parked: false,
         })

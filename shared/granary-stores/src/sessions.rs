@@ -78,15 +78,28 @@ impl SessionReader {
         Self { table: table.to_owned() }
     }
 
-    /// The counters of one session.
+    /// The counters of one session, its recipients' `<recipient>.pending` and `.done` included.
     pub async fn get(&self, backend: &Backend, owner: &str, session: &str) -> Result<Option<Map<String, Value>>, StoreError> {
-        Ok(backend.table.get(&self.table, &key(owner, session)).await?.map(|i| counters_of(&i.attrs)))
+        let Some(item) = backend.table.get(&self.table, &key(owner, session)).await? else { return Ok(None) };
+        let mut counters = counters_of(&item.attrs);
+        for (name, n) in crate::dissemination::recipient_counters(backend, &self.table, owner, session).await? {
+            counters.insert(name, Value::from(n));
+        }
+        Ok(Some(counters))
     }
 
     /// The sessions of an owner, with their counters, by session name (at most 1000).
     pub async fn of_owner(&self, backend: &Backend, owner: &str) -> Result<Vec<(String, Map<String, Value>)>, StoreError> {
         let page = backend.table.query(Query::partition(&self.table, format!("S#{owner}")).limit(1000)).await?;
-        Ok(page.items.into_iter().map(|i| (i.key.sk.clone(), counters_of(&i.attrs))).collect())
+        let mut sessions = Vec::with_capacity(page.items.len());
+        for item in page.items {
+            let mut counters = counters_of(&item.attrs);
+            for (name, n) in crate::dissemination::recipient_counters(backend, &self.table, owner, &item.key.sk).await? {
+                counters.insert(name, Value::from(n));
+            }
+            sessions.push((item.key.sk.clone(), counters));
+        }
+        Ok(sessions)
     }
 }
 

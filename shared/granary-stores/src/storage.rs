@@ -213,6 +213,10 @@ impl StorageTracker {
                 return Ok(vec![]);
             };
             let record = RequestRecord::from_item(&item)?;
+            if record.step == crate::dissemination::BLOCKING_STEP {
+                // Stored and held; a redelivered event tries the release again (it may have failed).
+                return self.dissemination_log().release_if_acknowledged(backend, request_id).await;
+            }
             let success = failed == 0;
             let finishing = remaining == 0
                 && record.state != RequestState::Success
@@ -238,7 +242,13 @@ impl StorageTracker {
                 }
             }
             let now = backend.clock.now_ms();
-            let (state, step) = if success { (RequestState::Success, "DONE") } else { (RequestState::Error, STORAGE_ERROR_STEP) };
+            // Stored, but held until its blocking recipients acknowledge (see `dissemination`).
+            let held = success && !record.blocked_by.is_empty();
+            let (state, step) = match (success, held) {
+                (true, true) => (RequestState::Granted, crate::dissemination::BLOCKING_STEP),
+                (true, false) => (RequestState::Success, "DONE"),
+                (false, _) => (RequestState::Error, STORAGE_ERROR_STEP),
+            };
             let mut ops = vec![TxOp::Update {
                 table: self.requests.clone(),
                 key: item.key.clone(),
@@ -263,7 +273,7 @@ impl StorageTracker {
                 vec![Outcome::Retried, Outcome::Done { released: true, changed: true }]
             };
             ops.extend(merge_session_ops(outcomes.into_iter().filter_map(|o| session_op(&self.requests, &record, o)).collect()));
-            let mut events = vec![self.event(&record, state, errors)];
+            let mut events = if held { vec![] } else { vec![self.event(&record, state, errors)] };
             // The files of the version this one overrides, let go now that this one's are stored.
             if let Some(release) = item.get("releaseAfter") {
                 let text = |name: &str| release.get(name).and_then(Value::as_str).map(str::to_owned);
@@ -275,6 +285,10 @@ impl StorageTracker {
             match backend.table.transact(ops).await {
                 Ok(()) => {
                     tracing::info!(request_id, state = state.as_str(), stored = stored.len(), "storage of the request's files finished");
+                    if held {
+                        // Its recipients may have acknowledged already: then it is done now.
+                        events.extend(self.dissemination_log().release_if_acknowledged(backend, request_id).await?);
+                    }
                     return Ok(events);
                 }
                 Err(PortError::TransactionCanceled { .. }) => continue,
@@ -333,6 +347,11 @@ impl StorageTracker {
             },
         );
         Ok(ops)
+    }
+
+    /// The log of these tables, to release a request its blocking recipients have acknowledged.
+    fn dissemination_log(&self) -> crate::dissemination::DisseminationLog {
+        crate::dissemination::DisseminationLog::new(&self.features, &self.requests, &self.response_queue)
     }
 
     fn event(&self, record: &RequestRecord, state: RequestState, errors: Vec<String>) -> OutboxEvent {
