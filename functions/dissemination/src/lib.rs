@@ -1,6 +1,6 @@
 //! `dissemination`: delivers each notification (`{metadata: {action, sessionOwner, session, requestId,
 //! requestOwner}, payload: feature, recipients?}`) to each recipient that wants it: an SQS queue, or a
-//! webhook POSTed the body signed with the recipient's secret. Every delivery carries the
+//! webhook POSTed the body signed with the recipient's secret, or an SNS topic (AWS backend). Every delivery carries the
 //! notification's deterministic id (`<urn>:<action>:<requestId>`) so a receiver drops a redelivery,
 //! and is recorded once per feature and recipient.
 //!
@@ -14,7 +14,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use granary_domain::dissemination::{EVENT_ID_HEADER, NotificationFacts, Recipient, SIGNATURE_HEADER, Target, notification_id, sign};
 use granary_lambda::outbound::{OutboundHttp, Timeouts, describe};
 use granary_lambda::{Config, sqs};
-use granary_ports::{Backend, OutgoingMessage};
+use granary_ports::{Backend, NoTopics, OutgoingMessage, Topics};
 use granary_stores::StoreError;
 use granary_stores::dissemination::{Delivery, DisseminationLog, RecipientCache, RecipientStore};
 use granary_stores::outbox::OutboxEvent;
@@ -23,6 +23,7 @@ use granary_stores::requests::Parked;
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The attribute naming the recipients a retried copy is for (comma-separated labels).
@@ -44,6 +45,8 @@ pub struct Dissemination {
     recovery: Recovery,
     /// For webhooks, held to the outbound policy and built at its first use.
     http: OutboundHttp,
+    /// For SNS topics (none can be reached until [`Dissemination::with_topics`]).
+    topics: Arc<dyn Topics>,
     attempts: u32,
     first_delay: Duration,
     dead_letter_queue: String,
@@ -92,16 +95,29 @@ impl Dissemination {
             config,
             attempts,
             first_delay,
+            topics: Arc::new(NoTopics),
         })
+    }
+
+    /// The same handler, publishing to recipients' SNS topics through `topics`.
+    pub fn with_topics(mut self, topics: Arc<dyn Topics>) -> Self {
+        self.topics = topics;
+        self
     }
 
     /// Handles one SQS batch; only notifications that hit a failure of Granary's own storage are retried
     /// by SQS (a recipient's failure is retried by a delayed copy).
+    ///
+    /// The batch's notifications are delivered at once rather than one after the other: each waits
+    /// mostly on its recipients and on its own writes, which are independent (two notifications of
+    /// one feature and recipient racing are ordered by the delivery record's conditional write; a
+    /// standard queue keeps no order anyway, and receivers tell notifications apart by id).
     pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
         let mut failed = Vec::new();
         let mut events = Vec::new();
-        for msg in &event.payload.records {
-            match self.disseminate(msg).await {
+        let fates = futures::future::join_all(event.payload.records.iter().map(|msg| self.disseminate(msg))).await;
+        for (msg, fate) in event.payload.records.iter().zip(fates) {
+            match fate {
                 Fate::Done(e) => events.extend(e),
                 Fate::Retry(error) => {
                     tracing::warn!(message_id = ?msg.message_id, %error, "notification not handled; SQS will redeliver it");
@@ -232,7 +248,10 @@ impl Dissemination {
                     .map_err(|e| format!("cannot reach {url}: {}", describe(&e)))?;
                 if response.status().is_success() { Ok(()) } else { Err(format!("{url} answered {}", response.status())) }
             }
-            Target::Sns { .. } => Err("SNS topics are not available yet".into()),
+            Target::Sns { topic_arn } => {
+                // Subscribers filter on, and drop redeliveries by, the same attribute a queue gets.
+                self.topics.publish(topic_arn, body, &[("granary.event.id", event_id)]).await.map_err(|e| e.to_string())
+            }
         }
     }
 

@@ -249,3 +249,48 @@ async fn a_blocking_recipient_holds_requests_until_it_acknowledges_and_a_patch_a
     f.disseminate(&d).await;
     assert_eq!((counter(&f, "open.pending").await, counter(&f, "open.done").await), (0, 1));
 }
+
+/// Topics that record what is published, refusing while `down` is set.
+#[derive(Debug, Default)]
+struct RecordedTopics {
+    published: std::sync::Mutex<Vec<(String, String, String)>>,
+}
+
+#[async_trait::async_trait]
+impl granary_ports::Topics for RecordedTopics {
+    async fn publish(&self, topic_arn: &str, message: &str, attributes: &[(&str, &str)]) -> granary_ports::PortResult<()> {
+        let id = attributes.iter().find(|(n, _)| *n == "granary.event.id").map(|(_, v)| v.to_string()).unwrap_or_default();
+        self.published.lock().unwrap().push((topic_arn.to_owned(), id, message.to_owned()));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_sns_recipient_is_published_each_notification_and_without_topics_it_fails_with_its_reason() {
+    let f = fixture().await;
+    let topic = "arn:aws:sns:eu-west-1:123456789012:granary-subscribers";
+    let store = RecipientStore::new("features");
+    store.put(&f.backend, "topic", &recipient(Target::Sns { topic_arn: topic.into() }, false), "admin").await.unwrap();
+    let topics = std::sync::Arc::new(RecordedTopics::default());
+    let d = Dissemination::with_settings(f.backend.clone(), f.config.clone(), Duration::ZERO, 2, Duration::ZERO)
+        .unwrap()
+        .with_topics(topics.clone());
+    f.create("c4", "p4").await;
+    f.disseminate(&d).await;
+    let urn = format!("URN:FEATURE:DATA:granary:{}:V1", granary_domain::entity_uuid("p4"));
+    let published = topics.published.lock().unwrap().clone();
+    assert_eq!(published.len(), 1);
+    assert_eq!((published[0].0.as_str(), published[0].1.clone()), (topic, format!("{urn}:CREATED:c4")));
+    let body: Value = serde_json::from_str(&published[0].2).unwrap();
+    assert_eq!(body["payload"]["urn"], urn.as_str());
+    let info = DisseminationLog::new("features", "requests", "feature-response").of(&f.backend, &urn).await.unwrap();
+    assert_eq!(info.len(), 1, "the delivery is recorded");
+
+    // One machine reaches no SNS topic: the notification fails with a reason naming it.
+    let local = Dissemination::with_settings(f.backend.clone(), f.config.clone(), Duration::ZERO, 2, Duration::ZERO).unwrap();
+    f.create("c5", "p5").await;
+    f.disseminate(&local).await;
+    let dead = f.take("feature-notification-dead-letter").await;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].attributes[dissemination::ATTR_REASON].contains("cannot be reached on this backend"), "{:?}", dead[0].attributes);
+}

@@ -20,6 +20,7 @@
 mod coldstart;
 mod dispatch;
 mod http_load;
+mod notify;
 mod order;
 mod soak;
 mod storage;
@@ -180,6 +181,19 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Notifications delivered to one queue recipient through the release granary-local: one per
+    /// creation queued, delivered per second, delay from creation to delivery.
+    Notify {
+        /// Creation requests, each notified once.
+        #[arg(long, default_value_t = 50_000)]
+        features: usize,
+        /// Concurrent feature-ingest invocations in the runner.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// The granary-local binary (the release build beside this one by default).
+        #[arg(long)]
+        runner: Option<PathBuf>,
+    },
     /// Creation requests through the release granary-local's queues.
     Ingest {
         /// Creation requests.
@@ -308,7 +322,7 @@ pub(crate) fn creation_of(provider_id: &str, i: usize) -> String {
     .to_string()
 }
 
-fn percentile(sorted: &[i64], p: f64) -> i64 {
+pub(crate) fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -328,7 +342,7 @@ pub(crate) async fn define_model(b: &granary_ports::Backend) {
 }
 
 /// Queues `n` creations of providerIds `<prefix>-<i>` on `queue`, request ids `<prefix>-r<i>`.
-async fn queue_creations(b: &granary_ports::Backend, queue: &str, prefix: &str, n: usize) {
+pub(crate) async fn queue_creations(b: &granary_ports::Backend, queue: &str, prefix: &str, n: usize) {
     for chunk in (0..n).collect::<Vec<_>>().chunks(10) {
         let batch = chunk
             .iter()
@@ -535,6 +549,10 @@ async fn main() {
         Command::Mixed { low, high, high_after, workers, runner } => {
             let runner = runner.unwrap_or_else(|| std::env::current_exe().expect("exe").with_file_name("granary-local"));
             mixed(low, high, high_after, workers, runner).await;
+        }
+        Command::Notify { features, workers, runner } => {
+            let runner = runner.unwrap_or_else(|| std::env::current_exe().expect("exe").with_file_name("granary-local"));
+            notify::run(features, workers, &runner).await;
         }
         Command::Ingest { features, workers, runner } => {
             let runner = runner.unwrap_or_else(|| std::env::current_exe().expect("exe").with_file_name("granary-local"));

@@ -185,7 +185,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         stop_rx.clone(),
     ));
     // Dissemination: notifications to recipients, and their acknowledgements.
-    let dissemination = Arc::new(Dissemination::new(backend.clone(), config.clone()).map_err(LocalError::Config)?);
+    let mut dissemination = Dissemination::new(backend.clone(), config.clone()).map_err(LocalError::Config)?;
+    if embedded.is_none() {
+        // On AWS (or an emulator), recipients' SNS topics are reachable too.
+        dissemination = dissemination.with_topics(Arc::new(granary_aws::AwsTopics::from_env().await));
+    }
+    let dissemination = Arc::new(dissemination);
     let dissemination_handler = Arc::new(move |e| {
         let f = dissemination.clone();
         async move { f.handle(e).await }

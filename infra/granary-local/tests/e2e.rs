@@ -1374,6 +1374,45 @@ async fn recipients_defined_over_http_get_each_notification_once_and_acknowledge
         v["disseminationInfo"].as_array()?.iter().any(|i| i["label"] == "mirror" && i["ackDate"].is_number()).then_some(())
     })
     .await;
+    // The session's counters per recipient, over HTTP: each done once, the mirror by its acknowledgement.
+    let counters = || async {
+        let v: Value = c.get(r.url("/features/sessions/e2e/s1")).bearer_auth(&producer).send().await.unwrap().json().await.unwrap();
+        let n = |name: &str| v["counters"][name].as_i64().unwrap_or(-1);
+        (n("mirror.pending"), n("mirror.done"), n("hook.done"))
+    };
+    assert_eq!(counters().await, (0, 1, 1));
+
+    // A blocking mirror holds the next creation (GRANTED, WAITING_BLOCKING_DISSEMINATION) until it
+    // acknowledges; then the request is SUCCESS.
+    let blocking = json!({"target": {"type": "queue", "queue": "mirror"}, "ackRequired": true, "blocking": true});
+    assert_eq!(put("mirror", &admin, blocking).await.unwrap().status(), 200);
+    let res = c.post(r.url("/features")).bearer_auth(&producer).json(&creation_collection(&["held"])).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let info: Value = res.json().await.unwrap();
+    let held_url = r.url(&format!("/features/requests/{}", info["granted"][0]["requestId"].as_str().unwrap()));
+    let held: Value = wait_for("the creation to wait for the mirror", Duration::from_secs(30), || async {
+        let v: Value = c.get(&held_url).bearer_auth(&producer).send().await.ok()?.json().await.ok()?;
+        (v["step"] == "WAITING_BLOCKING_DISSEMINATION").then_some(v)
+    })
+    .await;
+    assert_eq!((held["state"].as_str(), held["blockedBy"].clone()), (Some("GRANTED"), json!(["mirror"])));
+    let held_urn = held["urn"].as_str().unwrap().to_owned();
+    wait_for("the mirror to get the held feature", Duration::from_secs(30), || async {
+        let got = backend.queue.receive("mirror", 10, None, Duration::from_millis(200)).await.unwrap();
+        got.iter().any(|m| m.body.contains(&held_urn)).then_some(())
+    })
+    .await;
+    assert_eq!(counters().await, (1, 1, 2), "the mirror's acknowledgement is pending; the hook is done at once");
+    let still: Value = c.get(&held_url).bearer_auth(&producer).send().await.unwrap().json().await.unwrap();
+    assert_eq!(still["state"], "GRANTED", "held while the mirror has not acknowledged");
+    let ack = OutgoingMessage::new(json!({"urn": held_urn, "recipientLabel": "mirror"}).to_string());
+    backend.queue.send_batch("feature-ack", vec![ack]).await.unwrap();
+    wait_for("the held request to succeed", Duration::from_secs(30), || async {
+        let v: Value = c.get(&held_url).bearer_auth(&producer).send().await.ok()?.json().await.ok()?;
+        (v["state"] == "SUCCESS").then_some(())
+    })
+    .await;
+    assert_eq!(counters().await, (0, 2, 2));
     // Switched off: a new feature reaches no one.
     let off = c.put(r.url("/notification-settings")).bearer_auth(&admin).json(&json!({"active": false})).send().await.unwrap();
     assert_eq!(off.status(), 200);

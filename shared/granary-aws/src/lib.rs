@@ -18,6 +18,8 @@ mod functions;
 pub mod provision;
 mod queue;
 mod table;
+#[cfg(feature = "sns")]
+mod topics;
 
 #[cfg(feature = "s3")]
 pub use blob::AwsBlobs;
@@ -26,6 +28,8 @@ pub use count::{RequestCounter, RequestCounts};
 pub use functions::AwsFunctions;
 pub use queue::AwsQueue;
 pub use table::AwsTable;
+#[cfg(feature = "sns")]
+pub use topics::AwsTopics;
 
 use aws_config::{BehaviorVersion, Region};
 use granary_ports::{Backend, BlobStore, Clock, IdSource, RandomIds, Resources, SystemClock};

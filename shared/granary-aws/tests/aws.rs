@@ -75,3 +75,45 @@ async fn requests_are_counted_by_service() {
     assert_eq!(c.s3, 0);
     assert_eq!(c.total(), 6);
 }
+
+/// A notification published to a recipient's SNS topic reaches the queue subscribed to it, with its
+/// id as a message attribute.
+#[tokio::test]
+async fn a_publication_reaches_the_queue_subscribed_to_the_topic() {
+    use granary_ports::Topics;
+    let endpoint = shared_moto();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "test"))
+        .load()
+        .await;
+    let (sns, sqs) = (aws_sdk_sns::Client::new(&sdk), aws_sdk_sqs::Client::new(&sdk));
+    let name = format!("{}subscriber", unique_prefix());
+    let topic = sns.create_topic().name(&name).send().await.unwrap().topic_arn.unwrap();
+    let queue_url = sqs.create_queue().queue_name(&name).send().await.unwrap().queue_url.unwrap();
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    sns.subscribe().topic_arn(&topic).protocol("sqs").endpoint(&queue_arn).send().await.unwrap();
+
+    let topics = granary_aws::AwsTopics::from_sdk(&sdk);
+    topics.publish(&topic, r#"{"metadata":{"action":"CREATED"}}"#, &[("granary.event.id", "urn:CREATED:r1")]).await.unwrap();
+    let got = sqs.receive_message().queue_url(&queue_url).wait_time_seconds(5).send().await.unwrap().messages.unwrap_or_default();
+    assert_eq!(got.len(), 1);
+    // SNS wraps the notification in its envelope, attributes beside it.
+    let envelope: serde_json::Value = serde_json::from_str(got[0].body.as_deref().unwrap()).unwrap();
+    assert_eq!(envelope["Message"], r#"{"metadata":{"action":"CREATED"}}"#);
+    assert_eq!(envelope["MessageAttributes"]["granary.event.id"]["Value"], "urn:CREATED:r1");
+
+    let unknown = topic.replace(&name, "nobody-listens");
+    let err = topics.publish(&unknown, "{}", &[]).await.unwrap_err();
+    assert!(err.to_string().contains("publishing to"), "{err}");
+}

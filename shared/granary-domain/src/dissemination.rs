@@ -29,9 +29,11 @@ pub enum Target {
         /// The URL.
         url: String,
     },
-    /// An SNS topic.
+    /// An SNS topic (on the AWS backend), published the notification with its id as the message
+    /// attribute `granary.event.id`.
     Sns {
         /// The topic ARN.
+        #[serde(rename = "topicArn")]
         topic_arn: String,
     },
 }
@@ -94,7 +96,23 @@ pub fn check_recipient(label: &str, r: &Recipient) -> Vec<String> {
                 }
             }
         },
-        Target::Sns { .. } => errors.push("target: SNS topics are not available yet; use a queue or a webhook".into()),
+        Target::Sns { topic_arn } => {
+            // arn:<partition>:sns:<region>:<12-digit account>:<topic name, 1 to 256 of [A-Za-z0-9_-], .fifo allowed>
+            let parts: Vec<&str> = topic_arn.splitn(6, ':').collect();
+            let name = parts.get(5).map(|n| n.strip_suffix(".fifo").unwrap_or(n)).unwrap_or_default();
+            let valid = parts.len() == 6
+                && parts[0] == "arn"
+                && parts[1].starts_with("aws")
+                && parts[2] == "sns"
+                && !parts[3].is_empty()
+                && parts[4].len() == 12
+                && parts[4].bytes().all(|b| b.is_ascii_digit())
+                && (1..=256).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid {
+                errors.push(format!("target.topicArn: {topic_arn:?} is not an SNS topic ARN (arn:aws:sns:<region>:<account>:<topic>)"));
+            }
+        }
         Target::Queue { .. } => {}
     }
     for a in &r.filter.actions {
@@ -213,6 +231,28 @@ mod tests {
         assert!(errors[3].contains("PUBLISHED") && errors[4].starts_with("blocking:"));
         let parsed: Result<Recipient, _> = serde_json::from_value(json!({"target": {"type": "ftp", "url": "x"}}));
         assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn an_sns_target_needs_a_topic_arn() {
+        let sns = |arn: &str| Recipient { target: Target::Sns { topic_arn: arn.into() }, secret: None, ..webhook("https://x.example.org") };
+        for good in ["arn:aws:sns:eu-west-1:123456789012:granary", "arn:aws-cn:sns:cn-north-1:123456789012:a_b-c.fifo"] {
+            assert!(check_recipient("t", &sns(good)).is_empty(), "{good}");
+        }
+        for bad in [
+            "granary",
+            "arn:aws:sqs:eu-west-1:123456789012:granary",
+            "arn:aws:sns:eu-west-1:1234:granary",
+            "arn:aws:sns::123456789012:granary",
+            "arn:aws:sns:eu-west-1:123456789012:",
+            "arn:aws:sns:eu-west-1:123456789012:a/b",
+        ] {
+            let errors = check_recipient("t", &sns(bad));
+            assert!(errors.len() == 1 && errors[0].starts_with("target.topicArn:"), "{bad}: {errors:?}");
+        }
+        let parsed: Recipient =
+            serde_json::from_value(json!({"target": {"type": "sns", "topicArn": "arn:aws:sns:eu-west-1:123456789012:t"}})).unwrap();
+        assert_eq!(parsed.target, Target::Sns { topic_arn: "arn:aws:sns:eu-west-1:123456789012:t".into() });
     }
 
     #[test]

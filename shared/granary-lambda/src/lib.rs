@@ -44,6 +44,12 @@ pub async fn functions() -> std::sync::Arc<dyn granary_ports::Functions> {
     std::sync::Arc::new(granary_aws::AwsFunctions::from_env().await)
 }
 
+/// Recipients' SNS topics, with a client from the environment.
+#[cfg(feature = "sns")]
+pub async fn topics() -> std::sync::Arc<dyn granary_ports::Topics> {
+    std::sync::Arc::new(granary_aws::AwsTopics::from_env().await)
+}
+
 /// Installs JSON logs (as CloudWatch and granary-local both want them), once per process.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GRANARY_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

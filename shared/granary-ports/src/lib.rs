@@ -11,6 +11,7 @@
 //!   approximate depth and redrive to a dead-letter queue.
 //! - [`BlobStore`]: streamed put and get, head, copy, delete, signed URLs, online and nearline classes.
 //! - [`Functions`]: synchronous calls to functions Granary does not own (a configured processing).
+//! - [`Topics`]: publications to topics Granary does not own (a recipient's SNS topic).
 //! - [`access`]: what a function may touch, and a backend that holds it to that.
 //! - [`Clock`] and [`IdSource`]: injectable so that tests move time and pin ids.
 //!
@@ -25,6 +26,7 @@ pub mod ids;
 pub mod queue;
 pub mod resources;
 pub mod table;
+pub mod topics;
 
 pub use blob::{BlobMeta, BlobReader, BlobStore, RestoreStatus, StorageClass};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -34,6 +36,7 @@ pub use ids::{IdSource, RandomIds, SequentialIds};
 pub use queue::{OutgoingMessage, Queue, QueueDepth, ReceivedMessage};
 pub use resources::{AttrKind, IndexSpec, KeyAttr, QueueSpec, Resources, TableSpec};
 pub use table::{Cond, Cursor, Item, Key, Page, Query, SortCond, Table, TxOp, Update};
+pub use topics::{NoTopics, Topics};
 
 use std::sync::Arc;
 
