@@ -35,7 +35,9 @@ fn config() -> Config {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let resources = granary_resources::from_template(granary_resources::TEMPLATE, |_| None).unwrap();
+    let mut resources = granary_resources::from_template(granary_resources::TEMPLATE, |_| None).unwrap();
+    // A recipient's own queue.
+    resources.queues.push(granary_ports::QueueSpec::new("mirror"));
     let clock = Arc::new(granary_ports::ManualClock::starting_now());
     let mut options = EmbeddedOptions::new(dir.path().join("data"), resources);
     options.clock = clock.clone();
@@ -579,4 +581,66 @@ async fn s3_sources_outside_the_listed_buckets_are_storage_errors_before_any_rea
     let refused = f.request("no").await;
     assert_eq!(state(&refused), pair("ERROR", "REMOTE_STORAGE_ERROR"));
     assert!(refused["errors"][0].as_str().unwrap().contains("bucket elsewhere is not one Granary may read"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_blocking_recipient_holds_a_stored_request_until_it_acknowledges_before_or_after_storage() {
+    use granary_domain::dissemination::{Recipient, RecipientFilter, Target};
+    let f = fixture().await;
+    let gate = Recipient {
+        target: Target::Queue { queue: "mirror".into() },
+        ack_required: true,
+        blocking: true,
+        filter: RecipientFilter::default(),
+        secret: None,
+    };
+    granary_stores::dissemination::RecipientStore::new("features").put(&f.backend, "gate", &gate, "admin").await.unwrap();
+    let storages = json!([{"pluginBusinessId": "online"}]);
+    for (request_id, provider_id) in [("r1", "p1"), ("r2", "p2")] {
+        let data = format!("the bytes of {provider_id}").into_bytes();
+        let (_, url) = f.source(&format!("{provider_id}.bin"), &data);
+        f.submit(request_id, &creation(provider_id, vec![file_entry(&url, "RAWDATA", data.len(), &md5_hex(&data))], storages.clone()))
+            .await;
+    }
+    assert_eq!(state(&f.request("r1").await), pair("GRANTED", "REMOTE_STORAGE_REQUESTED"));
+    assert_eq!(f.request("r1").await["blockedBy"], json!(["gate"]));
+    // The gate gets both notifications, and acknowledges p1 before its file is stored.
+    let d = dissemination::Dissemination::with_settings(f.backend.clone(), config(), Duration::ZERO, 3, Duration::ZERO).unwrap();
+    let notifications = f.drain("feature-notification").await;
+    assert_eq!(notifications.len(), 2);
+    let r = d.handle(LambdaEvent::new(sqs_event("feature-notification", &notifications).unwrap(), Context::default())).await.unwrap();
+    assert!(r.batch_item_failures.is_empty());
+    let acks = acknowledgement::Acknowledgement::new(f.backend.clone(), config());
+    let ack = |provider_id: &str| {
+        let urn = format!("URN:FEATURE:DATA:granary:{}:V1", granary_domain::entity_uuid(provider_id));
+        message(&format!("ack-{provider_id}"), &json!({"urn": urn, "recipientLabel": "gate"}).to_string(), &[])
+    };
+    let r = acks.handle(LambdaEvent::new(sqs_event("feature-ack", &[ack("p1")]).unwrap(), Context::default())).await.unwrap();
+    assert!(r.batch_item_failures.is_empty());
+    assert_eq!(state(&f.request("r1").await), pair("GRANTED", "REMOTE_STORAGE_REQUESTED"), "still storing");
+    assert_eq!(f.responses("r1").await, vec!["GRANTED"]);
+
+    // Stored: r1, acknowledged already, is done; r2 waits for the gate.
+    let events = f.run_worker().await;
+    f.deliver_events(&events).await;
+    assert_eq!(state(&f.request("r1").await), pair("SUCCESS", "DONE"));
+    assert_eq!(state(&f.request("r2").await), pair("GRANTED", "WAITING_BLOCKING_DISSEMINATION"));
+    assert_eq!(f.feature_files("p2").await[0]["locations"].as_array().unwrap().len(), 2, "the stored location is added meanwhile");
+    let mut sent: Vec<(String, String)> = f
+        .drain("feature-response")
+        .await
+        .iter()
+        .map(|m| serde_json::from_str::<Value>(&m.body).unwrap())
+        .map(|e| (e["requestId"].as_str().unwrap().to_owned(), e["state"].as_str().unwrap().to_owned()))
+        .collect();
+    sent.sort();
+    assert_eq!(sent, vec![pair("r1", "SUCCESS")], "r2's SUCCESS waits for the gate");
+    // Events delivered again change nothing.
+    f.deliver_events(&events).await;
+    assert_eq!(state(&f.request("r2").await), pair("GRANTED", "WAITING_BLOCKING_DISSEMINATION"));
+
+    let r = acks.handle(LambdaEvent::new(sqs_event("feature-ack", &[ack("p2")]).unwrap(), Context::default())).await.unwrap();
+    assert!(r.batch_item_failures.is_empty());
+    assert_eq!(state(&f.request("r2").await), pair("SUCCESS", "DONE"));
+    assert_eq!(f.responses("r2").await, vec!["SUCCESS"]);
 }
