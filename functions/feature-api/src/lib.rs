@@ -357,6 +357,9 @@ impl FeatureApi {
             return Err(bad_request("invalid recipient", &errors));
         }
         let created = self.recipients.put(&self.backend, label, &recipient, &identity.user).await.map_err(unavailable_on)?;
+        if !(recipient.blocking && recipient.ack_required) {
+            self.release_held_by(label).await?;
+        }
         let mut shown = recipient;
         shown.secret = None;
         let answer = RecipientList {
@@ -371,10 +374,23 @@ impl FeatureApi {
             return Err(forbidden("removing recipients needs the admin group"));
         }
         if self.recipients.delete(&self.backend, label).await.map_err(unavailable_on)? {
+            self.release_held_by(label).await?;
             Ok(Response::builder().status(204).body(Body::Empty).unwrap_or_default())
         } else {
             Err(not_found(&format!("no recipient {label}")))
         }
+    }
+
+    /// Lets go the requests recipient `label` held, now that it no longer blocks.
+    async fn release_held_by(&self, label: &str) -> Result<(), Response<Body>> {
+        let events = self.disseminated.release_held_by(&self.backend, label).await.map_err(unavailable_on)?;
+        if !events.is_empty() {
+            tracing::info!(%label, released = events.len(), "requests the recipient held are done");
+        }
+        if let Err(e) = self.disseminated.outbox().flush(&self.backend, &events).await {
+            tracing::warn!(error = %e, "events left to the outbox relay");
+        }
+        Ok(())
     }
 
     async fn list_recipients(&self, identity: &Identity) -> RouteResult {

@@ -1413,6 +1413,19 @@ async fn recipients_defined_over_http_get_each_notification_once_and_acknowledge
     })
     .await;
     assert_eq!(counters().await, (0, 2, 2));
+    // A request the mirror holds is let go when an admin makes the mirror non-blocking.
+    let res = c.post(r.url("/features")).bearer_auth(&producer).json(&creation_collection(&["held-2"])).send().await.unwrap();
+    let info: Value = res.json().await.unwrap();
+    let held_url = r.url(&format!("/features/requests/{}", info["granted"][0]["requestId"].as_str().unwrap()));
+    wait_for("the second creation to wait for the mirror", Duration::from_secs(30), || async {
+        let v: Value = c.get(&held_url).bearer_auth(&producer).send().await.ok()?.json().await.ok()?;
+        (v["step"] == "WAITING_BLOCKING_DISSEMINATION").then_some(())
+    })
+    .await;
+    let unblocked = json!({"target": {"type": "queue", "queue": "mirror"}, "ackRequired": true});
+    assert_eq!(put("mirror", &admin, unblocked).await.unwrap().status(), 200);
+    let done: Value = c.get(&held_url).bearer_auth(&producer).send().await.unwrap().json().await.unwrap();
+    assert_eq!((done["state"].as_str(), done["step"].as_str()), (Some("SUCCESS"), Some("DONE")), "released by the change");
     // Switched off: a new feature reaches no one.
     let off = c.put(r.url("/notification-settings")).bearer_auth(&admin).json(&json!({"active": false})).send().await.unwrap();
     assert_eq!(off.status(), 200);

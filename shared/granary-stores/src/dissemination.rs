@@ -362,8 +362,9 @@ impl DisseminationLog {
     }
 
     /// Finishes request `request_id` (SUCCESS, with its event) if it waits in
-    /// [`BLOCKING_STEP`] and every recipient it waits for has acknowledged its feature. Returns the
-    /// events to send; none when it still waits or was not waiting.
+    /// [`BLOCKING_STEP`] and every recipient it waits for has acknowledged its feature, or is no longer
+    /// a blocking recipient (removed, or changed by an admin). Returns the events to send; none when
+    /// it still waits or was not waiting.
     ///
     /// Whoever changes one side calls this after its own write (the acknowledgement after recording
     /// it; storage-ready after moving the request into the step), so the later of the two sees both.
@@ -376,7 +377,7 @@ impl DisseminationLog {
         let urn = record.urn.clone().unwrap_or_default();
         for label in &record.blocked_by {
             let acked = backend.table.get(&self.table, &info_key(&urn, label)).await?.is_some_and(|i| i.get("ackDate").is_some());
-            if !acked {
+            if !acked && self.still_blocking(backend, label).await? {
                 return Ok(vec![]);
             }
         }
@@ -406,6 +407,32 @@ impl DisseminationLog {
             Err(PortError::TransactionCanceled { .. }) => Ok(vec![]),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Whether recipient `label` is defined and blocks (it must acknowledge).
+    async fn still_blocking(&self, backend: &Backend, label: &str) -> Result<bool, StoreError> {
+        let item = backend.table.get(&self.table, &Key::new(RECIPIENTS, label)).await?;
+        let recipient: Option<Recipient> = item.and_then(|i| serde_json::from_value(i.get("recipient")?.clone()).ok());
+        Ok(recipient.is_some_and(|r| r.blocking && r.ack_required))
+    }
+
+    /// Releases the requests recipient `label` held, once it no longer blocks (an admin removed it or
+    /// made it non-blocking): each is SUCCESS unless another blocking recipient still holds it.
+    /// Returns the events to send.
+    pub async fn release_held_by(&self, backend: &Backend, label: &str) -> Result<Vec<OutboxEvent>, StoreError> {
+        if self.still_blocking(backend, label).await? {
+            return Ok(vec![]);
+        }
+        let granted = Query::partition(&self.requests, RequestState::Granted.as_str()).on_index(crate::requests::BY_STATE_INDEX);
+        let held: Vec<String> = crate::all_items(backend, granted)
+            .await?
+            .iter()
+            .filter(|i| i.get_str("step") == Some(BLOCKING_STEP))
+            .filter_map(|i| RequestRecord::from_item(i).ok())
+            .filter(|r| r.blocked_by.iter().any(|l| l == label))
+            .map(|r| r.request_id)
+            .collect();
+        self.release_all(backend, &held).await
     }
 
     /// What was disseminated of `urn`, by recipient label.
