@@ -198,7 +198,13 @@ impl FeatureIngest {
         // Changed features are notified while automatic notification is on and someone may receive them.
         match self.recipients.get(&self.backend).await {
             Ok(r) => *self.notifying.write().unwrap_or_else(|p| p.into_inner()) = (r.active && !r.all.is_empty()).then_some(r),
-            Err(e) => tracing::warn!(error = %e, "recipients not read; notifying as before"),
+            Err(e) => {
+                // Whom to tell is unknown: a change made now could go untold (or unheld by a
+                // blocking recipient). The whole batch comes back from SQS instead.
+                tracing::warn!(error = %e, "recipients not read; the batch is left to SQS to deliver again");
+                let ids = event.payload.records.iter().map(|m| m.message_id.clone().unwrap_or_default()).collect();
+                return Ok(sqs::batch_response(ids));
+            }
         }
         let mut failed = Vec::new();
         let mut events = Vec::new();

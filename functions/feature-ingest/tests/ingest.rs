@@ -928,10 +928,12 @@ async fn every_kind_of_bad_input_is_denied_with_all_its_errors() {
     assert_eq!(states(&events, "good"), vec!["GRANTED", "SUCCESS"], "the rest of the batch goes on");
 }
 
-/// The table of a backend, counting the transactions committed through it.
+/// The table of a backend, counting the transactions committed through it, and failing reads of the
+/// recipients while `recipients_down` is set.
 struct CountingTable {
     inner: Arc<dyn granary_ports::Table>,
     transactions: std::sync::atomic::AtomicUsize,
+    recipients_down: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -967,14 +969,47 @@ impl granary_ports::Table for CountingTable {
         result
     }
     async fn query(&self, query: Query) -> granary_ports::PortResult<granary_ports::Page> {
+        if self.recipients_down.load(std::sync::atomic::Ordering::SeqCst) && query.partition == "RECIPIENTS" {
+            return Err(granary_ports::PortError::Unavailable("throttled".into()));
+        }
         self.inner.query(query).await
     }
 }
 
 #[tokio::test]
+async fn a_batch_whose_recipients_cannot_be_read_comes_back_rather_than_going_untold() {
+    let f = fixture().await;
+    let recipient = granary_domain::dissemination::Recipient {
+        target: granary_domain::dissemination::Target::Queue { queue: "mirror".into() },
+        ack_required: false,
+        blocking: false,
+        filter: Default::default(),
+        secret: None,
+    };
+    granary_stores::dissemination::RecipientStore::new("features").put(&f.backend, "mirror", &recipient, "admin").await.unwrap();
+    let table = Arc::new(CountingTable { inner: f.backend.table.clone(), transactions: Default::default(), recipients_down: true.into() });
+    let mut backend = f.backend.clone();
+    backend.table = table.clone();
+    let ingest = FeatureIngest::new(backend, f.config.clone());
+    let batch = vec![message("m1", &creation("told").to_string(), &[("regards.request.id", "r-told")])];
+    let deliver = || async {
+        let event = sqs_event("feature-high", &batch).unwrap();
+        ingest.handle(LambdaEvent::new(event, Context::default())).await.unwrap().batch_item_failures
+    };
+    assert_eq!(deliver().await.len(), 1, "the message comes back");
+    assert!(f.responses().await.is_empty(), "nothing was recorded");
+    table.recipients_down.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(deliver().await.is_empty());
+    assert_eq!(states(&f.responses().await, "r-told"), vec!["GRANTED", "SUCCESS"]);
+    let notified = f.backend.queue.receive(&f.config.notification_queue, 10, None, Duration::ZERO).await.unwrap();
+    assert_eq!(notified.len(), 1, "the creation was notified");
+}
+
+#[tokio::test]
 async fn a_batch_of_creations_commits_in_one_transaction_and_one_by_one_when_it_cannot() {
     let f = fixture().await;
-    let counting = Arc::new(CountingTable { inner: f.backend.table.clone(), transactions: Default::default() });
+    let counting =
+        Arc::new(CountingTable { inner: f.backend.table.clone(), transactions: Default::default(), recipients_down: Default::default() });
     let mut backend = f.backend.clone();
     backend.table = counting.clone();
     let ingest = FeatureIngest::new(backend, f.config.clone());
