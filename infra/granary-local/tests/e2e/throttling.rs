@@ -326,8 +326,9 @@ async fn throttling_errors_and_resets_from_aws_are_retried_and_nothing_is_lost()
                 let res = no_redirect_client().get(r.url(&format!("/orders/files/{order}.1.{i}"))).bearer_auth(&ann).send().await.unwrap();
                 files.push_str(&format!("\n{i}: {} {}", res.status(), res.text().await.unwrap()));
             }
+            let order_logs = [r.logged("order-create"), r.logged("suborder-dispatch")].concat();
             panic!(
-                "the order's files were not all downloaded within {patience:?}: {downloaded:?}\norder: {}{files}",
+                "the order's files were not all downloaded within {patience:?}: {downloaded:?}\norder: {}{files}\nrunner's order log lines: {order_logs:#?}",
                 get(format!("/user/orders/{order}")).await
             );
         }
