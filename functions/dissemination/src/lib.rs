@@ -154,12 +154,19 @@ impl Dissemination {
             sqs::attribute(msg, ATTR_RECIPIENTS).map(|r| r.split(',').map(str::to_owned).collect()).or_else(|| {
                 body.get("recipients").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
             });
+        // The blocking recipients feature-ingest held the request for: delivered to whatever this
+        // function's (cached) view of their filters, so that their acknowledgement can release it.
+        let blocked_by: Vec<String> = body
+            .pointer("/metadata/blockedBy")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default();
         let targets: Vec<&(String, Recipient)> = recipients
             .all
             .iter()
             .filter(|(label, r)| match &named {
                 Some(labels) => labels.contains(label),
-                None => r.filter.accepts(&facts),
+                None => r.filter.accepts(&facts) || blocked_by.contains(label),
             })
             .collect();
         let session = match (body.pointer("/metadata/sessionOwner"), body.pointer("/metadata/session")) {
@@ -168,18 +175,26 @@ impl Dissemination {
         };
         let mut failures = Vec::new();
         for (label, recipient) in targets {
+            // Recorded first: an acknowledgement racing the send then finds its delivery (a send that
+            // fails is tried again by a copy, which finds the record and only sends).
+            let holds_request = blocked_by.contains(label);
+            let delivery = Delivery { urn: &urn, label, recipient, event_id: &event_id, request_id: &request_id, holds_request, session };
+            if let Err(e) = self.log.delivered(&self.backend, &delivery).await {
+                return Fate::Retry(e.to_string());
+            }
             match self.deliver(recipient, text, &event_id).await {
-                Ok(()) => {
-                    let delivery = Delivery { urn: &urn, label, recipient, event_id: &event_id, request_id: &request_id, session };
-                    if let Err(e) = self.log.delivered(&self.backend, &delivery).await {
-                        return Fate::Retry(e.to_string());
-                    }
-                    tracing::info!(%label, %event_id, "notification delivered");
-                }
+                Ok(()) => tracing::info!(%label, %event_id, "notification delivered"),
                 Err(e) => failures.push((label.clone(), e)),
             }
         }
         let mut events = Vec::new();
+        if !blocked_by.is_empty() && !request_id.is_empty() {
+            // A recipient that holds the request but is gone (or no longer blocks) holds it no more.
+            match self.log.release_if_acknowledged(&self.backend, &request_id).await {
+                Ok(e) => events.extend(e),
+                Err(e) => return Fate::Retry(e.to_string()),
+            }
+        }
         if failures.is_empty() {
             if sqs::attribute(msg, sqs::ATTR_RELEASED).is_some() && !request_id.is_empty() {
                 // An admin's retry of a request whose notification had failed: done now.

@@ -12,6 +12,7 @@ use granary_ports::{Backend, Key, OutgoingMessage, QueueSpec, ReceivedMessage};
 use granary_stores::dissemination::{DisseminationLog, RecipientStore};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -250,7 +251,7 @@ async fn a_blocking_recipient_holds_requests_until_it_acknowledges_and_a_patch_a
     assert_eq!((counter(&f, "open.pending").await, counter(&f, "open.done").await), (0, 1));
 }
 
-/// Topics that record what is published, refusing while `down` is set.
+/// Topics that record what is published.
 #[derive(Debug, Default)]
 struct RecordedTopics {
     published: std::sync::Mutex<Vec<(String, String, String)>>,
@@ -293,4 +294,98 @@ async fn an_sns_recipient_is_published_each_notification_and_without_topics_it_f
     let dead = f.take("feature-notification-dead-letter").await;
     assert_eq!(dead.len(), 1);
     assert!(dead[0].attributes[dissemination::ATTR_REASON].contains("cannot be reached on this backend"), "{:?}", dead[0].attributes);
+}
+
+#[tokio::test]
+async fn notifications_of_one_feature_delivered_at_once_all_wait_for_one_acknowledgement_that_releases_them_all() {
+    let f = fixture().await;
+    let gate = Recipient { blocking: true, ..recipient(Target::Queue { queue: "mirror".into() }, true) };
+    RecipientStore::new("features").put(&f.backend, "gate", &gate, "admin").await.unwrap();
+    f.create("c1", "p1").await;
+    let urn = format!("URN:FEATURE:DATA:granary:{}:V1", granary_domain::entity_uuid("p1"));
+    for (i, id) in ["u1", "u2"].iter().enumerate() {
+        let patch = json!({"metadata": {},
+            "feature": {"type": "Feature", "urn": urn, "id": "p1", "entityType": "DATA", "model": "M", "geometry": null, "properties": {"n": i}}});
+        f.ingest(id, "PATCH", patch).await;
+    }
+    // The three notifications in one batch, delivered at once, each recorded against the others: the
+    // table makes the three first reads of the delivery record meet, so that all three read the same
+    // state before any writes.
+    let mut met = f.backend.clone();
+    met.table = Arc::new(MeetingTable { inner: f.backend.table.clone(), reads: Default::default(), meet: tokio::sync::Barrier::new(3) });
+    let d = Dissemination::with_settings(met, f.config.clone(), Duration::ZERO, 6, Duration::ZERO).unwrap();
+    let batch = f.take("feature-notification").await;
+    assert_eq!(batch.len(), 3);
+    let r = d.handle(LambdaEvent::new(sqs_event("feature-notification", &batch).unwrap(), Context::default())).await.unwrap();
+    assert!(r.batch_item_failures.is_empty());
+    assert_eq!(f.take("mirror").await.len(), 3);
+    assert_eq!((counter(&f, "gate.pending").await, counter(&f, "gate.done").await), (1, 0), "one acknowledgement outstanding");
+    for id in ["c1", "u1", "u2"] {
+        assert_eq!(request_state(&f, id).await.1, "WAITING_BLOCKING_DISSEMINATION", "{id}");
+    }
+    let acks = acknowledgement::Acknowledgement::new(f.backend.clone(), f.config.clone());
+    let ack = ReceivedMessage {
+        message_id: "a1".into(),
+        receipt_handle: "a1.1".into(),
+        body: json!({"urn": urn, "recipientLabel": "gate"}).to_string(),
+        attributes: Default::default(),
+        receive_count: 1,
+        sent_at_ms: 0,
+    };
+    let r = acks.handle(LambdaEvent::new(sqs_event("feature-ack", &[ack]).unwrap(), Context::default())).await.unwrap();
+    assert!(r.batch_item_failures.is_empty());
+    for id in ["c1", "u1", "u2"] {
+        assert_eq!(request_state(&f, id).await, ("SUCCESS".into(), "DONE".into()), "{id} released by the one acknowledgement");
+    }
+    assert_eq!((counter(&f, "gate.pending").await, counter(&f, "gate.done").await), (0, 1));
+    // Delivered again (an SQS redelivery of the whole batch): nothing counted twice, nothing held again.
+    let r = d.handle(LambdaEvent::new(sqs_event("feature-notification", &batch).unwrap(), Context::default())).await.unwrap();
+    assert!(r.batch_item_failures.is_empty());
+    assert_eq!((counter(&f, "gate.pending").await, counter(&f, "gate.done").await), (0, 1));
+    let info = DisseminationLog::new("features", "requests", "feature-response").of(&f.backend, &urn).await.unwrap();
+    assert!(info.len() == 1 && info[0].ack_date.is_some(), "{info:?}");
+}
+
+/// A table whose first three reads of a delivery record (`N#<urn>` / label) wait for one another.
+struct MeetingTable {
+    inner: Arc<dyn granary_ports::Table>,
+    reads: std::sync::atomic::AtomicUsize,
+    meet: tokio::sync::Barrier,
+}
+
+#[async_trait::async_trait]
+impl granary_ports::Table for MeetingTable {
+    async fn get(&self, table: &str, key: &Key) -> granary_ports::PortResult<Option<granary_ports::Item>> {
+        let read = self.inner.get(table, key).await;
+        if key.pk.starts_with("N#") && !key.sk.contains('#') && self.reads.fetch_add(1, Ordering::SeqCst) < 3 {
+            self.meet.wait().await;
+        }
+        read
+    }
+    async fn put(&self, table: &str, item: granary_ports::Item, cond: Option<granary_ports::Cond>) -> granary_ports::PortResult<()> {
+        self.inner.put(table, item, cond).await
+    }
+    async fn update(
+        &self,
+        table: &str,
+        key: &Key,
+        updates: Vec<granary_ports::Update>,
+        cond: Option<granary_ports::Cond>,
+    ) -> granary_ports::PortResult<granary_ports::Item> {
+        self.inner.update(table, key, updates, cond).await
+    }
+    async fn delete(
+        &self,
+        table: &str,
+        key: &Key,
+        cond: Option<granary_ports::Cond>,
+    ) -> granary_ports::PortResult<Option<granary_ports::Item>> {
+        self.inner.delete(table, key, cond).await
+    }
+    async fn transact(&self, ops: Vec<granary_ports::TxOp>) -> granary_ports::PortResult<()> {
+        self.inner.transact(ops).await
+    }
+    async fn query(&self, query: granary_ports::Query) -> granary_ports::PortResult<granary_ports::Page> {
+        self.inner.query(query).await
+    }
 }

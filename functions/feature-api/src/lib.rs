@@ -373,8 +373,10 @@ impl FeatureApi {
         if !identity.is_admin() {
             return Err(forbidden("removing recipients needs the admin group"));
         }
-        if self.recipients.delete(&self.backend, label).await.map_err(unavailable_on)? {
-            self.release_held_by(label).await?;
+        let existed = self.recipients.delete(&self.backend, label).await.map_err(unavailable_on)?;
+        // Also when it was gone already: a release that failed after the deletion is done now.
+        self.release_held_by(label).await?;
+        if existed {
             Ok(Response::builder().status(204).body(Body::Empty).unwrap_or_default())
         } else {
             Err(not_found(&format!("no recipient {label}")))

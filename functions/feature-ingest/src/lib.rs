@@ -621,7 +621,13 @@ impl FeatureIngest {
         if self.park_if_early(msg, env, kind, priority, None, stored.session.as_ref()).await? {
             return Ok(());
         }
-        let change = patch.as_ref().map(|p| PatchChange { patch: p, known: Some(&stored), mode, storage: self.pending_storage(to_store) });
+        let change = patch.as_ref().map(|p| PatchChange {
+            patch: p,
+            known: Some(&stored),
+            mode,
+            storage: self.pending_storage(to_store),
+            acknowledges: acknowledged.as_deref(),
+        });
         self.apply_change(msg, env, kind, &urn, change, acknowledged.as_deref()).await
     }
 

@@ -643,4 +643,34 @@ async fn a_blocking_recipient_holds_a_stored_request_until_it_acknowledges_befor
     assert!(r.batch_item_failures.is_empty());
     assert_eq!(state(&f.request("r2").await), pair("SUCCESS", "DONE"));
     assert_eq!(f.responses("r2").await, vec!["SUCCESS"]);
+
+    // A patch of p1 (acknowledged before) whose files are stored before its notification reaches the
+    // gate: the earlier acknowledgement does not answer it.
+    let data = b"a second file of p1".to_vec();
+    let (_, url) = f.source("p1-2.bin", &data);
+    let urn = format!("URN:FEATURE:DATA:granary:{}:V1", granary_domain::entity_uuid("p1"));
+    let patch = json!({"metadata": {"storages": storages},
+        "feature": {"type": "Feature", "urn": urn, "id": "p1", "entityType": "DATA", "model": "S2_L1C", "geometry": null,
+                    "properties": {}, "files": [file_entry(&url, "RAWDATA", data.len(), &md5_hex(&data))]}});
+    f.send((
+        "r3".into(),
+        patch.to_string(),
+        vec![("regards.request.id".into(), "r3".into()), ("regards.request.type".into(), "PATCH".into())],
+    ))
+    .await;
+    let events = f.run_worker().await;
+    f.deliver_events(&events).await;
+    assert_eq!(
+        state(&f.request("r3").await),
+        pair("GRANTED", "WAITING_BLOCKING_DISSEMINATION"),
+        "not released by p1's old acknowledgement"
+    );
+    let notifications = f.drain("feature-notification").await;
+    let r = d.handle(LambdaEvent::new(sqs_event("feature-notification", &notifications).unwrap(), Context::default())).await.unwrap();
+    assert!(r.batch_item_failures.is_empty());
+    assert_eq!(state(&f.request("r3").await).1, "WAITING_BLOCKING_DISSEMINATION");
+    let again = message("ack-p1-again", &json!({"urn": urn, "recipientLabel": "gate"}).to_string(), &[]);
+    let r = acks.handle(LambdaEvent::new(sqs_event("feature-ack", &[again]).unwrap(), Context::default())).await.unwrap();
+    assert!(r.batch_item_failures.is_empty());
+    assert_eq!(state(&f.request("r3").await), pair("SUCCESS", "DONE"));
 }

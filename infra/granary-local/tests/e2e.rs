@@ -1349,9 +1349,10 @@ async fn recipients_defined_over_http_get_each_notification_once_and_acknowledge
     let urn = record["urn"].as_str().unwrap().to_owned();
     let id = format!("{urn}:CREATED:{}", record["requestId"].as_str().unwrap());
     let url = r.url(&format!("/features/{urn}"));
+    // Each delivery is recorded before it is sent: the webhook has it once it accepted it.
     let feature: Value = wait_for("both recipients to have it", Duration::from_secs(30), || async {
         let v: Value = c.get(&url).bearer_auth(&producer).send().await.ok()?.json().await.ok()?;
-        (v["disseminationInfo"].as_array()?.len() == 2).then_some(v)
+        (v["disseminationInfo"].as_array()?.len() == 2 && !accepted.lock().unwrap().is_empty()).then_some(v)
     })
     .await;
     let info = feature["disseminationInfo"].as_array().unwrap();

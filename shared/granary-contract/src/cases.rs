@@ -1,7 +1,7 @@
 //! The contract cases. Each takes a fresh harness and panics with a message naming the broken promise.
 
 use crate::{BUCKET, BY_STATUS, DLQ, Harness, MAX_RECEIVES, TABLE, WORK};
-use granary_ports::{Cond, Item, Key, OutgoingMessage, PortError, Query, RestoreStatus, SortCond, StorageClass, TxOp, Update};
+use granary_ports::{Backend, Cond, Item, Key, OutgoingMessage, PortError, Query, RestoreStatus, SortCond, StorageClass, TxOp, Update};
 use serde_json::json;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -251,21 +251,40 @@ pub async fn query_sparse_index_paged(h: &dyn Harness) {
     assert_eq!(after.items.len(), expected.len() - 1, "removing the attribute takes the item out of the index");
 }
 
+/// Runs `n` writers, each on its own connection: all at once, or one after the other where the backend
+/// is not atomic under concurrency (see [`Harness::atomic_under_concurrency`]).
+async fn race<T, F, Fut>(h: &dyn Harness, n: usize, writer: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize, Backend) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let (mut running, mut done) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let task = tokio::spawn(writer(i, h.connect().await));
+        if h.atomic_under_concurrency() {
+            running.push(task);
+        } else {
+            done.push(task.await.unwrap());
+        }
+    }
+    done.extend(futures::future::join_all(running).await.into_iter().map(|r| r.unwrap()));
+    done
+}
+
 /// Many writers on separate connections race one put-if-absent: exactly one wins.
 pub async fn conditional_put_race_has_one_winner(h: &dyn Harness) {
-    let mut tasks = Vec::new();
-    for writer in 0..16 {
-        let b = h.connect().await;
-        tasks.push(tokio::spawn(async move {
-            let item = Item::new(key("race", "urn")).with("writer", writer);
-            match b.table.put(TABLE, item, Some(Cond::ItemAbsent)).await {
-                Ok(()) => Some(writer),
-                Err(PortError::ConditionFailed { .. }) => None,
-                Err(e) => panic!("unexpected error in race: {e}"),
-            }
-        }));
-    }
-    let winners: Vec<i32> = futures::future::join_all(tasks).await.into_iter().filter_map(|r| r.unwrap()).collect();
+    let results = race(h, 16, |writer, b| async move {
+        let writer = writer as i32;
+        let item = Item::new(key("race", "urn")).with("writer", writer);
+        match b.table.put(TABLE, item, Some(Cond::ItemAbsent)).await {
+            Ok(()) => Some(writer),
+            Err(PortError::ConditionFailed { .. }) => None,
+            Err(e) => panic!("unexpected error in race: {e}"),
+        }
+    })
+    .await;
+    let winners: Vec<i32> = results.into_iter().flatten().collect();
     assert_eq!(winners.len(), 1, "exactly one writer wins: {winners:?}");
     let b = h.connect().await;
     let stored = b.table.get(TABLE, &key("race", "urn")).await.unwrap().unwrap();
@@ -276,20 +295,16 @@ pub async fn conditional_put_race_has_one_winner(h: &dyn Harness) {
 /// and exactly `limit` of them succeed.
 pub async fn guarded_counter_never_passes_limit(h: &dyn Harness) {
     const LIMIT: i64 = 5;
-    let mut tasks = Vec::new();
-    for _ in 0..24 {
-        let b = h.connect().await;
-        tasks.push(tokio::spawn(async move {
-            let r =
-                b.table.update(TABLE, &key("slots", "user#a"), vec![Update::add("n", 1)], Some(Cond::counter_below("n", 1, LIMIT))).await;
-            match r {
-                Ok(item) => Some(item.get_i64("n").unwrap()),
-                Err(PortError::ConditionFailed { .. }) => None,
-                Err(e) => panic!("unexpected error: {e}"),
-            }
-        }));
-    }
-    let mut granted: Vec<i64> = futures::future::join_all(tasks).await.into_iter().filter_map(|r| r.unwrap()).collect();
+    let results = race(h, 24, |_, b| async move {
+        let r = b.table.update(TABLE, &key("slots", "user#a"), vec![Update::add("n", 1)], Some(Cond::counter_below("n", 1, LIMIT))).await;
+        match r {
+            Ok(item) => Some(item.get_i64("n").unwrap()),
+            Err(PortError::ConditionFailed { .. }) => None,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    })
+    .await;
+    let mut granted: Vec<i64> = results.into_iter().flatten().collect();
     granted.sort();
     assert_eq!(granted, (1..=LIMIT).collect::<Vec<_>>(), "each slot granted once, none past the limit");
     let b = h.connect().await;
@@ -300,19 +315,16 @@ pub async fn guarded_counter_never_passes_limit(h: &dyn Harness) {
 
 /// Concurrent increments each see a distinct value: the basis of version numbers.
 pub async fn counter_gives_distinct_values(h: &dyn Harness) {
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let b = h.connect().await;
-        tasks.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            for _ in 0..5 {
-                let item = b.table.update(TABLE, &key("versions", "product-0001"), vec![Update::add("latest", 1)], None).await.unwrap();
-                mine.push(item.get_i64("latest").unwrap());
-            }
-            mine
-        }));
-    }
-    let mut all: Vec<i64> = futures::future::join_all(tasks).await.into_iter().flat_map(|r| r.unwrap()).collect();
+    let results = race(h, 8, |_, b| async move {
+        let mut mine = Vec::new();
+        for _ in 0..5 {
+            let item = b.table.update(TABLE, &key("versions", "product-0001"), vec![Update::add("latest", 1)], None).await.unwrap();
+            mine.push(item.get_i64("latest").unwrap());
+        }
+        mine
+    })
+    .await;
+    let mut all: Vec<i64> = results.into_iter().flatten().collect();
     all.sort();
     assert_eq!(all, (1..=40).collect::<Vec<_>>(), "40 increments give 1..=40, each once");
 }

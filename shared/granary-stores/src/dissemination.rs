@@ -33,6 +33,12 @@ fn info_key(urn: &str, label: &str) -> Key {
     Key::new(format!("N#{urn}"), label)
 }
 
+/// The marker of notification `event_id` recorded for recipient `label` (labels hold no `#`), written
+/// once with the delivery: a redelivered notification, even one older than the latest, counts once.
+fn marker_key(urn: &str, label: &str, event_id: &str) -> Key {
+    Key::new(format!("N#{urn}"), format!("{label}#{event_id}"))
+}
+
 /// Recipients and the switch.
 #[derive(Debug, Clone)]
 pub struct RecipientStore {
@@ -176,6 +182,9 @@ pub struct Delivery<'a> {
     pub event_id: &'a str,
     /// The request that changed the feature (empty when unknown).
     pub request_id: &'a str,
+    /// Whether that request waits for this recipient's acknowledgement (the notification's
+    /// `metadata.blockedBy` names it, as feature-ingest decided when it held the request).
+    pub holds_request: bool,
     /// The session of the notification (`sessionOwner`, `session`), for the recipient's counters.
     pub session: Option<(&'a str, &'a str)>,
 }
@@ -239,22 +248,21 @@ impl DisseminationLog {
         TxOp::Update { table: self.requests.clone(), key: recipient_counters_key(owner, name, label), updates, cond: None }
     }
 
-    /// Records that notification `d.event_id` of `d.urn` reached recipient `d.label`, once per
-    /// notification (a redelivered one does not move the date), with the recipient's session counters.
-    /// True when recorded now.
+    /// Records that notification `d.event_id` of `d.urn` goes to recipient `d.label`, once per
+    /// notification (a redelivered one, even an older one, changes nothing), with the recipient's
+    /// session counters. Called before the notification is sent, so that an acknowledgement never
+    /// finds its delivery unrecorded. True when recorded now.
     ///
     /// A recipient that needs an acknowledgement has one outstanding per feature: a new notification
     /// before the acknowledgement keeps it pending (counted once), and the one acknowledgement answers
     /// both, releasing every request that waits for it.
     pub async fn delivered(&self, backend: &Backend, d: &Delivery<'_>) -> Result<bool, StoreError> {
         let key = info_key(d.urn, d.label);
+        let marker = marker_key(d.urn, d.label, d.event_id);
         let session = d.session.map(|(o, s)| (o.to_owned(), s.to_owned()));
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
             let now = backend.clock.now_ms();
             let previous = backend.table.get(&self.table, &key).await?;
-            if previous.as_ref().and_then(|i| i.get_str("lastEventId")) == Some(d.event_id) {
-                return Ok(false);
-            }
             let outstanding = previous.as_ref().is_some_and(|i| i.get("ackDate").is_none());
             let mut updates = vec![
                 Update::set("label", d.label),
@@ -277,7 +285,7 @@ impl DisseminationLog {
                     (Some(p), true) => serde_json::from_value(p.get("awaiting").cloned().unwrap_or_default()).unwrap_or_default(),
                     _ => vec![],
                 };
-                if d.recipient.blocking && !d.request_id.is_empty() && !awaiting.iter().any(|r| r == d.request_id) {
+                if d.holds_request && !d.request_id.is_empty() && !awaiting.iter().any(|r| r == d.request_id) {
                     awaiting.push(d.request_id.to_owned());
                 }
                 updates.push(Update::set("awaiting", Value::from(awaiting)));
@@ -301,24 +309,39 @@ impl DisseminationLog {
                     updates.push(Update::remove("session"));
                 }
             }
-            // Only over the state read: a racing delivery or acknowledgement makes this one read again.
-            let state = if outstanding {
-                Cond::And(vec![Cond::ItemExists, Cond::absent("ackDate")])
-            } else {
-                Cond::Or(vec![Cond::ItemAbsent, Cond::exists("ackDate")])
+            // Only over the state read (the last notification recorded, acknowledged or not): a racing
+            // delivery or acknowledgement makes this one read again, so no `awaiting` entry is lost.
+            let state = match &previous {
+                None => Cond::ItemAbsent,
+                Some(p) => Cond::And(vec![
+                    match p.get_str("lastEventId") {
+                        Some(last) => Cond::eq("lastEventId", last),
+                        None => Cond::absent("lastEventId"),
+                    },
+                    if outstanding { Cond::absent("ackDate") } else { Cond::exists("ackDate") },
+                ]),
             };
-            let mut ops = vec![TxOp::Update {
-                table: self.table.clone(),
-                key: key.clone(),
-                updates,
-                cond: Some(Cond::And(vec![Cond::ne("lastEventId", d.event_id), state])),
-            }];
+            let mut ops = vec![
+                TxOp::Update { table: self.table.clone(), key: key.clone(), updates, cond: Some(state) },
+                TxOp::Put {
+                    table: self.table.clone(),
+                    item: Item::new(marker.clone()).with("requestId", d.request_id).with("at", now),
+                    cond: Some(Cond::ItemAbsent),
+                },
+            ];
             ops.extend(crate::sessions::merge_session_ops(
                 counters.iter().map(|(s, pending, done)| self.counters_op(s, d.label, *pending, *done)).collect(),
             ));
             match backend.table.transact(ops).await {
                 Ok(()) => return Ok(true),
-                Err(PortError::TransactionCanceled { .. }) => continue,
+                Err(PortError::TransactionCanceled { .. }) => {
+                    if backend.table.get(&self.table, &marker).await?.is_some() {
+                        return Ok(false);
+                    }
+                }
+                // DynamoDB cancels transactions that meet on an item (the session counters of a
+                // batch's deliveries) as a conflict: tried again after a short, growing pause.
+                Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(10 << attempt.min(6))).await,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -335,13 +358,26 @@ impl DisseminationLog {
             let awaiting: Vec<String> = serde_json::from_value(info.get("awaiting").cloned().unwrap_or_default()).unwrap_or_default();
             if info.get("ackDate").is_some() {
                 // Released before, unless a crash came between the acknowledgement and the release.
-                return Ok(Ack::AlreadyAcknowledged(self.release_all(backend, &awaiting).await?));
+                let released: Vec<String> = serde_json::from_value(info.get("released").cloned().unwrap_or_default()).unwrap_or_default();
+                return Ok(Ack::AlreadyAcknowledged(self.release_all(backend, &released).await?));
             }
+            // Over the notification read: one recorded meanwhile (its request added to `awaiting`)
+            // makes this acknowledgement read again, and release that request too.
+            let last = match info.get_str("lastEventId") {
+                Some(last) => Cond::eq("lastEventId", last),
+                None => Cond::absent("lastEventId"),
+            };
             let mut ops = vec![TxOp::Update {
                 table: self.table.clone(),
                 key: key.clone(),
-                updates: vec![Update::set("ackDate", backend.clock.now_ms())],
-                cond: Some(Cond::And(vec![Cond::ItemExists, Cond::absent("ackDate")])),
+                // Those waiting are released just after, from the list read here (kept as `released`
+                // for a repeated acknowledgement to finish, should this one stop in between).
+                updates: vec![
+                    Update::set("ackDate", backend.clock.now_ms()),
+                    Update::set("awaiting", Value::Array(vec![])),
+                    Update::set("released", Value::from(awaiting.clone())),
+                ],
+                cond: Some(Cond::And(vec![Cond::ItemExists, Cond::absent("ackDate"), last])),
             }];
             ops.extend(session_of(&info).map(|s| self.counters_op(&s, label, -1, 1)));
             match backend.table.transact(ops).await {
@@ -375,8 +411,16 @@ impl DisseminationLog {
             return Ok(vec![]);
         }
         let urn = record.urn.clone().unwrap_or_default();
+        let event_id = granary_domain::dissemination::notification_id(&urn, record.action.as_deref().unwrap_or_default(), request_id);
         for label in &record.blocked_by {
-            let acked = backend.table.get(&self.table, &info_key(&urn, label)).await?.is_some_and(|i| i.get("ackDate").is_some());
+            // Acknowledged for this request: its notification was recorded for the recipient, and an
+            // acknowledgement came since (none awaited, and this request not among those waiting).
+            let info = backend.table.get(&self.table, &info_key(&urn, label)).await?;
+            let waiting: Vec<String> =
+                info.as_ref().and_then(|i| serde_json::from_value(i.get("awaiting").cloned()?).ok()).unwrap_or_default();
+            let acked = info.as_ref().is_some_and(|i| i.get("ackDate").is_some())
+                && !waiting.iter().any(|r| r == request_id)
+                && backend.table.get(&self.table, &marker_key(&urn, label, &event_id)).await?.is_some();
             if !acked && self.still_blocking(backend, label).await? {
                 return Ok(vec![]);
             }
@@ -440,6 +484,8 @@ impl DisseminationLog {
         let items = crate::all_items(backend, Query::partition(&self.table, format!("N#{urn}"))).await?;
         Ok(items
             .iter()
+            // Delivery markers (`<label>#<event id>`) aside.
+            .filter(|i| !i.key.sk.contains('#'))
             .map(|i| DisseminationInfo {
                 label: i.key.sk.clone(),
                 dissemination_date: i.get_i64("disseminationDate").unwrap_or_default(),

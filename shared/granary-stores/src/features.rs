@@ -128,6 +128,9 @@ pub struct PatchChange<'a> {
     /// The patch's files to store: the request then waits in REMOTE_STORAGE_REQUESTED (its record says
     /// so) and the storage job is staged with it.
     pub storage: Option<crate::storage::PendingStorage>,
+    /// The recipient this patch acknowledges for (`metadata.acknowledgedRecipient`): the patch is
+    /// not held for it.
+    pub acknowledges: Option<&'a str>,
 }
 
 /// Writes and reads features.
@@ -212,11 +215,11 @@ impl FeatureStore {
 
     /// The notification of `feature` for `action` by `request`, when automatic notification is on,
     /// with the blocking recipients that will receive it.
-    fn notification(&self, action: &str, feature: &Value, request: &RequestRecord) -> Option<Notice> {
+    fn notification(&self, action: &str, feature: &Value, request: &RequestRecord, acknowledges: Option<&str>) -> Option<Notice> {
         let notifier = self.notifier.as_ref()?;
         let recipients = notifier.recipients.read().unwrap_or_else(|p| p.into_inner()).clone()?;
         let urn = feature.get("urn").and_then(Value::as_str).or(request.urn.as_deref()).unwrap_or_default();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "metadata": {
                 "action": action,
                 "sessionOwner": request.session_owner,
@@ -227,12 +230,17 @@ impl FeatureStore {
             "payload": feature,
         });
         let facts = granary_domain::dissemination::NotificationFacts::of(&body);
-        let blocked_by = recipients
+        let blocked_by: Vec<String> = recipients
             .all
             .iter()
-            .filter(|(_, r)| r.blocking && r.ack_required && r.filter.accepts(&facts))
+            .filter(|(label, r)| r.blocking && r.ack_required && r.filter.accepts(&facts) && Some(label.as_str()) != acknowledges)
             .map(|(label, _)| label.clone())
             .collect();
+        if !blocked_by.is_empty() {
+            // Dissemination delivers to these and records that the request waits for them, whatever
+            // its own (cached) view of the recipients.
+            body["metadata"]["blockedBy"] = Value::from(blocked_by.clone());
+        }
         let event = OutboxEvent {
             event_id: granary_domain::dissemination::notification_id(urn, action, &request.request_id),
             queue: notifier.queue.clone(),
@@ -351,7 +359,7 @@ impl FeatureStore {
             obj.insert("urn".into(), Value::from(urn.clone()));
             obj.insert("last".into(), Value::Bool(true));
         }
-        let notice = self.notification("CREATED", &feature, &new.request);
+        let notice = self.notification("CREATED", &feature, &new.request, None);
         let item = Item::new(version_key(new.provider_id, version))
             .with("urn", urn.clone())
             .with("providerId", new.provider_id)
@@ -473,7 +481,7 @@ impl FeatureStore {
         mut request: RequestRecord,
         events: &(dyn Fn(&str) -> Vec<OutboxEvent> + Send + Sync),
     ) -> Result<ChangeOutcome, StoreError> {
-        let PatchChange { patch, known, mode, storage } = change;
+        let PatchChange { patch, known, mode, storage, acknowledges } = change;
         let key = Key::new(format!("F#{}", urn.uuid), format!("V{:03}", urn.version));
         let urn_text = urn.to_string();
         request.urn = Some(urn_text.clone());
@@ -504,7 +512,7 @@ impl FeatureStore {
             let mut staged = events(&urn_text);
             // Held per attempt: a retry starts again from the request as given.
             let mut held = request.clone();
-            if let Some(notice) = self.notification("UPDATED", &patched, &request) {
+            if let Some(notice) = self.notification("UPDATED", &patched, &request, acknowledges) {
                 notice.hold(&mut held, &mut staged);
                 staged.push(notice.event);
             }
@@ -571,7 +579,7 @@ impl FeatureStore {
             let deleted =
                 existing.as_ref().and_then(|i| i.get("feature").cloned()).unwrap_or_else(|| serde_json::json!({ "urn": urn_text }));
             let mut held = request.clone();
-            if let Some(notice) = self.notification(action, &deleted, &request) {
+            if let Some(notice) = self.notification(action, &deleted, &request, None) {
                 notice.hold(&mut held, &mut staged);
                 staged.push(notice.event);
             }
