@@ -15,8 +15,8 @@
 use crate::StoreError;
 use crate::outbox::{Outbox, OutboxEvent};
 use crate::requests::{RequestRecord, request_key};
+use granary_domain::RequestState;
 use granary_domain::dissemination::Recipient;
-use granary_domain::{FeatureRequestEvent, RequestState};
 use granary_ports::{Backend, Cond, Item, Key, PortError, Query, TxOp, Update};
 use serde::Serialize;
 use serde_json::Value;
@@ -199,6 +199,19 @@ fn recipient_counters_partition(owner: &str, session: &str) -> String {
     format!("SR#{}#{owner}#{session}", owner.len())
 }
 
+/// The request ids listed in attribute `name` of a delivery record (`awaiting`, `released`).
+fn request_ids(item: &Item, name: &str) -> Vec<String> {
+    item.get(name).and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default()
+}
+
+/// The condition that a delivery record still names the last notification `item` names.
+fn same_last_notification(item: &Item) -> Cond {
+    match item.get_str("lastEventId") {
+        Some(last) => Cond::eq("lastEventId", last),
+        None => Cond::absent("lastEventId"),
+    }
+}
+
 /// The session an item names (`sessionOwner`, `session`).
 fn session_of(item: &Item) -> Option<(String, String)> {
     Some((item.get_str("sessionOwner")?.to_owned(), item.get_str("session")?.to_owned()))
@@ -282,7 +295,7 @@ impl DisseminationLog {
                 }
                 // The requests this acknowledgement will release: those still waiting, and this one.
                 let mut awaiting: Vec<String> = match (&previous, outstanding) {
-                    (Some(p), true) => serde_json::from_value(p.get("awaiting").cloned().unwrap_or_default()).unwrap_or_default(),
+                    (Some(p), true) => request_ids(p, "awaiting"),
                     _ => vec![],
                 };
                 if d.holds_request && !d.request_id.is_empty() && !awaiting.iter().any(|r| r == d.request_id) {
@@ -313,13 +326,9 @@ impl DisseminationLog {
             // delivery or acknowledgement makes this one read again, so no `awaiting` entry is lost.
             let state = match &previous {
                 None => Cond::ItemAbsent,
-                Some(p) => Cond::And(vec![
-                    match p.get_str("lastEventId") {
-                        Some(last) => Cond::eq("lastEventId", last),
-                        None => Cond::absent("lastEventId"),
-                    },
-                    if outstanding { Cond::absent("ackDate") } else { Cond::exists("ackDate") },
-                ]),
+                Some(p) => {
+                    Cond::And(vec![same_last_notification(p), if outstanding { Cond::absent("ackDate") } else { Cond::exists("ackDate") }])
+                }
             };
             let mut ops = vec![
                 TxOp::Update { table: self.table.clone(), key: key.clone(), updates, cond: Some(state) },
@@ -355,18 +364,14 @@ impl DisseminationLog {
         let key = info_key(urn, label);
         for _ in 0..MAX_ATTEMPTS {
             let Some(info) = backend.table.get(&self.table, &key).await? else { return Ok(Ack::Unknown) };
-            let awaiting: Vec<String> = serde_json::from_value(info.get("awaiting").cloned().unwrap_or_default()).unwrap_or_default();
+            let awaiting = request_ids(&info, "awaiting");
             if info.get("ackDate").is_some() {
                 // Released before, unless a crash came between the acknowledgement and the release.
-                let released: Vec<String> = serde_json::from_value(info.get("released").cloned().unwrap_or_default()).unwrap_or_default();
-                return Ok(Ack::AlreadyAcknowledged(self.release_all(backend, &released).await?));
+                return Ok(Ack::AlreadyAcknowledged(self.release_all(backend, &request_ids(&info, "released")).await?));
             }
             // Over the notification read: one recorded meanwhile (its request added to `awaiting`)
             // makes this acknowledgement read again, and release that request too.
-            let last = match info.get_str("lastEventId") {
-                Some(last) => Cond::eq("lastEventId", last),
-                None => Cond::absent("lastEventId"),
-            };
+            let last = same_last_notification(&info);
             let mut ops = vec![TxOp::Update {
                 table: self.table.clone(),
                 key: key.clone(),
@@ -416,23 +421,14 @@ impl DisseminationLog {
             // Acknowledged for this request: its notification was recorded for the recipient, and an
             // acknowledgement came since (none awaited, and this request not among those waiting).
             let info = backend.table.get(&self.table, &info_key(&urn, label)).await?;
-            let waiting: Vec<String> =
-                info.as_ref().and_then(|i| serde_json::from_value(i.get("awaiting").cloned()?).ok()).unwrap_or_default();
-            let acked = info.as_ref().is_some_and(|i| i.get("ackDate").is_some())
-                && !waiting.iter().any(|r| r == request_id)
-                && backend.table.get(&self.table, &marker_key(&urn, label, &event_id)).await?.is_some();
+            let acked =
+                info.as_ref().is_some_and(|i| i.get("ackDate").is_some() && !request_ids(i, "awaiting").iter().any(|r| r == request_id))
+                    && backend.table.get(&self.table, &marker_key(&urn, label, &event_id)).await?.is_some();
             if !acked && self.still_blocking(backend, label).await? {
                 return Ok(vec![]);
             }
         }
-        let mut e = FeatureRequestEvent::new(record.request_type, &record.request_id, &record.request_owner, RequestState::Success);
-        e.id = record.provider_id.clone();
-        e.urn = record.urn.clone();
-        let event = OutboxEvent {
-            event_id: e.event_id.clone(),
-            queue: self.response_queue.clone(),
-            body: serde_json::to_string(&e).unwrap_or_default(),
-        };
+        let event = crate::storage::request_event(&record, RequestState::Success, vec![], &self.response_queue);
         let ops = vec![
             TxOp::Update {
                 table: self.requests.clone(),

@@ -359,7 +359,7 @@ impl StorageTracker {
     }
 }
 
-fn request_event(record: &RequestRecord, state: RequestState, errors: Vec<String>, queue: &str) -> OutboxEvent {
+pub(crate) fn request_event(record: &RequestRecord, state: RequestState, errors: Vec<String>, queue: &str) -> OutboxEvent {
     let mut e = FeatureRequestEvent::new(record.request_type, &record.request_id, &record.request_owner, state);
     e.id = record.provider_id.clone();
     e.urn = record.urn.clone();
