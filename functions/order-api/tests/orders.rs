@@ -223,12 +223,32 @@ async fn referenced_files_only_are_done_at_once_and_nothing_to_order_ends_with_a
 
 /// A table that fails every transaction after the first `transactions`, and every checkpoint after the
 /// first `checkpoints`: an expansion killed halfway.
+/// With `dies`, every write after the first failure fails too, as from a process that was killed;
+/// without, the store failed once and works again.
 struct Crashing {
     inner: Arc<dyn Table>,
     transactions: usize,
     checkpoints: usize,
     seen: AtomicUsize,
     saved: AtomicUsize,
+    dies: bool,
+    dead: std::sync::atomic::AtomicBool,
+}
+
+impl Crashing {
+    fn new(inner: Arc<dyn Table>, transactions: usize, checkpoints: usize, dies: bool) -> Self {
+        Self { inner, transactions, checkpoints, seen: AtomicUsize::new(0), saved: AtomicUsize::new(0), dies, dead: Default::default() }
+    }
+
+    /// The failure of a write, recording the death it stands for.
+    fn killed(&self) -> PortError {
+        self.dead.store(self.dies, Ordering::SeqCst);
+        PortError::Unavailable("killed".into())
+    }
+
+    fn alive(&self) -> PortResult<()> {
+        if self.dead.load(Ordering::SeqCst) { Err(PortError::Unavailable("dead".into())) } else { Ok(()) }
+    }
 }
 
 #[async_trait]
@@ -237,20 +257,24 @@ impl Table for Crashing {
         self.inner.get(table, key).await
     }
     async fn put(&self, table: &str, item: Item, cond: Option<granary_ports::Cond>) -> PortResult<()> {
+        self.alive()?;
         self.inner.put(table, item, cond).await
     }
     async fn update(&self, table: &str, key: &Key, updates: Vec<Update>, cond: Option<granary_ports::Cond>) -> PortResult<Item> {
+        self.alive()?;
         if updates.iter().any(|u| u.attribute_name() == "checkpoint") && self.saved.fetch_add(1, Ordering::SeqCst) >= self.checkpoints {
-            return Err(PortError::Unavailable("killed".into()));
+            return Err(self.killed());
         }
         self.inner.update(table, key, updates, cond).await
     }
     async fn delete(&self, table: &str, key: &Key, cond: Option<granary_ports::Cond>) -> PortResult<Option<Item>> {
+        self.alive()?;
         self.inner.delete(table, key, cond).await
     }
     async fn transact(&self, ops: Vec<TxOp>) -> PortResult<()> {
+        self.alive()?;
         if self.seen.fetch_add(1, Ordering::SeqCst) >= self.transactions {
-            return Err(PortError::Unavailable("killed".into()));
+            return Err(self.killed());
         }
         self.inner.transact(ops).await
     }
@@ -273,13 +297,7 @@ async fn an_expansion_killed_halfway_is_finished_by_the_next_delivery_with_nothi
     // Killed in its first batch, then after writing its last batch (450 products: five batches) but
     // before checkpointing it.
     for (transactions, checkpoints) in [(3, usize::MAX), (usize::MAX, 4)] {
-        let crashing = Crashing {
-            inner: site.backend.table.clone(),
-            transactions,
-            checkpoints,
-            seen: AtomicUsize::new(0),
-            saved: AtomicUsize::new(0),
-        };
+        let crashing = Crashing::new(site.backend.table.clone(), transactions, checkpoints, true);
         let doomed = OrderCreate::new(Backend { table: Arc::new(crashing), ..site.backend.clone() }, config.clone());
         assert_eq!(expand(&site, &doomed).await, 1, "the expansion is killed");
         let (_, order) = call(&apis.orders, "GET", &format!("/user/orders/{id}"), None, ANN).await;
@@ -324,6 +342,30 @@ async fn an_expansion_killed_halfway_is_finished_by_the_next_delivery_with_nothi
         .unwrap();
     assert_eq!(expand(&site, &apis.create).await, 0);
     assert_eq!(order_files(&site, &id).await.len(), 449 * 3 + 1);
+}
+
+#[tokio::test]
+async fn an_expansion_stopped_by_a_store_failure_lets_go_of_the_order_for_the_next_delivery() {
+    let mut config = Config::defaults();
+    config.order_settings.suborder_max_bytes = 4 * MIB;
+    let (site, apis) = site(config.clone()).await;
+    site.create(&products("f", 250, 2, MIB)).await;
+    select(&apis, json!({"datasetUrn": "S2"}), ANN).await;
+    let (_, order) = call(&apis.orders, "POST", "/user/orders", None, ANN).await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    // The store fails the second batch's transaction, then works again: the expansion stops, and
+    // its lease goes with it (a killed one keeps it until it runs out: see the test above).
+    let failing = Crashing::new(site.backend.table.clone(), 1, usize::MAX, false);
+    let interrupted = OrderCreate::new(Backend { table: Arc::new(failing), ..site.backend.clone() }, config.clone());
+    assert_eq!(expand(&site, &interrupted).await, 1, "the expansion is interrupted");
+    let (_, order) = call(&apis.orders, "GET", &format!("/user/orders/{id}"), None, ANN).await;
+    assert_eq!(order["status"], "PENDING");
+    // The redelivery resumes at once, with the clock where it was.
+    assert_eq!(expand(&site, &apis.create).await, 0);
+    let (_, order) = call(&apis.orders, "GET", &format!("/user/orders/{id}"), None, ANN).await;
+    assert_eq!(order["status"], "RUNNING", "{order}");
+    assert_eq!(order["filesCount"], 250 * 3 + 1, "each file once (the dataset's own too)");
+    assert_eq!(order_files(&site, &id).await.len(), 250 * 3 + 1);
 }
 
 #[tokio::test]

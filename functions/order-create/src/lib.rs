@@ -168,7 +168,8 @@ impl OrderCreate {
                     continue;
                 }
             };
-            match self.expand(&order.order_id).await {
+            let token = uuid::Uuid::new_v4().to_string();
+            match self.expand(&order.order_id, &token).await {
                 Ok(()) => {}
                 Err(Stop::Busy) => {
                     tracing::info!(order_id = %order.order_id, "another expansion holds the order; retried later");
@@ -176,6 +177,13 @@ impl OrderCreate {
                 }
                 Err(Stop::Store(e)) => {
                     tracing::warn!(order_id = %order.order_id, error = %e, "expansion interrupted; SQS will redeliver it");
+                    // The lease goes with it, so that the redelivery resumes at once rather than
+                    // finding the order held until the lease runs out. If this write fails too,
+                    // the lease runs out.
+                    let release = vec![Update::remove("lease"), Update::remove("leaseUntil")];
+                    if let Err(e) = self.orders.guarded(&self.backend, &order.order_id, &token, release).await {
+                        tracing::warn!(order_id = %order.order_id, error = %e, "lease not released; it runs out");
+                    }
                     failed.push(id);
                 }
             }
@@ -184,9 +192,8 @@ impl OrderCreate {
     }
 
     /// Expands `order_id` to the end, from its last checkpoint.
-    async fn expand(&self, order_id: &str) -> Result<(), Stop> {
-        let token = uuid::Uuid::new_v4().to_string();
-        let order = match self.orders.claim(&self.backend, order_id, &token, self.lease_ms).await? {
+    async fn expand(&self, order_id: &str, token: &str) -> Result<(), Stop> {
+        let order = match self.orders.claim(&self.backend, order_id, token, self.lease_ms).await? {
             Claim::Held(item) => item,
             Claim::Busy => return Err(Stop::Busy),
             Claim::Finished => return Ok(()),
@@ -252,7 +259,7 @@ impl OrderCreate {
                 }
                 cp.position = selected.position.clone();
                 self.orders.put_all(&self.backend, items).await?;
-                self.save(order_id, &token, &cp).await?;
+                self.save(order_id, token, &cp).await?;
             }
             // The dataset's own RAWDATA files go with any of its products (the file filters apply).
             let mut items = Vec::new();
@@ -274,9 +281,9 @@ impl OrderCreate {
             cp.current = DatasetTask::default();
             cp.dataset += 1;
             cp.position = Position::Named(0);
-            self.save(order_id, &token, &cp).await?;
+            self.save(order_id, token, &cp).await?;
         }
-        self.finish(order_id, &token, &order, &cp).await
+        self.finish(order_id, token, &order, &cp).await
     }
 
     /// Places one file of `product` in a suborder, adding its item (and those of suborders it closes).

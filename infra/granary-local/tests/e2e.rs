@@ -121,26 +121,47 @@ fn template_with_feature_visibility(dir: &Path, secs: u32) -> std::path::PathBuf
 /// A copy of the template in `dir` with the visibility timeout of the queues whose logical id starts
 /// with `prefix` set to `secs`.
 fn template_with_visibility(dir: &Path, prefix: &str, secs: u32) -> std::path::PathBuf {
+    template_with_visibilities(dir, &[(prefix, secs)])
+}
+
+/// A copy of the template in `dir` where each queue whose logical id starts with one of the prefixes
+/// gets that prefix's visibility timeout (the last matching prefix wins).
+fn template_with_visibilities(dir: &Path, rules: &[(&str, u32)]) -> std::path::PathBuf {
     let text = granary_resources::TEMPLATE;
     let mut out = String::new();
-    let mut in_feature_queue = false;
+    let mut visibility = None;
     for line in text.lines() {
         if !line.starts_with("    ") && line.starts_with("  ") && line.trim_end().ends_with(':') {
             let id = line.trim().trim_end_matches(':');
-            in_feature_queue = id.starts_with(prefix) && id.ends_with("Queue");
+            visibility = id.ends_with("Queue").then(|| rules.iter().rev().find(|(p, _)| id.starts_with(p)).map(|(_, s)| *s)).flatten();
         }
-        if in_feature_queue && line.trim_start().starts_with("VisibilityTimeout:") {
-            out.push_str(&format!("      VisibilityTimeout: {secs}\n"));
-        } else {
-            out.push_str(line);
-            out.push('\n');
+        match visibility {
+            Some(secs) if line.trim_start().starts_with("VisibilityTimeout:") => {
+                out.push_str(&format!("      VisibilityTimeout: {secs}\n"));
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
         }
     }
-    assert_ne!(out, format!("{text}\n"), "the template has {prefix} queues with a visibility timeout");
+    assert_ne!(out, format!("{text}\n"), "the template has queues matching {rules:?} with a visibility timeout");
     let path = dir.join("template.yaml");
     std::fs::write(&path, out).unwrap();
     path
 }
+
+/// A copy of the template in `dir` for fault tests: visibility timeouts of 3 s, so that what a failed
+/// or killed invocation held comes back within seconds, but 10 s for order-create, whose expansion
+/// holds a lease (set to 8 s by [`SHORT_ORDER_LEASE`]): as in the template, a redelivery comes after
+/// the lease of a killed expansion ran out, rather than finding the order held, again and again, until
+/// the message is dead-lettered.
+fn fault_test_template(dir: &Path) -> std::path::PathBuf {
+    template_with_visibilities(dir, &[("", 3), ("OrderCreate", 10)])
+}
+
+/// The order lease for [`fault_test_template`]'s runners.
+const SHORT_ORDER_LEASE: (&str, &str) = ("GRANARY_ORDER_LEASE_SECS", "8");
 
 /// Adds a queue named `mirror` (a recipient's own) to the template at `path`, or to a copy of the
 /// built-in one written there when it does not exist yet; returns `path`.

@@ -41,7 +41,7 @@ async fn delayed_requests_and_expirations_hold_across_a_restart_and_a_moved_cloc
     let scratch = tempfile::tempdir().unwrap();
     let offset_file = scratch.path().join("faketime");
     std::fs::write(&offset_file, "+0").unwrap();
-    let template_path = template_with_visibility(scratch.path(), "", 3);
+    let template_path = fault_test_template(scratch.path());
     let roots = sources.path().to_str().unwrap().to_owned();
     let env = [
         ("LD_PRELOAD", library.to_str().unwrap()),
@@ -51,6 +51,7 @@ async fn delayed_requests_and_expirations_hold_across_a_restart_and_a_moved_cloc
         ("GRANARY_LOCAL_TEMPLATE", template_path.to_str().unwrap()),
         ("GRANARY_STORAGE_FILE_ROOTS", roots.as_str()),
         ("GRANARY_MODEL_CACHE_SECS", "0"),
+        SHORT_ORDER_LEASE,
     ];
     let listen = free_loopback_address();
     let start = || Runner::start_listening(dir.path(), &listen, &[], &env);

@@ -20,12 +20,13 @@ async fn ten_kill_9_during_a_mixed_workload_leave_nothing_lost_duplicated_or_hel
     let scratch = tempfile::tempdir().unwrap();
     // Short visibility timeouts everywhere, so what a killed invocation held comes back within
     // seconds, and a queue for the recipient.
-    let template_path = with_mirror_queue(template_with_visibility(scratch.path(), "", 3));
+    let template_path = with_mirror_queue(fault_test_template(scratch.path()));
     let roots = sources.path().to_str().unwrap().to_owned();
     let env = [
         ("GRANARY_LOCAL_TEMPLATE", template_path.to_str().unwrap()),
         ("GRANARY_STORAGE_FILE_ROOTS", roots.as_str()),
         ("GRANARY_MODEL_CACHE_SECS", "0"),
+        SHORT_ORDER_LEASE,
     ];
     let listen = free_loopback_address();
     let start = || Runner::start_listening(dir.path(), &listen, &[], &env);

@@ -208,7 +208,6 @@ fn env_number(name: &str, default: u64) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky in CI (1 run of 3: the recipient told of 25 creations of 41 under load); run by .ci/faults"]
 async fn throttling_errors_and_resets_from_aws_are_retried_and_nothing_is_lost() {
     use md5::{Digest, Md5};
     let products = env_number("GRANARY_THROTTLE_PRODUCTS", 40).max(8) as u32;
@@ -227,7 +226,7 @@ async fn throttling_errors_and_resets_from_aws_are_retried_and_nothing_is_lost()
     let sources = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     // Short visibility timeouts, so that a reported failure comes back within seconds.
-    let template_path = with_mirror_queue(template_with_visibility(scratch.path(), "", 3));
+    let template_path = with_mirror_queue(fault_test_template(scratch.path()));
     let prefix = format!("thr{}-", std::process::id());
     let roots = sources.path().to_str().unwrap().to_owned();
     let r = Runner::start_with(
@@ -242,6 +241,7 @@ async fn throttling_errors_and_resets_from_aws_are_retried_and_nothing_is_lost()
             ("GRANARY_LOCAL_TEMPLATE", template_path.to_str().unwrap()),
             ("GRANARY_STORAGE_FILE_ROOTS", &roots),
             ("GRANARY_MODEL_CACHE_SECS", "0"),
+            SHORT_ORDER_LEASE,
             // A recipient's failed delivery is tried again after 1 s, then 2, 4, 8 and 16 (not 5, 10 … 80).
             ("GRANARY_NOTIFICATION_RETRY_SECS", "1"),
         ],
