@@ -47,6 +47,11 @@ pub use granary_lambda::sqs::ATTR_RELEASED;
 /// creation has finished (the creation was released but is still on its queue).
 pub const WAIT_RETRY_MS: i64 = 1_000;
 
+/// Plain creations committed in one transaction: ten stay well within a transaction's 100 operations
+/// (each writes its version, its request and two or three outbox rows; the session counters are
+/// merged).
+const CREATIONS_PER_TRANSACTION: usize = 10;
+
 /// The handler and what it needs, built once per cold start.
 #[derive(Debug, Clone)]
 pub struct FeatureIngest {
@@ -282,47 +287,75 @@ impl FeatureIngest {
         }))
     }
 
-    /// Commits a run of plain creations in one transaction, or, when it does not commit as one (or
-    /// holds a single creation), processes each on its own.
+    /// Commits a run of plain creations, [`CREATIONS_PER_TRANSACTION`] to a transaction. The
+    /// transactions all count in their session's counters: they go at once only to a table that
+    /// serializes transactions (the embedded one commits them together), else one after the other
+    /// (DynamoDB refuses concurrent transactions on one item). A chunk that does not commit as one (or
+    /// holds a single creation) is processed one creation at a time.
     async fn create_run(&self, run: Vec<PlainCreation<'_>>, events: &mut Vec<OutboxEvent>, failed: &mut Vec<String>) {
-        if run.is_empty() {
-            return;
+        let mut chunks: Vec<Vec<PlainCreation<'_>>> = Vec::new();
+        let mut rest = run.into_iter().peekable();
+        while rest.peek().is_some() {
+            chunks.push(rest.by_ref().take(CREATIONS_PER_TRANSACTION).collect());
         }
-        if run.len() > 1 {
-            let kind = FeatureRequestType::Creation;
-            let makers: Vec<_> =
-                run.iter().map(|c| move |urn: &str| self.done_events(kind, &c.env, urn, Some(&c.prepared.provider_id))).collect();
-            let news: Vec<NewVersion<'_>> = run
-                .iter()
-                .zip(&makers)
-                .map(|(c, make_events)| NewVersion {
-                    tenant: &self.config.tenant,
-                    provider_id: &c.prepared.provider_id,
-                    entity_type: c.prepared.entity_type,
-                    feature: &c.prepared.feature,
-                    request: c.prepared.record.clone(),
-                    events: make_events,
-                    version: None,
-                    override_previous: c.prepared.override_previous,
-                    storage: None,
-                })
-                .collect();
-            match self.store.create_batch(&self.backend, &news).await {
-                Ok(Some(outcomes)) => {
-                    for (c, outcome) in run.iter().zip(outcomes) {
+        let committed = if self.backend.table.serializes_transactions() {
+            futures::future::join_all(chunks.iter().map(|chunk| self.create_together(chunk))).await
+        } else {
+            let mut committed = Vec::with_capacity(chunks.len());
+            for chunk in &chunks {
+                committed.push(self.create_together(chunk).await);
+            }
+            committed
+        };
+        for (chunk, outcomes) in chunks.into_iter().zip(committed) {
+            match outcomes {
+                Some(outcomes) => {
+                    for (c, outcome) in chunk.iter().zip(outcomes) {
                         if let CreationOutcome::Created { urn, events: committed } = outcome {
                             tracing::info!(request_id = %c.env.request_id, %urn, "feature created");
                             events.extend(committed);
                         }
                     }
-                    return;
                 }
-                Ok(None) => {}
-                Err(e) => tracing::debug!(error = %e, "batch of creations not prepared; creating one by one"),
+                None => {
+                    for c in chunk {
+                        self.process_alone(c.msg, c.env, events, failed).await;
+                    }
+                }
             }
         }
-        for c in run {
-            self.process_alone(c.msg, c.env, events, failed).await;
+    }
+
+    /// Creates `chunk` in one transaction; `None` when it holds a single creation or does not commit as
+    /// one.
+    async fn create_together(&self, chunk: &[PlainCreation<'_>]) -> Option<Vec<CreationOutcome>> {
+        if chunk.len() < 2 {
+            return None;
+        }
+        let kind = FeatureRequestType::Creation;
+        let makers: Vec<_> =
+            chunk.iter().map(|c| move |urn: &str| self.done_events(kind, &c.env, urn, Some(&c.prepared.provider_id))).collect();
+        let news: Vec<NewVersion<'_>> = chunk
+            .iter()
+            .zip(&makers)
+            .map(|(c, make_events)| NewVersion {
+                tenant: &self.config.tenant,
+                provider_id: &c.prepared.provider_id,
+                entity_type: c.prepared.entity_type,
+                feature: &c.prepared.feature,
+                request: c.prepared.record.clone(),
+                events: make_events,
+                version: None,
+                override_previous: c.prepared.override_previous,
+                storage: None,
+            })
+            .collect();
+        match self.store.create_batch(&self.backend, &news).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                tracing::debug!(error = %e, "batch of creations not prepared; creating one by one");
+                None
+            }
         }
     }
 

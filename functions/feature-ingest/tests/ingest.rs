@@ -1070,6 +1070,19 @@ async fn a_batch_of_creations_commits_in_one_transaction_and_one_by_one_when_it_
     }
     // r20 alone, the patch, then r21 and r22 together, then the outbox: four transactions.
     assert_eq!(committed() - before, 4);
+
+    // A batch of 25 (the NORMAL and LOW mappings gather up to 100): ten creations to a transaction,
+    // then the outbox rows of all 25 in one.
+    let before = committed();
+    assert!(deliver(creations(30, 55)).await.is_empty());
+    let events = f.responses().await;
+    for i in 30..55 {
+        assert_eq!(states(&events, &format!("r{i}")), vec!["GRANTED", "SUCCESS"], "request r{i}");
+        assert_eq!(f.versions(&format!("p{i}")).await.len(), 1);
+    }
+    assert_eq!(committed() - before, 4, "creations of 10, 10 and 5, then the outbox");
+    let counters = sessions.get(&f.backend, "s2-ingest-chain", "2026-11-23").await.unwrap().unwrap();
+    assert_eq!(counters["referencingRequests"], json!(15 + 3 + 25), "each creation counted once (the patch apart)");
 }
 
 #[tokio::test]

@@ -32,7 +32,7 @@ pub(crate) async fn run(features: usize, workers: usize, runner: &Path) {
     };
     granary_stores::dissemination::RecipientStore::new("features").put(&b, "bench", &recipient, "bench").await.expect("recipient");
     let start = Instant::now();
-    queue_creations(&b, "feature-normal", "notify", features).await;
+    queue_creations(&b, "feature-normal", "notify", features, crate::EMBEDDED_SENDS_AT_ONCE).await;
     println!("queued {features} creation requests in {:.1} s", start.elapsed().as_secs_f64());
 
     let spawn = || {

@@ -3,6 +3,9 @@
 use crate::apigw::{self, Gate, Target};
 use crate::auth::LocalIssuer;
 use crate::sources::{run_schedule, run_sqs_source};
+
+/// The most feature requests an ingest invocation takes: the template's BatchSize for NORMAL and LOW.
+const INGEST_BATCH: usize = 100;
 use crate::{LocalError, resources};
 use acknowledgement::Acknowledgement;
 use axum::Router;
@@ -107,12 +110,14 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         let f = ingest.clone();
         async move { f.handle(e).await }
     });
+    // Batches of up to a hundred, as the template's NORMAL and LOW mappings gather, for HIGH too: the
+    // poller takes only what is visible, so a larger batch makes no request wait for others.
     for _ in 0..opts.ingest_workers.max(1) {
         workers.spawn(run_sqs_source(
             backend.clone(),
             "feature-ingest",
             config.feature_queues.to_vec(),
-            10,
+            INGEST_BATCH,
             ingest_handler.clone(),
             stop_rx.clone(),
         ));

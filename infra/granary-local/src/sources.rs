@@ -5,7 +5,8 @@
 use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use granary_lambda::sqs::sqs_event;
-use granary_ports::Backend;
+use granary_ports::queue::MAX_BATCH;
+use granary_ports::{Backend, PortResult, ReceivedMessage};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -58,7 +59,7 @@ pub async fn run_sqs_source<H, F>(
         let mut batch = None;
         for (i, queue) in queues.iter().enumerate() {
             let wait = if i + 1 == queues.len() { IDLE_WAIT } else { Duration::ZERO };
-            match backend.queue.receive(queue, batch_size, None, wait).await {
+            match receive_up_to(&backend, queue, batch_size, wait).await {
                 Ok(msgs) if !msgs.is_empty() => {
                     batch = Some((queue.clone(), msgs));
                     break;
@@ -105,12 +106,33 @@ pub async fn run_sqs_source<H, F>(
             tracing::warn!(function, %queue, failed = failed.len(), "messages reported as failed come back after their visibility timeout");
         }
         let done: Vec<String> = messages.iter().filter(|m| !failed.contains(&m.message_id)).map(|m| m.receipt_handle.clone()).collect();
-        if !done.is_empty()
-            && let Err(e) = backend.queue.delete_batch(&queue, done).await
-        {
-            tracing::error!(function, %queue, error = %e, "delete failed; processed messages will be received again");
+        let deletes = done.chunks(MAX_BATCH).map(|chunk| backend.queue.delete_batch(&queue, chunk.to_vec()));
+        for outcome in futures::future::join_all(deletes).await {
+            if let Err(e) = outcome {
+                tracing::error!(function, %queue, error = %e, "delete failed; processed messages will be received again");
+            }
         }
     }
+}
+
+/// Up to `batch_size` messages of `queue`, as an event source mapping gathers them: one receive of at
+/// most ten (SQS's limit) that waits up to `wait`; when it comes back full and more are wanted, the
+/// other receives at once, without waiting (so the embedded backend commits them together). A receive
+/// that fails after the first took nothing: what the others took is handled.
+async fn receive_up_to(backend: &Backend, queue: &str, batch_size: usize, wait: Duration) -> PortResult<Vec<ReceivedMessage>> {
+    let mut messages = backend.queue.receive(queue, batch_size.min(MAX_BATCH), None, wait).await?;
+    if messages.len() < MAX_BATCH || batch_size <= MAX_BATCH {
+        return Ok(messages);
+    }
+    let sizes = (MAX_BATCH..batch_size).step_by(MAX_BATCH).map(|taken| (batch_size - taken).min(MAX_BATCH));
+    let receives = sizes.map(|n| backend.queue.receive(queue, n, None, Duration::ZERO));
+    for outcome in futures::future::join_all(receives).await {
+        match outcome {
+            Ok(got) => messages.extend(got),
+            Err(e) => tracing::warn!(%queue, error = %e, "a receive of the batch failed; the batch goes on with what was received"),
+        }
+    }
+    Ok(messages)
 }
 
 /// Invokes `handler` with a scheduled event every `every`, until `shutdown` turns true.
@@ -193,6 +215,42 @@ mod tests {
         for q in queues {
             assert_eq!(backend.queue.depth(q).await.unwrap().total(), 0, "{q} drained: every batch deleted after success");
         }
+    }
+
+    #[tokio::test]
+    async fn a_batch_over_ten_is_gathered_from_several_receives_and_deleted_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let resources = Resources { queues: vec![QueueSpec::new("q")], ..Resources::default() };
+        let backend = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).unwrap().backend();
+        for chunk in 0..4 {
+            let batch = (0..10).map(|i| OutgoingMessage::new(format!("{}", chunk * 10 + i))).collect();
+            backend.queue.send_batch("q", batch).await.unwrap();
+        }
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let log = batches.clone();
+        let handler = Arc::new(move |e: LambdaEvent<SqsEvent>| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().push(e.payload.records.iter().map(|r| r.body.clone().unwrap_or_default()).collect::<Vec<_>>());
+                Ok(SqsBatchResponse::default())
+            }
+        });
+        let poller = tokio::spawn(run_sqs_source(backend.clone(), "test", vec!["q".into()], 25, handler, stop_rx));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while batches.lock().unwrap().iter().map(Vec::len).sum::<usize>() < 40 {
+            assert!(std::time::Instant::now() < deadline, "not every message was delivered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop_tx.send(true).unwrap();
+        poller.await.unwrap();
+        let sizes: Vec<usize> = batches.lock().unwrap().iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![25, 15], "batches of up to 25 from receives of up to 10");
+        let mut seen: Vec<String> = batches.lock().unwrap().concat();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 40, "each message once");
+        assert_eq!(backend.queue.depth("q").await.unwrap().total(), 0, "every message of the batches deleted");
     }
 
     #[test]

@@ -248,6 +248,11 @@ fn query_on(conn: &Connection, q: &Query, index: Option<&(String, Option<String>
 
 #[async_trait]
 impl Table for EmbeddedTable {
+    /// SQLite has one writer: every transaction waits its turn, none is refused for another's.
+    fn serializes_transactions(&self) -> bool {
+        true
+    }
+
     async fn get(&self, table: &str, key: &Key) -> PortResult<Option<Item>> {
         self.check_table(table)?;
         let ident = table_ident(table)?;

@@ -163,6 +163,10 @@ struct GuardedTable {
 
 #[async_trait]
 impl Table for GuardedTable {
+    fn serializes_transactions(&self) -> bool {
+        self.inner.serializes_transactions()
+    }
+
     async fn get(&self, table: &str, key: &Key) -> PortResult<Option<Item>> {
         self.guard.check(Kind::Table, table, Access::Read)?;
         self.inner.get(table, key).await

@@ -429,6 +429,13 @@ pub trait Table: Send + Sync {
     /// One page of a partition, in sort-key order.
     async fn query(&self, query: Query) -> PortResult<Page>;
 
+    /// Whether transactions are committed one at a time, so that concurrent transactions on a common
+    /// item both commit (DynamoDB cancels one of them with TransactionConflict). Callers send
+    /// transactions at once only where this holds.
+    fn serializes_transactions(&self) -> bool {
+        false
+    }
+
     /// The first page of each query, in the order given. DynamoDB has no batch query, so by default
     /// they run concurrently; a backend that can answer them together does.
     async fn query_all(&self, queries: Vec<Query>) -> PortResult<Vec<Page>> {
