@@ -197,8 +197,8 @@ impl FeatureIngest {
     /// Handles one SQS batch; only messages that hit a transient failure are retried.
     ///
     /// Runs of consecutive plain creations (no date, no URN, distinct providerIds and request ids,
-    /// valid) are committed in one transaction; the rest, and a run that does not commit as one, go
-    /// one message at a time. The batch's order is kept either way.
+    /// valid) are committed ten to a transaction; the rest, and ten that do not commit as one, go one
+    /// message at a time. The batch's order is kept either way.
     pub async fn handle(&self, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, lambda_runtime::Error> {
         // Changed features are notified while automatic notification is on and someone may receive them.
         match self.recipients.get(&self.backend).await {

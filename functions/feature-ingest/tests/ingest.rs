@@ -928,21 +928,36 @@ async fn every_kind_of_bad_input_is_denied_with_all_its_errors() {
     assert_eq!(states(&events, "good"), vec!["GRANTED", "SUCCESS"], "the rest of the batch goes on");
 }
 
-/// The table of a backend, counting the transactions committed through it, and failing reads of the
-/// recipients while `recipients_down` is set.
+/// The table of a backend, counting the transactions committed through it, failing reads of the
+/// recipients while `recipients_down` is set, and saying it serializes transactions while `serial` is.
+#[derive(Default)]
 struct CountingTable {
-    inner: Arc<dyn granary_ports::Table>,
+    inner: Option<Arc<dyn granary_ports::Table>>,
     transactions: std::sync::atomic::AtomicUsize,
     recipients_down: std::sync::atomic::AtomicBool,
+    serial: std::sync::atomic::AtomicBool,
+}
+
+impl CountingTable {
+    fn over(inner: Arc<dyn granary_ports::Table>) -> Self {
+        Self { inner: Some(inner), ..Self::default() }
+    }
+
+    fn inner(&self) -> &dyn granary_ports::Table {
+        self.inner.as_deref().expect("a table to count")
+    }
 }
 
 #[async_trait::async_trait]
 impl granary_ports::Table for CountingTable {
+    fn serializes_transactions(&self) -> bool {
+        self.serial.load(std::sync::atomic::Ordering::SeqCst)
+    }
     async fn get(&self, table: &str, key: &granary_ports::Key) -> granary_ports::PortResult<Option<granary_ports::Item>> {
-        self.inner.get(table, key).await
+        self.inner().get(table, key).await
     }
     async fn put(&self, table: &str, item: granary_ports::Item, cond: Option<granary_ports::Cond>) -> granary_ports::PortResult<()> {
-        self.inner.put(table, item, cond).await
+        self.inner().put(table, item, cond).await
     }
     async fn update(
         &self,
@@ -951,7 +966,7 @@ impl granary_ports::Table for CountingTable {
         updates: Vec<granary_ports::Update>,
         cond: Option<granary_ports::Cond>,
     ) -> granary_ports::PortResult<granary_ports::Item> {
-        self.inner.update(table, key, updates, cond).await
+        self.inner().update(table, key, updates, cond).await
     }
     async fn delete(
         &self,
@@ -959,10 +974,10 @@ impl granary_ports::Table for CountingTable {
         key: &granary_ports::Key,
         cond: Option<granary_ports::Cond>,
     ) -> granary_ports::PortResult<Option<granary_ports::Item>> {
-        self.inner.delete(table, key, cond).await
+        self.inner().delete(table, key, cond).await
     }
     async fn transact(&self, ops: Vec<granary_ports::TxOp>) -> granary_ports::PortResult<()> {
-        let result = self.inner.transact(ops).await;
+        let result = self.inner().transact(ops).await;
         if result.is_ok() {
             self.transactions.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
@@ -972,7 +987,7 @@ impl granary_ports::Table for CountingTable {
         if self.recipients_down.load(std::sync::atomic::Ordering::SeqCst) && query.partition == "RECIPIENTS" {
             return Err(granary_ports::PortError::Unavailable("throttled".into()));
         }
-        self.inner.query(query).await
+        self.inner().query(query).await
     }
 }
 
@@ -987,7 +1002,8 @@ async fn a_batch_whose_recipients_cannot_be_read_comes_back_rather_than_going_un
         secret: None,
     };
     granary_stores::dissemination::RecipientStore::new("features").put(&f.backend, "mirror", &recipient, "admin").await.unwrap();
-    let table = Arc::new(CountingTable { inner: f.backend.table.clone(), transactions: Default::default(), recipients_down: true.into() });
+    let table = Arc::new(CountingTable::over(f.backend.table.clone()));
+    table.recipients_down.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut backend = f.backend.clone();
     backend.table = table.clone();
     let ingest = FeatureIngest::new(backend, f.config.clone());
@@ -1008,8 +1024,7 @@ async fn a_batch_whose_recipients_cannot_be_read_comes_back_rather_than_going_un
 #[tokio::test]
 async fn a_batch_of_creations_commits_in_one_transaction_and_one_by_one_when_it_cannot() {
     let f = fixture().await;
-    let counting =
-        Arc::new(CountingTable { inner: f.backend.table.clone(), transactions: Default::default(), recipients_down: Default::default() });
+    let counting = Arc::new(CountingTable::over(f.backend.table.clone()));
     let mut backend = f.backend.clone();
     backend.table = counting.clone();
     let ingest = FeatureIngest::new(backend, f.config.clone());
@@ -1071,18 +1086,22 @@ async fn a_batch_of_creations_commits_in_one_transaction_and_one_by_one_when_it_
     // r20 alone, the patch, then r21 and r22 together, then the outbox: four transactions.
     assert_eq!(committed() - before, 4);
 
-    // A batch of 25 (the NORMAL and LOW mappings gather up to 100): ten creations to a transaction,
-    // then the outbox rows of all 25 in one.
-    let before = committed();
-    assert!(deliver(creations(30, 55)).await.is_empty());
-    let events = f.responses().await;
-    for i in 30..55 {
-        assert_eq!(states(&events, &format!("r{i}")), vec!["GRANTED", "SUCCESS"], "request r{i}");
-        assert_eq!(f.versions(&format!("p{i}")).await.len(), 1);
+    // Batches of 25 (the NORMAL and LOW mappings gather up to 100): ten creations to a transaction,
+    // then the outbox rows of all 25 in one; the transactions one after the other (as on DynamoDB),
+    // or at once on a table that serializes them (as the embedded one).
+    for (serial, from) in [(false, 30), (true, 55)] {
+        counting.serial.store(serial, std::sync::atomic::Ordering::SeqCst);
+        let before = committed();
+        assert!(deliver(creations(from, from + 25)).await.is_empty());
+        let events = f.responses().await;
+        for i in from..from + 25 {
+            assert_eq!(states(&events, &format!("r{i}")), vec!["GRANTED", "SUCCESS"], "request r{i}");
+            assert_eq!(f.versions(&format!("p{i}")).await.len(), 1);
+        }
+        assert_eq!(committed() - before, 4, "creations of 10, 10 and 5, then the outbox (serial {serial})");
     }
-    assert_eq!(committed() - before, 4, "creations of 10, 10 and 5, then the outbox");
     let counters = sessions.get(&f.backend, "s2-ingest-chain", "2026-11-23").await.unwrap().unwrap();
-    assert_eq!(counters["referencingRequests"], json!(15 + 3 + 25), "each creation counted once (the patch apart)");
+    assert_eq!(counters["referencingRequests"], json!(15 + 3 + 50), "each creation counted once (the patch apart)");
 }
 
 #[tokio::test]

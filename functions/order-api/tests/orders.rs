@@ -224,7 +224,8 @@ async fn referenced_files_only_are_done_at_once_and_nothing_to_order_ends_with_a
 /// A table that fails every transaction after the first `transactions`, and every checkpoint after the
 /// first `checkpoints`: an expansion killed halfway.
 /// With `dies`, every write after the first failure fails too, as from a process that was killed;
-/// without, the store failed once and works again.
+/// without, only the transactions (and checkpoints) past the limits fail: the rest works, as after a
+/// failing call of a live process.
 struct Crashing {
     inner: Arc<dyn Table>,
     transactions: usize,
@@ -353,8 +354,9 @@ async fn an_expansion_stopped_by_a_store_failure_lets_go_of_the_order_for_the_ne
     select(&apis, json!({"datasetUrn": "S2"}), ANN).await;
     let (_, order) = call(&apis.orders, "POST", "/user/orders", None, ANN).await;
     let id = order["id"].as_str().unwrap().to_owned();
-    // The store fails the second batch's transaction, then works again: the expansion stops, and
-    // its lease goes with it (a killed one keeps it until it runs out: see the test above).
+    // The store fails the second batch's transaction (and every one after, through this handler),
+    // not other writes: the expansion stops, and its lease goes with it (a killed one keeps it until
+    // it runs out: see the test above).
     let failing = Crashing::new(site.backend.table.clone(), 1, usize::MAX, false);
     let interrupted = OrderCreate::new(Backend { table: Arc::new(failing), ..site.backend.clone() }, config.clone());
     assert_eq!(expand(&site, &interrupted).await, 1, "the expansion is interrupted");

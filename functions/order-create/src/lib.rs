@@ -177,9 +177,9 @@ impl OrderCreate {
                 }
                 Err(Stop::Store(e)) => {
                     tracing::warn!(order_id = %order.order_id, error = %e, "expansion interrupted; SQS will redeliver it");
-                    // The lease goes with it, so that the redelivery resumes at once rather than
-                    // finding the order held until the lease runs out. If this write fails too,
-                    // the lease runs out.
+                    // The lease goes with it, so that the redelivery resumes rather than finding
+                    // the order held until the lease runs out (which matters where the visibility
+                    // timeout is shorter than the lease). If this write fails too, the lease runs out.
                     let release = vec![Update::remove("lease"), Update::remove("leaseUntil")];
                     if let Err(e) = self.orders.guarded(&self.backend, &order.order_id, &token, release).await {
                         tracing::warn!(order_id = %order.order_id, error = %e, "lease not released; it runs out");

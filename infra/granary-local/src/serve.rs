@@ -3,9 +3,6 @@
 use crate::apigw::{self, Gate, Target};
 use crate::auth::LocalIssuer;
 use crate::sources::{run_schedule, run_sqs_source};
-
-/// The most feature requests an ingest invocation takes: the template's BatchSize for NORMAL and LOW.
-const INGEST_BATCH: usize = 100;
 use crate::{LocalError, resources};
 use acknowledgement::Acknowledgement;
 use axum::Router;
@@ -35,6 +32,9 @@ use storage_ready::StorageReady;
 use storage_worker::StorageWorker;
 use suborder_dispatch::SuborderDispatch;
 use tokio::sync::watch;
+
+/// The most feature requests an ingest invocation takes: the template's BatchSize for NORMAL and LOW.
+const INGEST_BATCH: usize = 100;
 
 /// API Gateway's payload limit; larger bodies get 413.
 const MAX_BODY: usize = 10 * 1024 * 1024;
@@ -111,7 +111,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         async move { f.handle(e).await }
     });
     // Batches of up to a hundred, as the template's NORMAL and LOW mappings gather, for HIGH too: the
-    // poller takes only what is visible, so a larger batch makes no request wait for others.
+    // poller takes only what is visible, so a HIGH request is never held back to fill a batch, but
+    // it is answered with the rest of its batch.
     for _ in 0..opts.ingest_workers.max(1) {
         workers.spawn(run_sqs_source(
             backend.clone(),

@@ -117,8 +117,9 @@ pub async fn run_sqs_source<H, F>(
 
 /// Up to `batch_size` messages of `queue`, as an event source mapping gathers them: one receive of at
 /// most ten (SQS's limit) that waits up to `wait`; when it comes back full and more are wanted, the
-/// other receives at once, without waiting (so the embedded backend commits them together). A receive
-/// that fails after the first took nothing: what the others took is handled.
+/// other receives at once, without waiting (so the embedded backend commits them together). When one
+/// of those fails, the batch goes on with what the others took; anything the failed one took anyway
+/// (its answer lost) comes back after its visibility timeout.
 async fn receive_up_to(backend: &Backend, queue: &str, batch_size: usize, wait: Duration) -> PortResult<Vec<ReceivedMessage>> {
     let mut messages = backend.queue.receive(queue, batch_size.min(MAX_BATCH), None, wait).await?;
     if messages.len() < MAX_BATCH || batch_size <= MAX_BATCH {

@@ -153,9 +153,10 @@ fn template_with_visibilities(dir: &Path, rules: &[(&str, u32)]) -> std::path::P
 
 /// A copy of the template in `dir` for fault tests: visibility timeouts of 3 s, so that what a failed
 /// or killed invocation held comes back within seconds, but 10 s for order-create, whose expansion
-/// holds a lease (set to 8 s by [`SHORT_ORDER_LEASE`]): as in the template, a redelivery comes after
-/// the lease of a killed expansion ran out, rather than finding the order held, again and again, until
-/// the message is dead-lettered.
+/// holds a lease (set to 8 s by [`SHORT_ORDER_LEASE`], and renewed at each checkpoint): as in the
+/// template, the redelivery of a killed expansion mostly comes after its lease ran out, or one
+/// delivery later, rather than finding the order held again and again until the message is
+/// dead-lettered.
 fn fault_test_template(dir: &Path) -> std::path::PathBuf {
     template_with_visibilities(dir, &[("", 3), ("OrderCreate", 10)])
 }

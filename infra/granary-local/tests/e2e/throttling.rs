@@ -225,8 +225,10 @@ async fn throttling_errors_and_resets_from_aws_are_retried_and_nothing_is_lost()
     let dir = tempfile::tempdir().unwrap();
     let sources = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    // Short visibility timeouts, so that a reported failure comes back within seconds.
-    let template_path = with_mirror_queue(fault_test_template(scratch.path()));
+    // Short visibility timeouts, so that a reported failure comes back within seconds; 20 s for the
+    // feature queues, since a batch of up to 100 on moto (about a third of a second a creation) could
+    // outlast 3 s and be handed to the other worker while it runs.
+    let template_path = with_mirror_queue(template_with_visibilities(scratch.path(), &[("", 3), ("Feature", 20), ("OrderCreate", 10)]));
     let prefix = format!("thr{}-", std::process::id());
     let roots = sources.path().to_str().unwrap().to_owned();
     let r = Runner::start_with(
