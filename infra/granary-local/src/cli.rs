@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+/// Send batches of ten a queue submission sends at once.
+const SENDS_AT_ONCE: usize = 10;
+
 /// What can stop the command line, each saying what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -506,9 +509,15 @@ async fn submit(client: &Client, spec: &Submission, entries: Vec<Entry>) -> Resu
                     }
                 }
             }
-            for batch in granary_ports::queue::batches(outgoing) {
-                let n = batch.len() as u64;
-                backend.queue.send_batch(&queue, batch).await.map_err(|e| CliError::Unreachable(e.to_string()))?;
+            // Ten send batches at once: one SQLite transaction for the embedded queue, so that a
+            // submission beside a busy runner waits for the write lock once per hundred messages.
+            let mut batches = granary_ports::queue::batches(outgoing).into_iter().peekable();
+            while batches.peek().is_some() {
+                let group: Vec<Vec<OutgoingMessage>> = batches.by_ref().take(SENDS_AT_ONCE).collect();
+                let n: u64 = group.iter().map(|b| b.len() as u64).sum();
+                futures::future::try_join_all(group.into_iter().map(|b| backend.queue.send_batch(&queue, b)))
+                    .await
+                    .map_err(|e| CliError::Unreachable(e.to_string()))?;
                 bar.inc(n);
             }
         }
