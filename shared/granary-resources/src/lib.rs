@@ -8,8 +8,10 @@
 //! `feature-high`). Properties (indexes and their key types, TTL, visibility timeout, delay, redrive)
 //! come from the template only.
 
+pub mod declare;
+
 use granary_ports::{AttrKind, IndexSpec, KeyAttr, QueueSpec, Resources, TableSpec};
-use serde_yaml::Value;
+use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
 use thiserror::Error;
@@ -54,51 +56,12 @@ pub fn default_name(logical_id: &str) -> String {
     out
 }
 
-/// The logical id a value refers to: `!Ref X`, `!GetAtt X.Attr`, `{Ref: X}`, `{Fn::GetAtt: [X, Attr]}`.
+/// The logical id a property of the declaration refers to: `{"Ref": X}` or `{"Fn::GetAtt": [X, Attr]}`.
 fn referenced(v: &Value) -> Option<String> {
-    match v {
-        Value::Tagged(t) => {
-            let tag = t.tag.to_string();
-            let tag = tag.trim_start_matches('!');
-            match (tag, &t.value) {
-                ("Ref", Value::String(s)) => Some(s.clone()),
-                ("GetAtt", Value::String(s)) => s.split('.').next().map(str::to_owned),
-                ("GetAtt", Value::Sequence(seq)) => seq.first().and_then(Value::as_str).map(str::to_owned),
-                _ => None,
-            }
-        }
-        Value::Mapping(m) => {
-            if let Some(Value::String(s)) = m.get("Ref") {
-                return Some(s.clone());
-            }
-            match m.get("Fn::GetAtt") {
-                Some(Value::Sequence(seq)) => seq.first().and_then(Value::as_str).map(str::to_owned),
-                Some(Value::String(s)) => s.split('.').next().map(str::to_owned),
-                _ => None,
-            }
-        }
-        _ => None,
+    if let Some(Value::String(s)) = v.get("Ref") {
+        return Some(s.clone());
     }
-}
-
-fn environment_refs(template: &Value) -> HashMap<String, String> {
-    let mut refs = HashMap::new();
-    let mut collect = |vars: Option<&Value>| {
-        if let Some(Value::Mapping(m)) = vars {
-            for (k, v) in m {
-                if let (Some(name), Some(target)) = (k.as_str(), referenced(v)) {
-                    refs.insert(target, name.to_owned());
-                }
-            }
-        }
-    };
-    collect(template.get("Globals").and_then(|g| g.get("Function")).and_then(|f| f.get("Environment")).and_then(|e| e.get("Variables")));
-    if let Some(Value::Mapping(resources)) = template.get("Resources") {
-        for (_, r) in resources {
-            collect(r.get("Properties").and_then(|p| p.get("Environment")).and_then(|e| e.get("Variables")));
-        }
-    }
-    refs
+    v.get("Fn::GetAtt").and_then(|g| g.get(0)).and_then(Value::as_str).map(str::to_owned)
 }
 
 fn number(v: Option<&Value>, path: &str, default: u64) -> Result<u64, ResourceError> {
@@ -111,7 +74,7 @@ fn number(v: Option<&Value>, path: &str, default: u64) -> Result<u64, ResourceEr
 }
 
 fn key_schema(schema: Option<&Value>, types: &HashMap<String, AttrKind>, path: &str) -> Result<(KeyAttr, Option<KeyAttr>), ResourceError> {
-    let seq = schema.and_then(Value::as_sequence).ok_or_else(|| prop_err(path, "KeySchema must be a list"))?;
+    let seq = schema.and_then(Value::as_array).ok_or_else(|| prop_err(path, "KeySchema must be a list"))?;
     let mut hash = None;
     let mut range = None;
     for el in seq {
@@ -128,26 +91,35 @@ fn key_schema(schema: Option<&Value>, types: &HashMap<String, AttrKind>, path: &
     Ok((hash.ok_or_else(|| prop_err(path, "no HASH key"))?, range))
 }
 
-/// The resources declared in `template`, named from `env` (a lookup of environment variables).
+/// The resources declared in `template` (SAM YAML), named from `env` (a lookup of environment variables).
 pub fn from_template(template: &str, env: impl Fn(&str) -> Option<String>) -> Result<Resources, ResourceError> {
-    let doc: Value = serde_yaml::from_str(template).map_err(|e| ResourceError::Yaml(e.to_string()))?;
-    let refs = environment_refs(&doc);
-    let name_of =
-        |logical: &str| refs.get(logical).and_then(|var| env(var)).filter(|v| !v.is_empty()).unwrap_or_else(|| default_name(logical));
-    let mut out = Resources::default();
-    let Some(Value::Mapping(resources)) = doc.get("Resources") else {
-        return Err(prop_err("Resources", "missing"));
+    from_declaration(&declare::declare(template).map_err(ResourceError::Yaml)?, env)
+}
+
+/// The resources of a declaration document (see [`declare`]), named from `env`.
+fn from_declaration(declaration: &Value, env: impl Fn(&str) -> Option<String>) -> Result<Resources, ResourceError> {
+    let refs = declaration.get("environment").and_then(Value::as_object);
+    let name_of = |logical: &str| {
+        refs.and_then(|r| r.get(logical))
+            .and_then(Value::as_str)
+            .and_then(&env)
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| default_name(logical))
     };
+    let mut out = Resources::default();
+    let resources = declaration.get("resources").and_then(Value::as_array).ok_or_else(|| prop_err("Resources", "missing"))?;
     let mut dlq_of: Vec<(usize, String)> = Vec::new();
     let mut queue_names: HashMap<String, String> = HashMap::new();
-    for (id, r) in resources {
-        let Some(id) = id.as_str() else { continue };
-        let props = r.get("Properties");
+    for declared in resources {
+        let (Some(id), kind, props) = (declared.get(0).and_then(Value::as_str), declared.get(1).and_then(Value::as_str), declared.get(2))
+        else {
+            continue;
+        };
         let path = format!("Resources.{id}.Properties");
-        match r.get("Type").and_then(Value::as_str) {
+        match kind {
             Some("AWS::DynamoDB::Table") => {
                 let mut types = HashMap::new();
-                for d in props.and_then(|p| p.get("AttributeDefinitions")).and_then(Value::as_sequence).into_iter().flatten() {
+                for d in props.and_then(|p| p.get("AttributeDefinitions")).and_then(Value::as_array).into_iter().flatten() {
                     let name = d
                         .get("AttributeName")
                         .and_then(Value::as_str)
@@ -165,7 +137,7 @@ pub fn from_template(template: &str, env: impl Fn(&str) -> Option<String>) -> Re
                 }
                 let mut indexes = Vec::new();
                 for (i, g) in
-                    props.and_then(|p| p.get("GlobalSecondaryIndexes")).and_then(Value::as_sequence).into_iter().flatten().enumerate()
+                    props.and_then(|p| p.get("GlobalSecondaryIndexes")).and_then(Value::as_array).into_iter().flatten().enumerate()
                 {
                     let gpath = format!("{path}.GlobalSecondaryIndexes[{i}]");
                     let name = g.get("IndexName").and_then(Value::as_str).ok_or_else(|| prop_err(&gpath, "IndexName missing"))?;
@@ -214,9 +186,19 @@ pub fn from_template(template: &str, env: impl Fn(&str) -> Option<String>) -> Re
     Ok(out)
 }
 
+/// The declaration document of [`TEMPLATE`], made by the build script.
+const DECLARATION: &str = include_str!(concat!(env!("OUT_DIR"), "/declaration.json"));
+
 /// The resources of the template this build was made from, named from the process environment.
 pub fn deployed() -> Result<Resources, ResourceError> {
-    from_template(TEMPLATE, |var| std::env::var(var).ok())
+    deployed_with(|var| std::env::var(var).ok())
+}
+
+/// The resources of the template this build was made from, named from `env`: [`from_template`] over
+/// [`TEMPLATE`], from the declaration the build script made of it (no YAML to parse at a cold start).
+pub fn deployed_with(env: impl Fn(&str) -> Option<String>) -> Result<Resources, ResourceError> {
+    let declaration: Value = serde_json::from_str(DECLARATION).map_err(|e| ResourceError::Yaml(e.to_string()))?;
+    from_declaration(&declaration, env)
 }
 
 #[cfg(test)]
@@ -247,6 +229,15 @@ mod tests {
         let r = from_template(TEMPLATE, |var| (var == "GRANARY_FEATURES_TABLE").then(|| "granary-FeaturesTable-X1".to_owned())).unwrap();
         assert!(r.table("granary-FeaturesTable-X1").is_some());
         assert!(r.table("features").is_none());
+    }
+
+    #[test]
+    fn the_build_time_declaration_gives_what_the_template_gives() {
+        let env = |var: &str| (var == "GRANARY_FEATURES_TABLE").then(|| "granary-FeaturesTable-X1".to_owned());
+        let deployed = deployed_with(env).unwrap();
+        assert_eq!(deployed, from_template(TEMPLATE, env).unwrap());
+        assert!(deployed.table("granary-FeaturesTable-X1").is_some());
+        assert!(deployed.queues.len() >= 10 && deployed.tables.len() >= 3, "{deployed:?}");
     }
 
     #[test]
