@@ -8,11 +8,12 @@
 //! delayed with exponential backoff (attributes `granary.recipients`, `granary.attempt`), while the
 //! others are done. After `GRANARY_NOTIFICATION_ATTEMPTS` attempts the copy goes to the notification
 //! dead-letter queue with its reason, and the request to ERROR / REMOTE_NOTIFICATION_ERROR with the
-//! notification kept, so that an admin's retry sends it again.
+//! notification kept, so that an admin's retry sends it again. A webhook whose URL the outbound policy
+//! refuses goes there at its first attempt: every other attempt would be refused the same way.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use granary_domain::dissemination::{EVENT_ID_HEADER, NotificationFacts, Recipient, SIGNATURE_HEADER, Target, notification_id, sign};
-use granary_lambda::outbound::{OutboundHttp, Timeouts, describe};
+use granary_lambda::outbound::{OutboundHttp, Refusal, Timeouts, describe};
 use granary_lambda::{Config, sqs};
 use granary_ports::{Backend, NoTopics, OutgoingMessage, Topics};
 use granary_stores::StoreError;
@@ -50,6 +51,19 @@ pub struct Dissemination {
     attempts: u32,
     first_delay: Duration,
     dead_letter_queue: String,
+}
+
+/// Why a delivery failed, and whether trying again could change it.
+struct Failure {
+    reason: String,
+    /// The outbound policy refused the webhook's URL: the same URL will be refused at every attempt.
+    permanent: bool,
+}
+
+impl Failure {
+    fn transient(reason: String) -> Self {
+        Self { reason, permanent: false }
+    }
 }
 
 /// What became of one notification.
@@ -205,67 +219,100 @@ impl Dissemination {
             }
             return Fate::Done(events);
         }
-        let labels: Vec<String> = failures.iter().map(|(l, _)| l.clone()).collect();
-        let reasons: Vec<String> = failures.iter().map(|(l, e)| format!("recipient {l}: {e}")).collect();
-        for r in &reasons {
-            tracing::warn!(%event_id, attempt = attempt + 1, reason = %r, "notification not delivered");
+        for (label, failure) in &failures {
+            tracing::warn!(%event_id, attempt = attempt + 1, recipient = %label, reason = %failure.reason, "notification not delivered");
         }
-        let mut copy =
-            OutgoingMessage::new(text).attribute("granary.event.id", event_id.clone()).attribute(ATTR_RECIPIENTS, labels.join(","));
-        if attempt + 1 < self.attempts {
+        let copy_for = |labels: &[String]| {
+            OutgoingMessage::new(text).attribute("granary.event.id", event_id.clone()).attribute(ATTR_RECIPIENTS, labels.join(","))
+        };
+        // Recipients refused by the outbound policy are given up at once (another attempt would be
+        // refused the same way); the others are tried again until the attempts run out.
+        let last = attempt + 1 >= self.attempts;
+        let (given_up, retried): (Vec<_>, Vec<_>) = failures.into_iter().partition(|(_, f)| last || f.permanent);
+        if !given_up.is_empty() {
+            let labels: Vec<String> = given_up.iter().map(|(l, _)| l.clone()).collect();
+            let reasons: Vec<String> = given_up.iter().map(|(l, f)| format!("recipient {l}: {}", f.reason)).collect();
+            let reason = if last {
+                format!("not delivered after {} attempts: {}", attempt + 1, reasons.join("; "))
+            } else {
+                format!("refused, not retried: {}", reasons.join("; "))
+            };
+            match self.give_up(copy_for(&labels), &request_id, &event_id, &labels, reason).await {
+                Ok(e) => events.extend(e),
+                Err(e) => return Fate::Retry(e),
+            }
+        }
+        if !retried.is_empty() {
+            let labels: Vec<String> = retried.iter().map(|(l, _)| l.clone()).collect();
             // Each next attempt twice later, at most SQS's 15 minutes.
             let delay = self.first_delay.saturating_mul(1 << attempt.min(16)).min(Duration::from_secs(900));
-            copy = copy.attribute(ATTR_ATTEMPT, (attempt + 1).to_string()).delayed(delay);
-            return match self.backend.queue.send_batch(&self.config.notification_queue, vec![copy]).await {
-                Ok(_) => Fate::Done(events),
-                Err(e) => Fate::Retry(e.to_string()),
-            };
+            let copy = copy_for(&labels).attribute(ATTR_ATTEMPT, (attempt + 1).to_string()).delayed(delay);
+            if let Err(e) = self.backend.queue.send_batch(&self.config.notification_queue, vec![copy]).await {
+                return Fate::Retry(e.to_string());
+            }
         }
-        let reason = format!("not delivered after {} attempts: {}", attempt + 1, reasons.join("; "));
+        Fate::Done(events)
+    }
+
+    /// Ends a notification for `labels`: its request in error, with the notification kept so an
+    /// admin's retry sends it again, and `copy` in the dead-letter queue with `reason`.
+    async fn give_up(
+        &self,
+        copy: OutgoingMessage,
+        request_id: &str,
+        event_id: &str,
+        labels: &[String],
+        reason: String,
+    ) -> Result<Vec<OutboxEvent>, String> {
+        let text = copy.body.clone();
+        let mut events = Vec::new();
         if !request_id.is_empty() {
             let mut attributes = BTreeMap::new();
-            attributes.insert("granary.event.id".to_owned(), event_id.clone());
+            attributes.insert("granary.event.id".to_owned(), event_id.to_owned());
             attributes.insert(ATTR_RECIPIENTS.to_owned(), labels.join(","));
-            let kept = Parked { due_at: 0, queue: self.config.notification_queue.clone(), body: text.to_owned(), attributes };
-            match self.recovery.record_notification_failed(&self.backend, &request_id, vec![reason.clone()], &kept).await {
+            let kept = Parked { due_at: 0, queue: self.config.notification_queue.clone(), body: text, attributes };
+            match self.recovery.record_notification_failed(&self.backend, request_id, vec![reason.clone()], &kept).await {
                 Ok(e) => events.extend(e),
-                Err(e) if e.is_transient() => return Fate::Retry(e.to_string()),
+                Err(e) if e.is_transient() => return Err(e.to_string()),
                 Err(e) => tracing::error!(%request_id, error = %e, "request not marked in error"),
             }
         }
-        match self.dead_letter_copy(copy, reason).await {
-            Ok(()) => Fate::Done(events),
-            Err(e) => Fate::Retry(e.to_string()),
-        }
+        self.dead_letter_copy(copy, reason).await.map_err(|e| e.to_string())?;
+        Ok(events)
     }
 
-    async fn deliver(&self, recipient: &Recipient, body: &str, event_id: &str) -> Result<(), String> {
+    async fn deliver(&self, recipient: &Recipient, body: &str, event_id: &str) -> Result<(), Failure> {
         match &recipient.target {
             Target::Queue { queue } => {
                 // A queue URL names its queue last.
                 let name = queue.rsplit('/').next().unwrap_or(queue);
                 let message = OutgoingMessage::new(body).attribute("granary.event.id", event_id);
-                self.unguarded.queue.send_batch(name, vec![message]).await.map(drop).map_err(|e| e.to_string())
+                self.unguarded.queue.send_batch(name, vec![message]).await.map(drop).map_err(|e| Failure::transient(e.to_string()))
             }
             Target::Webhook { url } => {
                 let signature = sign(recipient.secret.as_deref().unwrap_or_default(), body.as_bytes());
                 // A webhook the outbound policy forbids is refused before anything is sent.
-                let response = self
+                let request = self
                     .http
                     .request(reqwest::Method::POST, url)
-                    .map_err(|e| format!("cannot call {url}: {e}"))?
+                    .map_err(|e| Failure { permanent: matches!(e, Refusal::Refused(_)), reason: format!("cannot call {url}: {e}") })?;
+                let response = request
                     .header("content-type", "application/json")
                     .header(SIGNATURE_HEADER, signature)
                     .header(EVENT_ID_HEADER, event_id)
                     .body(body.to_owned())
                     .send()
                     .await
-                    .map_err(|e| format!("cannot reach {url}: {}", describe(&e)))?;
-                if response.status().is_success() { Ok(()) } else { Err(format!("{url} answered {}", response.status())) }
+                    .map_err(|e| Failure::transient(format!("cannot reach {url}: {}", describe(&e))))?;
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(Failure::transient(format!("{url} answered {}", response.status())))
+                }
             }
             Target::Sns { topic_arn } => {
                 // Subscribers filter on, and drop redeliveries by, the same attribute a queue gets.
-                self.topics.publish(topic_arn, body, &[("granary.event.id", event_id)]).await.map_err(|e| e.to_string())
+                self.topics.publish(topic_arn, body, &[("granary.event.id", event_id)]).await.map_err(|e| Failure::transient(e.to_string()))
             }
         }
     }

@@ -67,13 +67,16 @@ impl Fixture {
         granary_testkit::drain(&self.backend, queue).await
     }
 
-    /// Runs dissemination on the notification queue until it is empty (retries are not delayed here).
-    async fn disseminate(&self, d: &Dissemination) {
+    /// Runs dissemination on the notification queue until it is empty (retries are not delayed here);
+    /// how many messages it handled.
+    async fn disseminate(&self, d: &Dissemination) -> usize {
+        let mut handled = 0;
         for _ in 0..20 {
             let got = self.take("feature-notification").await;
             if got.is_empty() {
-                return;
+                return handled;
             }
+            handled += got.len();
             let r = d.handle(LambdaEvent::new(sqs_event("feature-notification", &got).unwrap(), Context::default())).await.unwrap();
             assert!(r.batch_item_failures.is_empty());
         }
@@ -151,14 +154,38 @@ async fn in_the_cloud_a_webhook_on_an_internal_address_is_never_called() {
     let store = RecipientStore::new("features");
     store.put(&f.backend, "internal", &recipient(Target::Webhook { url }, false), "admin").await.unwrap();
     f.create("c3", "p3").await;
-    let d = Dissemination::with_settings(f.backend.clone(), f.config.clone(), Duration::ZERO, 2, Duration::ZERO).unwrap();
-    f.disseminate(&d).await;
+    let d = Dissemination::with_settings(f.backend.clone(), f.config.clone(), Duration::ZERO, 6, Duration::ZERO).unwrap();
+    assert_eq!(f.disseminate(&d).await, 1, "refused at the first attempt, not tried again");
     assert_eq!(calls.load(Ordering::SeqCst), 0, "no connection reached the webhook");
     assert!(accepted.lock().unwrap().is_empty());
     let dead = f.take("feature-notification-dead-letter").await;
     assert_eq!(dead.len(), 1);
     let reason = &dead[0].attributes[dissemination::ATTR_REASON];
+    assert!(reason.starts_with("refused, not retried: recipient internal:"), "{reason}");
     assert!(reason.contains("loopback address Granary may not connect to"), "{reason}");
+    assert_eq!(request_state(&f, "c3").await, ("ERROR".to_owned(), "REMOTE_NOTIFICATION_ERROR".to_owned()));
+}
+
+#[tokio::test]
+async fn a_refused_webhook_is_given_up_at_once_while_a_failing_one_beside_it_is_retried() {
+    let mut f = fixture().await;
+    f.config.outbound = granary_domain::outbound::OutboundPolicy::parse(None, None, Some(""));
+    let (refused_url, _, refused_calls) = granary_testkit::webhook(SECRET, 0).await;
+    let store = RecipientStore::new("features");
+    store.put(&f.backend, "internal", &recipient(Target::Webhook { url: refused_url }, false), "admin").await.unwrap();
+    // A queue recipient that does not exist yet fails like an unreachable service: retried.
+    store.put(&f.backend, "late", &recipient(Target::Queue { queue: "not-yet".into() }, false), "admin").await.unwrap();
+    f.create("c4", "p4").await;
+    let d = Dissemination::with_settings(f.backend.clone(), f.config.clone(), Duration::ZERO, 3, Duration::ZERO).unwrap();
+    assert_eq!(f.disseminate(&d).await, 3, "the first attempt, then two more for the failing queue alone");
+    assert_eq!(refused_calls.load(Ordering::SeqCst), 0);
+    let dead = f.take("feature-notification-dead-letter").await;
+    let reasons: Vec<&str> = dead.iter().map(|m| m.attributes[dissemination::ATTR_REASON].as_str()).collect();
+    assert_eq!(dead.len(), 2, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.starts_with("refused, not retried: recipient internal:")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.starts_with("not delivered after 3 attempts: recipient late:")), "{reasons:?}");
+    let labels: Vec<&str> = dead.iter().map(|m| m.attributes[dissemination::ATTR_RECIPIENTS].as_str()).collect();
+    assert!(labels.contains(&"internal") && labels.contains(&"late"), "each copy names its own recipient: {labels:?}");
 }
 
 /// The state and step of request `id`.

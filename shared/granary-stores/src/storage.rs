@@ -312,7 +312,12 @@ impl StorageTracker {
             return Ok(vec![]);
         }
         let key = Key::new(format!("F#{}", urn.uuid), format!("V{:03}", urn.version));
-        let Some(item) = backend.table.get(&self.features, &key).await? else { return Ok(vec![]) };
+        let Some(item) = backend.table.get(&self.features, &key).await? else {
+            // Deleted meanwhile (a deletion, or an override by the next version): nothing to record on.
+            // Said aloud, since a feature lost any other way would look the same.
+            tracing::warn!(request_id = %record.request_id, urn = %urn, files = stored.len(), "files stored for a feature version that no longer exists: no location recorded");
+            return Ok(vec![]);
+        };
         let mut feature = item.get("feature").cloned().unwrap_or(Value::Null);
         let revision = item.get_i64("revision").unwrap_or(0);
         if let Some(files) = feature.get_mut("files").and_then(Value::as_array_mut) {
