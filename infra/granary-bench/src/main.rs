@@ -348,29 +348,16 @@ pub(crate) async fn define_model(b: &granary_ports::Backend) {
 /// once per `at_once` batches, not once per ten messages. (moto takes them one at a time: a hundred at
 /// once made it grow past 19 GB.)
 pub(crate) async fn queue_creations(b: &granary_ports::Backend, queue: &str, prefix: &str, n: usize, at_once: usize) {
-    let batches: Vec<Vec<OutgoingMessage>> = (0..n)
-        .collect::<Vec<_>>()
-        .chunks(10)
-        .map(|chunk| {
-            chunk
-                .iter()
-                .map(|i| {
-                    let provider_id = if prefix == "bench" { format!("bench-{i:07}") } else { format!("{prefix}-{i:07}") };
-                    let request_id = if prefix == "bench" { format!("r{i}") } else { format!("{prefix}-r{i}") };
-                    OutgoingMessage::new(creation_of(&provider_id, *i))
-                        .attribute("regards.request.type", "CREATION")
-                        .attribute("regards.request.id", request_id)
-                })
-                .collect()
+    let messages: Vec<OutgoingMessage> = (0..n)
+        .map(|i| {
+            let provider_id = if prefix == "bench" { format!("bench-{i:07}") } else { format!("{prefix}-{i:07}") };
+            let request_id = if prefix == "bench" { format!("r{i}") } else { format!("{prefix}-r{i}") };
+            OutgoingMessage::new(creation_of(&provider_id, i))
+                .attribute("regards.request.type", "CREATION")
+                .attribute("regards.request.id", request_id)
         })
         .collect();
-    let mut batches = batches.into_iter().peekable();
-    while batches.peek().is_some() {
-        let sends = batches.by_ref().take(at_once.max(1)).map(|batch| b.queue.send_batch(queue, batch));
-        for sent in futures::future::join_all(sends).await {
-            sent.expect("send");
-        }
-    }
+    granary_ports::queue::send_all(b.queue.as_ref(), queue, messages, at_once, |_| {}).await.expect("send");
 }
 
 /// Starts the release runner on `dir`, listening on `listen`, with `args` after `serve`.
@@ -537,15 +524,9 @@ async fn aws_ingest(features: usize) {
     let mut done = 0;
     while done < features {
         // The template's NORMAL mapping gathers up to 100 messages, ten to a ReceiveMessage.
-        let mut got = Vec::new();
-        while got.len() < INGEST_BATCH {
-            let wait = if got.is_empty() { Duration::from_secs(1) } else { Duration::ZERO };
-            let more = aws.queue.receive("feature-normal", 10, None, wait).await.expect("receive");
-            if more.is_empty() {
-                break;
-            }
-            got.extend(more);
-        }
+        let got = granary_ports::queue::receive_up_to(aws.queue.as_ref(), "feature-normal", INGEST_BATCH, Duration::from_secs(1))
+            .await
+            .expect("receive");
         if got.is_empty() {
             continue;
         }

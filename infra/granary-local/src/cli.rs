@@ -511,15 +511,9 @@ async fn submit(client: &Client, spec: &Submission, entries: Vec<Entry>) -> Resu
             }
             // Ten send batches at once: one SQLite transaction for the embedded queue, so that a
             // submission beside a busy runner waits for the write lock once per hundred messages.
-            let mut batches = granary_ports::queue::batches(outgoing).into_iter().peekable();
-            while batches.peek().is_some() {
-                let group: Vec<Vec<OutgoingMessage>> = batches.by_ref().take(SENDS_AT_ONCE).collect();
-                let n: u64 = group.iter().map(|b| b.len() as u64).sum();
-                futures::future::try_join_all(group.into_iter().map(|b| backend.queue.send_batch(&queue, b)))
-                    .await
-                    .map_err(|e| CliError::Unreachable(e.to_string()))?;
-                bar.inc(n);
-            }
+            granary_ports::queue::send_all(backend.queue.as_ref(), &queue, outgoing, SENDS_AT_ONCE, |n| bar.inc(n as u64))
+                .await
+                .map_err(|e| CliError::Unreachable(e.to_string()))?;
         }
     }
     bar.finish_and_clear();

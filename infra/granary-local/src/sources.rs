@@ -5,8 +5,8 @@
 use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use granary_lambda::sqs::sqs_event;
-use granary_ports::queue::MAX_BATCH;
-use granary_ports::{Backend, PortResult, ReceivedMessage};
+use granary_ports::Backend;
+use granary_ports::queue::{MAX_BATCH, receive_up_to};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -59,7 +59,7 @@ pub async fn run_sqs_source<H, F>(
         let mut batch = None;
         for (i, queue) in queues.iter().enumerate() {
             let wait = if i + 1 == queues.len() { IDLE_WAIT } else { Duration::ZERO };
-            match receive_up_to(&backend, queue, batch_size, wait).await {
+            match receive_up_to(backend.queue.as_ref(), queue, batch_size, wait).await {
                 Ok(msgs) if !msgs.is_empty() => {
                     batch = Some((queue.clone(), msgs));
                     break;
@@ -113,27 +113,6 @@ pub async fn run_sqs_source<H, F>(
             }
         }
     }
-}
-
-/// Up to `batch_size` messages of `queue`, as an event source mapping gathers them: one receive of at
-/// most ten (SQS's limit) that waits up to `wait`; when it comes back full and more are wanted, the
-/// other receives at once, without waiting (so the embedded backend commits them together). When one
-/// of those fails, the batch goes on with what the others took; anything the failed one took anyway
-/// (its answer lost) comes back after its visibility timeout.
-async fn receive_up_to(backend: &Backend, queue: &str, batch_size: usize, wait: Duration) -> PortResult<Vec<ReceivedMessage>> {
-    let mut messages = backend.queue.receive(queue, batch_size.min(MAX_BATCH), None, wait).await?;
-    if messages.len() < MAX_BATCH || batch_size <= MAX_BATCH {
-        return Ok(messages);
-    }
-    let sizes = (MAX_BATCH..batch_size).step_by(MAX_BATCH).map(|taken| (batch_size - taken).min(MAX_BATCH));
-    let receives = sizes.map(|n| backend.queue.receive(queue, n, None, Duration::ZERO));
-    for outcome in futures::future::join_all(receives).await {
-        match outcome {
-            Ok(got) => messages.extend(got),
-            Err(e) => tracing::warn!(%queue, error = %e, "a receive of the batch failed; the batch goes on with what was received"),
-        }
-    }
-    Ok(messages)
 }
 
 /// Invokes `handler` with a scheduled event every `every`, until `shutdown` turns true.

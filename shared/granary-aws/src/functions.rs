@@ -15,8 +15,7 @@ impl AwsFunctions {
     /// region, credentials). Its read timeout is the SDK's default, none: a processing may take
     /// up to the Lambda maximum of 15 minutes.
     pub async fn from_env() -> Self {
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-        Self { client: aws_sdk_lambda::Client::new(&sdk) }
+        Self { client: aws_sdk_lambda::Client::new(&crate::environment_config().await) }
     }
 }
 

@@ -50,6 +50,14 @@ pub struct AwsOptions {
     pub counter: Option<RequestCounter>,
 }
 
+/// The SDK configuration from the environment, loaded once per process. Every client of a function
+/// shares it and so its HTTP client: the trusted roots are parsed once at a cold start, not once for
+/// the tables and queues and again for a Lambda or SNS client.
+pub async fn environment_config() -> aws_config::SdkConfig {
+    static CONFIG: tokio::sync::OnceCell<aws_config::SdkConfig> = tokio::sync::OnceCell::const_new();
+    CONFIG.get_or_init(|| aws_config::defaults(BehaviorVersion::latest()).load()).await.clone()
+}
+
 /// The AWS backend: clients built once per cold start.
 #[derive(Clone)]
 pub struct Aws {
@@ -70,17 +78,21 @@ pub struct Aws {
 impl Aws {
     /// Builds the clients for `resources` from the environment and `options`.
     pub async fn connect(resources: &Resources, options: AwsOptions) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(url) = &options.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        if let Some(region) = &options.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some((key, secret)) = &options.static_credentials {
-            loader = loader.credentials_provider(aws_sdk_dynamodb::config::Credentials::new(key, secret, None, None, "granary-static"));
-        }
-        let sdk = loader.load().await;
+        let sdk = if options.endpoint_url.is_none() && options.region.is_none() && options.static_credentials.is_none() {
+            environment_config().await
+        } else {
+            let mut loader = aws_config::defaults(BehaviorVersion::latest());
+            if let Some(url) = &options.endpoint_url {
+                loader = loader.endpoint_url(url);
+            }
+            if let Some(region) = &options.region {
+                loader = loader.region(Region::new(region.clone()));
+            }
+            if let Some((key, secret)) = &options.static_credentials {
+                loader = loader.credentials_provider(aws_sdk_dynamodb::config::Credentials::new(key, secret, None, None, "granary-static"));
+            }
+            loader.load().await
+        };
         let counter = options.counter.clone().unwrap_or_default();
 
         let ddb = aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(counter.interceptor(count::Service::DynamoDb));

@@ -14,7 +14,7 @@ impl AwsTopics {
     /// A client from the environment, the way every SDK client is configured (`AWS_ENDPOINT_URL`,
     /// region, credentials).
     pub async fn from_env() -> Self {
-        Self::from_sdk(&aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await)
+        Self::from_sdk(&crate::environment_config().await)
     }
 
     /// A client from an SDK configuration (an emulator's, in tests).

@@ -34,6 +34,48 @@ pub fn batches(messages: Vec<OutgoingMessage>) -> Vec<Vec<OutgoingMessage>> {
     out
 }
 
+/// Sends `messages` to `queue` in batches SQS takes, `at_once` batches at a time, telling `sent` how
+/// many went out after each group. Sends made at once are one round trip instead of one per ten
+/// messages on AWS, and one transaction of the embedded queue (which commits writes that wait
+/// together): a producer beside a busy runner then waits for the write lock once per group.
+pub async fn send_all(
+    port: &dyn Queue,
+    queue: &str,
+    messages: Vec<OutgoingMessage>,
+    at_once: usize,
+    mut sent: impl FnMut(usize),
+) -> PortResult<()> {
+    let mut batches = batches(messages).into_iter().peekable();
+    while batches.peek().is_some() {
+        let group: Vec<Vec<OutgoingMessage>> = batches.by_ref().take(at_once.max(1)).collect();
+        let n = group.iter().map(Vec::len).sum();
+        futures::future::try_join_all(group.into_iter().map(|batch| port.send_batch(queue, batch))).await?;
+        sent(n);
+    }
+    Ok(())
+}
+
+/// Up to `batch_size` messages of `queue`, as an event source mapping gathers them: one receive of at
+/// most ten (SQS's limit) that waits up to `wait`; when it comes back full and more are wanted, the
+/// other receives at once, without waiting (so the embedded backend commits them together). When one
+/// of those fails, the batch goes on with what the others took; anything the failed one took anyway
+/// (its answer lost) comes back after its visibility timeout.
+pub async fn receive_up_to(port: &dyn Queue, queue: &str, batch_size: usize, wait: Duration) -> PortResult<Vec<ReceivedMessage>> {
+    let mut messages = port.receive(queue, batch_size.min(MAX_BATCH), None, wait).await?;
+    if messages.len() < MAX_BATCH || batch_size <= MAX_BATCH {
+        return Ok(messages);
+    }
+    let sizes = (MAX_BATCH..batch_size).step_by(MAX_BATCH).map(|taken| (batch_size - taken).min(MAX_BATCH));
+    let receives = sizes.map(|n| port.receive(queue, n, None, Duration::ZERO));
+    for outcome in futures::future::join_all(receives).await {
+        match outcome {
+            Ok(got) => messages.extend(got),
+            Err(e) => tracing::warn!(%queue, error = %e, "a receive of the batch failed; the batch goes on with what was received"),
+        }
+    }
+    Ok(messages)
+}
+
 /// A message to send.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OutgoingMessage {

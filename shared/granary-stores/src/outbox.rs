@@ -62,9 +62,9 @@ impl Outbox {
         for e in events {
             by_queue.entry(&e.queue).or_default().push(e);
         }
-        let sends = by_queue.into_iter().flat_map(|(queue, evs)| {
+        let sends = by_queue.into_iter().map(|(queue, evs)| {
             let msgs = evs.iter().map(|e| OutgoingMessage::new(e.body.clone()).attribute("granary.event.id", e.event_id.clone())).collect();
-            granary_ports::queue::batches(msgs).into_iter().map(move |batch| backend.queue.send_batch(queue, batch))
+            granary_ports::queue::send_all(backend.queue.as_ref(), queue, msgs, usize::MAX, |_| {})
         });
         futures::future::try_join_all(sends).await?;
         let deletes = events.chunks(granary_ports::table::MAX_TRANSACTION_OPS).map(|chunk| {
