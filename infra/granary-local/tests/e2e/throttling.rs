@@ -2,8 +2,9 @@
 //! a proxy that answers a share of Granary's calls as a busy AWS would: the service's throttling error
 //! (DynamoDB's ProvisionedThroughputExceededException, SQS's RequestThrottled, S3's SlowDown), a 500, or
 //! a connection reset, either before the call reaches moto or after it did (the call made, its answer
-//! lost). Midway, an outage of a few seconds fails every call, so that retries run out and the SDK's
-//! retry quota empties. The SDK retries with backoff and jitter; what still fails is reported as a
+//! lost). An outage of 10 s, starting at Granary's first transactional write (so that it meets handlers
+//! at work, on a loaded machine as on an idle one), fails every call, so that retries run out and the
+//! SDK's retry quota empties. The SDK retries with backoff and jitter; what still fails is reported as a
 //! batch item failure and comes back. Afterwards every request has succeeded, no feature has a second
 //! version, every file is stored once, the order is done and downloaded, the recipient was told of
 //! every creation, and every dead-letter queue is empty.
@@ -95,7 +96,29 @@ struct FaultProxy {
     /// Calls out of a thousand answered with a fault; 1000 is an outage.
     per_mille: Arc<AtomicU32>,
     injected: Arc<Mutex<BTreeMap<(Service, Fault), u64>>>,
+    outage: Arc<Outage>,
     server: tokio::task::JoinHandle<()>,
+}
+
+/// An outage armed to start at the next DynamoDB TransactWriteItems: every call fails while it lasts.
+#[derive(Default)]
+struct Outage {
+    /// How long the armed outage will last.
+    armed: Mutex<Option<Duration>>,
+    /// When the outage under way ends.
+    until: Mutex<Option<Instant>>,
+}
+
+impl Outage {
+    /// Whether a call made now fails for the outage (starting it, if armed, at a transactional write).
+    fn fails(&self, req: &hyper::Request<Incoming>) -> bool {
+        let now = Instant::now();
+        let transactional = req.headers().get("x-amz-target").is_some_and(|t| t.as_bytes().ends_with(b".TransactWriteItems"));
+        if transactional && let Some(length) = self.armed.lock().unwrap().take() {
+            *self.until.lock().unwrap() = Some(now + length);
+        }
+        self.until.lock().unwrap().is_some_and(|until| now < until)
+    }
 }
 
 impl Drop for FaultProxy {
@@ -115,6 +138,7 @@ struct ProxyState {
     per_mille: Arc<AtomicU32>,
     rng: Mutex<Lcg>,
     injected: Arc<Mutex<BTreeMap<(Service, Fault), u64>>>,
+    outage: Arc<Outage>,
 }
 
 impl FaultProxy {
@@ -123,6 +147,7 @@ impl FaultProxy {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let per_mille = Arc::new(AtomicU32::new(0));
         let injected = Arc::new(Mutex::new(BTreeMap::new()));
+        let outage = Arc::new(Outage::default());
         let state = Arc::new(ProxyState {
             dynamodb_one_at_a_time: tokio::sync::Mutex::new(()),
             upstream: upstream.trim_end_matches('/').to_owned(),
@@ -130,6 +155,7 @@ impl FaultProxy {
             per_mille: per_mille.clone(),
             rng: Mutex::new(Lcg(seed)),
             injected: injected.clone(),
+            outage: outage.clone(),
         });
         let server = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -144,7 +170,17 @@ impl FaultProxy {
                 });
             }
         });
-        FaultProxy { url, per_mille, injected, server }
+        FaultProxy { url, per_mille, injected, outage, server }
+    }
+
+    /// Arms an outage of `length`, to start at the next transactional write.
+    fn arm_outage(&self, length: Duration) {
+        *self.outage.armed.lock().unwrap() = Some(length);
+    }
+
+    /// Whether the armed outage has started and ended.
+    fn outage_over(&self) -> bool {
+        self.outage.until.lock().unwrap().is_some_and(|until| Instant::now() >= until)
     }
 
     fn set_per_mille(&self, n: u32) {
@@ -159,9 +195,10 @@ impl FaultProxy {
 impl ProxyState {
     async fn handle(&self, req: hyper::Request<Incoming>) -> Result<hyper::Response<Full<Bytes>>, Reset> {
         let service = Service::of(&req);
+        let per_mille = if service.is_some() && self.outage.fails(&req) { 1000 } else { u64::from(self.per_mille.load(Ordering::SeqCst)) };
         let fault = service.and_then(|service| {
             let mut rng = self.rng.lock().unwrap();
-            (rng.below(1000) < u64::from(self.per_mille.load(Ordering::SeqCst))).then(|| (service, FAULTS[rng.below(4) as usize]))
+            (rng.below(1000) < per_mille).then(|| (service, FAULTS[rng.below(4) as usize]))
         });
         if let Some(key) = fault {
             *self.injected.lock().unwrap().entry(key).or_default() += 1;
@@ -283,16 +320,20 @@ async fn throttling_errors_and_resets_from_aws_are_retried_and_nothing_is_lost()
     }
     let sent = wave.len();
 
-    // The faults on, the messages sent; an outage of 3 s a second later; the order placed and its
-    // files downloaded while the faults go on (each HTTP call may meet one and fail: it is tried again).
+    // The faults on, an outage armed for the first transactional write (the SDK's three attempts take
+    // at most 3 s: every call made in its 10 s runs out of them), the messages sent; the order placed
+    // and its files downloaded while the faults go on (each HTTP call may meet one and fail: it is
+    // tried again).
     proxy.set_per_mille(per_mille);
+    proxy.arm_outage(Duration::from_secs(10));
     for batch in granary_ports::queue::batches(wave) {
         aws.queue.send_batch("feature-normal", batch).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    proxy.set_per_mille(1000);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    proxy.set_per_mille(per_mille);
+    let deadline = Instant::now() + patience;
+    while !proxy.outage_over() {
+        assert!(Instant::now() < deadline, "no transactional write within {patience:?}: the outage never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let ordered: Vec<String> = (0..4).map(|i| format!("t-{i}")).collect();
     let deadline = Instant::now() + patience;
     let order = loop {
@@ -395,8 +436,8 @@ async fn throttling_errors_and_resets_from_aws_are_retried_and_nothing_is_lost()
         assert!(injected.iter().any(|((s, _), n)| *s == service && *n > 0), "no fault injected into {service:?}: {injected:?}");
     }
 
-    // Some calls ran out of retries (the outage saw to it): their messages were reported as failed
-    // and came back.
+    // Some calls ran out of retries (the outage saw to it, having started at a handler's write):
+    // their messages were reported as failed and came back.
     let reported = r.logged("messages reported as failed");
     assert!(!reported.is_empty(), "no handler reported a failed message: the retry budget never ran out");
     println!("{} batches with messages reported as failed", reported.len());
