@@ -224,18 +224,38 @@ async fn place_order(c: &reqwest::Client, r: &Runner, ann: &str, ids: &[String],
     mine["content"].as_array()?.iter().find(|o| o["label"] == label).and_then(|o| o["id"].as_str()).map(str::to_owned)
 }
 
-/// Downloads (follows the Granary link of) every file of `order` available now.
-async fn download_available(c: &reqwest::Client, r: &Runner, ann: &str, order: &str, done: &mut BTreeSet<String>) {
+/// What a user downloading an order's files keeps: the links served (302), and those whose answer was
+/// an error or never came. A failed link is tried again even once its file is no longer listed
+/// AVAILABLE: its download may have been recorded before the answer failed, as a user who saw the
+/// error would try it again.
+#[derive(Debug, Default)]
+struct Downloads {
+    done: BTreeSet<String>,
+    failed: BTreeSet<String>,
+}
+
+impl Downloads {
+    fn len(&self) -> usize {
+        self.done.len()
+    }
+}
+
+/// Downloads (follows the Granary link of) every file of `order` available now, and every link that
+/// failed before.
+async fn download_available(c: &reqwest::Client, r: &Runner, ann: &str, order: &str, downloads: &mut Downloads) {
     let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let Ok(res) = c.get(r.url(&format!("/orders/{order}/files/available"))).bearer_auth(ann).send().await else { return };
-    let Ok(page) = res.json::<Value>().await else { return };
-    for f in page["content"].as_array().into_iter().flatten().filter(|f| f["state"] == "AVAILABLE") {
-        let Some(link) = f["download"].as_str() else { continue };
-        if let Ok(res) = no_redirect.get(r.url(link)).bearer_auth(ann).send().await
-            && res.status() == 302
-        {
-            done.insert(link.to_owned());
-        }
+    let mut links: BTreeSet<String> = std::mem::take(&mut downloads.failed);
+    if let Ok(res) = c.get(r.url(&format!("/orders/{order}/files/available"))).bearer_auth(ann).send().await
+        && let Ok(page) = res.json::<Value>().await
+    {
+        let available = page["content"].as_array().into_iter().flatten().filter(|f| f["state"] == "AVAILABLE");
+        links.extend(available.filter_map(|f| f["download"].as_str().map(str::to_owned)));
+    }
+    for link in links {
+        match no_redirect.get(r.url(&link)).bearer_auth(ann).send().await {
+            Ok(res) if res.status() == 302 => downloads.done.insert(link),
+            _ => downloads.failed.insert(link),
+        };
     }
 }
 

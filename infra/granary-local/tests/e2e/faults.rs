@@ -74,7 +74,7 @@ async fn ten_kill_9_during_a_mixed_workload_leave_nothing_lost_duplicated_or_hel
     let order_url = |id: &str| format!("http://{listen}/user/orders/{id}");
     let mut order: Option<String> = None;
     let ordered = ORDERED.map(|i| format!("k-{i}"));
-    let mut downloaded = BTreeSet::new();
+    let mut downloaded = Downloads::default();
     for kill in 0..WAVES {
         let mut wave: Vec<OutgoingMessage> = (kill * PER_WAVE..(kill + 1) * PER_WAVE).map(creation).collect();
         if kill == 0 {
@@ -134,7 +134,7 @@ async fn ten_kill_9_during_a_mixed_workload_leave_nothing_lost_duplicated_or_hel
     };
     let deadline = Instant::now() + Duration::from_secs(90);
     let done: Value = loop {
-        download_available(&c, &r, &ann, &order, &mut BTreeSet::new()).await;
+        download_available(&c, &r, &ann, &order, &mut downloaded).await;
         let v: Value = c.get(order_url(&order)).bearer_auth(&ann).send().await.unwrap().json().await.unwrap();
         // Not before order-create has expanded it: an order with no suborder yet is not done.
         if v["suborders"].as_array().is_some_and(|s| !s.is_empty() && s.iter().all(|s| s["state"] == "FINISHED")) {

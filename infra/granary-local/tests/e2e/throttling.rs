@@ -356,7 +356,7 @@ async fn throttling_errors_and_resets_from_aws_are_retried_and_nothing_is_lost()
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let mut downloaded = BTreeSet::new();
+    let mut downloaded = Downloads::default();
     let deadline = Instant::now() + patience;
     while downloaded.len() < 4 {
         if Instant::now() > deadline {
