@@ -14,6 +14,7 @@ use std::time::Duration;
 
 struct Fixture {
     _dir: tempfile::TempDir,
+    embedded: Embedded,
     backend: Backend,
     config: Config,
     ingest: FeatureIngest,
@@ -40,11 +41,12 @@ async fn fixture_with_clock(clock: Arc<dyn granary_ports::Clock>) -> Fixture {
     let resources = granary_resources::from_template(granary_resources::TEMPLATE, |_| None).unwrap();
     let mut options = EmbeddedOptions::new(dir.path(), resources);
     options.clock = clock;
-    let backend = Embedded::open(options).unwrap().backend();
+    let embedded = Embedded::open(options).unwrap();
+    let backend = embedded.backend();
     // The model the creations below name, accepting any properties; model rules have their own tests.
     define_model(&backend, "S2_L1C", &json!({"type": "object", "x-granary-type": "DATA"})).await;
     let ingest = FeatureIngest::new(backend.clone(), config.clone());
-    Fixture { _dir: dir, backend, config, ingest }
+    Fixture { _dir: dir, embedded, backend, config, ingest }
 }
 
 /// The creation example of the brief (`examples/sqs-creation.json`), with another providerId.
@@ -164,6 +166,35 @@ async fn new_message_reusing_a_request_id_is_denied_as_duplicate() {
     assert_eq!(states(&events, "r1"), vec!["DENIED"]);
     assert!(events[0]["errors"][0].as_str().unwrap().contains("already used"), "{events:?}");
     assert!(f.versions("q").await.is_empty(), "the duplicate created nothing");
+}
+
+/// Finished requests (SUCCESS and DENIED) carry the table's TTL: they are purged 30 days after they
+/// finish and not before, and until then a redelivered message is still recognised.
+#[tokio::test]
+async fn finished_requests_are_purged_after_their_retention_and_not_before() {
+    let clock = Arc::new(granary_ports::ManualClock::starting_now());
+    let f = fixture_with_clock(clock.clone()).await;
+    let created = message("m1", &creation("p").to_string(), &[("regards.request.id", "ok")]);
+    let denied = message("m2", "{not json", &[("regards.request.id", "bad"), ("regards.request.type", "CREATION")]);
+    f.deliver(&[created.clone(), denied]).await;
+    assert_eq!(states(&f.responses().await, "bad"), vec!["DENIED"]);
+    let finished_at = granary_ports::Clock::now_ms(clock.as_ref()) / 1000;
+    let record = |id: &'static str| {
+        let backend = f.backend.clone();
+        async move { backend.table.get("requests", &granary_stores::requests::request_key(id)).await.unwrap() }
+    };
+    for id in ["ok", "bad"] {
+        let purge_at = record(id).await.unwrap().get_i64("purgeAt");
+        assert_eq!(purge_at, Some(finished_at + 30 * 86_400), "request {id}");
+    }
+    clock.advance(chrono::Duration::days(29));
+    assert_eq!(f.embedded.purge_expired(1000).await.unwrap(), 0, "nothing is due before 30 days");
+    f.deliver(std::slice::from_ref(&created)).await;
+    assert_eq!(f.versions("p").await.len(), 1, "a late redelivery is still one delivery");
+    clock.advance(chrono::Duration::days(1) + chrono::Duration::seconds(1));
+    assert_eq!(f.embedded.purge_expired(1000).await.unwrap(), 2, "both records, nothing else");
+    assert!(record("ok").await.is_none() && record("bad").await.is_none());
+    assert_eq!(f.versions("p").await.len(), 1, "the feature stays");
 }
 
 #[tokio::test]
@@ -1156,7 +1187,8 @@ async fn changed_features_are_notified_only_while_notification_is_on_and_someone
 async fn files_whose_source_granary_may_not_read_are_denied_before_anything_is_staged() {
     let dir = tempfile::tempdir().unwrap();
     let resources = granary_resources::from_template(granary_resources::TEMPLATE, |_| None).unwrap();
-    let backend = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).unwrap().backend();
+    let embedded = Embedded::open(EmbeddedOptions::new(dir.path(), resources)).unwrap();
+    let backend = embedded.backend();
     define_model(&backend, "S2_L1C", &json!({"type": "object", "x-granary-type": "DATA"})).await;
     // The cloud's settings: listed hosts and buckets only, no internal address.
     let config = Config::from_lookup(|name| match name {
@@ -1165,7 +1197,7 @@ async fn files_whose_source_granary_may_not_read_are_denied_before_anything_is_s
         "GRANARY_STORAGE_SOURCE_BUCKETS" => Some("incoming".into()),
         _ => None,
     });
-    let f = Fixture { _dir: dir, backend: backend.clone(), config: config.clone(), ingest: FeatureIngest::new(backend, config) };
+    let f = Fixture { _dir: dir, embedded, backend: backend.clone(), config: config.clone(), ingest: FeatureIngest::new(backend, config) };
     let with_source = |id: &str, url: &str| {
         let mut c = creation(id);
         c["metadata"]["storages"] = json!([{"pluginBusinessId": "online"}]);

@@ -192,6 +192,7 @@ async fn stored_files_succeed_the_request_once_every_file_is_confirmed() {
     let r1 = f.request("r1").await;
     assert_eq!(state(&r1), pair("GRANTED", "REMOTE_STORAGE_REQUESTED"));
     assert_eq!(r1["storageRemaining"], 3);
+    assert!(r1.get("purgeAt").is_none(), "a request in progress is never purged");
     assert_eq!(f.responses("r1").await, vec!["GRANTED"], "no SUCCESS before storage confirms");
     assert_eq!(f.feature_files("p1").await[0]["locations"].as_array().unwrap().len(), 1);
 
@@ -201,8 +202,14 @@ async fn stored_files_succeed_the_request_once_every_file_is_confirmed() {
     f.deliver_events(&events[..2]).await;
     assert_eq!(state(&f.request("r1").await), pair("GRANTED", "REMOTE_STORAGE_REQUESTED"));
     f.deliver_events(&events[2..]).await;
-    assert_eq!(state(&f.request("r1").await), pair("SUCCESS", "DONE"));
+    let r1 = f.request("r1").await;
+    assert_eq!(state(&r1), pair("SUCCESS", "DONE"));
     assert_eq!(f.responses("r1").await, vec!["SUCCESS"]);
+    // Finished: the record and its three storage tasks are purged together after the retention.
+    let purge_at = r1["purgeAt"].as_i64().expect("a finished request carries purgeAt");
+    let tasks = f.backend.table.query(granary_ports::Query::partition("requests", "R#r1")).await.unwrap().items;
+    assert_eq!(tasks.len(), 4, "the record and its tasks");
+    assert!(tasks.iter().all(|t| t.get_i64("purgeAt") == Some(purge_at)), "{tasks:?}");
 
     // The objects are there, named by checksum under the location's prefix and the store path.
     let raw_md5 = md5_hex(&raw);
@@ -289,7 +296,9 @@ async fn a_retried_storage_error_succeeds_when_the_source_is_fixed() {
     .await;
     let events = f.run_worker().await;
     f.deliver_events(&events).await;
-    assert_eq!(state(&f.request("r4").await), pair("ERROR", "REMOTE_STORAGE_ERROR"));
+    let r4 = f.request("r4").await;
+    assert_eq!(state(&r4), pair("ERROR", "REMOTE_STORAGE_ERROR"));
+    assert!(r4.get("purgeAt").is_none(), "a request in error waits for an admin, however long");
     std::fs::write(&path, &good).unwrap();
     let recovery = granary_stores::recovery::Recovery::new("requests", "feature-response");
     let (_, sent) = recovery.retry(&f.backend, "r4").await.unwrap();

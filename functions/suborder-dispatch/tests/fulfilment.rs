@@ -529,6 +529,8 @@ async fn pause_resume_delete_remove_and_restart_follow_regards_rules() {
     let window = granary_domain::dispatch::quota_window(world.site.backend.clock.now_ms(), 24);
     let used = world.site.backend.table.get("orders", &Key::new("QU#ann@example.org", window.to_string())).await.unwrap().unwrap();
     assert_eq!(used.get_i64("files"), Some(1), "only the downloaded file still counts");
+    // The window's counter goes with the table's TTL a day after the window ends.
+    assert_eq!(used.get_i64("purgeAt"), Some(granary_domain::dispatch::quota_window_purge_at(window, 24)));
     let jobs: Vec<Value> = world.site.drain("storage-jobs").await.iter().map(|m| serde_json::from_str(&m.body).unwrap()).collect();
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0]["owner"], format!("order:{id}"));

@@ -33,6 +33,11 @@ use storage_worker::StorageWorker;
 use suborder_dispatch::SuborderDispatch;
 use tokio::sync::watch;
 
+/// How often items past their TTL are deleted, and how many per table at most each time (DynamoDB
+/// deletes them within days; what matters is that they go, not when).
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+const PURGE_BATCH: usize = 10_000;
+
 /// The most feature requests an ingest invocation takes: the template's BatchSize for NORMAL and LOW.
 const INGEST_BATCH: usize = 100;
 
@@ -233,14 +238,24 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         async move { f.handle(e).await }
     });
     workers.spawn(run_schedule(backend.clone(), "granary-order-maintenance", opts.maintenance_every, maintenance_handler, stop_rx.clone()));
-    // S3 announces completed restores through EventBridge; the embedded blob store needs this pump.
+    // S3 announces completed restores through EventBridge, and DynamoDB deletes items past their TTL;
+    // the embedded backend needs this pump for both.
     if let Some(embedded) = embedded.clone() {
         let mut stop = stop_rx.clone();
         let queue = config.storage_ready_queue.clone();
         workers.spawn(async move {
+            let mut next_purge = tokio::time::Instant::now();
             while !*stop.borrow() {
                 if let Err(e) = embedded.announce_completed_restores(&queue).await {
                     tracing::error!(error = %e, "cannot announce completed restores");
+                }
+                if tokio::time::Instant::now() >= next_purge {
+                    match embedded.purge_expired(PURGE_BATCH).await {
+                        Ok(n) if n > 0 => tracing::info!(purged = n, "items past their TTL deleted"),
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "cannot delete items past their TTL"),
+                    }
+                    next_purge = tokio::time::Instant::now() + PURGE_EVERY;
                 }
                 let _ = tokio::time::timeout(Duration::from_secs(1), stop.changed()).await;
             }

@@ -5,6 +5,7 @@ use crate::Aws;
 use crate::error::{code, port_error};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType, ScalarAttributeType,
+    TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use granary_ports::{AttrKind, PortError, PortResult, Resources};
@@ -60,8 +61,17 @@ pub async fn provision(aws: &Aws, resources: &Resources) -> PortResult<()> {
             .await;
         match result {
             Ok(_) => {}
-            Err(e) if code(&e) == Some("ResourceInUseException") => {}
+            Err(e) if code(&e) == Some("ResourceInUseException") => continue,
             Err(e) => return Err(port_error("CreateTable", e)),
+        }
+        if let Some(attr) = &t.ttl_attr {
+            let spec = TimeToLiveSpecification::builder().attribute_name(attr).enabled(true).build().map_err(invalid)?;
+            ddb.update_time_to_live()
+                .table_name(format!("{}{}", aws.prefix(), t.name))
+                .time_to_live_specification(spec)
+                .send()
+                .await
+                .map_err(|e| port_error("UpdateTimeToLive", e))?;
         }
     }
     let sqs = aws.queue_client();

@@ -80,18 +80,23 @@ async fn requests_are_counted_by_service() {
     assert_eq!(c.total(), 6);
 }
 
+/// The SDK's configuration for moto, for clients of services Granary's ports do not wrap.
+async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "test"))
+        .load()
+        .await
+}
+
 /// A notification published to a recipient's SNS topic reaches the queue subscribed to it, with its
 /// id as a message attribute.
 #[tokio::test]
 async fn a_publication_reaches_the_queue_subscribed_to_the_topic() {
     use granary_ports::Topics;
     let endpoint = shared_moto();
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "test"))
-        .load()
-        .await;
+    let sdk = sdk_config(endpoint).await;
     let (sns, sqs) = (aws_sdk_sns::Client::new(&sdk), aws_sdk_sqs::Client::new(&sdk));
     let name = format!("{}subscriber", unique_prefix());
     let topic = sns.create_topic().name(&name).send().await.unwrap().topic_arn.unwrap();
@@ -120,4 +125,23 @@ async fn a_publication_reaches_the_queue_subscribed_to_the_topic() {
     let unknown = topic.replace(&name, "nobody-listens");
     let err = topics.publish(&unknown, "{}", &[]).await.unwrap_err();
     assert!(err.to_string().contains("publishing to"), "{err}");
+}
+
+/// A table declared with a TTL attribute gets DynamoDB's TTL on it, as the template gives it in AWS.
+#[tokio::test]
+async fn provisioning_enables_the_declared_ttl() {
+    let endpoint = shared_moto();
+    let prefix = unique_prefix();
+    let mut resources = granary_contract::resources(VISIBILITY);
+    resources.tables[0].ttl_attr = Some("purgeAt".into());
+    let aws = Aws::connect(&resources, options(endpoint, &prefix)).await;
+    granary_aws::provision::provision(&aws, &resources).await.expect("provision on moto");
+    let sdk = sdk_config(endpoint).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let name = format!("{prefix}{}", resources.tables[0].name);
+    let with = ddb.describe_time_to_live().table_name(name).send().await.unwrap().time_to_live_description.unwrap();
+    assert_eq!(with.time_to_live_status, Some(aws_sdk_dynamodb::types::TimeToLiveStatus::Enabled));
+    assert_eq!(with.attribute_name.as_deref(), Some("purgeAt"));
+    // Provisioning again (the tables exist) is not an error.
+    granary_aws::provision::provision(&aws, &resources).await.expect("provision twice");
 }

@@ -174,6 +174,13 @@ pub fn quota_window(now_ms: i64, period_hours: i64) -> i64 {
     now_ms.div_euclid(period) * period
 }
 
+/// When the counters of the quota window starting at `window_ms` may be purged (epoch seconds, the TTL
+/// value): a day after the window ends. Nothing reads a past window; a file given back after the purge
+/// writes a counter that is purged again.
+pub fn quota_window_purge_at(window_ms: i64, period_hours: i64) -> i64 {
+    (window_ms + period_hours.max(1) * 3_600_000).div_euclid(1000) + 86_400
+}
+
 /// The status an order ends in once every suborder's files are available or in error: DONE when none
 /// failed, FAILED when none was made available, DONE_WITH_WARNING otherwise.
 pub fn final_status(made_available: i64, in_error: i64) -> OrderStatus {
@@ -296,6 +303,8 @@ mod tests {
         let h = 3_600_000;
         assert_eq!(quota_window(5 * h + 10, 24), 0);
         assert_eq!(quota_window(25 * h, 24), 24 * h);
+        // Purged a day after the window's end, in seconds.
+        assert_eq!(quota_window_purge_at(24 * h, 24), (48 * h) / 1000 + 86_400);
         assert_eq!(quota_window(25 * h, 0), 25 * h);
     }
 

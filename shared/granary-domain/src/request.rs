@@ -84,6 +84,25 @@ impl RequestState {
     }
 }
 
+impl RequestState {
+    /// Whether nothing more happens to a request in this state, so that its record may be purged after
+    /// [`FINISHED_REQUEST_RETENTION_DAYS`]. ERROR is not: it waits for an admin's retry or deletion.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Success | Self::Denied)
+    }
+}
+
+/// How long the record of a finished request (SUCCESS or DENIED) is kept, in days. It must outlast
+/// SQS's longest message retention (14 days): the record is what makes a redelivered message, or a
+/// new one reusing the request id, a duplicate. Past it the table's TTL deletes the record.
+pub const FINISHED_REQUEST_RETENTION_DAYS: i64 = 30;
+const _: () = assert!(FINISHED_REQUEST_RETENTION_DAYS > 14, "a record must outlive every message SQS may still deliver");
+
+/// The TTL value (epoch seconds, as DynamoDB's TTL reads it) of a request finished at `finished_ms`.
+pub fn finished_request_purge_at(finished_ms: i64) -> i64 {
+    finished_ms.div_euclid(1000) + FINISHED_REQUEST_RETENTION_DAYS * 86_400
+}
+
 /// Where a file should be stored (REGARDS's StorageMetadata).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -433,6 +452,14 @@ fn parse_own_urn(text: &str, tenant: &str, path: &str) -> Result<crate::Urn, Str
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn finished_requests_are_purged_after_the_retention_which_outlasts_sqs_redelivery() {
+        assert!(RequestState::Success.is_finished() && RequestState::Denied.is_finished());
+        assert!(!RequestState::Error.is_finished() && !RequestState::Granted.is_finished());
+        // 2026-01-01T00:00:00.999Z: seconds, not milliseconds, and 30 days on.
+        assert_eq!(finished_request_purge_at(1_767_225_600_999), 1_767_225_600 + 30 * 86_400);
+    }
 
     #[test]
     fn patches_and_deletions_need_a_urn_of_this_tenant() {

@@ -294,6 +294,12 @@ impl Db {
                 };
                 ddl.push_str(&format!("CREATE INDEX IF NOT EXISTS {name} ON {ident} ({cols}) WHERE {part} IS NOT NULL;\n"));
             }
+            if let Some(ttl) = &t.ttl_attr {
+                // What `EmbeddedTable::purge_expired` reads: only the items carrying the attribute.
+                let name = quote_ident(&format!("ttl_{}", t.name))?;
+                let expr = index_expr(ttl)?;
+                ddl.push_str(&format!("CREATE INDEX IF NOT EXISTS {name} ON {ident} ({expr}) WHERE {expr} IS NOT NULL;\n"));
+            }
         }
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_sql)?;
         tx.execute_batch(&ddl).map_err(map_sql)?;

@@ -100,6 +100,12 @@ impl Embedded {
         &self.options.data_dir
     }
 
+    /// Deletes the items whose TTL has passed on the backend's clock, up to `limit` per table: what
+    /// DynamoDB's TTL does in the cloud. Returns how many were deleted.
+    pub async fn purge_expired(&self, limit: usize) -> PortResult<usize> {
+        self.table.purge_expired(self.options.clock.now_ms().div_euclid(1000), limit).await
+    }
+
     /// Sends an "Object Restore Completed" event to `queue` for every restore whose delay has passed,
     /// as S3 does through EventBridge. Returns how many were announced.
     pub async fn announce_completed_restores(&self, queue: &str) -> PortResult<usize> {

@@ -17,12 +17,40 @@ pub struct EmbeddedTable {
     db: Arc<Db>,
     /// Index name to (partition attribute, sort attribute), per table.
     indexes: HashMap<String, HashMap<String, (String, Option<String>)>>,
+    /// The TTL attribute of each table that has one.
+    ttl: Vec<(String, String)>,
 }
 
 impl EmbeddedTable {
     pub(crate) fn new(db: Arc<Db>, resources: &Resources) -> Self {
         let indexes = resources.index_keys();
-        Self { db, indexes }
+        let ttl = resources.tables.iter().filter_map(|t| Some((t.name.clone(), t.ttl_attr.clone()?))).collect();
+        Self { db, indexes, ttl }
+    }
+
+    /// Deletes up to `limit` items per table whose TTL attribute (epoch seconds) is before `now_secs`,
+    /// as DynamoDB's TTL does in the cloud (there within a few days; here whenever this runs). Returns
+    /// how many were deleted. Items without the attribute, or with a value that is not a number, stay.
+    pub async fn purge_expired(&self, now_secs: i64, limit: usize) -> PortResult<usize> {
+        let mut purged = 0;
+        for (table, attr) in &self.ttl {
+            let (ident, expr) = (table_ident(table)?, index_expr(attr)?);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            purged += self
+                .db
+                .write(move |conn| {
+                    conn.execute(
+                        &format!(
+                            "DELETE FROM {ident} WHERE (pk, sk) IN (SELECT pk, sk FROM {ident} \
+                             WHERE {expr} IS NOT NULL AND typeof({expr}) IN ('integer', 'real') AND {expr} < ?1 LIMIT ?2)"
+                        ),
+                        rusqlite::params![now_secs, limit],
+                    )
+                    .map_err(map_sql)
+                })
+                .await?;
+        }
+        Ok(purged)
     }
 
     /// The (partition, sort) attributes of the index `query` reads, `None` for the table itself.

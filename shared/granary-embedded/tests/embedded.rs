@@ -297,3 +297,38 @@ async fn writes_committed_together_stay_all_or_nothing_each() {
         assert_eq!(b.table.get(TABLE, &Key::new(format!("half#{i}"), "x")).await.unwrap(), None, "half of a cancelled transaction");
     }
 }
+
+/// A table declared with a TTL attribute loses its items once their time has passed, as DynamoDB's TTL
+/// deletes them; items without the attribute, or with a text in it, stay.
+#[tokio::test]
+async fn items_past_their_ttl_are_purged_and_only_those() {
+    let h = harness().await;
+    let mut o = h.options();
+    o.resources.tables[0].ttl_attr = Some("purgeAt".into());
+    let e = Embedded::open(o).unwrap();
+    let b = e.backend();
+    let now = granary_ports::Clock::now_ms(h.clock.as_ref()) / 1000;
+    let put = |sk: &str, purge_at: Option<serde_json::Value>| {
+        let mut item = Item::new(Key::new("p", sk));
+        if let Some(v) = purge_at {
+            item = item.with("purgeAt", v);
+        }
+        b.table.put(TABLE, item, None)
+    };
+    put("due", Some((now + 10).into())).await.unwrap();
+    put("later", Some((now + 3600).into())).await.unwrap();
+    put("never", None).await.unwrap();
+    put("text", Some("0".into())).await.unwrap();
+    assert_eq!(e.purge_expired(100).await.unwrap(), 0, "nothing has expired yet");
+    h.clock.advance(chrono::Duration::seconds(11));
+    assert_eq!(e.purge_expired(100).await.unwrap(), 1);
+    let left = |sk: &'static str| {
+        let b = b.clone();
+        async move { b.table.get(TABLE, &Key::new("p", sk)).await.unwrap().is_some() }
+    };
+    assert!(!left("due").await);
+    assert!(left("later").await && left("never").await && left("text").await);
+    h.clock.advance(chrono::Duration::hours(2));
+    assert_eq!(e.purge_expired(100).await.unwrap(), 1);
+    assert!(!left("later").await && left("never").await && left("text").await);
+}

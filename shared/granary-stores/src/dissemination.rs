@@ -429,14 +429,17 @@ impl DisseminationLog {
             }
         }
         let event = crate::storage::request_event(&record, RequestState::Success, vec![], &self.response_queue);
+        let now = backend.clock.now_ms();
+        let tasks = crate::storage::all_tasks(backend, &self.requests, request_id).await?;
+        crate::storage::purge_tasks(backend, &self.requests, &tasks, now).await?;
         let ops = vec![
             TxOp::Update {
                 table: self.requests.clone(),
                 key: item.key.clone(),
-                updates: vec![Update::set("state", RequestState::Success.as_str()), Update::set("step", "DONE")],
+                updates: crate::storage::success_updates(now),
                 cond: Some(Cond::And(vec![Cond::eq("state", RequestState::Granted.as_str()), Cond::eq("step", BLOCKING_STEP)])),
             },
-            self.outbox.stage(&event, backend.clock.now_ms()),
+            self.outbox.stage(&event, now),
         ];
         match backend.table.transact(ops).await {
             Ok(()) => {

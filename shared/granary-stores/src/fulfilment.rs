@@ -47,6 +47,16 @@ pub(crate) fn user_key(owner: &str) -> Key {
     Key::new(format!("U#{owner}"), "U")
 }
 
+/// The updates giving `files` and `bytes` (negative) back to the quota window a file was reserved in,
+/// keeping the window's purge time, which the file carries (files reserved before it had none).
+pub(crate) fn quota_give_back_updates(file: &Item, files: i64, bytes: i64) -> Vec<Update> {
+    let mut updates = vec![Update::add("files", files), Update::add("bytes", bytes)];
+    if let Some(purge_at) = file.get_i64("quotaPurgeAt") {
+        updates.push(Update::set(crate::PURGE_AT, purge_at));
+    }
+    updates
+}
+
 pub(crate) fn waiter_key(checksum: &str, order_id: &str, file_sk: &str) -> Key {
     Key::new(format!("W#{checksum}"), format!("{order_id}#{file_sk}"))
 }
@@ -259,6 +269,7 @@ impl Fulfilment {
         let now = backend.clock.now_ms();
         let limited = quota.max_files >= 0 || quota.max_bytes >= 0;
         let window = granary_domain::dispatch::quota_window(now, quota.period_hours);
+        let purge_at = granary_domain::dispatch::quota_window_purge_at(window, quota.period_hours);
         let mut ops = Vec::new();
         if limited {
             let n = files.len() as i64;
@@ -272,7 +283,7 @@ impl Fulfilment {
             }
             ops.push(self.update(
                 Key::new(format!("QU#{owner}"), window.to_string()),
-                vec![Update::add("files", n), Update::add("bytes", bytes)],
+                vec![Update::add("files", n), Update::add("bytes", bytes), Update::set(crate::PURGE_AT, purge_at)],
                 Some(Cond::And(conds)),
             ));
         }
@@ -282,6 +293,8 @@ impl Fulfilment {
             if limited {
                 updates.push(Update::set("quotaPk", format!("QU#{owner}")));
                 updates.push(Update::set("quotaSk", window.to_string()));
+                // What the window's counter carries, so that a give-back keeps it.
+                updates.push(Update::set("quotaPurgeAt", purge_at));
             }
             let (waiting_on, wait_detail) = match &f.wait {
                 Wait::Nothing => (None, None),
@@ -438,7 +451,7 @@ impl Fulfilment {
     fn quota_give_back(&self, file: &Item) -> Option<TxOp> {
         let (pk, sk) = (file.get_str("quotaPk")?, file.get_str("quotaSk")?);
         let size = file.get("file").and_then(|f| f.get("size")).and_then(Value::as_i64).unwrap_or(0);
-        Some(self.update(Key::new(pk, sk), vec![Update::add("files", -1), Update::add("bytes", -size)], None))
+        Some(self.update(Key::new(pk, sk), quota_give_back_updates(file, -1, -size), None))
     }
 
     /// Replaces the processed `inputs` of suborder `number` by `outputs` (new file items, AVAILABLE, at

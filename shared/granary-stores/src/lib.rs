@@ -24,6 +24,11 @@ pub mod zips;
 use granary_ports::{Backend, Item, PortError, Query};
 use thiserror::Error;
 
+/// The TTL attribute of the requests and orders tables (epoch seconds): an item carrying it is deleted
+/// once that time has passed (by DynamoDB's TTL in the cloud, by granary-local's purge on the embedded
+/// backend). It is set on finished requests and on past quota windows.
+pub const PURGE_AT: &str = "purgeAt";
+
 /// What a store operation can fail with.
 #[derive(Debug, Error)]
 pub enum StoreError {

@@ -109,17 +109,18 @@ impl Fulfilment {
             // A transaction per 45 files: each file marked once, with its window's counter (at most 45
             // windows): 90 operations at most.
             for chunk in give_back.chunks(45) {
-                let mut windows: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+                // Per window: what goes back, and a file of it (which carries the window's purge time).
+                let mut windows: BTreeMap<(String, String), (i64, i64, &Item)> = BTreeMap::new();
                 let mut ops = Vec::new();
                 for (f, size) in chunk {
                     let key = (f.get_str("quotaPk").unwrap_or_default().to_owned(), f.get_str("quotaSk").unwrap_or_default().to_owned());
-                    let w = windows.entry(key).or_default();
+                    let w = windows.entry(key).or_insert((0, 0, *f));
                     w.0 -= 1;
                     w.1 -= i64::try_from(*size).unwrap_or(i64::MAX);
                     ops.push(self.update(f.key.clone(), vec![Update::set("givenBackAt", now)], Some(Cond::absent("givenBackAt"))));
                 }
-                for ((pk, sk), (files, bytes)) in windows {
-                    ops.push(self.update(Key::new(pk, sk), vec![Update::add("files", files), Update::add("bytes", bytes)], None));
+                for ((pk, sk), (files, bytes, file)) in windows {
+                    ops.push(self.update(Key::new(pk, sk), crate::fulfilment::quota_give_back_updates(file, files, bytes), None));
                 }
                 match backend.table.transact(ops).await {
                     // Given back by an earlier run: the next page.

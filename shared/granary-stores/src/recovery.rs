@@ -178,14 +178,11 @@ impl Recovery {
         let mut ops = vec![TxOp::Update {
             table: self.table.clone(),
             key: item.key.clone(),
-            updates: vec![
-                Update::set("state", RequestState::Success.as_str()),
-                Update::set("step", "DONE"),
-                Update::remove("parked"),
-                Update::remove("dueShard"),
-                Update::remove("dueAt"),
-                Update::remove("pendingFeature"),
-            ],
+            updates: [
+                crate::storage::success_updates(now),
+                vec![Update::remove("parked"), Update::remove("dueShard"), Update::remove("dueAt"), Update::remove("pendingFeature")],
+            ]
+            .concat(),
             cond: Some(Cond::And(vec![Cond::eq("state", RequestState::Granted.as_str()), Cond::eq("step", record.step.clone())])),
         }];
         ops.extend(session_op(&self.table, &record, Outcome::Done { released: true, changed: false }));

@@ -128,6 +128,10 @@ impl RequestRecord {
         if !self.blocked_by.is_empty() {
             item = item.with("blockedBy", Value::from(self.blocked_by.clone()));
         }
+        if self.state.is_finished() {
+            // A record is written finished at once only when it is registered (`registeredAt` is then).
+            item = item.with(crate::PURGE_AT, granary_domain::request::finished_request_purge_at(self.registered_at));
+        }
         for (name, v) in [
             ("providerId", &self.provider_id),
             ("urn", &self.urn),

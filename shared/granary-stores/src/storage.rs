@@ -249,16 +249,21 @@ impl StorageTracker {
                 (true, false) => (RequestState::Success, "DONE"),
                 (false, _) => (RequestState::Error, STORAGE_ERROR_STEP),
             };
+            let mut updates = vec![
+                Update::set("state", state.as_str()),
+                Update::set("step", step),
+                Update::set("errors", Value::from(errors.clone())),
+                Update::remove("timeoutShard"),
+                Update::remove("timeoutAt"),
+            ];
+            if state.is_finished() {
+                purge_tasks(backend, &self.requests, &tasks, now).await?;
+                updates.push(Update::set(crate::PURGE_AT, granary_domain::request::finished_request_purge_at(now)));
+            }
             let mut ops = vec![TxOp::Update {
                 table: self.requests.clone(),
                 key: item.key.clone(),
-                updates: vec![
-                    Update::set("state", state.as_str()),
-                    Update::set("step", step),
-                    Update::set("errors", Value::from(errors.clone())),
-                    Update::remove("timeoutShard"),
-                    Update::remove("timeoutAt"),
-                ],
+                updates,
                 cond: Some(Cond::And(vec![
                     Cond::eq("step", record.step.clone()),
                     Cond::eq("storageRemaining", 0),
@@ -372,8 +377,37 @@ pub(crate) fn request_event(record: &RequestRecord, state: RequestState, errors:
     OutboxEvent { event_id: e.event_id.clone(), queue: queue.to_owned(), body: serde_json::to_string(&e).unwrap_or_default() }
 }
 
-async fn all_tasks(backend: &Backend, requests: &str, request_id: &str) -> Result<Vec<Item>, StoreError> {
+pub(crate) async fn all_tasks(backend: &Backend, requests: &str, request_id: &str) -> Result<Vec<Item>, StoreError> {
     crate::all_items(backend, Query::partition(requests, format!("R#{request_id}")).sorted(SortCond::BeginsWith("S#".into()))).await
+}
+
+/// The updates that finish a request record: SUCCESS, DONE, and purged with its tasks after the
+/// retention (see [`purge_tasks`]).
+pub(crate) fn success_updates(now_ms: i64) -> Vec<Update> {
+    vec![
+        Update::set("state", RequestState::Success.as_str()),
+        Update::set("step", "DONE"),
+        Update::set(crate::PURGE_AT, granary_domain::request::finished_request_purge_at(now_ms)),
+    ]
+}
+
+/// Marks the task items of a request (its files to store, from [`all_tasks`]) to be purged at the same time as
+/// the record. Called before the record is finished: after a crash between the two, the redelivered
+/// event finishes the record and marks the tasks again; the other way round, tasks could outlive the
+/// record for good.
+pub(crate) async fn purge_tasks(backend: &Backend, requests: &str, tasks: &[Item], now_ms: i64) -> Result<(), StoreError> {
+    let purge_at = granary_domain::request::finished_request_purge_at(now_ms);
+    for task in tasks {
+        if task.get_i64(crate::PURGE_AT).is_some() {
+            continue;
+        }
+        match backend.table.update(requests, &task.key, vec![Update::set(crate::PURGE_AT, purge_at)], Some(Cond::ItemExists)).await {
+            // Deleted meanwhile (an admin deleted the request): nothing to purge.
+            Ok(_) | Err(PortError::ConditionFailed { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Retries the storage of a request in REMOTE_STORAGE_ERROR: its files not stored go back to
