@@ -17,6 +17,8 @@ const DATASET: &str = "SOAK_DS";
 struct Sample {
     at: Duration,
     rss_kib: u64,
+    /// What SQLite held of it (its page caches fill up to their bounds as the data grows).
+    sqlite_kib: u64,
     fds: usize,
     queued: u64,
 }
@@ -75,7 +77,10 @@ pub(crate) async fn run(minutes: u64, rate: u32, runner: PathBuf) {
     let urn = |i: u64| format!("URN:FEATURE:DATA:granary:{}:V1", granary_domain::entity_uuid(&format!("soak-{i}")));
 
     println!("soak: {minutes} min, {rate} creations/s with a stored file each, an order of 10 products every 10 s");
-    println!("  {:>6} {:>10} {:>6} {:>8} {:>9} {:>8}", "min", "RSS MiB", "fds", "queued", "created", "orders");
+    println!(
+        "  {:>6} {:>10} {:>10} {:>10} {:>6} {:>8} {:>9} {:>8}",
+        "min", "RSS MiB", "SQLite MiB", "rest MiB", "fds", "queued", "created", "orders"
+    );
     let start = Instant::now();
     let end = start + Duration::from_secs(minutes * 60);
     let mut samples: Vec<Sample> = Vec::new();
@@ -140,12 +145,15 @@ pub(crate) async fn run(minutes: u64, rate: u32, runner: PathBuf) {
             for q in &queues {
                 queued += b.queue.depth(q).await.map(|d| d.total()).unwrap_or(0);
             }
-            let s = Sample { at: start.elapsed(), rss_kib: crate::memory_kib(pid, "VmRSS:"), fds: open_fds(pid), queued };
+            let sqlite_kib = sqlite_bytes(&http, &base).await / 1024;
+            let s = Sample { at: start.elapsed(), rss_kib: crate::memory_kib(pid, "VmRSS:"), sqlite_kib, fds: open_fds(pid), queued };
             if s.at.as_secs() % 60 < 10 {
                 println!(
-                    "  {:>6.1} {:>10.1} {:>6} {:>8} {:>9} {:>8}",
+                    "  {:>6.1} {:>10.1} {:>10.1} {:>10.1} {:>6} {:>8} {:>9} {:>8}",
                     s.at.as_secs_f64() / 60.0,
                     s.rss_kib as f64 / 1024.0,
+                    s.sqlite_kib as f64 / 1024.0,
+                    s.rss_kib.saturating_sub(s.sqlite_kib) as f64 / 1024.0,
                     s.fds,
                     s.queued,
                     created,
@@ -168,9 +176,25 @@ pub(crate) async fn run(minutes: u64, rate: u32, runner: PathBuf) {
         avg(&first, |s| s.rss_kib as f64) / 1024.0,
         avg(&last, |s| s.rss_kib as f64) / 1024.0
     );
+    println!(
+        "    SQLite    {:>8.1} MiB -> {:>8.1} MiB",
+        avg(&first, |s| s.sqlite_kib as f64) / 1024.0,
+        avg(&last, |s| s.sqlite_kib as f64) / 1024.0
+    );
+    println!(
+        "    the rest  {:>8.1} MiB -> {:>8.1} MiB",
+        avg(&first, |s| s.rss_kib.saturating_sub(s.sqlite_kib) as f64) / 1024.0,
+        avg(&last, |s| s.rss_kib.saturating_sub(s.sqlite_kib) as f64) / 1024.0
+    );
     println!("    open fds  {:>8.1}     -> {:>8.1}", avg(&first, |s| s.fds as f64), avg(&last, |s| s.fds as f64));
     println!("    queued    {:>8.1}     -> {:>8.1}", avg(&first, |s| s.queued as f64), avg(&last, |s| s.queued as f64));
     println!("  {created} creations sent, {orders} orders placed and downloaded, runner peak RSS {:.1} MiB", hwm as f64 / 1024.0);
+}
+
+/// The bytes SQLite holds in the runner, as its health answer reports them (0 if it does not).
+async fn sqlite_bytes(http: &reqwest::Client, base: &str) -> u64 {
+    let Ok(res) = http.get(format!("{base}/health")).send().await else { return 0 };
+    res.json::<Value>().await.ok().and_then(|h| h["sqliteMemoryBytes"].as_u64()).unwrap_or(0)
 }
 
 /// One user order of `ids`, waited for and every file downloaded (the Granary link, not followed).

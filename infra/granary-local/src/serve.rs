@@ -323,7 +323,12 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, LocalError
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(json!({ "status": "UP", "backend": state.backend_name })).into_response()
+    let mut health = json!({ "status": "UP", "backend": state.backend_name });
+    if state.embedded.is_some() {
+        // For memory measurements (the soak benchmark): SQLite's share of the process's memory.
+        health["sqliteMemoryBytes"] = granary_embedded::sqlite_memory_used().into();
+    }
+    axum::Json(health).into_response()
 }
 
 async fn openapi() -> Response {

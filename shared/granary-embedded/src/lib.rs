@@ -15,6 +15,17 @@ pub use blob::{EmbeddedBlobs, SignedUrlError};
 pub use queue::EmbeddedQueue;
 pub use table::EmbeddedTable;
 
+/// The bytes SQLite holds in this process now (page caches, prepared statements, schemas), all
+/// databases together: what a memory measurement sets apart to tell SQLite's bounded caches from the
+/// rest of the process.
+#[allow(unsafe_code)]
+pub fn sqlite_memory_used() -> i64 {
+    // SAFETY: sqlite3_memory_used takes no argument and reads SQLite's global allocation counter under
+    // SQLite's own mutex (the bundled library is built with SQLITE_THREADSAFE=1 and memory statistics
+    // on, their default).
+    unsafe { rusqlite::ffi::sqlite3_memory_used() }
+}
+
 use granary_ports::{Backend, Clock, IdSource, PortResult, RandomIds, Resources, SystemClock};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
