@@ -38,6 +38,21 @@ use tokio::sync::watch;
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 const PURGE_BATCH: usize = 10_000;
 
+/// How often the memory glibc keeps after frees is handed back to the system (see [`release_free_memory`]).
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
+/// Hands back to the system the free memory glibc's allocator keeps. A long-running runner otherwise
+/// grows its resident memory with freed memory held in glibc's heap: the soak benchmark measured
+/// RSS rising by 0.25 MiB a minute while heaptrack put the live heap under 7 MB for the whole run.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim takes a plain integer and works on glibc's own arenas under their locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The most feature requests an ingest invocation takes: the template's BatchSize for NORMAL and LOW.
 const INGEST_BATCH: usize = 100;
 
@@ -238,6 +253,17 @@ pub async fn serve(opts: ServeOptions) -> Result<(), LocalError> {
         async move { f.handle(e).await }
     });
     workers.spawn(run_schedule(backend.clone(), "granary-order-maintenance", opts.maintenance_every, maintenance_handler, stop_rx.clone()));
+    {
+        let mut stop = stop_rx.clone();
+        workers.spawn(async move {
+            while !*stop.borrow() {
+                if tokio::time::timeout(TRIM_EVERY, stop.changed()).await.is_err() {
+                    // On a blocking thread: the trim walks the heap (a few milliseconds at most).
+                    let _ = tokio::task::spawn_blocking(release_free_memory).await;
+                }
+            }
+        });
+    }
     // S3 announces completed restores through EventBridge, and DynamoDB deletes items past their TTL;
     // the embedded backend needs this pump for both.
     if let Some(embedded) = embedded.clone() {
