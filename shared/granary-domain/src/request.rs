@@ -82,9 +82,7 @@ impl RequestState {
             Self::Error => "ERROR",
         }
     }
-}
 
-impl RequestState {
     /// Whether nothing more happens to a request in this state, so that its record may be purged after
     /// [`FINISHED_REQUEST_RETENTION_DAYS`]. ERROR is not: it waits for an admin's retry or deletion.
     pub fn is_finished(self) -> bool {

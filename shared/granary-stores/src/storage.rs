@@ -258,7 +258,7 @@ impl StorageTracker {
             ];
             if state.is_finished() {
                 purge_tasks(backend, &self.requests, &tasks, now).await?;
-                updates.push(Update::set(crate::PURGE_AT, granary_domain::request::finished_request_purge_at(now)));
+                updates.push(purge_update(now));
             }
             let mut ops = vec![TxOp::Update {
                 table: self.requests.clone(),
@@ -384,11 +384,12 @@ pub(crate) async fn all_tasks(backend: &Backend, requests: &str, request_id: &st
 /// The updates that finish a request record: SUCCESS, DONE, and purged with its tasks after the
 /// retention (see [`purge_tasks`]).
 pub(crate) fn success_updates(now_ms: i64) -> Vec<Update> {
-    vec![
-        Update::set("state", RequestState::Success.as_str()),
-        Update::set("step", "DONE"),
-        Update::set(crate::PURGE_AT, granary_domain::request::finished_request_purge_at(now_ms)),
-    ]
+    vec![Update::set("state", RequestState::Success.as_str()), Update::set("step", "DONE"), purge_update(now_ms)]
+}
+
+/// The update marking a request (or one of its tasks) finished at `now_ms` for the table's TTL.
+fn purge_update(now_ms: i64) -> Update {
+    Update::set(crate::PURGE_AT, granary_domain::request::finished_request_purge_at(now_ms))
 }
 
 /// Marks the task items of a request (its files to store, from [`all_tasks`]) to be purged at the same time as
@@ -396,12 +397,11 @@ pub(crate) fn success_updates(now_ms: i64) -> Vec<Update> {
 /// event finishes the record and marks the tasks again; the other way round, tasks could outlive the
 /// record for good.
 pub(crate) async fn purge_tasks(backend: &Backend, requests: &str, tasks: &[Item], now_ms: i64) -> Result<(), StoreError> {
-    let purge_at = granary_domain::request::finished_request_purge_at(now_ms);
     for task in tasks {
         if task.get_i64(crate::PURGE_AT).is_some() {
             continue;
         }
-        match backend.table.update(requests, &task.key, vec![Update::set(crate::PURGE_AT, purge_at)], Some(Cond::ItemExists)).await {
+        match backend.table.update(requests, &task.key, vec![purge_update(now_ms)], Some(Cond::ItemExists)).await {
             // Deleted meanwhile (an admin deleted the request): nothing to purge.
             Ok(_) | Err(PortError::ConditionFailed { .. }) => {}
             Err(e) => return Err(e.into()),
