@@ -382,6 +382,9 @@ struct MeetingTable {
 
 #[async_trait::async_trait]
 impl granary_ports::Table for MeetingTable {
+    fn sent_with_commit(&self, event_id: &str) -> bool {
+        self.inner.sent_with_commit(event_id)
+    }
     async fn get(&self, table: &str, key: &Key) -> granary_ports::PortResult<Option<granary_ports::Item>> {
         let read = self.inner.get(table, key).await;
         if key.pk.starts_with("N#") && !key.sk.contains('#') && self.reads.fetch_add(1, Ordering::SeqCst) < 3 {

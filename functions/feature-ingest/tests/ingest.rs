@@ -266,16 +266,54 @@ async fn events_left_in_the_outbox_are_relayed() {
         queue: "feature-response".into(),
         body: "{\"requestId\":\"r9\"}".into(),
     };
-    // A handler that committed this row and died before sending it.
-    f.backend.table.transact(vec![store.stage(&event, f.backend.clock.now_ms() - 60_000)]).await.unwrap();
+    // A handler that committed this row and died before sending it. The embedded backend sends
+    // staged events with the commit; rows are what DynamoDB gets (`into_row`), written here as such.
+    f.backend.table.transact(vec![store.stage(&event, f.backend.clock.now_ms() - 60_000).into_row()]).await.unwrap();
     let fresh = granary_stores::outbox::OutboxEvent { event_id: "r10:SUCCESS".into(), ..event.clone() };
-    f.backend.table.transact(vec![store.stage(&fresh, f.backend.clock.now_ms())]).await.unwrap();
+    f.backend.table.transact(vec![store.stage(&fresh, f.backend.clock.now_ms()).into_row()]).await.unwrap();
     let sent = store.relay(&f.backend, f.backend.clock.now_ms() - 10_000).await.unwrap();
     assert_eq!(sent, 1, "only the stale row is relayed; its writer may still send the fresh one");
     let got = f.backend.queue.receive("feature-response", 10, None, Duration::ZERO).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].attributes.get("granary.event.id").map(String::as_str), Some("r9:SUCCESS"));
     assert_eq!(store.relay(&f.backend, f.backend.clock.now_ms() - 10_000).await.unwrap(), 0, "relayed once");
+}
+
+#[tokio::test]
+async fn on_the_embedded_backend_staged_events_are_sent_with_their_commit_and_only_then() {
+    let f = fixture().await;
+    let store = granary_stores::outbox::Outbox::new("requests");
+    let event = |id: &str| granary_stores::outbox::OutboxEvent {
+        event_id: id.into(),
+        queue: "feature-response".into(),
+        body: format!("{{\"requestId\":\"{id}\"}}"),
+    };
+    let now = f.backend.clock.now_ms();
+    // A transaction whose condition fails sends nothing.
+    let guard = granary_ports::TxOp::Check {
+        table: "requests".into(),
+        key: granary_ports::Key::new("absent", "x"),
+        cond: granary_ports::Cond::ItemExists,
+    };
+    let refused = f.backend.table.transact(vec![store.stage(&event("no:SUCCESS"), now), guard]).await;
+    assert!(matches!(refused, Err(granary_ports::PortError::TransactionCanceled { index: 1, .. })), "{refused:?}");
+    assert!(f.take("feature-response").await.is_empty(), "a cancelled transaction sends nothing");
+    assert!(!f.backend.table.sent_with_commit("no:SUCCESS"));
+
+    // A committed one has sent its events, and left no outbox row.
+    let (a, b) = (event("a:SUCCESS"), event("b:SUCCESS"));
+    f.backend.table.transact(vec![store.stage(&a, now), store.stage(&b, now)]).await.unwrap();
+    let rows = f.backend.table.query(Query::partition("requests", "pending").on_index("outbox")).await.unwrap();
+    assert!(rows.items.is_empty(), "no outbox row: {:?}", rows.items);
+    // The flush after the commit sends what the commit did not (a nudge never staged), once.
+    let nudge = event("nudge:1");
+    store.flush(&f.backend, &[a.clone(), b.clone(), nudge.clone()]).await.unwrap();
+    let got = f.take("feature-response").await;
+    let mut ids: Vec<&str> = got.iter().filter_map(|m| m.attributes.get("granary.event.id").map(String::as_str)).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["a:SUCCESS", "b:SUCCESS", "nudge:1"]);
+    // Asked again (a redelivery's flush), an event committed earlier is no longer known as sent.
+    assert!(!f.backend.table.sent_with_commit("a:SUCCESS"));
 }
 
 fn patch(urn: &str, properties: Value, geometry: Value) -> String {
@@ -984,6 +1022,9 @@ impl granary_ports::Table for CountingTable {
     fn serializes_transactions(&self) -> bool {
         self.serial.load(std::sync::atomic::Ordering::SeqCst)
     }
+    fn sent_with_commit(&self, event_id: &str) -> bool {
+        self.inner().sent_with_commit(event_id)
+    }
     async fn get(&self, table: &str, key: &granary_ports::Key) -> granary_ports::PortResult<Option<granary_ports::Item>> {
         self.inner().get(table, key).await
     }
@@ -1074,9 +1115,10 @@ async fn a_batch_of_creations_commits_in_one_transaction_and_one_by_one_when_it_
     let committed = || counting.transactions.load(std::sync::atomic::Ordering::SeqCst);
 
     // Ten new creations: the ten features, their records, events and session counters in one
-    // transaction (a second one deletes the sent events from the outbox).
+    // transaction, which sends the events too (the embedded backend's queues join its transactions,
+    // so there are no outbox rows to delete after).
     assert!(deliver(creations(0, 10)).await.is_empty());
-    assert_eq!(committed(), 2, "one transaction for the creations, one for the outbox rows");
+    assert_eq!(committed(), 1, "one transaction for the creations and their events");
     let events = f.responses().await;
     for i in 0..10 {
         assert_eq!(states(&events, &format!("r{i}")), vec!["GRANTED", "SUCCESS"], "request r{i}");
@@ -1114,11 +1156,11 @@ async fn a_batch_of_creations_commits_in_one_transaction_and_one_by_one_when_it_
     for id in ["r20", "rp", "r21", "r22"] {
         assert_eq!(states(&events, id), vec!["GRANTED", "SUCCESS"], "request {id}");
     }
-    // r20 alone, the patch, then r21 and r22 together, then the outbox: four transactions.
-    assert_eq!(committed() - before, 4);
+    // r20 alone, the patch, then r21 and r22 together: three transactions.
+    assert_eq!(committed() - before, 3);
 
-    // Batches of 25 (the NORMAL and LOW mappings gather up to 100): ten creations to a transaction,
-    // then the outbox rows of all 25 in one; the transactions one after the other (as on DynamoDB),
+    // Batches of 25 (the NORMAL and LOW mappings gather up to 100): ten creations to a transaction;
+    // the transactions one after the other (as on DynamoDB),
     // or at once on a table that serializes them (as the embedded one).
     for (serial, from) in [(false, 30), (true, 55)] {
         counting.serial.store(serial, std::sync::atomic::Ordering::SeqCst);
@@ -1129,7 +1171,7 @@ async fn a_batch_of_creations_commits_in_one_transaction_and_one_by_one_when_it_
             assert_eq!(states(&events, &format!("r{i}")), vec!["GRANTED", "SUCCESS"], "request r{i}");
             assert_eq!(f.versions(&format!("p{i}")).await.len(), 1);
         }
-        assert_eq!(committed() - before, 4, "creations of 10, 10 and 5, then the outbox (serial {serial})");
+        assert_eq!(committed() - before, 3, "creations of 10, 10 and 5 (serial {serial})");
     }
     let counters = sessions.get(&f.backend, "s2-ingest-chain", "2026-11-23").await.unwrap().unwrap();
     assert_eq!(counters["referencingRequests"], json!(15 + 3 + 50), "each creation counted once (the patch apart)");

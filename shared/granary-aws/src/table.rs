@@ -143,6 +143,7 @@ impl AwsTable {
                     .build();
                 TransactWriteItem::builder().condition_check(check.map_err(|x| PortError::Invalid(x.to_string()))?).build()
             }
+            TxOp::Outbox { .. } => return Err(PortError::Invalid("an outbox event reaches DynamoDB as its row (TxOp::into_row)".into())),
         };
         Ok(built)
     }
@@ -229,7 +230,8 @@ impl Table for AwsTable {
 
     async fn transact(&self, ops: Vec<TxOp>) -> PortResult<()> {
         validate_transaction(&ops)?;
-        let items = ops.iter().map(|op| self.tx_item(op)).collect::<PortResult<Vec<_>>>()?;
+        // SQS cannot join a DynamoDB transaction: outbox events are written as rows for the outbox.
+        let items = ops.into_iter().map(|op| self.tx_item(&op.into_row())).collect::<PortResult<Vec<_>>>()?;
         match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
             Ok(_) => Ok(()),
             Err(err) => {

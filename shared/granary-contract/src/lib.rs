@@ -67,7 +67,7 @@ macro_rules! contract_tests {
     ($make:expr) => {
         $crate::contract_tests!(@cases $make;
             put_if_absent, put_with_condition_on_attributes, update_if_condition, update_creates_when_allowed,
-            not_equal_holds_on_absent_attribute, conditional_delete, transaction_all_or_nothing,
+            not_equal_holds_on_absent_attribute, conditional_delete, transaction_all_or_nothing, transaction_outbox_event_sent_or_kept,
             transaction_rules, query_partition_sorted_and_paged, query_all_answers_each_query_in_order, query_sparse_index_paged,
             conditional_put_race_has_one_winner, guarded_counter_never_passes_limit, counter_gives_distinct_values,
             queue_send_receive_delete, queue_batch_limits, unacknowledged_message_comes_back,

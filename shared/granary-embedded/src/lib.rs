@@ -82,8 +82,8 @@ impl Embedded {
         let db = Arc::new(db::Db::open(&options.data_dir.join("granary.sqlite3"))?);
         db.provision(&options.resources)?;
         db::Db::checkpoint_in_background(&db)?;
-        let table = Arc::new(EmbeddedTable::new(db.clone(), &options.resources));
         let queue = Arc::new(EmbeddedQueue::new(db.clone(), &options.resources, options.clock.clone(), options.ids.clone())?);
+        let table = Arc::new(EmbeddedTable::new(db.clone(), &options.resources, queue.clone()));
         let blobs = Arc::new(EmbeddedBlobs::open(
             db,
             &options.data_dir,

@@ -39,6 +39,28 @@ pub struct EmbeddedQueue {
     moving_back: tokio::sync::Mutex<()>,
 }
 
+/// A message as it is inserted.
+pub(crate) struct QueuedRow {
+    message_id: String,
+    body: String,
+    attrs: String,
+    visible_at: i64,
+}
+
+/// Inserts `rows` into `queue`, sent at `now`, on `conn` (inside the caller's transaction).
+pub(crate) fn insert(conn: &rusqlite::Connection, queue: &str, rows: &[QueuedRow], now: i64) -> PortResult<()> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO queue_messages (queue, message_id, body, attrs, visible_at, receive_count, sent_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
+        )
+        .map_err(map_sql)?;
+    for r in rows {
+        stmt.execute(rusqlite::params![queue, r.message_id, r.body, r.attrs, r.visible_at, now]).map_err(map_sql)?;
+    }
+    Ok(())
+}
+
 fn receipt(seq: i64, receive_count: i64) -> String {
     format!("{seq}.{receive_count}")
 }
@@ -64,7 +86,7 @@ impl EmbeddedQueue {
 
     /// The time now, in milliseconds; when the clock has gone back since the latest reading, pending
     /// messages are first moved back with it (see [`EmbeddedQueue`]).
-    async fn now(&self) -> PortResult<i64> {
+    pub(crate) async fn now(&self) -> PortResult<i64> {
         let now = self.clock.now_ms();
         let latest = self.latest.fetch_max(now, Ordering::SeqCst);
         if now.saturating_add(CLOCK_STEP_TOLERANCE_MS) >= latest {
@@ -98,6 +120,27 @@ impl EmbeddedQueue {
         }
         self.latest.store(now, Ordering::SeqCst);
         Ok(now)
+    }
+
+    /// The rows `messages` make in `queue`, sent at `now` (their ids drawn, their delays applied).
+    pub(crate) fn rows(&self, queue: &str, messages: Vec<OutgoingMessage>, now: i64) -> PortResult<Vec<QueuedRow>> {
+        let spec = self.spec(queue)?;
+        Ok(messages
+            .into_iter()
+            .map(|m| QueuedRow {
+                message_id: self.ids.new_id().to_string(),
+                attrs: serde_json::to_string(&m.attributes).unwrap_or_else(|_| "{}".into()),
+                visible_at: now.saturating_add(ms(m.delay.unwrap_or(spec.delay))),
+                body: m.body,
+            })
+            .collect())
+    }
+
+    /// Wakes the receives waiting on `queue`: messages were committed to it.
+    pub(crate) fn announce(&self, queue: &str) {
+        if let Some(n) = self.arrivals.get(queue) {
+            n.notify_waiters();
+        }
     }
 
     fn spec(&self, queue: &str) -> PortResult<&QueueSpec> {
@@ -194,39 +237,20 @@ impl EmbeddedQueue {
 #[async_trait]
 impl Queue for EmbeddedQueue {
     async fn send_batch(&self, queue: &str, messages: Vec<OutgoingMessage>) -> PortResult<Vec<String>> {
-        let spec = self.spec(queue)?;
+        self.spec(queue)?;
         validate_send_batch(queue, &messages)?;
         let now = self.now().await?;
-        let rows: Vec<(String, String, String, i64)> = messages
-            .into_iter()
-            .map(|m| {
-                let attrs = serde_json::to_string(&m.attributes).unwrap_or_else(|_| "{}".into());
-                let visible_at = now.saturating_add(ms(m.delay.unwrap_or(spec.delay)));
-                (self.ids.new_id().to_string(), m.body, attrs, visible_at)
-            })
-            .collect();
-        let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+        let rows = self.rows(queue, messages, now)?;
+        let ids: Vec<String> = rows.iter().map(|r| r.message_id.clone()).collect();
         let queue_name = queue.to_owned();
         self.db
             .write(move |conn| {
                 let tx = conn.savepoint().map_err(map_sql)?;
-                {
-                    let mut stmt = tx
-                        .prepare_cached(
-                            "INSERT INTO queue_messages (queue, message_id, body, attrs, visible_at, receive_count, sent_at)
-                             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
-                        )
-                        .map_err(map_sql)?;
-                    for (id, body, attrs, visible_at) in &rows {
-                        stmt.execute(rusqlite::params![queue_name, id, body, attrs, visible_at, now]).map_err(map_sql)?;
-                    }
-                }
+                insert(&tx, &queue_name, &rows, now)?;
                 tx.commit().map_err(map_sql)
             })
             .await?;
-        if let Some(n) = self.arrivals.get(queue) {
-            n.notify_waiters();
-        }
+        self.announce(queue);
         Ok(ids)
     }
 

@@ -1,20 +1,32 @@
 //! The table port on SQLite: one SQLite table per logical table, the item's attributes in a JSON `doc`
 //! column, secondary indexes as partial expression indexes over that column.
 
+use crate::EmbeddedQueue;
 use crate::db::{Db, map_sql};
+use crate::queue::QueuedRow;
 use crate::sql::{self, Fragment, index_expr, table_ident};
 use async_trait::async_trait;
+use granary_ports::queue::validate_send_batch;
 use granary_ports::table::validate_transaction;
 use granary_ports::{Cond, Cursor, Item, Key, Page, PortError, PortResult, Query, Resources, Table, TxOp, Update};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params_from_iter};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+/// Most event ids remembered as sent with a commit (see [`EmbeddedTable::transact`]): a caller asks
+/// about its events right after its commit, so this holds the commits of the moment, and the ids of
+/// events no caller asks about until it is full (about 1 MB).
+const MAX_REMEMBERED_SENDS: usize = 10_000;
 
 /// Tables on SQLite.
 pub struct EmbeddedTable {
     db: Arc<Db>,
+    /// The queues of the same database, which outbox events of a transaction join ([`TxOp::Outbox`]).
+    queue: Arc<EmbeddedQueue>,
+    /// Event ids sent with a commit and not yet asked about ([`Table::sent_with_commit`]).
+    sent: std::sync::Mutex<HashSet<String>>,
     /// Index name to (partition attribute, sort attribute), per table.
     indexes: HashMap<String, HashMap<String, (String, Option<String>)>>,
     /// The TTL attribute of each table that has one.
@@ -22,10 +34,10 @@ pub struct EmbeddedTable {
 }
 
 impl EmbeddedTable {
-    pub(crate) fn new(db: Arc<Db>, resources: &Resources) -> Self {
+    pub(crate) fn new(db: Arc<Db>, resources: &Resources, queue: Arc<EmbeddedQueue>) -> Self {
         let indexes = resources.index_keys();
         let ttl = resources.tables.iter().filter_map(|t| Some((t.name.clone(), t.ttl_attr.clone()?))).collect();
-        Self { db, indexes, ttl }
+        Self { db, queue, sent: Default::default(), indexes, ttl }
     }
 
     /// Deletes up to `limit` items per table whose TTL attribute (epoch seconds) is before `now_secs`,
@@ -322,12 +334,27 @@ impl Table for EmbeddedTable {
             .await
     }
 
+    /// Outbox events are inserted into their queues inside the transaction: sent exactly when the
+    /// state they report commits, with no row to write, send and delete after.
     async fn transact(&self, ops: Vec<TxOp>) -> PortResult<()> {
         validate_transaction(&ops)?;
         for op in &ops {
             self.check_table(op.target().0)?;
         }
-        self.db
+        let outbox = ops.iter().filter(|op| matches!(op, TxOp::Outbox { .. })).count();
+        let mut sends: Vec<(String, String, Vec<QueuedRow>)> = Vec::with_capacity(outbox);
+        let mut now = 0;
+        if outbox > 0 {
+            now = self.queue.now().await?;
+            for op in &ops {
+                if let TxOp::Outbox { event_id, queue, message, .. } = op {
+                    validate_send_batch(queue, std::slice::from_ref(message))?;
+                    sends.push((event_id.clone(), queue.clone(), self.queue.rows(queue, vec![message.clone()], now)?));
+                }
+            }
+        }
+        let sends = self
+            .db
             .write(move |conn| {
                 let tx = conn.savepoint().map_err(map_sql)?;
                 for (index, op) in ops.iter().enumerate() {
@@ -336,6 +363,7 @@ impl Table for EmbeddedTable {
                         TxOp::Update { table, key, updates, cond } => update_on(&tx, table, key, updates, cond.as_ref()).map(drop),
                         TxOp::Delete { table, key, cond } => delete_on(&tx, table, key, cond.as_ref()).map(drop),
                         TxOp::Check { table, key, cond } => check_on(&tx, table, key, cond),
+                        TxOp::Outbox { .. } => Ok(()),
                     };
                     match result {
                         Ok(()) => {}
@@ -345,9 +373,32 @@ impl Table for EmbeddedTable {
                         Err(e) => return Err(e),
                     }
                 }
-                tx.commit().map_err(map_sql)
+                for (_, queue, rows) in &sends {
+                    crate::queue::insert(&tx, queue, rows, now)?;
+                }
+                tx.commit().map_err(map_sql)?;
+                Ok(sends)
             })
-            .await
+            .await?;
+        if !sends.is_empty() {
+            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+            // Ids a caller never asks about would pile up: past the cap they are forgotten, and
+            // such an event may be sent once more, which its receiver drops by id.
+            if sent.len() + sends.len() > MAX_REMEMBERED_SENDS {
+                tracing::debug!(forgotten = sent.len(), "event ids sent with a commit forgotten");
+                sent.clear();
+            }
+            sent.extend(sends.iter().map(|(id, _, _)| id.clone()));
+        }
+        let queues: std::collections::BTreeSet<&str> = sends.iter().map(|(_, q, _)| q.as_str()).collect();
+        for q in queues {
+            self.queue.announce(q);
+        }
+        Ok(())
+    }
+
+    fn sent_with_commit(&self, event_id: &str) -> bool {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).remove(event_id)
     }
 
     async fn query(&self, query: Query) -> PortResult<Page> {

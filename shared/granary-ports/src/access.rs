@@ -167,6 +167,10 @@ impl Table for GuardedTable {
         self.inner.serializes_transactions()
     }
 
+    fn sent_with_commit(&self, event_id: &str) -> bool {
+        self.inner.sent_with_commit(event_id)
+    }
+
     async fn get(&self, table: &str, key: &Key) -> PortResult<Option<Item>> {
         self.guard.check(Kind::Table, table, Access::Read)?;
         self.inner.get(table, key).await
@@ -191,6 +195,10 @@ impl Table for GuardedTable {
         for op in &ops {
             // A condition check needs dynamodb:ConditionCheckItem, which only the write policies grant.
             self.guard.check(Kind::Table, op.target().0, Access::Write)?;
+            if let TxOp::Outbox { queue, .. } = op {
+                // Sent with the commit where the backend can, by the outbox after it elsewhere.
+                self.guard.check(Kind::Queue, queue, Access::Send)?;
+            }
         }
         self.inner.transact(ops).await
     }

@@ -342,14 +342,41 @@ pub enum TxOp {
         /// Guard.
         cond: Cond,
     },
+    /// An event to send with the state this transaction commits (the outbox). A backend whose queues
+    /// share its transactions sends `message` to `queue` as part of the commit and remembers
+    /// `event_id` as sent ([`Table::sent_with_commit`]); any other puts `row`, absent before, which
+    /// the outbox sends and deletes after the commit ([`TxOp::into_row`]).
+    Outbox {
+        /// Logical table name of the outbox row.
+        table: String,
+        /// The outbox row.
+        row: Item,
+        /// The event's deterministic id.
+        event_id: String,
+        /// Destination queue.
+        queue: String,
+        /// The message to send.
+        message: crate::queue::OutgoingMessage,
+    },
 }
 
 impl TxOp {
     /// The table and key the operation touches.
     pub fn target(&self) -> (&str, &Key) {
         match self {
-            TxOp::Put { table, item, .. } => (table, &item.key),
+            TxOp::Put { table, item, .. } | TxOp::Outbox { table, row: item, .. } => (table, &item.key),
             TxOp::Update { table, key, .. } | TxOp::Delete { table, key, .. } | TxOp::Check { table, key, .. } => (table, key),
+        }
+    }
+}
+
+impl TxOp {
+    /// The operation as a backend without transactional queues writes it: an outbox event becomes
+    /// the put of its row, absent before; any other operation stays as it is.
+    pub fn into_row(self) -> TxOp {
+        match self {
+            TxOp::Outbox { table, row, .. } => TxOp::Put { table, item: row, cond: Some(Cond::ItemAbsent) },
+            op => op,
         }
     }
 }
@@ -433,6 +460,14 @@ pub trait Table: Send + Sync {
     /// item both commit (DynamoDB cancels one of them with TransactionConflict). Callers send
     /// transactions at once only where this holds.
     fn serializes_transactions(&self) -> bool {
+        false
+    }
+
+    /// Whether a transaction of this process sent the event `event_id` as it committed
+    /// ([`TxOp::Outbox`]), so that it is not to be sent again; answers true once per commit. A
+    /// backend without transactional queues writes outbox rows instead and always answers false.
+    fn sent_with_commit(&self, event_id: &str) -> bool {
+        let _ = event_id;
         false
     }
 

@@ -2,7 +2,7 @@
 //! deleted. A crash between commit and send leaves the row, which the relay sends later. Each event has
 //! a deterministic id, so a receiver drops a redelivery by id.
 
-use granary_ports::{Backend, Cond, Item, Key, OutgoingMessage, PortResult, Query, SortCond, TxOp};
+use granary_ports::{Backend, Item, Key, OutgoingMessage, PortResult, Query, SortCond, TxOp};
 use serde_json::json;
 
 /// The index listing pending outbox rows by creation time.
@@ -25,6 +25,11 @@ pub struct Outbox {
     table: String,
 }
 
+/// The message that carries `event`, its id in the `granary.event.id` attribute.
+fn message(event: &OutboxEvent) -> OutgoingMessage {
+    OutgoingMessage::new(event.body.clone()).attribute("granary.event.id", event.event_id.clone())
+}
+
 fn key(event_id: &str) -> Key {
     Key::new(format!("O#{event_id}"), "O")
 }
@@ -39,33 +44,51 @@ impl Outbox {
         Self { table: table.to_owned() }
     }
 
-    /// The transaction operation recording `event` (once per id).
+    /// The transaction operation recording `event`: sent as the transaction commits where the
+    /// backend's queues share its transactions (the embedded backend), otherwise a row, once per id,
+    /// that [`Outbox::flush`] or the relay sends.
     pub fn stage(&self, event: &OutboxEvent, now_ms: i64) -> TxOp {
-        let item = Item::new(key(&event.event_id))
+        let row = Item::new(key(&event.event_id))
             .with("eventId", event.event_id.clone())
             .with("queue", event.queue.clone())
             .with("body", event.body.clone())
             .with("outbox", "pending")
             .with("createdAt", now_ms);
-        TxOp::Put { table: self.table.clone(), item, cond: Some(Cond::ItemAbsent) }
+        TxOp::Outbox {
+            table: self.table.clone(),
+            row,
+            event_id: event.event_id.clone(),
+            queue: event.queue.clone(),
+            message: message(event),
+        }
     }
 
-    /// Sends events (grouped by queue, in batches SQS takes) and deletes their rows, a transaction of up
-    /// to 100 deletes at a time. A crash in between leaves rows that the relay sends again: receivers
-    /// drop the repeat by event id.
+    /// Sends the events of a commit that are not sent yet: staged events the transaction sent as it
+    /// committed are skipped, staged rows are sent and deleted, and events never staged (a nudge to a
+    /// worker) are sent. Events go grouped by queue, in batches SQS takes, rows are deleted in
+    /// transactions of up to 100. A crash in between leaves rows that the relay sends again:
+    /// receivers drop the repeat by event id.
+    pub async fn flush(&self, backend: &Backend, events: &[OutboxEvent]) -> PortResult<()> {
+        let unsent: Vec<&OutboxEvent> = events.iter().filter(|e| !backend.table.sent_with_commit(&e.event_id)).collect();
+        self.send_and_delete(backend, &unsent).await
+    }
+
+    /// Sends `events` and deletes their rows.
     ///
     /// The batches go out at once, not one after the other: on AWS that is one round trip instead of
     /// one per ten events, and the embedded backend commits writes that wait together in one
     /// transaction.
-    pub async fn flush(&self, backend: &Backend, events: &[OutboxEvent]) -> PortResult<()> {
-        let mut by_queue: std::collections::BTreeMap<&str, Vec<&OutboxEvent>> = Default::default();
-        for e in events {
-            by_queue.entry(&e.queue).or_default().push(e);
+    async fn send_and_delete(&self, backend: &Backend, events: &[&OutboxEvent]) -> PortResult<()> {
+        if events.is_empty() {
+            return Ok(());
         }
-        let sends = by_queue.into_iter().map(|(queue, evs)| {
-            let msgs = evs.iter().map(|e| OutgoingMessage::new(e.body.clone()).attribute("granary.event.id", e.event_id.clone())).collect();
-            granary_ports::queue::send_all(backend.queue.as_ref(), queue, msgs, usize::MAX, |_| {})
-        });
+        let mut by_queue: std::collections::BTreeMap<&str, Vec<OutgoingMessage>> = Default::default();
+        for e in events {
+            by_queue.entry(&e.queue).or_default().push(message(e));
+        }
+        let sends = by_queue
+            .into_iter()
+            .map(|(queue, msgs)| granary_ports::queue::send_all(backend.queue.as_ref(), queue, msgs, usize::MAX, |_| {}));
         futures::future::try_join_all(sends).await?;
         let deletes = events.chunks(granary_ports::table::MAX_TRANSACTION_OPS).map(|chunk| {
             let deletes = chunk.iter().map(|e| TxOp::Delete { table: self.table.clone(), key: key(&e.event_id), cond: None }).collect();
@@ -96,7 +119,7 @@ impl Outbox {
                     })
                 })
                 .collect();
-            self.flush(backend, &events).await?;
+            self.send_and_delete(backend, &events.iter().collect::<Vec<_>>()).await?;
             sent += events.len();
             if events.len() < page.items.len() {
                 // Rows this version cannot read stay for an operator; never spin on them.
