@@ -55,7 +55,36 @@ pub struct AwsOptions {
 /// the tables and queues and again for a Lambda or SNS client.
 pub async fn environment_config() -> aws_config::SdkConfig {
     static CONFIG: tokio::sync::OnceCell<aws_config::SdkConfig> = tokio::sync::OnceCell::const_new();
-    CONFIG.get_or_init(|| aws_config::defaults(BehaviorVersion::latest()).load()).await.clone()
+    CONFIG.get_or_init(|| aws_config::defaults(BehaviorVersion::latest()).http_client(https_client()).load()).await.clone()
+}
+
+/// The root certificates AWS endpoints chain to (Amazon Trust Services: Amazon Root CA 1 to 4, and
+/// the Starfield Services G2 root that cross-signs them; <https://www.amazontrust.com/repository/>),
+/// valid until 2037–2040. Trusting these five instead of the system's store saves parsing some 140
+/// certificates at a cold start, and no other authority's certificate can answer for AWS.
+const AMAZON_TRUST_ROOTS: &str = include_str!("amazon-trust-roots.pem");
+
+/// The HTTPS client of every AWS client: the SDK's default (rustls with aws-lc, proxy settings from
+/// the environment, the runtime's sleep), trusting the Amazon roots, or the system's store when
+/// `GRANARY_AWS_TRUST_ROOTS=system` (an endpoint whose certificate chains elsewhere: a TLS-inspecting
+/// proxy, an S3-compatible store).
+fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provider::CryptoMode};
+    let system = std::env::var("GRANARY_AWS_TRUST_ROOTS").is_ok_and(|v| v.eq_ignore_ascii_case("system"));
+    let trust =
+        if system { TrustStore::default() } else { TrustStore::empty().with_native_roots(false).with_pem_certificate(AMAZON_TRUST_ROOTS) };
+    let context = TlsContext::builder().with_trust_store(trust).build().unwrap_or_default();
+    aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut connector = aws_smithy_http_client::ConnectorBuilder::default()
+            .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+            .tls_context(context.clone());
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(aws_smithy_http_client::proxy::ProxyConfig::from_env()));
+        connector.build()
+    })
 }
 
 /// The AWS backend: clients built once per cold start.
@@ -81,7 +110,7 @@ impl Aws {
         let sdk = if options.endpoint_url.is_none() && options.region.is_none() && options.static_credentials.is_none() {
             environment_config().await
         } else {
-            let mut loader = aws_config::defaults(BehaviorVersion::latest());
+            let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https_client());
             if let Some(url) = &options.endpoint_url {
                 loader = loader.endpoint_url(url);
             }
@@ -202,5 +231,20 @@ impl BlobStore for NoBlobs {
     }
     async fn signed_get_url(&self, bucket: &str, _: &str, _: std::time::Duration) -> granary_ports::PortResult<String> {
         Self::refuse(bucket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+
+    #[test]
+    fn the_amazon_roots_are_five_trust_anchors() {
+        let certs = CertificateDer::pem_slice_iter(super::AMAZON_TRUST_ROOTS.as_bytes()).collect::<Result<Vec<_>, _>>().expect("PEM");
+        assert_eq!(certs.len(), 5, "Amazon Root CA 1 to 4 and Starfield Services G2");
+        for cert in &certs {
+            webpki::anchor_from_trusted_cert(cert).expect("a trust anchor rustls accepts");
+        }
     }
 }
