@@ -382,8 +382,8 @@ struct MeetingTable {
 
 #[async_trait::async_trait]
 impl granary_ports::Table for MeetingTable {
-    fn sent_with_commit(&self, event_id: &str) -> bool {
-        self.inner.sent_with_commit(event_id)
+    fn take_sent_with_commit(&self, event_id: &str) -> bool {
+        self.inner.take_sent_with_commit(event_id)
     }
     async fn get(&self, table: &str, key: &Key) -> granary_ports::PortResult<Option<granary_ports::Item>> {
         let read = self.inner.get(table, key).await;

@@ -48,7 +48,7 @@ pub use granary_lambda::sqs::ATTR_RELEASED;
 pub const WAIT_RETRY_MS: i64 = 1_000;
 
 /// Plain creations committed in one transaction: ten stay well within a transaction's 100 operations
-/// (each writes its version, its request and two or three outbox rows; the session counters are
+/// (each writes its version, its request and two or three outbox events; the session counters are
 /// merged).
 const CREATIONS_PER_TRANSACTION: usize = 10;
 

@@ -298,7 +298,7 @@ async fn on_the_embedded_backend_staged_events_are_sent_with_their_commit_and_on
     let refused = f.backend.table.transact(vec![store.stage(&event("no:SUCCESS"), now), guard]).await;
     assert!(matches!(refused, Err(granary_ports::PortError::TransactionCanceled { index: 1, .. })), "{refused:?}");
     assert!(f.take("feature-response").await.is_empty(), "a cancelled transaction sends nothing");
-    assert!(!f.backend.table.sent_with_commit("no:SUCCESS"));
+    assert!(!f.backend.table.take_sent_with_commit("no:SUCCESS"));
 
     // A committed one has sent its events, and left no outbox row.
     let (a, b) = (event("a:SUCCESS"), event("b:SUCCESS"));
@@ -313,7 +313,7 @@ async fn on_the_embedded_backend_staged_events_are_sent_with_their_commit_and_on
     ids.sort_unstable();
     assert_eq!(ids, ["a:SUCCESS", "b:SUCCESS", "nudge:1"]);
     // Asked again (a redelivery's flush), an event committed earlier is no longer known as sent.
-    assert!(!f.backend.table.sent_with_commit("a:SUCCESS"));
+    assert!(!f.backend.table.take_sent_with_commit("a:SUCCESS"));
 }
 
 fn patch(urn: &str, properties: Value, geometry: Value) -> String {
@@ -1022,8 +1022,8 @@ impl granary_ports::Table for CountingTable {
     fn serializes_transactions(&self) -> bool {
         self.serial.load(std::sync::atomic::Ordering::SeqCst)
     }
-    fn sent_with_commit(&self, event_id: &str) -> bool {
-        self.inner().sent_with_commit(event_id)
+    fn take_sent_with_commit(&self, event_id: &str) -> bool {
+        self.inner().take_sent_with_commit(event_id)
     }
     async fn get(&self, table: &str, key: &granary_ports::Key) -> granary_ports::PortResult<Option<granary_ports::Item>> {
         self.inner().get(table, key).await

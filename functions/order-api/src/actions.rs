@@ -65,7 +65,9 @@ impl OrderApi {
             OrderAction::Delete => (
                 OrderStatus::Deleted,
                 vec![Update::set("availableFilesCount", 0)],
-                vec![self.worker_message(format!("release:{order_id}"), json!({ "release": { "orderId": order_id } }))],
+                // Not `release:{id}`, the id order-maintenance gives the release of an expiring order:
+                // an expired order deleted while that row still waits to be sent would cancel this.
+                vec![self.worker_message(format!("release:{order_id}:deleted"), json!({ "release": { "orderId": order_id } }))],
             ),
             OrderAction::Remove => (
                 OrderStatus::Deleted,
@@ -88,7 +90,8 @@ impl OrderApi {
                 vec![self.worker_message(format!("retry:{order_id}:{now}"), json!({ "retry": { "orderId": order_id } }))],
             ),
         };
-        // Events with a fixed id (release) are staged once: a repeat changes nothing more.
+        // Events with a fixed id (a deletion's release) are staged once: the status has changed, so
+        // a repeat of the action is refused before it stages anything.
         let changed = self.fulfilment.change_status(&self.backend, &order, to, updates, &events).await.map_err(unavailable_on)?;
         if !changed {
             return Err(conflict(&format!("order {order_id} changed meanwhile; read it again")));

@@ -254,8 +254,8 @@ impl Crashing {
 
 #[async_trait]
 impl Table for Crashing {
-    fn sent_with_commit(&self, event_id: &str) -> bool {
-        self.inner.sent_with_commit(event_id)
+    fn take_sent_with_commit(&self, event_id: &str) -> bool {
+        self.inner.take_sent_with_commit(event_id)
     }
     async fn get(&self, table: &str, key: &Key) -> PortResult<Option<Item>> {
         self.inner.get(table, key).await

@@ -1,7 +1,8 @@
 //! `outbox-relay`: on a schedule, sends the events that a handler committed but did not get to send
 //! (it crashed or timed out between its transaction and its send). Handlers normally send their own
 //! events at once; this is the safety net that makes "written with the state it reports" also mean
-//! "delivered".
+//! "delivered". On the embedded backend a transaction sends its events as it commits and writes no
+//! row, so there the relay finds only rows written before that (or by another backend's runner).
 
 use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
 use granary_lambda::Config;

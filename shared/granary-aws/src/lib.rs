@@ -70,10 +70,18 @@ const AMAZON_TRUST_ROOTS: &str = include_str!("amazon-trust-roots.pem");
 /// proxy, an S3-compatible store).
 fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provider::CryptoMode};
-    let system = std::env::var("GRANARY_AWS_TRUST_ROOTS").is_ok_and(|v| v.eq_ignore_ascii_case("system"));
+    let choice = std::env::var("GRANARY_AWS_TRUST_ROOTS").unwrap_or_default();
+    let system = choice.eq_ignore_ascii_case("system");
+    if !system && !choice.is_empty() && !choice.eq_ignore_ascii_case("amazon") {
+        tracing::warn!(GRANARY_AWS_TRUST_ROOTS = %choice, "neither amazon nor system: the Amazon roots are trusted");
+    }
     let trust =
         if system { TrustStore::default() } else { TrustStore::empty().with_native_roots(false).with_pem_certificate(AMAZON_TRUST_ROOTS) };
-    let context = TlsContext::builder().with_trust_store(trust).build().unwrap_or_default();
+    // Building a context only moves the trust store in; there is no failure to fall back from.
+    let context = TlsContext::builder().with_trust_store(trust).build().expect("a TLS context");
+    // What the SDK's own default client does (aws-smithy-runtime's `default_https_client`), with our
+    // trust store. `build_with_connector_fn` is hidden from its docs, so Cargo.lock pins the version
+    // this was checked against (aws-smithy-http-client 1.1.9).
     aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
         let mut connector = aws_smithy_http_client::ConnectorBuilder::default()
             .tls_provider(Provider::Rustls(CryptoMode::AwsLc))

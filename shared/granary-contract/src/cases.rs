@@ -150,18 +150,18 @@ pub async fn transaction_outbox_event_sent_or_kept(h: &dyn Harness) {
     };
     let cancelled = vec![outbox("e0"), TxOp::Check { table: TABLE.into(), key: key("acct", "none"), cond: Cond::ItemExists }];
     assert!(matches!(b.table.transact(cancelled).await, Err(PortError::TransactionCanceled { index: 1, .. })));
-    assert!(!b.table.sent_with_commit("e0"), "a cancelled transaction sent nothing");
+    assert!(!b.table.take_sent_with_commit("e0"), "a cancelled transaction sent nothing");
     assert_eq!(b.table.get(TABLE, &key("O#e0", "O")).await.unwrap(), None, "nor kept a row");
     assert_eq!(b.queue.depth(WORK).await.unwrap().total(), 0);
 
     b.table.transact(vec![outbox("e1"), TxOp::Put { table: TABLE.into(), item: Item::new(key("t", "1")), cond: None }]).await.unwrap();
     let row = b.table.get(TABLE, &key("O#e1", "O")).await.unwrap();
     let queued = b.queue.receive(WORK, 10, None, Duration::ZERO).await.unwrap();
-    if b.table.sent_with_commit("e1") {
+    if b.table.take_sent_with_commit("e1") {
         assert!(row.is_none(), "an event sent with its commit leaves no row");
         assert_eq!(queued.len(), 1, "sent once");
         assert_eq!(queued[0].attributes.get("granary.event.id").map(String::as_str), Some("e1"));
-        assert!(!b.table.sent_with_commit("e1"), "known as sent once: a second question means a second commit's flush");
+        assert!(!b.table.take_sent_with_commit("e1"), "known as sent once: a second question means a second commit's flush");
     } else {
         assert_eq!(row.and_then(|r| r.get_str("body").map(str::to_owned)).as_deref(), Some("e1"), "the row is kept for the outbox");
         assert!(queued.is_empty(), "nothing sent before the outbox sends the row");

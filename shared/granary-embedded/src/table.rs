@@ -6,7 +6,6 @@ use crate::db::{Db, map_sql};
 use crate::queue::QueuedRow;
 use crate::sql::{self, Fragment, index_expr, table_ident};
 use async_trait::async_trait;
-use granary_ports::queue::validate_send_batch;
 use granary_ports::table::validate_transaction;
 use granary_ports::{Cond, Cursor, Item, Key, Page, PortError, PortResult, Query, Resources, Table, TxOp, Update};
 use rusqlite::types::Value as SqlValue;
@@ -15,18 +14,48 @@ use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// Most event ids remembered as sent with a commit (see [`EmbeddedTable::transact`]): a caller asks
-/// about its events right after its commit, so this holds the commits of the moment, and the ids of
-/// events no caller asks about until it is full (about 1 MB).
-const MAX_REMEMBERED_SENDS: usize = 10_000;
+/// Most event ids remembered as sent with a commit (see [`SentEvents`]): a caller asks about its
+/// events right after its commit, so this holds the commits of the moment (a batch of 100 creations
+/// sends 200 to 300 events), and the ids of events no caller asks about; about 300 kB at most.
+const MAX_REMEMBERED_SENDS: usize = 4_096;
+
+/// The ids of events sent with a commit that no caller has asked about yet, oldest first.
+#[derive(Default)]
+struct SentEvents {
+    ids: HashSet<String>,
+    /// The order they came in (ids already asked about are skipped when their turn comes).
+    order: std::collections::VecDeque<String>,
+}
+
+impl SentEvents {
+    /// Remembers `ids`; past [`MAX_REMEMBERED_SENDS`] the oldest are forgotten (asked about or not). A caller asks right
+    /// after its commit, so those are ids nobody will ask about (a handler that failed between its
+    /// commit and its flush); one that is asked about after all is sent once more, and its receiver
+    /// drops the repeat by id.
+    fn remember(&mut self, ids: impl IntoIterator<Item = String>) {
+        for id in ids {
+            if self.ids.insert(id.clone()) {
+                self.order.push_back(id);
+            }
+        }
+        while self.order.len() > MAX_REMEMBERED_SENDS {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.ids.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+}
 
 /// Tables on SQLite.
 pub struct EmbeddedTable {
     db: Arc<Db>,
     /// The queues of the same database, which outbox events of a transaction join ([`TxOp::Outbox`]).
     queue: Arc<EmbeddedQueue>,
-    /// Event ids sent with a commit and not yet asked about ([`Table::sent_with_commit`]).
-    sent: std::sync::Mutex<HashSet<String>>,
+    /// Event ids sent with a commit and not yet asked about ([`Table::take_sent_with_commit`]).
+    sent: std::sync::Mutex<SentEvents>,
     /// Index name to (partition attribute, sort attribute), per table.
     indexes: HashMap<String, HashMap<String, (String, Option<String>)>>,
     /// The TTL attribute of each table that has one.
@@ -348,7 +377,6 @@ impl Table for EmbeddedTable {
             now = self.queue.now().await?;
             for op in &ops {
                 if let TxOp::Outbox { event_id, queue, message, .. } = op {
-                    validate_send_batch(queue, std::slice::from_ref(message))?;
                     sends.push((event_id.clone(), queue.clone(), self.queue.rows(queue, vec![message.clone()], now)?));
                 }
             }
@@ -382,13 +410,7 @@ impl Table for EmbeddedTable {
             .await?;
         if !sends.is_empty() {
             let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-            // Ids a caller never asks about would pile up: past the cap they are forgotten, and
-            // such an event may be sent once more, which its receiver drops by id.
-            if sent.len() + sends.len() > MAX_REMEMBERED_SENDS {
-                tracing::debug!(forgotten = sent.len(), "event ids sent with a commit forgotten");
-                sent.clear();
-            }
-            sent.extend(sends.iter().map(|(id, _, _)| id.clone()));
+            sent.remember(sends.iter().map(|(id, _, _)| id.clone()));
         }
         let queues: std::collections::BTreeSet<&str> = sends.iter().map(|(_, q, _)| q.as_str()).collect();
         for q in queues {
@@ -397,8 +419,8 @@ impl Table for EmbeddedTable {
         Ok(())
     }
 
-    fn sent_with_commit(&self, event_id: &str) -> bool {
-        self.sent.lock().unwrap_or_else(|p| p.into_inner()).remove(event_id)
+    fn take_sent_with_commit(&self, event_id: &str) -> bool {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).ids.remove(event_id)
     }
 
     async fn query(&self, query: Query) -> PortResult<Page> {

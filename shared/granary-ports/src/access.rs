@@ -167,8 +167,8 @@ impl Table for GuardedTable {
         self.inner.serializes_transactions()
     }
 
-    fn sent_with_commit(&self, event_id: &str) -> bool {
-        self.inner.sent_with_commit(event_id)
+    fn take_sent_with_commit(&self, event_id: &str) -> bool {
+        self.inner.take_sent_with_commit(event_id)
     }
 
     async fn get(&self, table: &str, key: &Key) -> PortResult<Option<Item>> {
@@ -196,7 +196,9 @@ impl Table for GuardedTable {
             // A condition check needs dynamodb:ConditionCheckItem, which only the write policies grant.
             self.guard.check(Kind::Table, op.target().0, Access::Write)?;
             if let TxOp::Outbox { queue, .. } = op {
-                // Sent with the commit where the backend can, by the outbox after it elsewhere.
+                // Sent with the commit where the backend can, by the outbox after it elsewhere. On
+                // DynamoDB the commit itself needs no SQS right; the flush after it does, so the
+                // grants are the same either way.
                 self.guard.check(Kind::Queue, queue, Access::Send)?;
             }
         }

@@ -344,7 +344,7 @@ pub enum TxOp {
     },
     /// An event to send with the state this transaction commits (the outbox). A backend whose queues
     /// share its transactions sends `message` to `queue` as part of the commit and remembers
-    /// `event_id` as sent ([`Table::sent_with_commit`]); any other puts `row`, absent before, which
+    /// `event_id` as sent ([`Table::take_sent_with_commit`]); any other puts `row`, absent before, which
     /// the outbox sends and deletes after the commit ([`TxOp::into_row`]).
     Outbox {
         /// Logical table name of the outbox row.
@@ -385,7 +385,8 @@ impl TxOp {
 pub const MAX_TRANSACTION_OPS: usize = 100;
 
 /// Checks a transaction against the rules every backend enforces: 1 to 100 operations, each item at
-/// most once, valid attribute names.
+/// most once, valid attribute names, and outbox messages a queue takes (so that no backend commits an
+/// event that could never be sent).
 pub fn validate_transaction(ops: &[TxOp]) -> PortResult<()> {
     if ops.is_empty() || ops.len() > MAX_TRANSACTION_OPS {
         return Err(PortError::Invalid(format!("a transaction takes 1 to {MAX_TRANSACTION_OPS} operations, not {}", ops.len())));
@@ -398,6 +399,9 @@ pub fn validate_transaction(ops: &[TxOp]) -> PortResult<()> {
                 "a transaction may touch an item once; ({}, {}) of {table} appears twice",
                 key.pk, key.sk
             )));
+        }
+        if let TxOp::Outbox { queue, message, .. } = op {
+            crate::queue::validate_send_batch(queue, std::slice::from_ref(message))?;
         }
     }
     Ok(())
@@ -464,9 +468,10 @@ pub trait Table: Send + Sync {
     }
 
     /// Whether a transaction of this process sent the event `event_id` as it committed
-    /// ([`TxOp::Outbox`]), so that it is not to be sent again; answers true once per commit. A
+    /// ([`TxOp::Outbox`]), so that it is not to be sent again; asking forgets the id, so the answer
+    /// is true once (once in all when one id was committed twice before being asked about). A
     /// backend without transactional queues writes outbox rows instead and always answers false.
-    fn sent_with_commit(&self, event_id: &str) -> bool {
+    fn take_sent_with_commit(&self, event_id: &str) -> bool {
         let _ = event_id;
         false
     }

@@ -85,7 +85,7 @@ enum Attempt {
 /// A version ready to commit.
 struct StagedVersion {
     urn: String,
-    /// Request record first, then the feature, the previous version, the outbox rows.
+    /// Request record first, then the feature, the previous version, the outbox events.
     ops: Vec<TxOp>,
     /// The session counters' update, kept apart so that a batch updates each session once.
     session: Option<TxOp>,

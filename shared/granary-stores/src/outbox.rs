@@ -1,6 +1,8 @@
-//! The outbox: events are written in the same transaction as the state they report, then sent and
-//! deleted. A crash between commit and send leaves the row, which the relay sends later. Each event has
-//! a deterministic id, so a receiver drops a redelivery by id.
+//! The outbox: events are staged in the same transaction as the state they report. Where the
+//! backend's queues share its transactions (the embedded backend) the transaction sends them itself;
+//! elsewhere (DynamoDB) each is a row that the handler sends and deletes after the commit, and a crash
+//! between commit and send leaves the row, which the relay sends later. Each event has a deterministic
+//! id, so a receiver drops a redelivery by id.
 
 use granary_ports::{Backend, Item, Key, OutgoingMessage, PortResult, Query, SortCond, TxOp};
 use serde_json::json;
@@ -19,7 +21,7 @@ pub struct OutboxEvent {
     pub body: String,
 }
 
-/// The outbox, kept in the requests table.
+/// The outbox, its rows (where the backend writes rows) kept in the requests table.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     table: String,
@@ -69,7 +71,7 @@ impl Outbox {
     /// transactions of up to 100. A crash in between leaves rows that the relay sends again:
     /// receivers drop the repeat by event id.
     pub async fn flush(&self, backend: &Backend, events: &[OutboxEvent]) -> PortResult<()> {
-        let unsent: Vec<&OutboxEvent> = events.iter().filter(|e| !backend.table.sent_with_commit(&e.event_id)).collect();
+        let unsent: Vec<&OutboxEvent> = events.iter().filter(|e| !backend.table.take_sent_with_commit(&e.event_id)).collect();
         self.send_and_delete(backend, &unsent).await
     }
 
