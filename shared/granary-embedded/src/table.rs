@@ -28,10 +28,10 @@ struct SentEvents {
 }
 
 impl SentEvents {
-    /// Remembers `ids`; past [`MAX_REMEMBERED_SENDS`] the oldest are forgotten (asked about or not). A caller asks right
-    /// after its commit, so those are ids nobody will ask about (a handler that failed between its
-    /// commit and its flush); one that is asked about after all is sent once more, and its receiver
-    /// drops the repeat by id.
+    /// Remembers `ids`; past [`MAX_REMEMBERED_SENDS`] the oldest are forgotten (asked about or not).
+    /// A caller asks right after its commit, so those are ids nobody will ask about (a handler that
+    /// failed between its commit and its flush); one that is asked about after all is sent once more,
+    /// and its receiver drops the repeat by id.
     fn remember(&mut self, ids: impl IntoIterator<Item = String>) {
         for id in ids {
             if self.ids.insert(id.clone()) {
@@ -39,12 +39,8 @@ impl SentEvents {
             }
         }
         while self.order.len() > MAX_REMEMBERED_SENDS {
-            match self.order.pop_front() {
-                Some(oldest) => {
-                    self.ids.remove(&oldest);
-                }
-                None => break,
-            }
+            let Some(oldest) = self.order.pop_front() else { break };
+            self.ids.remove(&oldest);
         }
     }
 }
@@ -370,17 +366,16 @@ impl Table for EmbeddedTable {
         for op in &ops {
             self.check_table(op.target().0)?;
         }
-        let outbox = ops.iter().filter(|op| matches!(op, TxOp::Outbox { .. })).count();
-        let mut sends: Vec<(String, String, Vec<QueuedRow>)> = Vec::with_capacity(outbox);
-        let mut now = 0;
-        if outbox > 0 {
-            now = self.queue.now().await?;
-            for op in &ops {
-                if let TxOp::Outbox { event_id, queue, message, .. } = op {
-                    sends.push((event_id.clone(), queue.clone(), self.queue.rows(queue, vec![message.clone()], now)?));
-                }
-            }
-        }
+        // The queue's clock is read (and its moved-back check run) only for a transaction that sends.
+        let now = if ops.iter().any(|op| matches!(op, TxOp::Outbox { .. })) { self.queue.now().await? } else { 0 };
+        let sends = ops
+            .iter()
+            .filter_map(|op| match op {
+                TxOp::Outbox { event_id, queue, message, .. } => Some((event_id, queue, message)),
+                _ => None,
+            })
+            .map(|(event_id, queue, message)| Ok((event_id.clone(), queue.clone(), self.queue.rows(queue, vec![message.clone()], now)?)))
+            .collect::<PortResult<Vec<(String, String, Vec<QueuedRow>)>>>()?;
         let sends = self
             .db
             .write(move |conn| {
