@@ -55,7 +55,45 @@ pub struct AwsOptions {
 /// the tables and queues and again for a Lambda or SNS client.
 pub async fn environment_config() -> aws_config::SdkConfig {
     static CONFIG: tokio::sync::OnceCell<aws_config::SdkConfig> = tokio::sync::OnceCell::const_new();
-    CONFIG.get_or_init(|| aws_config::defaults(BehaviorVersion::latest()).http_client(https_client()).load()).await.clone()
+    CONFIG
+        .get_or_init(|| lambda_environment(aws_config::defaults(BehaviorVersion::latest()).http_client(https_client())).load())
+        .await
+        .clone()
+}
+
+/// On Lambda, the region and the function role's credentials are in the environment
+/// (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), where the default
+/// provider chains find them first anyway. Taking them from there directly spares a cold start the
+/// building of the rest of the chains: the web-identity provider alone builds an STS client (its
+/// endpoint partitions parsed, their regexes compiled) that a function never calls. Elsewhere (a
+/// profile, SSO, an instance role) the default chains stay.
+fn lambda_environment(loader: aws_config::ConfigLoader) -> aws_config::ConfigLoader {
+    let taken = TakenFromEnvironment::of(|name| std::env::var(name).ok());
+    let mut loader = loader;
+    if taken.credentials {
+        loader = loader.credentials_provider(aws_config::environment::EnvironmentVariableCredentialsProvider::new());
+    }
+    if let Some(region) = taken.region {
+        loader = loader.region(Region::new(region));
+    }
+    loader
+}
+
+/// What [`lambda_environment`] takes from the environment rather than from the default chains.
+#[derive(Debug, PartialEq)]
+struct TakenFromEnvironment {
+    credentials: bool,
+    region: Option<String>,
+}
+
+impl TakenFromEnvironment {
+    fn of(var: impl Fn(&str) -> Option<String>) -> Self {
+        let set = |name: &str| var(name).filter(|v| !v.is_empty());
+        if set("AWS_LAMBDA_FUNCTION_NAME").is_none() {
+            return Self { credentials: false, region: None };
+        }
+        Self { credentials: set("AWS_ACCESS_KEY_ID").is_some() && set("AWS_SECRET_ACCESS_KEY").is_some(), region: set("AWS_REGION") }
+    }
 }
 
 /// The root certificates AWS endpoints chain to (Amazon Trust Services: Amazon Root CA 1 to 4, and
@@ -254,5 +292,25 @@ mod tests {
         for cert in &certs {
             webpki::anchor_from_trusted_cert(cert).expect("a trust anchor rustls accepts");
         }
+    }
+
+    #[test]
+    fn on_lambda_region_and_role_credentials_come_straight_from_the_environment() {
+        use super::TakenFromEnvironment;
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned())
+        };
+        const LAMBDA: [(&str, &str); 4] = [
+            ("AWS_LAMBDA_FUNCTION_NAME", "granary-acknowledgement"),
+            ("AWS_REGION", "eu-west-3"),
+            ("AWS_ACCESS_KEY_ID", "ASIA"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ];
+        assert_eq!(TakenFromEnvironment::of(env(&LAMBDA)), TakenFromEnvironment { credentials: true, region: Some("eu-west-3".into()) });
+        // Off Lambda (granary-local, the CLI) a profile, SSO or an instance role may be what is meant.
+        assert_eq!(TakenFromEnvironment::of(env(&LAMBDA[1..])), TakenFromEnvironment { credentials: false, region: None });
+        // A key without its secret is no credential: the default chain decides.
+        const HALF: [(&str, &str); 3] = [("AWS_LAMBDA_FUNCTION_NAME", "f"), ("AWS_ACCESS_KEY_ID", "ASIA"), ("AWS_SECRET_ACCESS_KEY", "")];
+        assert_eq!(TakenFromEnvironment::of(env(&HALF)), TakenFromEnvironment { credentials: false, region: None });
     }
 }

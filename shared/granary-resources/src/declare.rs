@@ -17,6 +17,19 @@ use serde_yaml::Value as Yaml;
 /// The resource types Granary provisions and names.
 const DECLARED_TYPES: [&str; 3] = ["AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::S3::Bucket"];
 
+/// The properties Granary reads of its resources (the crate's `from_declaration`); the rest
+/// (encryption, lifecycle rules, tags…) is the template's business, and leaving it out halves what a
+/// cold start parses.
+const READ_PROPERTIES: [&str; 7] = [
+    "AttributeDefinitions",
+    "KeySchema",
+    "GlobalSecondaryIndexes",
+    "TimeToLiveSpecification",
+    "VisibilityTimeout",
+    "DelaySeconds",
+    "RedrivePolicy",
+];
+
 /// The declaration document of `template` (SAM YAML), or why it is not YAML.
 pub fn declare(template: &str) -> Result<Json, String> {
     let doc: Yaml = serde_yaml::from_str(template).map_err(|e| e.to_string())?;
@@ -43,7 +56,10 @@ pub fn declare(template: &str) -> Result<Json, String> {
         collect(variables(resource.get("Properties")));
         let (Some(id), Some(kind)) = (id.as_str(), resource.get("Type").and_then(Yaml::as_str)) else { continue };
         if DECLARED_TYPES.contains(&kind) {
-            let properties = resource.get("Properties").map_or(Json::Null, to_json);
+            let mut properties = resource.get("Properties").map_or(Json::Null, to_json);
+            if let Json::Object(props) = &mut properties {
+                props.retain(|key, _| READ_PROPERTIES.contains(&key.as_str()));
+            }
             declared.push(json!([id, kind, properties]));
         }
     }
