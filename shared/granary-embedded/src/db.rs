@@ -56,12 +56,15 @@ impl<T: Send, F: FnOnce(&mut Connection) -> PortResult<T> + Send> WriteJob for J
     fn run(&mut self, conn: &mut Connection) {
         let Some(f) = self.f.take() else { return };
         let out = (|| {
-            conn.execute_batch("SAVEPOINT granary_write").map_err(map_sql)?;
+            // Prepared once per connection: this runs for every write, on the one committing thread.
+            conn.prepare_cached("SAVEPOINT granary_write").and_then(|mut s| s.execute([])).map_err(map_sql)?;
             // A panicking write fails alone: its savepoint is rolled back and the others go on.
             let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
                 .unwrap_or_else(|_| Err(PortError::Backend("a database write panicked".into())));
-            let end = if out.is_ok() { "RELEASE granary_write" } else { "ROLLBACK TO granary_write; RELEASE granary_write" };
-            conn.execute_batch(end).map_err(map_sql)?;
+            if out.is_err() {
+                conn.execute_batch("ROLLBACK TO granary_write").map_err(map_sql)?;
+            }
+            conn.prepare_cached("RELEASE granary_write").and_then(|mut s| s.execute([])).map_err(map_sql)?;
             out
         })();
         self.out = Some(out);

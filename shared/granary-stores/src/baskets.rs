@@ -6,6 +6,7 @@
 use crate::StoreError;
 use granary_domain::basket::Basket;
 use granary_ports::{Backend, Cond, Item, Key, PortError, TxOp};
+use serde::Deserialize;
 
 /// A basket item stays under DynamoDB's 400 KB with room for its keys and version.
 pub const MAX_BASKET_BYTES: usize = 350_000;
@@ -48,7 +49,7 @@ impl BasketStore {
             Some(item) => {
                 let basket = item
                     .get("basket")
-                    .and_then(|b| serde_json::from_value(b.clone()).ok())
+                    .and_then(|b| Basket::deserialize(b).ok())
                     .ok_or_else(|| StoreError::Malformed(format!("basket of {owner}"), "no readable basket".into()))?;
                 Ok((basket, item.get_i64("version").unwrap_or(0)))
             }
