@@ -18,8 +18,8 @@ use serde_yaml::Value as Yaml;
 const DECLARED_TYPES: [&str; 3] = ["AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::S3::Bucket"];
 
 /// The properties Granary reads of its resources (the crate's `from_declaration`); the rest
-/// (encryption, lifecycle rules, tags…) is the template's business, and leaving it out halves what a
-/// cold start parses.
+/// (encryption, lifecycle rules, tags…) is the template's business, and leaving it out makes what a
+/// cold start parses a quarter smaller. A test checks that keeping everything reads the same.
 const READ_PROPERTIES: [&str; 7] = [
     "AttributeDefinitions",
     "KeySchema",
@@ -32,6 +32,11 @@ const READ_PROPERTIES: [&str; 7] = [
 
 /// The declaration document of `template` (SAM YAML), or why it is not YAML.
 pub fn declare(template: &str) -> Result<Json, String> {
+    declare_keeping(template, |property| READ_PROPERTIES.contains(&property))
+}
+
+/// The declaration document of `template`, with the resources' properties `keep` says yes to.
+pub fn declare_keeping(template: &str, keep: impl Fn(&str) -> bool) -> Result<Json, String> {
     let doc: Yaml = serde_yaml::from_str(template).map_err(|e| e.to_string())?;
     let Some(Yaml::Mapping(resources)) = doc.get("Resources") else {
         // Without resources the document says so; reading it names what is missing.
@@ -58,7 +63,7 @@ pub fn declare(template: &str) -> Result<Json, String> {
         if DECLARED_TYPES.contains(&kind) {
             let mut properties = resource.get("Properties").map_or(Json::Null, to_json);
             if let Json::Object(props) = &mut properties {
-                props.retain(|key, _| READ_PROPERTIES.contains(&key.as_str()));
+                props.retain(|key, _| keep(key));
             }
             declared.push(json!([id, kind, properties]));
         }

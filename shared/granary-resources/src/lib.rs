@@ -241,6 +241,14 @@ mod tests {
     }
 
     #[test]
+    fn the_properties_left_out_of_the_declaration_are_not_read() {
+        let env = |var: &str| (var == "GRANARY_ORDERS_TABLE").then(|| "granary-OrdersTable-X2".to_owned());
+        let everything = declare::declare_keeping(TEMPLATE, |_| true).unwrap();
+        assert_eq!(from_declaration(&everything, env).unwrap(), from_template(TEMPLATE, env).unwrap());
+        assert!(everything.to_string().len() > declare::declare(TEMPLATE).unwrap().to_string().len(), "something is left out");
+    }
+
+    #[test]
     fn a_wrong_property_is_named() {
         let bad = TEMPLATE.replacen("VisibilityTimeout: 120", "VisibilityTimeout: soon", 1);
         match from_template(&bad, |_| None) {
