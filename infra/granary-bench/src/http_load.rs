@@ -122,40 +122,75 @@ pub(crate) async fn run(connection_counts: Vec<usize>, secs: u64, runner: PathBu
     println!("  runner peak RSS: {:.1} MiB (VmHWM)", hwm as f64 / 1024.0);
 }
 
-/// One keep-alive connection of one user, requests back to back until `stop`.
+/// One keep-alive connection of one user, requests back to back until `stop`. The requests go through
+/// hyper's HTTP/1 connection itself, their parts built once: a load generator costing the machine
+/// little, as wrk would: through reqwest's client (its pool, URL parsing and header maps) this
+/// generator took about twice the CPU a request, on the two cores the runner serves with (0.27 of a
+/// core at 8,100 mutations a second then, 0.25–0.3 at 17,400 now).
 async fn connection(base: &str, bearer: &str, selection: u64, mutate: bool, stop: Instant) -> Seen {
-    // One client per connection, one idle connection kept: every request of this user goes over it.
-    let http = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
     let mut seen = Seen::default();
-    let filters = format!("{base}/order/basket/dataset/{selection}/updateFileFilters");
-    let read = format!("{base}/order/basket");
-    let mut n = 0u64;
+    let authority = base.trim_start_matches("http://").to_owned();
+    let path = if mutate { format!("/order/basket/dataset/{selection}/updateFileFilters") } else { "/order/basket".to_owned() };
+    // Set a filter, then remove it (an empty body): each a conditional write of the basket.
+    let bodies = [bytes::Bytes::from(json!({"fileTypes": ["RAWDATA"]}).to_string()), bytes::Bytes::new()];
+    let mut sender = match open(&authority).await {
+        Ok(s) => s,
+        Err(e) => {
+            seen.errors += 1;
+            seen.first_error = Some(e);
+            return seen;
+        }
+    };
+    let mut n = 0usize;
     while Instant::now() < stop {
-        let request = if mutate {
-            // Set a filter, then remove it (an empty body): each a conditional write of the basket.
-            let body = if n.is_multiple_of(2) { json!({"fileTypes": ["RAWDATA"]}).to_string() } else { String::new() };
-            http.put(&filters).header("content-type", "application/json").body(body)
-        } else {
-            http.get(&read)
-        };
+        let request = http::Request::builder()
+            .method(if mutate { http::Method::PUT } else { http::Method::GET })
+            .uri(path.as_str())
+            .header(http::header::HOST, authority.as_str())
+            .header(http::header::AUTHORIZATION, bearer)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(if mutate { bodies[n % 2].clone() } else { bytes::Bytes::new() }))
+            .expect("request");
         n += 1;
         let sent = Instant::now();
-        match request.header("authorization", bearer).send().await {
-            Ok(res) if res.status().is_success() => {
-                let _ = res.bytes().await;
+        let answer = match sender.send_request(request).await {
+            Ok(res) => {
+                let status = res.status();
+                match http_body_util::BodyExt::collect(res.into_body()).await {
+                    Ok(body) => Ok((status, body.to_bytes())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match answer {
+            Ok((status, _)) if status.is_success() => {
                 seen.latencies_us.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
             }
-            Ok(res) => {
+            Ok((status, body)) => {
                 seen.errors += 1;
-                if seen.first_error.is_none() {
-                    seen.first_error = Some(format!("{} {}", res.status(), res.text().await.unwrap_or_default()));
-                }
+                seen.first_error.get_or_insert_with(|| format!("{status} {}", String::from_utf8_lossy(&body)));
             }
             Err(e) => {
                 seen.errors += 1;
-                seen.first_error.get_or_insert_with(|| e.to_string());
+                seen.first_error.get_or_insert(e);
+                // The connection is gone: the next request goes over a new one, as a client would.
+                match open(&authority).await {
+                    Ok(s) => sender = s,
+                    Err(_) => return seen,
+                }
             }
         }
     }
     seen
+}
+
+/// A new keep-alive HTTP/1 connection to `authority`, driven by a task of its own.
+async fn open(authority: &str) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>, String> {
+    let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| format!("connect {authority}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    Ok(sender)
 }

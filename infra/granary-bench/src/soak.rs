@@ -19,6 +19,9 @@ struct Sample {
     rss_kib: u64,
     /// What SQLite held of it (its page caches fill up to their bounds as the data grows).
     sqlite_kib: u64,
+    /// The Rust side's memory in use (jemalloc's `allocated`), and what its allocator holds resident.
+    heap_kib: u64,
+    heap_resident_kib: u64,
     fds: usize,
     queued: u64,
 }
@@ -78,8 +81,8 @@ pub(crate) async fn run(minutes: u64, rate: u32, runner: PathBuf) {
 
     println!("soak: {minutes} min, {rate} creations/s with a stored file each, an order of 10 products every 10 s");
     println!(
-        "  {:>6} {:>10} {:>10} {:>10} {:>6} {:>8} {:>9} {:>8}",
-        "min", "RSS MiB", "SQLite MiB", "rest MiB", "fds", "queued", "created", "orders"
+        "  {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6} {:>8} {:>9} {:>8}",
+        "min", "RSS MiB", "SQLite MiB", "rest MiB", "in use MiB", "held MiB", "fds", "queued", "created", "orders"
     );
     let start = Instant::now();
     let end = start + Duration::from_secs(minutes * 60);
@@ -145,15 +148,26 @@ pub(crate) async fn run(minutes: u64, rate: u32, runner: PathBuf) {
             for q in &queues {
                 queued += b.queue.depth(q).await.map(|d| d.total()).unwrap_or(0);
             }
-            let sqlite_kib = sqlite_bytes(&http, &base).await / 1024;
-            let s = Sample { at: start.elapsed(), rss_kib: crate::memory_kib(pid, "VmRSS:"), sqlite_kib, fds: open_fds(pid), queued };
+            let health = health(&http, &base).await;
+            let kib = |name: &str| health[name].as_u64().unwrap_or(0) / 1024;
+            let s = Sample {
+                at: start.elapsed(),
+                rss_kib: crate::memory_kib(pid, "VmRSS:"),
+                sqlite_kib: kib("sqliteMemoryBytes"),
+                heap_kib: kib("heapAllocatedBytes"),
+                heap_resident_kib: kib("heapResidentBytes"),
+                fds: open_fds(pid),
+                queued,
+            };
             if s.at.as_secs() % 60 < 10 {
                 println!(
-                    "  {:>6.1} {:>10.1} {:>10.1} {:>10.1} {:>6} {:>8} {:>9} {:>8}",
+                    "  {:>6.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>6} {:>8} {:>9} {:>8}",
                     s.at.as_secs_f64() / 60.0,
                     s.rss_kib as f64 / 1024.0,
                     s.sqlite_kib as f64 / 1024.0,
                     s.rss_kib.saturating_sub(s.sqlite_kib) as f64 / 1024.0,
+                    s.heap_kib as f64 / 1024.0,
+                    s.heap_resident_kib as f64 / 1024.0,
                     s.fds,
                     s.queued,
                     created,
@@ -171,30 +185,25 @@ pub(crate) async fn run(minutes: u64, rate: u32, runner: PathBuf) {
     let (first, last) = (minute(Duration::from_secs(60), Duration::from_secs(120)), minute(total - Duration::from_secs(60), total));
     let avg = |v: &[Sample], f: fn(&Sample) -> f64| v.iter().map(f).sum::<f64>() / v.len().max(1) as f64;
     println!("  second minute vs last minute (averages):");
-    println!(
-        "    RSS       {:>8.1} MiB -> {:>8.1} MiB",
-        avg(&first, |s| s.rss_kib as f64) / 1024.0,
-        avg(&last, |s| s.rss_kib as f64) / 1024.0
-    );
-    println!(
-        "    SQLite    {:>8.1} MiB -> {:>8.1} MiB",
-        avg(&first, |s| s.sqlite_kib as f64) / 1024.0,
-        avg(&last, |s| s.sqlite_kib as f64) / 1024.0
-    );
-    println!(
-        "    the rest  {:>8.1} MiB -> {:>8.1} MiB",
-        avg(&first, |s| s.rss_kib.saturating_sub(s.sqlite_kib) as f64) / 1024.0,
-        avg(&last, |s| s.rss_kib.saturating_sub(s.sqlite_kib) as f64) / 1024.0
-    );
+    // One line a memory figure (KiB in the samples): its second minute against its last.
+    let mib = |label: &str, kib: fn(&Sample) -> u64, what: &str| {
+        let mean = |v: &[Sample]| v.iter().map(|s| kib(s) as f64).sum::<f64>() / v.len().max(1) as f64 / 1024.0;
+        println!("    {label:<9} {:>8.1} MiB -> {:>8.1} MiB{what}", mean(&first), mean(&last));
+    };
+    mib("RSS", |s| s.rss_kib, "");
+    mib("SQLite", |s| s.sqlite_kib, "");
+    mib("the rest", |s| s.rss_kib.saturating_sub(s.sqlite_kib), "");
+    mib("in use", |s| s.heap_kib, " (jemalloc's allocated: the Rust side's live memory)");
+    mib("held", |s| s.heap_resident_kib, " (jemalloc's resident: in use, free space and metadata)");
     println!("    open fds  {:>8.1}     -> {:>8.1}", avg(&first, |s| s.fds as f64), avg(&last, |s| s.fds as f64));
     println!("    queued    {:>8.1}     -> {:>8.1}", avg(&first, |s| s.queued as f64), avg(&last, |s| s.queued as f64));
     println!("  {created} creations sent, {orders} orders placed and downloaded, runner peak RSS {:.1} MiB", hwm as f64 / 1024.0);
 }
 
-/// The bytes SQLite holds in the runner, as its health answer reports them (0 if it does not).
-async fn sqlite_bytes(http: &reqwest::Client, base: &str) -> u64 {
-    let Ok(res) = http.get(format!("{base}/health")).send().await else { return 0 };
-    res.json::<Value>().await.ok().and_then(|h| h["sqliteMemoryBytes"].as_u64()).unwrap_or(0)
+/// The runner's health answer, with the memory SQLite and the Rust side hold (null if it did not answer).
+async fn health(http: &reqwest::Client, base: &str) -> Value {
+    let Ok(res) = http.get(format!("{base}/health")).send().await else { return Value::Null };
+    res.json::<Value>().await.unwrap_or(Value::Null)
 }
 
 /// One user order of `ids`, waited for and every file downloaded (the Granary link, not followed).

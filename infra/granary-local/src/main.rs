@@ -5,10 +5,10 @@ fn main() -> std::process::ExitCode {
     granary_local::main_with_args()
 }
 
-/// Caps glibc's malloc at two arenas, before any thread starts. The runner reads the database on many
-/// blocking threads; with an arena per thread, memory freed after a large scan stayed with the arena
-/// that parsed it (measured: a basket counting a 10,000-product dataset left the runner at 416 MiB;
-/// 113 MiB with two arenas, at the same speed).
+/// Caps glibc's malloc at two arenas, before any thread starts: it still serves SQLite (the Rust side
+/// allocates through jemalloc, see the library's root). With an arena per thread, memory freed after
+/// a large scan stayed with the arena that parsed it (measured, when glibc served everything: a basket
+/// counting a 10,000-product dataset left the runner at 416 MiB; 113 MiB with two arenas).
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]

@@ -41,9 +41,10 @@ const PURGE_BATCH: usize = 10_000;
 /// How often the memory glibc keeps after frees is handed back to the system (see [`release_free_memory`]).
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 
-/// Hands back to the system the free memory glibc's allocator keeps. A long-running runner otherwise
-/// grows its resident memory with freed memory held in glibc's heap: the soak benchmark measured
-/// RSS rising by 0.25 MiB a minute while heaptrack put the live heap under 7 MB for the whole run.
+/// Hands back to the system the free memory glibc's allocator keeps. glibc now serves SQLite alone
+/// (the Rust side allocates through jemalloc, which returns its free pages itself); when it served
+/// everything, the soak benchmark measured RSS rising by 0.25 MiB a minute while heaptrack put the
+/// live heap under 7 MB for the whole run. The trim stays for SQLite's page caches and statements.
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]
@@ -353,6 +354,11 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     if state.embedded.is_some() {
         // For memory measurements (the soak benchmark): SQLite's share of the process's memory.
         health["sqliteMemoryBytes"] = granary_embedded::sqlite_memory_used().into();
+    }
+    // The Rust side's memory: in use, and what the allocator holds resident for it.
+    if let Some((allocated, resident)) = crate::heap_bytes() {
+        health["heapAllocatedBytes"] = allocated.into();
+        health["heapResidentBytes"] = resident.into();
     }
     axum::Json(health).into_response()
 }

@@ -362,6 +362,10 @@ async fn serves_health_and_jwks_and_refuses_forged_tokens() {
     // SQLite's share of the runner's memory (the soak benchmark sets it apart): its caches hold the
     // schema and pages read at start, so more than nothing.
     assert!(health["sqliteMemoryBytes"].as_i64().is_some_and(|n| n > 0), "{health}");
+    // The runner allocates through jemalloc, whose statistics the soak benchmark reads: memory in use
+    // (some, at the least the backend's), within what the allocator holds resident.
+    let (allocated, resident) = (health["heapAllocatedBytes"].as_u64(), health["heapResidentBytes"].as_u64());
+    assert!(allocated.is_some_and(|a| a > 0) && resident >= allocated, "{health}");
     let jwks: Value = c.get(r.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(jwks["keys"][0]["alg"], "RS256");
 
