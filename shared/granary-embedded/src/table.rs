@@ -11,6 +11,9 @@ use granary_ports::{Cond, Cursor, Item, Key, Page, PortError, PortResult, Query,
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params_from_iter};
 use serde_json::{Map, Value};
+
+/// Queries of at most this many items run on the calling thread (see [`EmbeddedTable::query`]).
+const SHORT_QUERY_LIMIT: usize = 10;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -430,6 +433,12 @@ impl Table for EmbeddedTable {
 
     async fn query(&self, query: Query) -> PortResult<Page> {
         let index = self.index_of(&query)?;
+        // A page of a few items (a latest-version lookup is a page of one) is read through an index,
+        // its work bounded by its limit: like a read by key, on the calling thread, where handing it
+        // to a blocking thread and back would cost more than the read.
+        if query.limit <= SHORT_QUERY_LIMIT {
+            return self.db.read_here(|conn| query_on(conn, &query, index.as_ref()));
+        }
         self.db.run(move |conn| query_on(conn, &query, index.as_ref())).await
     }
 
