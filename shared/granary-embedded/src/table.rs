@@ -11,11 +11,11 @@ use granary_ports::{Cond, Cursor, Item, Key, Page, PortError, PortResult, Query,
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params_from_iter};
 use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// Queries of at most this many items run on the calling thread (see [`EmbeddedTable::query`]).
 const SHORT_QUERY_LIMIT: usize = 10;
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 /// Most event ids remembered as sent with a commit (see [`SentEvents`]): a caller asks about its
 /// events right after its commit, so this holds the commits of the moment (a batch of 100 creations
