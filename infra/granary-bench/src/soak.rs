@@ -183,12 +183,14 @@ pub(crate) async fn run(minutes: u64, rate: u32, runner: PathBuf) {
     let minute = |from: Duration, to: Duration| -> Vec<Sample> { samples.iter().copied().filter(|s| s.at >= from && s.at < to).collect() };
     let total = Duration::from_secs(minutes * 60);
     let (first, last) = (minute(Duration::from_secs(60), Duration::from_secs(120)), minute(total - Duration::from_secs(60), total));
-    let avg = |v: &[Sample], f: fn(&Sample) -> f64| v.iter().map(f).sum::<f64>() / v.len().max(1) as f64;
+    fn avg(v: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
+        v.iter().map(f).sum::<f64>() / v.len().max(1) as f64
+    }
     println!("  second minute vs last minute (averages):");
     // One line a memory figure (KiB in the samples): its second minute against its last.
     let mib = |label: &str, kib: fn(&Sample) -> u64, what: &str| {
-        let mean = |v: &[Sample]| v.iter().map(|s| kib(s) as f64).sum::<f64>() / v.len().max(1) as f64 / 1024.0;
-        println!("    {label:<9} {:>8.1} MiB -> {:>8.1} MiB{what}", mean(&first), mean(&last));
+        let mib = |s: &Sample| kib(s) as f64 / 1024.0;
+        println!("    {label:<9} {:>8.1} MiB -> {:>8.1} MiB{what}", avg(&first, mib), avg(&last, mib));
     };
     mib("RSS", |s| s.rss_kib, "");
     mib("SQLite", |s| s.sqlite_kib, "");
